@@ -1,0 +1,407 @@
+//! The one place that names every exported metric and label set. A `Collector` reads the
+//! [`Store`] on each scrape; the agent (standalone mode) and the aggregator serve the
+//! same exposition.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use pathpulse_wire::RefuseReason;
+
+use crate::stats::{Z95, loss_ratio, wilson_interval};
+use crate::store::{CLASSIC_BOUNDS_US, PathKey, PathState, Store};
+use crate::window::WINDOWS;
+
+/// Quantiles exported as exact gauges from the merged HDR windows.
+pub const QUANTILES: [(&str, f64); 4] =
+    [("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99), ("0.999", 0.999)];
+
+/// Content type of the text exposition.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Clock used at scrape time (wall clock, ms since the epoch); injectable for tests.
+pub type Clock = fn() -> u64;
+
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Shared handle to the store, as used by ingest, HTTP and export.
+pub type SharedStore = Arc<Mutex<Store>>;
+
+#[derive(Debug)]
+struct StoreCollector {
+    store: SharedStore,
+    clock: Clock,
+}
+
+type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
+
+fn path_labels(k: &PathKey) -> Labels<'_> {
+    vec![
+        ("src", Cow::Borrowed(&*k.src)),
+        ("dst", Cow::Borrowed(&*k.dst)),
+        ("probe", Cow::Borrowed(k.probe.as_str())),
+    ]
+}
+
+fn with<'a>(mut l: Labels<'a>, extra: &[(&'static str, &'a str)]) -> Labels<'a> {
+    l.extend(extra.iter().map(|(k, v)| (*k, Cow::Borrowed(*v))));
+    l
+}
+
+/// Microseconds to seconds by division, so `1000 µs` prints as `0.001` exactly.
+fn secs(us: f64) -> f64 {
+    us / 1e6
+}
+
+/// Counter families over paths: (name without `_total`, help, accessor).
+type CounterOf = fn(&PathState) -> u64;
+const PATH_COUNTERS: [(&str, &str, CounterOf); 7] = [
+    ("pathpulse_probes_sent", "Probes sent.", |s| s.counters.sent),
+    (
+        "pathpulse_probes_received",
+        "Probes answered within their timeout.",
+        |s| s.counters.received,
+    ),
+    (
+        "pathpulse_probes_lost",
+        "Probes without a reply within their timeout.",
+        |s| s.counters.lost,
+    ),
+    (
+        "pathpulse_probes_late",
+        "Replies that arrived after their probe was declared lost.",
+        |s| s.counters.late,
+    ),
+    (
+        "pathpulse_probes_duplicate",
+        "Duplicate replies (not counted as received).",
+        |s| s.counters.duplicate,
+    ),
+    (
+        "pathpulse_probes_reordered",
+        "Replies that arrived after a reply to a later probe.",
+        |s| s.counters.reordered,
+    ),
+    (
+        "pathpulse_send_errors",
+        "Probes that could not be sent (socket error, unresolved name).",
+        |s| s.counters.send_errors,
+    ),
+];
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = (self.clock)();
+        // A poisoned lock means a panic elsewhere; still export what is there.
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+
+        for (name, help, get) in PATH_COUNTERS {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (k, st) in &store.paths {
+                let l = path_labels(k);
+                m.encode_family(&l)?
+                    .encode_counter::<NoLabelSet, _, u64>(&get(st), None)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "pathpulse_probes_in_flight",
+            "Probes sent and not yet answered or timed out, at the last report.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (k, st) in &store.paths {
+            m.encode_family(&path_labels(k))?
+                .encode_gauge(&st.in_flight)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "pathpulse_rtt_seconds",
+            "Round-trip time of every answered probe.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (k, st) in &store.paths {
+            let c = &st.cumulative;
+            let buckets: Vec<(f64, u64)> = CLASSIC_BOUNDS_US
+                .iter()
+                .map(|&b| secs(b as f64))
+                .chain(std::iter::once(f64::INFINITY))
+                .zip(c.buckets.iter().copied())
+                .collect();
+            m.encode_family(&path_labels(k))?
+                .encode_histogram::<NoLabelSet>(secs(c.sum_us as f64), c.count, &buckets, None)?;
+        }
+
+        // Windowed views, computed once per path and window.
+        let views: Vec<_> = store
+            .paths
+            .iter()
+            .map(|(k, st)| (k, WINDOWS.map(|(w, ms)| (w, st.windows.view(ms, now)))))
+            .collect();
+
+        let mut m = enc.encode_descriptor(
+            "pathpulse_rtt_quantile_seconds",
+            "Exact RTT quantile over the window, from the merged HDR histogram (3 significant digits).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (k, vs) in &views {
+            for (w, v) in vs {
+                for (qs, q) in QUANTILES {
+                    if let Some(us) = v.hist.quantile(q) {
+                        let l = with(path_labels(k), &[("quantile", qs), ("window", w)]);
+                        m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                    }
+                }
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "pathpulse_loss_ratio",
+            "Lost / (received + lost) over the window.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (k, vs) in &views {
+            for (w, v) in vs {
+                if let Some(r) = loss_ratio(v.lost, v.received) {
+                    m.encode_family(&with(path_labels(k), &[("window", w)]))?
+                        .encode_gauge(&r)?;
+                }
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_loss_ratio_upper",
+            "Upper bound of the 95% Wilson confidence interval of the loss ratio over the window.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (k, vs) in &views {
+            for (w, v) in vs {
+                if let Some((_, hi)) = wilson_interval(v.lost, v.lost + v.received, Z95) {
+                    m.encode_family(&with(path_labels(k), &[("window", w)]))?
+                        .encode_gauge(&hi)?;
+                }
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "pathpulse_jitter_seconds",
+            "Interarrival jitter of the RTT, by definition (method).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (k, st) in &store.paths {
+            if let Some(j) = st.jitter_us {
+                let l = with(path_labels(k), &[("method", "rfc3550")]);
+                m.encode_family(&l)?.encode_gauge(&secs(j))?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "pathpulse_agent_up",
+            "1 while the agent's reports arrive.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (a, st) in &store.agents {
+            let up = i64::from(store.agent_up(st, now));
+            m.encode_family(&[("agent", &**a)])?.encode_gauge(&up)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_agent_last_report_timestamp_seconds",
+            "When the agent's last report was applied (Unix time).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (a, st) in &store.agents {
+            if let Some(t) = st.last_report_ms {
+                m.encode_family(&[("agent", &**a)])?
+                    .encode_gauge(&(t as f64 / 1000.0))?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_stray_replies",
+            "Replies dropped because they answered no probe of this agent, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            let h = &st.health;
+            for (reason, v) in [
+                ("not_ours", h.stray_not_ours),
+                ("wrong_source", h.stray_wrong_source),
+                ("unknown_probe", h.stray_unknown_probe),
+            ] {
+                m.encode_family(&[("agent", &**a), ("reason", reason)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_socket_errors",
+            "Probe socket errors of the agent, by operation.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            for (op, v) in [
+                ("send", st.health.send_errors),
+                ("recv", st.health.recv_errors),
+            ] {
+                m.encode_family(&[("agent", &**a), ("op", op)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_scheduling_lag_seconds",
+            "Largest delay of a probe behind its schedule in the agent's last report interval.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_gauge(&secs(f64::from(st.last_scheduling_lag_us)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Aggregator-only self metrics.
+#[derive(Debug)]
+struct IngestCollector {
+    store: SharedStore,
+}
+
+const REFUSE_REASONS: [RefuseReason; 6] = [
+    RefuseReason::WrongIdentity,
+    RefuseReason::Malformed,
+    RefuseReason::Oversize,
+    RefuseReason::UnsupportedVersion,
+    RefuseReason::NoHello,
+    RefuseReason::Certificate,
+];
+
+impl Collector for IngestCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = enc.encode_descriptor(
+            "pathpulse_ingest_refused",
+            "Connections, frames or reports the aggregator refused, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in REFUSE_REASONS {
+            let v = store.refused.get(r.as_str()).copied().unwrap_or(0);
+            m.encode_family(&[("reason", r.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which self metrics a registry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Agent,
+    Aggregator,
+}
+
+/// A registry exposing the store.
+pub fn registry(store: SharedStore, role: Role, clock: Clock) -> Registry {
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(StoreCollector {
+        store: store.clone(),
+        clock,
+    }));
+    if role == Role::Aggregator {
+        reg.register_collector(Box::new(IngestCollector { store }));
+    }
+    reg
+}
+
+/// Encode the registry in the OpenMetrics text format.
+pub fn encode_text(reg: &Registry) -> String {
+    let mut out = String::new();
+    // Encoding into a String cannot fail except through a collector bug; keep what we have.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, reg) {
+        out.push_str(&format!("# encoding error: {e}\n# EOF\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pathpulse_wire::{AgentHealth, PathReport, Report};
+
+    fn clock() -> u64 {
+        1_010_000
+    }
+
+    #[test]
+    fn exposition_has_the_contract_names_and_values() {
+        let store: SharedStore = Arc::new(Mutex::new(Store::new(15_000)));
+        let mut p = PathReport {
+            dst: "127.0.0.2".into(),
+            sent: 4,
+            lost: 1,
+            in_flight: 1,
+            ..Default::default()
+        };
+        for v in [1000, 2000] {
+            p.rtt.record(v);
+            p.rtt_sum_us += v;
+            p.received += 1;
+        }
+        p.jitter_us = Some(250);
+        let r = Report {
+            seq: 1,
+            agent: "a1".into(),
+            interval_start_ms: 1_000_000,
+            interval_ms: 5000,
+            paths: vec![p],
+            health: AgentHealth {
+                stray_not_ours: 3,
+                ..Default::default()
+            },
+        };
+        store.lock().expect("lock").apply(&r, 1_005_000);
+        store
+            .lock()
+            .expect("lock")
+            .refuse(RefuseReason::Certificate);
+        let text = encode_text(&registry(store, Role::Aggregator, clock));
+        let labels = r#"src="a1",dst="127.0.0.2",probe="icmp""#;
+        for line in [
+            format!("pathpulse_probes_sent_total{{{labels}}} 4"),
+            format!("pathpulse_probes_received_total{{{labels}}} 2"),
+            format!("pathpulse_probes_lost_total{{{labels}}} 1"),
+            format!("pathpulse_probes_in_flight{{{labels}}} 1"),
+            format!("pathpulse_rtt_seconds_count{{{labels}}} 2"),
+            format!("pathpulse_rtt_seconds_bucket{{le=\"0.001\",{labels}}} 1"),
+            format!("pathpulse_rtt_seconds_bucket{{le=\"+Inf\",{labels}}} 2"),
+            format!(
+                "pathpulse_rtt_quantile_seconds{{{labels},quantile=\"0.5\",window=\"1m\"}} 0.001"
+            ),
+            format!("pathpulse_loss_ratio{{{labels},window=\"10s\"}} 0.3333333333333333"),
+            format!("pathpulse_jitter_seconds{{{labels},method=\"rfc3550\"}} 0.00025"),
+            "pathpulse_agent_up{agent=\"a1\"} 1".to_string(),
+            "pathpulse_stray_replies_total{agent=\"a1\",reason=\"not_ours\"} 3".to_string(),
+            "pathpulse_ingest_refused_total{reason=\"certificate\"} 1".to_string(),
+        ] {
+            assert!(text.contains(&line), "missing `{line}` in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

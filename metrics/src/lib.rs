@@ -1,0 +1,17 @@
+//! pathpulse-metrics: what a number means and how it is exported.
+//!
+//! - [`stats`]: loss ratio with a Wilson interval, RFC 3550 jitter (pure functions);
+//! - [`window`]: per-path 10 s / 1 min / 5 min windows over sparse HDR histograms;
+//! - [`store`]: per-path and per-agent state that reports are applied to;
+//! - [`export`]: every metric name and label set, as a prometheus-client collector.
+//!
+//! Used by the aggregator and by the agent's standalone `/metrics`, so both expose the
+//! same series.
+
+pub mod export;
+pub mod stats;
+pub mod store;
+pub mod window;
+
+pub use export::SharedStore;
+pub use store::Store;

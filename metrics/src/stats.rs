@@ -1,0 +1,101 @@
+//! Measurement statistics as pure functions.
+
+/// z for a two-sided 95% confidence interval.
+pub const Z95: f64 = 1.959_963_984_540_054;
+
+/// Loss ratio `lost / (received + lost)`, `None` when nothing was decided.
+pub fn loss_ratio(lost: u64, received: u64) -> Option<f64> {
+    let n = lost + received;
+    (n > 0).then(|| lost as f64 / n as f64)
+}
+
+/// Wilson score interval for a binomial proportion: `(lower, upper)` bounds of the loss
+/// ratio at confidence `z`. Unlike the normal approximation it behaves at 0 and at 1,
+/// which is where loss usually is. `None` when `n == 0`.
+pub fn wilson_interval(lost: u64, n: u64, z: f64) -> Option<(f64, f64)> {
+    if n == 0 {
+        return None;
+    }
+    let n_f = n as f64;
+    let p = lost as f64 / n_f;
+    let z2 = z * z;
+    let denom = 1.0 + z2 / n_f;
+    let centre = (p + z2 / (2.0 * n_f)) / denom;
+    let half = z * ((p * (1.0 - p) / n_f + z2 / (4.0 * n_f * n_f)).sqrt()) / denom;
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
+/// RFC 3550 interarrival jitter, updated per consecutive pair of replies:
+/// `J += (|D| - J) / 16` with `D` the difference of transit times (here: of RTTs, which
+/// is the same difference because both probes share the sender's clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rfc3550Jitter {
+    jitter_us: f64,
+    last_rtt_us: Option<u64>,
+    defined: bool,
+}
+
+impl Rfc3550Jitter {
+    pub fn update(&mut self, rtt_us: u64) {
+        if let Some(prev) = self.last_rtt_us {
+            let d = (rtt_us as f64 - prev as f64).abs();
+            self.jitter_us += (d - self.jitter_us) / 16.0;
+            self.defined = true;
+        }
+        self.last_rtt_us = Some(rtt_us);
+    }
+
+    /// Current estimate in microseconds, `None` before two samples.
+    pub fn value_us(&self) -> Option<f64> {
+        self.defined.then_some(self.jitter_us)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_matches_published_values() {
+        // Reference: Newcombe (1998), 95% interval for 0/10 is 0 .. 0.2775; for 1/10 it is
+        // 0.0179 .. 0.4042; for 81/263 it is 0.2553 .. 0.3662.
+        let (lo, hi) = wilson_interval(0, 10, Z95).expect("n > 0");
+        assert!(lo.abs() < 1e-12 && (hi - 0.2775).abs() < 5e-4, "{lo} {hi}");
+        let (lo, hi) = wilson_interval(1, 10, Z95).expect("n > 0");
+        assert!(
+            (lo - 0.0179).abs() < 5e-4 && (hi - 0.4042).abs() < 5e-4,
+            "{lo} {hi}"
+        );
+        let (lo, hi) = wilson_interval(81, 263, Z95).expect("n > 0");
+        assert!(
+            (lo - 0.2553).abs() < 5e-4 && (hi - 0.3662).abs() < 5e-4,
+            "{lo} {hi}"
+        );
+        assert_eq!(wilson_interval(0, 0, Z95), None);
+        let (lo, hi) = wilson_interval(10, 10, Z95).expect("n > 0");
+        assert!(hi <= 1.0 && lo > 0.69, "{lo} {hi}");
+    }
+
+    #[test]
+    fn jitter_converges_to_mean_absolute_difference() {
+        let mut j = Rfc3550Jitter::default();
+        assert_eq!(j.value_us(), None);
+        // Alternating 1000 / 1400 µs: |D| = 400 every time, J -> 400.
+        for i in 0..400 {
+            j.update(if i % 2 == 0 { 1000 } else { 1400 });
+        }
+        let v = j.value_us().expect("defined");
+        assert!((v - 400.0).abs() < 1.0, "{v}");
+        // Constant RTT: jitter decays toward 0 but stays defined.
+        for _ in 0..400 {
+            j.update(1000);
+        }
+        assert!(j.value_us().expect("defined") < 1.0);
+    }
+
+    #[test]
+    fn loss_ratio_edges() {
+        assert_eq!(loss_ratio(0, 0), None);
+        assert_eq!(loss_ratio(1, 3), Some(0.25));
+    }
+}

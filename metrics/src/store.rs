@@ -1,0 +1,224 @@
+//! The state behind the exposition: per-path counters, cumulative histogram and windows,
+//! per-agent health. Reports are applied here; `export` reads it on every scrape.
+//! Pure: time comes in as arguments.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pathpulse_wire::{AgentHealth, PathReport, ProbeKind, RefuseReason, Report, hist};
+
+use crate::window::PathWindows;
+
+/// Classic histogram bucket bounds for `pathpulse_rtt_seconds`, in microseconds:
+/// 100 µs … 10 s, dense where LAN, metro and intercontinental RTTs fall.
+pub const CLASSIC_BOUNDS_US: [u64; 17] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 300_000, 500_000,
+    1_000_000, 2_000_000, 5_000_000, 10_000_000,
+];
+
+/// One path: who measured what, how.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PathKey {
+    pub src: Arc<str>,
+    pub dst: Arc<str>,
+    pub probe: ProbeKind,
+}
+
+/// Monotonic counters of a path since the aggregator (or agent) started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub late: u64,
+    pub duplicate: u64,
+    pub reordered: u64,
+    pub send_errors: u64,
+}
+
+/// Cumulative RTT histogram in classic buckets, for `pathpulse_rtt_seconds`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cumulative {
+    /// Non-cumulative counts per classic bucket; the last slot is `+Inf`.
+    pub buckets: [u64; CLASSIC_BOUNDS_US.len() + 1],
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+impl Cumulative {
+    fn add(&mut self, p: &PathReport) {
+        for &(idx, n) in p.rtt.buckets() {
+            let v = hist::lowest_of(idx);
+            let b = CLASSIC_BOUNDS_US.partition_point(|&bound| bound < v);
+            self.buckets[b] += u64::from(n);
+            self.count += u64::from(n);
+        }
+        self.sum_us += p.rtt_sum_us;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PathState {
+    pub counters: Counters,
+    pub cumulative: Cumulative,
+    pub windows: PathWindows,
+    pub jitter_us: Option<f64>,
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AgentState {
+    /// Wall-clock time the last report was applied, ms since the epoch.
+    pub last_report_ms: Option<u64>,
+    pub reports: u64,
+    pub health: HealthTotals,
+    pub last_scheduling_lag_us: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthTotals {
+    pub stray_not_ours: u64,
+    pub stray_wrong_source: u64,
+    pub stray_unknown_probe: u64,
+    pub send_errors: u64,
+    pub recv_errors: u64,
+}
+
+impl HealthTotals {
+    fn add(&mut self, h: &AgentHealth) {
+        self.stray_not_ours += u64::from(h.stray_not_ours);
+        self.stray_wrong_source += u64::from(h.stray_wrong_source);
+        self.stray_unknown_probe += u64::from(h.stray_unknown_probe);
+        self.send_errors += u64::from(h.send_errors);
+        self.recv_errors += u64::from(h.recv_errors);
+    }
+}
+
+/// Everything the exposition shows.
+#[derive(Debug, Default)]
+pub struct Store {
+    pub paths: BTreeMap<PathKey, PathState>,
+    pub agents: BTreeMap<Arc<str>, AgentState>,
+    pub refused: BTreeMap<&'static str, u64>,
+    /// An agent is up while its last report is younger than this.
+    pub stale_after_ms: u64,
+}
+
+impl Store {
+    pub fn new(stale_after_ms: u64) -> Self {
+        Store {
+            stale_after_ms,
+            ..Store::default()
+        }
+    }
+
+    /// Apply one report (already authenticated and validated).
+    pub fn apply(&mut self, r: &Report, now_ms: u64) {
+        let src: Arc<str> = match self.agents.get_key_value(r.agent.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(r.agent.as_str()),
+        };
+        let agent = self.agents.entry(src.clone()).or_default();
+        agent.last_report_ms = Some(now_ms);
+        agent.reports += 1;
+        agent.health.add(&r.health);
+        agent.last_scheduling_lag_us = r.health.max_scheduling_lag_us;
+        for p in &r.paths {
+            let key = PathKey {
+                src: src.clone(),
+                dst: Arc::from(p.dst.as_str()),
+                probe: p.probe(),
+            };
+            let st = self.paths.entry(key).or_default();
+            let c = &mut st.counters;
+            c.sent += u64::from(p.sent);
+            c.received += u64::from(p.received);
+            c.lost += u64::from(p.lost);
+            c.late += u64::from(p.late);
+            c.duplicate += u64::from(p.duplicate);
+            c.reordered += u64::from(p.reordered);
+            c.send_errors += u64::from(p.send_errors);
+            st.cumulative.add(p);
+            st.windows.add(r.interval_start_ms, p, now_ms);
+            if let Some(j) = p.jitter_us {
+                st.jitter_us = Some(f64::from(j));
+            }
+            st.in_flight = u64::from(p.in_flight);
+        }
+    }
+
+    /// Count a refused connection, frame or report.
+    pub fn refuse(&mut self, reason: RefuseReason) {
+        *self.refused.entry(reason.as_str()).or_default() += 1;
+    }
+
+    pub fn agent_up(&self, a: &AgentState, now_ms: u64) -> bool {
+        a.last_report_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) <= self.stale_after_ms)
+    }
+
+    /// Drop window slots nobody can see any more (call periodically).
+    pub fn expire(&mut self, now_ms: u64) {
+        for st in self.paths.values_mut() {
+            st.windows.expire(now_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(seq: u64, rtts: &[u64], lost: u32, in_flight: u32) -> Report {
+        let mut p = PathReport {
+            dst: "127.0.0.2".into(),
+            lost,
+            in_flight,
+            ..Default::default()
+        };
+        for &v in rtts {
+            p.rtt.record(v);
+            p.rtt_sum_us += v;
+            p.received += 1;
+        }
+        p.sent = p.received + lost + in_flight;
+        Report {
+            seq,
+            agent: "a".into(),
+            interval_start_ms: 1_000_000,
+            interval_ms: 5000,
+            paths: vec![p],
+            health: AgentHealth::default(),
+        }
+    }
+
+    #[test]
+    fn counters_and_classic_buckets_add_up() {
+        let mut s = Store::new(15_000);
+        s.apply(&report(1, &[50, 300, 4_000], 1, 0), 1_005_000);
+        s.apply(&report(2, &[20_000_000], 0, 0), 1_010_000);
+        let st = s.paths.values().next().expect("one path");
+        assert_eq!(st.counters.sent, 5);
+        assert_eq!(st.counters.received, 4);
+        assert_eq!(st.counters.lost, 1);
+        assert_eq!(st.cumulative.count, 4);
+        assert_eq!(st.cumulative.buckets[0], 1, "50 µs <= 100 µs");
+        assert_eq!(st.cumulative.buckets[2], 1, "300 µs in (250, 500]");
+        assert_eq!(st.cumulative.buckets[5], 1, "4 ms in (2.5, 5] ms");
+        assert_eq!(
+            st.cumulative.buckets[CLASSIC_BOUNDS_US.len()],
+            1,
+            "20 s in +Inf"
+        );
+        assert_eq!(st.cumulative.sum_us, 20_004_350);
+    }
+
+    #[test]
+    fn agent_goes_down_when_reports_stop() {
+        let mut s = Store::new(15_000);
+        s.apply(&report(1, &[1], 0, 0), 1_000_000);
+        let a = s.agents.values().next().expect("agent");
+        assert!(s.agent_up(a, 1_014_000));
+        assert!(!s.agent_up(a, 1_016_000));
+    }
+}

@@ -1,0 +1,179 @@
+//! Per-path time windows: a ring of short slots, each a sparse histogram plus counts,
+//! merged on demand into the 10 s, 1 min and 5 min views. Pure: `now` is an argument.
+
+use std::collections::VecDeque;
+
+use pathpulse_wire::{PathReport, SparseHist};
+
+/// Slot length. A report joins the slot holding its interval start.
+pub const SLOT_MS: u64 = 5_000;
+/// The windows exported, with their label value.
+pub const WINDOWS: [(&str, u64); 3] = [("10s", 10_000), ("1m", 60_000), ("5m", 300_000)];
+/// Longest window: older slots are dropped.
+pub const MAX_WINDOW_MS: u64 = 300_000;
+/// A report whose interval starts further than this in the future (agent clock ahead) is
+/// kept out of the windows (its counters still count).
+pub const MAX_FUTURE_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slot {
+    pub start_ms: u64,
+    pub hist: SparseHist,
+    pub received: u64,
+    pub lost: u64,
+}
+
+/// What one window says about a path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowView {
+    pub hist: SparseHist,
+    pub received: u64,
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PathWindows {
+    slots: VecDeque<Slot>,
+}
+
+impl PathWindows {
+    /// Add a report's interval to its slot, if the interval is inside the longest window.
+    /// Returns whether it joined the windows (late replays older than 5 min do not).
+    pub fn add(&mut self, interval_start_ms: u64, p: &PathReport, now_ms: u64) -> bool {
+        self.expire(now_ms);
+        if interval_start_ms + MAX_WINDOW_MS < now_ms || interval_start_ms > now_ms + MAX_FUTURE_MS
+        {
+            return false;
+        }
+        let start = interval_start_ms - interval_start_ms % SLOT_MS;
+        let pos = self.slots.partition_point(|s| s.start_ms < start);
+        if self.slots.get(pos).is_none_or(|s| s.start_ms != start) {
+            self.slots.insert(
+                pos,
+                Slot {
+                    start_ms: start,
+                    ..Slot::default()
+                },
+            );
+        }
+        let slot = &mut self.slots[pos];
+        slot.hist.merge(&p.rtt);
+        slot.received += u64::from(p.received);
+        slot.lost += u64::from(p.lost);
+        true
+    }
+
+    /// Drop slots that no window covers any more.
+    pub fn expire(&mut self, now_ms: u64) {
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.start_ms + SLOT_MS + MAX_WINDOW_MS <= now_ms)
+        {
+            self.slots.pop_front();
+        }
+    }
+
+    /// Merge the slots that overlap `(now - window, now]`.
+    pub fn view(&self, window_ms: u64, now_ms: u64) -> WindowView {
+        let from = now_ms.saturating_sub(window_ms);
+        let mut v = WindowView::default();
+        for s in self
+            .slots
+            .iter()
+            .filter(|s| s.start_ms + SLOT_MS > from && s.start_ms <= now_ms)
+        {
+            v.hist.merge(&s.hist);
+            v.received += s.received;
+            v.lost += s.lost;
+        }
+        v
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self
+                .slots
+                .iter()
+                .map(|s| s.hist.heap_bytes())
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(rtts: &[u64], lost: u32) -> PathReport {
+        let mut p = PathReport {
+            dst: "x".into(),
+            lost,
+            ..Default::default()
+        };
+        for &v in rtts {
+            p.rtt.record(v);
+            p.received += 1;
+        }
+        p
+    }
+
+    #[test]
+    fn windows_cover_what_they_say() {
+        let mut w = PathWindows::default();
+        let t0 = 1_000_000_000u64;
+        // One report every 5 s for 6 minutes; RTT grows with time so windows differ.
+        for i in 0..72u64 {
+            let start = t0 + i * 5_000;
+            assert!(w.add(
+                start,
+                &report(&[100 + i], u32::from(i % 2 == 0)),
+                start + 5_000
+            ));
+        }
+        let now = t0 + 72 * 5_000;
+        let ten = w.view(10_000, now);
+        assert_eq!(ten.received, 2, "10 s = the last two 5 s slots");
+        assert_eq!(ten.hist.min(), Some(170));
+        let five = w.view(300_000, now);
+        assert_eq!(five.received, 60);
+        assert_eq!(five.lost, 30);
+        assert_eq!(five.hist.min(), Some(112));
+        assert!(w.slots.len() <= 61, "{} slots kept", w.slots.len());
+    }
+
+    #[test]
+    fn late_and_future_reports_stay_out_of_windows() {
+        let mut w = PathWindows::default();
+        let now = 10_000_000u64;
+        assert!(
+            !w.add(now - 400_000, &report(&[1], 0), now),
+            "older than 5 min"
+        );
+        assert!(
+            !w.add(now + 3_600_000, &report(&[1], 0), now),
+            "agent clock an hour ahead"
+        );
+        assert!(
+            w.add(now - 20_000, &report(&[1], 0), now),
+            "20 s late replay still counts"
+        );
+        assert_eq!(w.view(60_000, now).received, 1);
+        assert_eq!(w.view(10_000, now).received, 0);
+    }
+
+    #[test]
+    fn out_of_order_reports_land_in_their_slot() {
+        let mut w = PathWindows::default();
+        let now = 10_000_000u64;
+        w.add(now - 5_000, &report(&[5], 0), now);
+        w.add(now - 15_000, &report(&[7], 0), now);
+        w.add(now - 5_000, &report(&[6], 0), now);
+        let starts: Vec<u64> = w.slots.iter().map(|s| s.start_ms).collect();
+        assert!(starts.windows(2).all(|p| p[0] < p[1]), "{starts:?}");
+        assert_eq!(w.view(300_000, now).received, 3);
+    }
+}

@@ -1,0 +1,17 @@
+//! pathpulse-wire: what crosses the network between agent and aggregator.
+//!
+//! - [`message`]: hello, report, acknowledgement and refusal messages;
+//! - [`frame`]: framing with a version check and size limits;
+//! - [`hist`]: the sparse HDR histogram codec;
+//! - [`tls`]: the CA, certificates and rustls configurations for mutual TLS.
+//!
+//! No I/O loops live here.
+
+pub mod frame;
+pub mod hist;
+pub mod message;
+
+pub use hist::SparseHist;
+pub use message::{
+    AgentHealth, ClientMsg, Hello, PathReport, ProbeKind, RefuseReason, Report, ServerMsg,
+};

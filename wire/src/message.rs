@@ -1,0 +1,189 @@
+//! Messages between agent and aggregator. Everything here is plain data; framing and the
+//! version check are in `frame`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hist::SparseHist;
+
+/// Largest number of paths in one report; a larger report is refused (bounded memory).
+pub const MAX_PATHS_PER_REPORT: usize = 100_000;
+/// Longest string (agent name, destination, label) accepted in a message.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Kind of probe that measured a path: the `probe` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ProbeKind {
+    Icmp,
+    Stamp,
+    Tcp,
+    Dns,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Icmp => "icmp",
+            ProbeKind::Stamp => "stamp",
+            ProbeKind::Tcp => "tcp",
+            ProbeKind::Dns => "dns",
+        }
+    }
+}
+
+/// Agent → aggregator, first message on a connection's control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The agent's name; must equal the identity in its certificate.
+    pub agent: String,
+    /// Software version of the agent (`CARGO_PKG_VERSION`).
+    pub software: String,
+    pub site: Option<String>,
+    pub isp: Option<String>,
+}
+
+/// Agent → aggregator: one report interval of every path of the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Per aggregator, increasing by one per report.
+    pub seq: u64,
+    pub agent: String,
+    /// Wall-clock start of the interval, milliseconds since the Unix epoch.
+    pub interval_start_ms: u64,
+    /// Length of the interval in milliseconds (from the monotonic clock).
+    pub interval_ms: u32,
+    pub paths: Vec<PathReport>,
+    /// The agent's own health over the interval.
+    pub health: AgentHealth,
+}
+
+/// Agent self-observation carried in every report (counts over the interval).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHealth {
+    /// Replies that were not answers to this agent's probes (other programs, other agents).
+    pub stray_not_ours: u32,
+    /// Replies carrying our token and a known sequence but from an unexpected address.
+    pub stray_wrong_source: u32,
+    /// Replies carrying our token for no probe we know (too old, or forged).
+    pub stray_unknown_probe: u32,
+    /// Socket send errors.
+    pub send_errors: u32,
+    /// Socket receive errors.
+    pub recv_errors: u32,
+    /// Largest lag of a probe behind its scheduled send time, microseconds.
+    pub max_scheduling_lag_us: u32,
+}
+
+/// Statistics of one path over one report interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PathReport {
+    /// Destination as the user named it (`127.0.0.2`, `example.net`, `10.0.0.1:443`).
+    pub dst: String,
+    pub probe: Option<ProbeKind>,
+    /// Probes sent in this interval.
+    pub sent: u32,
+    /// Replies in time and timeouts decided in this interval: over any run of reports,
+    /// sent = received + lost + in flight at the end.
+    pub received: u32,
+    pub lost: u32,
+    /// Replies that arrived after their probe had been declared lost.
+    pub late: u32,
+    pub duplicate: u32,
+    pub reordered: u32,
+    /// Probes that could not be sent (socket error, unresolved name).
+    pub send_errors: u32,
+    /// Probes sent and not yet decided at the end of the interval.
+    pub in_flight: u32,
+    /// RTT samples in microseconds.
+    pub rtt: SparseHist,
+    /// Exact sum of the RTT samples in microseconds (histogram `_sum`).
+    pub rtt_sum_us: u64,
+    /// RFC 3550 interarrival jitter at the end of the interval, in microseconds.
+    pub jitter_us: Option<u32>,
+}
+
+impl PathReport {
+    pub fn probe(&self) -> ProbeKind {
+        self.probe.unwrap_or(ProbeKind::Icmp)
+    }
+}
+
+/// Agent → aggregator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    Hello(Hello),
+    Report(Report),
+}
+
+/// Why the aggregator refused something. Bounded: it is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// The report or hello named another agent than the certificate's identity.
+    WrongIdentity,
+    /// The frame or message could not be decoded.
+    Malformed,
+    /// The frame exceeded the size limit.
+    Oversize,
+    /// The peer speaks a protocol version this aggregator does not.
+    UnsupportedVersion,
+    /// A report before the hello.
+    NoHello,
+    /// TLS: certificate missing, unknown issuer, expired.
+    Certificate,
+}
+
+impl RefuseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::WrongIdentity => "wrong_identity",
+            RefuseReason::Malformed => "malformed",
+            RefuseReason::Oversize => "oversize",
+            RefuseReason::UnsupportedVersion => "unsupported_version",
+            RefuseReason::NoHello => "no_hello",
+            RefuseReason::Certificate => "certificate",
+        }
+    }
+}
+
+/// Aggregator → agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Answer to hello: the aggregator accepted the agent.
+    Welcome { aggregator: String },
+    /// The report with this sequence has been applied (or was applied before).
+    Ack { seq: u64 },
+    /// Something was refused; the connection may be closed after this.
+    Refused {
+        reason: RefuseReason,
+        detail: String,
+    },
+}
+
+/// Check the invariants the decoder cannot express: sizes of strings and lists.
+pub fn validate_report(r: &Report) -> Result<(), String> {
+    if r.paths.len() > MAX_PATHS_PER_REPORT {
+        return Err(format!(
+            "{} paths, limit {MAX_PATHS_PER_REPORT}",
+            r.paths.len()
+        ));
+    }
+    if r.agent.len() > MAX_NAME_LEN {
+        return Err("agent name too long".into());
+    }
+    for p in &r.paths {
+        if p.dst.is_empty() || p.dst.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "destination of length {} out of 1..={MAX_NAME_LEN}",
+                p.dst.len()
+            ));
+        }
+        if u64::from(p.received) != p.rtt.count() {
+            return Err(format!(
+                "path {}: {} received but {} RTT samples",
+                p.dst,
+                p.received,
+                p.rtt.count()
+            ));
+        }
+    }
+    Ok(())
+}
