@@ -1,1 +1,23 @@
+//! pathpulse-agent: probes paths and reports them.
+//!
+//! - [`config`], [`target`]: what to probe, from file, flags and environment;
+//! - [`probe`]: probers (ICMP on kernel-timestamped sockets, TCP connect) and reply matching;
+//! - [`schedule`]: when each probe goes out;
+//! - [`stats`], [`shared`]: per-path statistics of the current report interval;
+//! - [`uplink`]: QUIC with mutual TLS to each aggregator, acknowledged reports;
+//! - [`run`]: the agent assembled from the above; `main.rs` only parses the command line.
 
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod probe;
+pub mod resolve;
+pub mod run;
+pub mod schedule;
+pub mod shared;
+pub mod stats;
+pub mod target;
+pub mod uplink;
+
+pub use config::{AgentConfig, RunArgs};
+pub use run::{RunError, run};

@@ -9,9 +9,10 @@
 //! same series.
 
 pub mod export;
+pub mod http;
 pub mod stats;
 pub mod store;
 pub mod window;
 
 pub use export::SharedStore;
-pub use store::Store;
+pub use store::{Applied, Store};

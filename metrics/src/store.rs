@@ -102,6 +102,19 @@ pub struct Store {
     pub refused: BTreeMap<&'static str, u64>,
     /// An agent is up while its last report is younger than this.
     pub stale_after_ms: u64,
+    /// Per agent, the last applied sequence of its most recent sessions.
+    applied: BTreeMap<Arc<str>, Vec<(u64, u64)>>,
+}
+
+/// Sessions remembered per agent for de-duplication (an agent restart opens a new one).
+pub const SESSIONS_PER_AGENT: usize = 4;
+
+/// What `apply_once` did with a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    New,
+    /// Already applied earlier (a replay after reconnect): acknowledged, not counted again.
+    Duplicate,
 }
 
 impl Store {
@@ -145,6 +158,24 @@ impl Store {
             }
             st.in_flight = u64::from(p.in_flight);
         }
+    }
+
+    /// Apply a report unless its `(agent, session, seq)` was applied before. Sequences
+    /// of a session increase by one; a gap (reports the agent dropped) is accepted.
+    pub fn apply_once(&mut self, r: &Report, session: u64, now_ms: u64) -> Applied {
+        let sessions = self.applied.entry(Arc::from(r.agent.as_str())).or_default();
+        match sessions.iter_mut().find(|(s, _)| *s == session) {
+            Some((_, last)) if r.seq <= *last => return Applied::Duplicate,
+            Some((_, last)) => *last = r.seq,
+            None => {
+                if sessions.len() >= SESSIONS_PER_AGENT {
+                    sessions.remove(0);
+                }
+                sessions.push((session, r.seq));
+            }
+        }
+        self.apply(r, now_ms);
+        Applied::New
     }
 
     /// Count a refused connection, frame or report.
@@ -211,6 +242,33 @@ mod tests {
             "20 s in +Inf"
         );
         assert_eq!(st.cumulative.sum_us, 20_004_350);
+    }
+
+    #[test]
+    fn replays_are_applied_once_per_session() {
+        let mut s = Store::new(15_000);
+        assert_eq!(
+            s.apply_once(&report(1, &[1], 0, 0), 77, 1_000_000),
+            Applied::New
+        );
+        assert_eq!(
+            s.apply_once(&report(2, &[1], 0, 0), 77, 1_000_000),
+            Applied::New
+        );
+        assert_eq!(
+            s.apply_once(&report(1, &[1], 0, 0), 77, 1_000_000),
+            Applied::Duplicate
+        );
+        assert_eq!(
+            s.apply_once(&report(2, &[1], 0, 0), 77, 1_000_000),
+            Applied::Duplicate
+        );
+        // A restarted agent (new session) starts again at 1.
+        assert_eq!(
+            s.apply_once(&report(1, &[1], 0, 0), 78, 1_000_000),
+            Applied::New
+        );
+        assert_eq!(s.paths.values().next().expect("path").counters.received, 3);
     }
 
     #[test]

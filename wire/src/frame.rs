@@ -143,6 +143,7 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let hello = ClientMsg::Hello(Hello {
             agent: "a1".into(),
+            session: 1,
             software: "0.1".into(),
             site: None,
             isp: None,

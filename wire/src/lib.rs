@@ -10,6 +10,7 @@
 pub mod frame;
 pub mod hist;
 pub mod message;
+pub mod tls;
 
 pub use hist::SparseHist;
 pub use message::{

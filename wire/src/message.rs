@@ -35,6 +35,8 @@ impl ProbeKind {
 pub struct Hello {
     /// The agent's name; must equal the identity in its certificate.
     pub agent: String,
+    /// Random per agent process (or per spool): report sequences are unique within it.
+    pub session: u64,
     /// Software version of the agent (`CARGO_PKG_VERSION`).
     pub software: String,
     pub site: Option<String>,

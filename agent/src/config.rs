@@ -1,0 +1,423 @@
+//! Agent configuration: a TOML file, every key overridable by a flag or a `PATHPULSE_*`
+//! environment variable. All problems are collected and reported together, each with the
+//! key that is wrong and why; the binary exits 78 (EX_CONFIG) on any of them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::target::TargetSpec;
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pathpulse";
+/// Exit code for bad configuration (sysexits.h EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// The file form. Every field optional; flags and environment override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub name: Option<String>,
+    pub targets: Option<Vec<String>>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub report_interval: Option<String>,
+    pub aggregators: Option<Vec<String>>,
+    pub metrics_listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub site: Option<String>,
+    pub isp: Option<String>,
+    pub hops: Option<bool>,
+}
+
+/// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PATHPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Agent name (its identity in certificates and the `src` label). Default: host name.
+    #[arg(long, env = "PATHPULSE_NAME")]
+    pub name: Option<String>,
+    /// Target to probe, repeatable: HOST, icmp:HOST, tcp:HOST:PORT.
+    #[arg(
+        long = "target",
+        value_name = "SPEC",
+        env = "PATHPULSE_TARGETS",
+        value_delimiter = ','
+    )]
+    pub targets: Vec<String>,
+    /// Probe interval per target, e.g. 1s, 250ms (10ms .. 1h).
+    #[arg(long, value_name = "DUR", env = "PATHPULSE_INTERVAL")]
+    pub interval: Option<String>,
+    /// Time after which an unanswered probe is lost, e.g. 2s.
+    #[arg(long, value_name = "DUR", env = "PATHPULSE_TIMEOUT")]
+    pub timeout: Option<String>,
+    /// How often a report is sent to the aggregators, e.g. 5s.
+    #[arg(long, value_name = "DUR", env = "PATHPULSE_REPORT_INTERVAL")]
+    pub report_interval: Option<String>,
+    /// Aggregator to report to, repeatable (each gets every report).
+    #[arg(
+        long = "aggregator",
+        value_name = "HOST:PORT",
+        env = "PATHPULSE_AGGREGATORS",
+        value_delimiter = ','
+    )]
+    pub aggregators: Vec<String>,
+    /// Serve this agent's own /metrics here (standalone mode), e.g. 127.0.0.1:9469.
+    #[arg(long, value_name = "ADDR", env = "PATHPULSE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Directory for identity and spool.
+    #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Site label of this agent.
+    #[arg(long, env = "PATHPULSE_SITE")]
+    pub site: Option<String>,
+    /// ISP label of this agent's uplink.
+    #[arg(long, env = "PATHPULSE_ISP")]
+    pub isp: Option<String>,
+    /// Turn off hop discovery toward ICMP targets (accepted now; hop discovery is not built yet).
+    #[arg(long, env = "PATHPULSE_NO_HOPS")]
+    pub no_hops: bool,
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub name: String,
+    pub targets: Vec<TargetSpec>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub report_interval: Duration,
+    pub aggregators: Vec<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub state_dir: PathBuf,
+    pub site: Option<String>,
+    pub isp: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+/// Every problem found, in the order found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  {}: {}", e.key, e.reason)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Collect(Vec<ConfigError>);
+
+impl Collect {
+    fn err(&mut self, key: &str, reason: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        v: Option<&str>,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        let Some(s) = v else { return default };
+        match parse_duration(s) {
+            Ok(d) if d >= min && d <= max => d,
+            Ok(d) => {
+                self.err(
+                    key,
+                    format!(
+                        "{} is outside {} .. {}",
+                        fmt_dur(d),
+                        fmt_dur(min),
+                        fmt_dur(max)
+                    ),
+                );
+                default
+            }
+            Err(e) => {
+                self.err(key, e);
+                default
+            }
+        }
+    }
+}
+
+pub fn fmt_dur(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Durations are written like `250ms`, `10s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like 250ms or 10s ({e})"))
+}
+
+/// Read the TOML file, naming the file and the line on a syntax error or unknown key.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            key: "config".into(),
+            reason: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            key: "config".into(),
+            reason: format!("{}: {}", path.display(), e.to_string().trim_end()),
+        }])
+    })
+}
+
+/// Agent names: 1..=64 of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` must be 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)"
+        ))
+    }
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.split('.').next().unwrap_or_default().to_string())
+        .filter(|h| check_name(h).is_ok())
+        .unwrap_or_else(|| "agent".to_string())
+}
+
+impl AgentConfig {
+    /// Merge file, environment and flags (flags and environment win) and validate.
+    pub fn resolve(args: &RunArgs) -> Result<AgentConfig, ConfigErrors> {
+        let file = match &args.config {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let mut c = Collect::default();
+        let name = args.name.clone().or(file.name).unwrap_or_else(host_name);
+        if let Err(e) = check_name(&name) {
+            c.err("name", e);
+        }
+        let specs = if args.targets.is_empty() {
+            file.targets.unwrap_or_default()
+        } else {
+            args.targets.clone()
+        };
+        let mut targets = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            match TargetSpec::parse(s) {
+                Ok(t)
+                    if targets
+                        .iter()
+                        .any(|o: &TargetSpec| o.label == t.label && o.probe == t.probe) =>
+                {
+                    c.err(&format!("targets[{i}]"), format!("`{s}` is listed twice"))
+                }
+                Ok(t) => targets.push(t),
+                Err(e) => c.err(&format!("targets[{i}]"), e.to_string()),
+            }
+        }
+        if specs.is_empty() {
+            c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file");
+        }
+        let interval = c.duration(
+            "interval",
+            args.interval.as_deref().or(file.interval.as_deref()),
+            DEFAULT_INTERVAL,
+            MIN_INTERVAL,
+            MAX_INTERVAL,
+        );
+        let timeout = c.duration(
+            "timeout",
+            args.timeout.as_deref().or(file.timeout.as_deref()),
+            DEFAULT_TIMEOUT,
+            Duration::from_millis(1),
+            MAX_TIMEOUT,
+        );
+        let report_interval = c.duration(
+            "report_interval",
+            args.report_interval
+                .as_deref()
+                .or(file.report_interval.as_deref()),
+            DEFAULT_REPORT_INTERVAL,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        );
+        let aggregators = if args.aggregators.is_empty() {
+            file.aggregators.unwrap_or_default()
+        } else {
+            args.aggregators.clone()
+        };
+        for (i, a) in aggregators.iter().enumerate() {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                c.err(
+                    &format!("aggregators[{i}]"),
+                    format!("`{a}` is not HOST:PORT"),
+                );
+            }
+        }
+        let metrics_listen = match args
+            .metrics_listen
+            .as_deref()
+            .or(file.metrics_listen.as_deref())
+        {
+            None => None,
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.err(
+                        "metrics_listen",
+                        format!("`{s}` is not an address like 127.0.0.1:9469 or [::]:9469"),
+                    );
+                    None
+                }
+            },
+        };
+        if aggregators.is_empty()
+            && metrics_listen.is_none()
+            && !c.0.iter().any(|e| e.key == "metrics_listen")
+        {
+            c.err(
+                "aggregators",
+                "nothing to do: give --aggregator HOST:PORT, --metrics-listen ADDR, or both",
+            );
+        }
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if c.0.is_empty() {
+            Ok(AgentConfig {
+                name,
+                targets,
+                interval,
+                timeout,
+                report_interval,
+                aggregators,
+                metrics_listen,
+                state_dir,
+                site: args.site.clone().or(file.site),
+                isp: args.isp.clone().or(file.isp),
+            })
+        } else {
+            Err(ConfigErrors(c.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(targets: &[&str]) -> RunArgs {
+        RunArgs {
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            metrics_listen: Some("127.0.0.1:0".into()),
+            name: Some("a1".into()),
+            ..RunArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = AgentConfig::resolve(&args(&["127.0.0.2"])).expect("valid");
+        assert_eq!(
+            (c.interval, c.timeout, c.report_interval),
+            (DEFAULT_INTERVAL, DEFAULT_TIMEOUT, DEFAULT_REPORT_INTERVAL)
+        );
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn all_errors_are_reported_with_their_key() {
+        let mut a = args(&["tcp:1.2.3.4", "127.0.0.2", "127.0.0.2"]);
+        a.interval = Some("5 parsecs".into());
+        a.timeout = Some("2h".into());
+        a.name = Some("-bad name".into());
+        a.aggregators = vec!["nohostport".into()];
+        let e = AgentConfig::resolve(&a).expect_err("invalid");
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "name",
+                "targets[0]",
+                "targets[2]",
+                "interval",
+                "timeout",
+                "aggregators[0]"
+            ],
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(text.contains("`5 parsecs` is not a duration"), "{text}");
+        assert!(text.contains("outside"), "{text}");
+    }
+
+    #[test]
+    fn nothing_to_do_is_refused() {
+        let mut a = args(&["127.0.0.2"]);
+        a.metrics_listen = None;
+        let e = AgentConfig::resolve(&a).expect_err("nothing to do");
+        assert_eq!(e.0[0].key, "aggregators");
+        let e = AgentConfig::resolve(&args(&[])).expect_err("no targets");
+        assert_eq!(e.0[0].key, "targets");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused_with_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, "name = \"a\"\ntargetz = [\"127.0.0.1\"]\n").expect("write");
+        let e = load_file(&p).expect_err("unknown key");
+        assert!(e.to_string().contains("targetz"), "{e}");
+        std::fs::write(
+            &p,
+            "targets = [\"127.0.0.3\"]\ninterval = \"250ms\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+        )
+        .expect("write");
+        let c = AgentConfig::resolve(&RunArgs {
+            config: Some(p),
+            name: Some("x".into()),
+            ..RunArgs::default()
+        })
+        .expect("valid file");
+        assert_eq!(c.interval, Duration::from_millis(250));
+        assert_eq!(c.targets[0].label, "127.0.0.3");
+    }
+}

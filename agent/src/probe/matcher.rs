@@ -1,0 +1,535 @@
+//! Reply matching, pure: which probe does a reply answer, and what happened to it.
+//!
+//! Every probe carries in its payload a per-agent random token and a 64-bit probe id; the
+//! 16-bit ICMP sequence is the low half of the id. Matching uses the id from the payload,
+//! so sequence wrap at 65535 is harmless, and checks the token, the sequence, the source
+//! address and (on RAW sockets, where the host sees everyone's replies) the identifier.
+//! A reply that fails any check is stray: counted by reason, never recorded as RTT.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// First bytes of every probe payload.
+pub const PAYLOAD_MAGIC: [u8; 4] = *b"PPv1";
+/// magic (4) + token (8) + probe id (8).
+pub const PAYLOAD_HEADER: usize = 20;
+/// A kernel RTT is trusted when it is no larger than the monotonic one plus this slack
+/// (the monotonic send stamp is taken after `send` returns, so it is normally larger).
+const KERNEL_SLACK: Duration = Duration::from_millis(5);
+/// Upper bound of remembered decided probes (late and duplicate detection).
+const MAX_RECENT: usize = 1 << 20;
+
+/// A kernel software timestamp (`CLOCK_REALTIME`), nanoseconds since the epoch.
+pub type KernelNs = i64;
+
+pub fn encode_payload(token: u64, probe_id: u64, size: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(size.max(PAYLOAD_HEADER));
+    p.extend_from_slice(&PAYLOAD_MAGIC);
+    p.extend_from_slice(&token.to_be_bytes());
+    p.extend_from_slice(&probe_id.to_be_bytes());
+    p.resize(size.max(PAYLOAD_HEADER), 0);
+    p
+}
+
+/// `(token, probe id)` when the payload is one of ours in shape.
+pub fn decode_payload(p: &[u8]) -> Option<(u64, u64)> {
+    if p.len() < PAYLOAD_HEADER || p[..4] != PAYLOAD_MAGIC {
+        return None;
+    }
+    let token = u64::from_be_bytes(p[4..12].try_into().ok()?);
+    let id = u64::from_be_bytes(p[12..20].try_into().ok()?);
+    Some((token, id))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrayReason {
+    /// Not a pathpulse payload, another agent's token, or another program's identifier.
+    NotOurs,
+    /// Our token and a probe we sent, but from an address we did not send it to.
+    WrongSource,
+    /// Our token but no probe we know (forged, corrupted, or older than we remember).
+    UnknownProbe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Reply {
+        target: usize,
+        rtt: Duration,
+        reordered: bool,
+        kernel_timestamps: bool,
+    },
+    /// A second reply to a probe already answered.
+    Duplicate {
+        target: usize,
+    },
+    /// A reply to a probe already declared lost.
+    Late {
+        target: usize,
+    },
+    Stray(StrayReason),
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    target: usize,
+    addr: IpAddr,
+    sent_mono: Instant,
+    tx_kernel: Option<KernelNs>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Decided {
+    target: usize,
+    addr: IpAddr,
+    answered: bool,
+}
+
+/// What the reply looked like on the wire, as the socket layer parsed it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyMeta<'a> {
+    pub src: IpAddr,
+    /// Echo identifier of the reply, when the socket does not own it (RAW); `None` on DGRAM.
+    pub ident: Option<u16>,
+    pub seq: u16,
+    pub payload: &'a [u8],
+    pub rx_mono: Instant,
+    pub rx_kernel: Option<KernelNs>,
+}
+
+#[derive(Debug)]
+pub struct Matcher {
+    token: u64,
+    /// Identifier our probes carry on RAW sockets.
+    ident: u16,
+    next_id: u64,
+    inflight: HashMap<u64, InFlight>,
+    by_seq: HashMap<u16, u64>,
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    recent: HashMap<u64, Decided>,
+    recent_order: VecDeque<(Instant, u64)>,
+    retention: Duration,
+    last_answered: HashMap<usize, u64>,
+}
+
+impl Matcher {
+    /// `retention`: how long decided probes are remembered to tell late and duplicate
+    /// replies from strays.
+    pub fn new(token: u64, ident: u16, retention: Duration) -> Self {
+        Matcher {
+            token,
+            ident,
+            next_id: 1,
+            inflight: HashMap::new(),
+            by_seq: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            retention,
+            last_answered: HashMap::new(),
+        }
+    }
+
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    pub fn ident(&self) -> u16 {
+        self.ident
+    }
+
+    /// Allocate the id of the next probe; its ICMP sequence is `id as u16`.
+    pub fn allocate(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// The probe left the socket at `sent_mono`; it is lost if unanswered by `deadline`.
+    pub fn sent(
+        &mut self,
+        id: u64,
+        target: usize,
+        addr: IpAddr,
+        sent_mono: Instant,
+        timeout: Duration,
+    ) {
+        self.inflight.insert(
+            id,
+            InFlight {
+                target,
+                addr,
+                sent_mono,
+                tx_kernel: None,
+            },
+        );
+        self.by_seq.insert(id as u16, id);
+        self.deadlines.push(Reverse((sent_mono + timeout, id)));
+    }
+
+    /// Kernel TX timestamp for the in-flight probe with this sequence.
+    pub fn tx_stamp(&mut self, seq: u16, tx: KernelNs) {
+        if let Some(p) = self
+            .by_seq
+            .get(&seq)
+            .and_then(|id| self.inflight.get_mut(id))
+        {
+            p.tx_kernel.get_or_insert(tx);
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((t, _))| *t)
+    }
+
+    pub fn reply(&mut self, r: &ReplyMeta<'_>) -> Outcome {
+        let Some((token, id)) = decode_payload(r.payload) else {
+            return Outcome::Stray(StrayReason::NotOurs);
+        };
+        if token != self.token || r.ident.is_some_and(|i| i != self.ident) {
+            return Outcome::Stray(StrayReason::NotOurs);
+        }
+        if r.seq != id as u16 {
+            return Outcome::Stray(StrayReason::UnknownProbe);
+        }
+        if let Some(p) = self.inflight.get(&id) {
+            if p.addr != r.src {
+                return Outcome::Stray(StrayReason::WrongSource);
+            }
+            let Some(p) = self.inflight.remove(&id) else {
+                return Outcome::Stray(StrayReason::UnknownProbe);
+            };
+            if self.by_seq.get(&r.seq) == Some(&id) {
+                self.by_seq.remove(&r.seq);
+            }
+            let mono = r.rx_mono.saturating_duration_since(p.sent_mono);
+            let kernel = match (p.tx_kernel, r.rx_kernel) {
+                (Some(tx), Some(rx)) if rx >= tx => Some(Duration::from_nanos((rx - tx) as u64)),
+                _ => None,
+            }
+            .filter(|k| *k <= mono + KERNEL_SLACK);
+            let last = self.last_answered.entry(p.target).or_insert(0);
+            let reordered = id < *last;
+            *last = (*last).max(id);
+            self.remember(
+                id,
+                Decided {
+                    target: p.target,
+                    addr: p.addr,
+                    answered: true,
+                },
+                r.rx_mono,
+            );
+            return Outcome::Reply {
+                target: p.target,
+                rtt: kernel.unwrap_or(mono),
+                reordered,
+                kernel_timestamps: kernel.is_some(),
+            };
+        }
+        match self.recent.get_mut(&id) {
+            Some(d) if d.addr != r.src => Outcome::Stray(StrayReason::WrongSource),
+            Some(d) if d.answered => Outcome::Duplicate { target: d.target },
+            Some(d) => {
+                // Count a late reply once; a second copy of it is a duplicate.
+                d.answered = true;
+                Outcome::Late { target: d.target }
+            }
+            None => Outcome::Stray(StrayReason::UnknownProbe),
+        }
+    }
+
+    /// Declare lost every probe whose deadline has passed; returns their targets.
+    pub fn expire(&mut self, now: Instant) -> Vec<usize> {
+        let mut lost = Vec::new();
+        while let Some(Reverse((t, id))) = self.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(p) = self.inflight.remove(&id) {
+                if self.by_seq.get(&(id as u16)) == Some(&id) {
+                    self.by_seq.remove(&(id as u16));
+                }
+                lost.push(p.target);
+                self.remember(
+                    id,
+                    Decided {
+                        target: p.target,
+                        addr: p.addr,
+                        answered: false,
+                    },
+                    now,
+                );
+            }
+        }
+        while let Some(&(t, id)) = self.recent_order.front() {
+            if now.saturating_duration_since(t) < self.retention && self.recent.len() <= MAX_RECENT
+            {
+                break;
+            }
+            self.recent_order.pop_front();
+            self.recent.remove(&id);
+        }
+        lost
+    }
+
+    fn remember(&mut self, id: u64, d: Decided, at: Instant) {
+        self.recent.insert(id, d);
+        self.recent_order.push_back((at, id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: u64 = 0x5eed_cafe_f00d_0001;
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    struct Probe {
+        id: u64,
+        payload: Vec<u8>,
+    }
+
+    fn send(m: &mut Matcher, target: usize, addr: &str, at: Instant) -> Probe {
+        let id = m.allocate();
+        m.sent(id, target, ip(addr), at, TIMEOUT);
+        Probe {
+            id,
+            payload: encode_payload(m.token(), id, 56),
+        }
+    }
+
+    fn reply<'a>(p: &'a Probe, src: &str, at: Instant) -> ReplyMeta<'a> {
+        ReplyMeta {
+            src: ip(src),
+            ident: Some(7),
+            seq: p.id as u16,
+            payload: &p.payload,
+            rx_mono: at,
+            rx_kernel: None,
+        }
+    }
+
+    #[test]
+    fn a_reply_is_matched_once_and_a_copy_is_a_duplicate() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        let p = send(&mut m, 3, "127.0.0.2", t0);
+        let out = m.reply(&reply(&p, "127.0.0.2", t0 + Duration::from_micros(80)));
+        assert_eq!(
+            out,
+            Outcome::Reply {
+                target: 3,
+                rtt: Duration::from_micros(80),
+                reordered: false,
+                kernel_timestamps: false
+            }
+        );
+        assert_eq!(
+            m.reply(&reply(&p, "127.0.0.2", t0 + Duration::from_micros(90))),
+            Outcome::Duplicate { target: 3 }
+        );
+        assert_eq!(m.in_flight(), 0);
+    }
+
+    #[test]
+    fn reply_from_another_address_is_stray_and_does_not_consume_the_probe() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        let p = send(&mut m, 0, "127.0.0.2", t0);
+        assert_eq!(
+            m.reply(&reply(&p, "127.0.0.9", t0)),
+            Outcome::Stray(StrayReason::WrongSource)
+        );
+        assert!(matches!(
+            m.reply(&reply(&p, "127.0.0.2", t0)),
+            Outcome::Reply { target: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn wrong_token_identifier_or_garbage_is_not_ours() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        let p = send(&mut m, 0, "127.0.0.2", t0);
+        let foreign = Probe {
+            id: p.id,
+            payload: encode_payload(TOKEN ^ 1, p.id, 56),
+        };
+        assert_eq!(
+            m.reply(&reply(&foreign, "127.0.0.2", t0)),
+            Outcome::Stray(StrayReason::NotOurs)
+        );
+        let mut other_ident = reply(&p, "127.0.0.2", t0);
+        other_ident.ident = Some(8);
+        assert_eq!(m.reply(&other_ident), Outcome::Stray(StrayReason::NotOurs));
+        let garbage = Probe {
+            id: p.id,
+            payload: vec![0xAB; 56],
+        };
+        assert_eq!(
+            m.reply(&reply(&garbage, "127.0.0.2", t0)),
+            Outcome::Stray(StrayReason::NotOurs)
+        );
+        let short = Probe {
+            id: p.id,
+            payload: PAYLOAD_MAGIC.to_vec(),
+        };
+        assert_eq!(
+            m.reply(&reply(&short, "127.0.0.2", t0)),
+            Outcome::Stray(StrayReason::NotOurs)
+        );
+        // DGRAM sockets: the kernel owns the identifier, so none is checked.
+        let mut dgram = reply(&p, "127.0.0.2", t0);
+        dgram.ident = None;
+        assert!(matches!(m.reply(&dgram), Outcome::Reply { .. }));
+    }
+
+    #[test]
+    fn forged_sequence_or_unknown_id_is_unknown_probe() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        let p = send(&mut m, 0, "127.0.0.2", t0);
+        let mut forged = reply(&p, "127.0.0.2", t0);
+        forged.seq = forged.seq.wrapping_add(1);
+        assert_eq!(m.reply(&forged), Outcome::Stray(StrayReason::UnknownProbe));
+        let never = Probe {
+            id: 999_999,
+            payload: encode_payload(TOKEN, 999_999, 56),
+        };
+        assert_eq!(
+            m.reply(&reply(&never, "127.0.0.2", t0)),
+            Outcome::Stray(StrayReason::UnknownProbe)
+        );
+    }
+
+    #[test]
+    fn sequence_wrap_at_65535_is_not_a_duplicate() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(600));
+        let mut first = None;
+        let mut last = None;
+        // 65,537 probes: ids 1 and 65,537 share the 16-bit sequence 1.
+        for i in 0..65_537u64 {
+            let p = send(&mut m, 0, "127.0.0.2", t0);
+            let out = m.reply(&reply(
+                &p,
+                "127.0.0.2",
+                t0 + Duration::from_micros(10 + i % 7),
+            ));
+            assert!(
+                matches!(out, Outcome::Reply { .. }),
+                "probe {} (seq {}): {out:?}",
+                p.id,
+                p.id as u16
+            );
+            if i == 0 {
+                first = Some(p);
+            } else if i == 65_536 {
+                last = Some(p);
+            }
+        }
+        let (first, last) = (first.expect("first"), last.expect("last"));
+        assert_eq!(first.id as u16, last.id as u16, "same 16-bit sequence");
+        assert_eq!(
+            m.reply(&reply(&last, "127.0.0.2", t0)),
+            Outcome::Duplicate { target: 0 }
+        );
+    }
+
+    #[test]
+    fn reply_after_timeout_is_late_not_received_and_counted_once() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        let p = send(&mut m, 2, "127.0.0.2", t0);
+        assert!(m.expire(t0 + TIMEOUT - Duration::from_millis(1)).is_empty());
+        assert_eq!(m.expire(t0 + TIMEOUT), vec![2]);
+        assert_eq!(
+            m.reply(&reply(
+                &p,
+                "127.0.0.2",
+                t0 + TIMEOUT + Duration::from_millis(5)
+            )),
+            Outcome::Late { target: 2 }
+        );
+        assert_eq!(
+            m.reply(&reply(
+                &p,
+                "127.0.0.2",
+                t0 + TIMEOUT + Duration::from_millis(6)
+            )),
+            Outcome::Duplicate { target: 2 }
+        );
+        // After the retention the probe is forgotten: a very late copy is stray, not late.
+        m.expire(t0 + Duration::from_secs(20));
+        assert_eq!(
+            m.reply(&reply(&p, "127.0.0.2", t0 + Duration::from_secs(20))),
+            Outcome::Stray(StrayReason::UnknownProbe)
+        );
+    }
+
+    #[test]
+    fn reordering_is_flagged_and_kernel_stamps_win_when_sane() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        let a = send(&mut m, 0, "127.0.0.2", t0);
+        let b = send(&mut m, 0, "127.0.0.2", t0 + Duration::from_millis(10));
+        m.tx_stamp(a.id as u16, 1_000_000_000);
+        let mut rb = reply(&b, "127.0.0.2", t0 + Duration::from_millis(11));
+        rb.rx_kernel = Some(2_000_000_000);
+        // b has no TX stamp: falls back to the monotonic RTT.
+        assert_eq!(
+            m.reply(&rb),
+            Outcome::Reply {
+                target: 0,
+                rtt: Duration::from_millis(1),
+                reordered: false,
+                kernel_timestamps: false
+            }
+        );
+        let mut ra = reply(&a, "127.0.0.2", t0 + Duration::from_millis(12));
+        ra.rx_kernel = Some(1_000_000_000 + 11_500_000);
+        assert_eq!(
+            m.reply(&ra),
+            Outcome::Reply {
+                target: 0,
+                rtt: Duration::from_micros(11_500),
+                reordered: true,
+                kernel_timestamps: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_clock_step_between_kernel_stamps_falls_back_to_monotonic() {
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        for rx in [999_000_000i64, 1_000_000_000 + 3_600_000_000_000] {
+            let p = send(&mut m, 0, "127.0.0.2", t0);
+            m.tx_stamp(p.id as u16, 1_000_000_000);
+            let mut r = reply(&p, "127.0.0.2", t0 + Duration::from_millis(3));
+            r.rx_kernel = Some(rx);
+            assert_eq!(
+                m.reply(&r),
+                Outcome::Reply {
+                    target: 0,
+                    rtt: Duration::from_millis(3),
+                    reordered: false,
+                    kernel_timestamps: false
+                }
+            );
+        }
+    }
+}

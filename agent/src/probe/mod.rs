@@ -1,0 +1,6 @@
+//! Probers. Each owns its sockets and writes outcomes into [`crate::shared::Shared`].
+
+pub mod icmp;
+pub mod icmp_socket;
+pub mod matcher;
+pub mod tcp;

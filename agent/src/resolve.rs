@@ -1,0 +1,95 @@
+//! Target addresses: IP targets as they are, names re-resolved periodically. A failure is
+//! counted on the path (`send_errors`) and logged on change, never fatal.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::target::Host;
+
+pub const REFRESH: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub struct Resolver {
+    names: Mutex<HashMap<String, Option<IpAddr>>>,
+}
+
+impl Resolver {
+    pub fn new(hosts: impl IntoIterator<Item = Host>) -> Arc<Self> {
+        let r = Resolver::default();
+        {
+            let mut m = r.names.lock().unwrap_or_else(|e| e.into_inner());
+            for h in hosts {
+                if let Host::Name(n) = h {
+                    m.insert(n, None);
+                }
+            }
+        }
+        Arc::new(r)
+    }
+
+    /// Current address of a host, `None` while a name does not resolve.
+    pub fn addr(&self, h: &Host) -> Option<IpAddr> {
+        match h {
+            Host::Ip(ip) => Some(*ip),
+            Host::Name(n) => self
+                .names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(n)
+                .copied()
+                .flatten(),
+        }
+    }
+
+    /// Resolve every name once (first address; IPv4 preferred when both exist).
+    pub async fn refresh(&self) {
+        let names: Vec<String> = self
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for n in names {
+            let res = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::lookup_host((n.as_str(), 0)),
+            )
+            .await;
+            let addr = match res {
+                Ok(Ok(it)) => {
+                    let all: Vec<IpAddr> = it.map(|s| s.ip()).collect();
+                    all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(name = %n, error = %e, "resolution failed");
+                    None
+                }
+                Err(_) => None,
+            };
+            let mut m = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            let prev = m.insert(n.clone(), addr).flatten();
+            if prev != addr {
+                match addr {
+                    Some(a) => tracing::info!(name = %n, addr = %a, "target resolved"),
+                    None => {
+                        tracing::warn!(name = %n, "target does not resolve; its probes count as send errors")
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(REFRESH) => self.refresh().await,
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The agent assembled: probers, reporter, uplinks and the standalone `/metrics`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pathpulse_metrics::export::{self, Role};
+use pathpulse_metrics::{SharedStore, Store};
+use pathpulse_wire::{Hello, ProbeKind, Report};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AgentConfig, ConfigError, ConfigErrors};
+use crate::probe::icmp::IcmpProber;
+use crate::probe::tcp::TcpProber;
+use crate::resolve::Resolver;
+use crate::shared::Shared;
+use crate::stats::PathStats;
+use crate::uplink::{self, Uplink, UplinkStatus};
+
+/// Directory under the state directory that holds the agent's certificate and key and
+/// the aggregator's CA certificate.
+pub const IDENTITY_DIR: &str = "identity";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Exit 78: something the operator must fix in the configuration or environment.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    #[error("{0:#}")]
+    Fatal(anyhow::Error),
+}
+
+fn config_err(key: &str, reason: impl Into<String>) -> RunError {
+    RunError::Config(ConfigErrors(vec![ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }]))
+}
+
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Handles a caller (the demo, tests) may keep to watch a running agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentHandles {
+    pub uplinks: Vec<Arc<UplinkStatus>>,
+}
+
+/// Run the agent until `shutdown` is cancelled.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_with(cfg, shutdown, |_| {}).await
+}
+
+/// As [`run`], handing out [`AgentHandles`] once everything is started.
+pub async fn run_with(
+    cfg: AgentConfig,
+    shutdown: CancellationToken,
+    started: impl FnOnce(AgentHandles),
+) -> Result<(), RunError> {
+    let paths = cfg
+        .targets
+        .iter()
+        .map(|t| PathStats::new(t.label.clone(), t.probe))
+        .collect();
+    let shared = Arc::new(Shared::new(paths));
+    let resolver = Resolver::new(cfg.targets.iter().map(|t| t.host.clone()));
+    resolver.refresh().await;
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(resolver.clone().run(shutdown.clone()));
+
+    // Identity first: a missing certificate is a configuration problem, found at start.
+    let mut uplink_txs = Vec::new();
+    let mut handles = AgentHandles::default();
+    if !cfg.aggregators.is_empty() {
+        let dir = cfg.state_dir.join(IDENTITY_DIR);
+        let client = uplink::client_config(&dir).map_err(|e| {
+            config_err(
+                "state_dir",
+                format!(
+                    "{e:#}; issue an identity with `pathpulse-aggregator cert issue --name {} --out {}`",
+                    cfg.name,
+                    dir.display()
+                ),
+            )
+        })?;
+        let session: u64 = rand::random();
+        for a in &cfg.aggregators {
+            let (tx, rx) = mpsc::channel(64);
+            let status = Arc::new(UplinkStatus::default());
+            handles.uplinks.push(status.clone());
+            let up = Uplink {
+                aggregator: a.clone(),
+                hello: Hello {
+                    agent: cfg.name.clone(),
+                    session,
+                    software: env!("CARGO_PKG_VERSION").into(),
+                    site: cfg.site.clone(),
+                    isp: cfg.isp.clone(),
+                },
+                client: client.clone(),
+                reports: rx,
+                queue_limit: uplink::DEFAULT_QUEUE_LIMIT,
+                status,
+            };
+            uplink_txs.push((a.clone(), tx));
+            tasks.spawn(up.run(shutdown.clone()));
+        }
+    }
+
+    // Standalone /metrics.
+    let store: Option<SharedStore> = match cfg.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                config_err("metrics_listen", format!("cannot listen on {addr}: {e}"))
+            })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| RunError::Fatal(e.into()))?;
+            // A standalone agent is up as long as it runs.
+            let store = Arc::new(Mutex::new(Store::new(u64::MAX)));
+            let reg = Arc::new(export::registry(
+                store.clone(),
+                Role::Agent,
+                export::wall_clock_ms,
+            ));
+            let app = pathpulse_metrics::http::metrics_router(reg)
+                .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let serve = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            });
+            tracing::info!(addr = %bound, "serving /metrics");
+            Some(store)
+        }
+    };
+
+    // Probers.
+    let by_kind = |k: ProbeKind| -> Vec<_> {
+        cfg.targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.probe == k)
+            .map(|(i, t)| (i, t.clone()))
+            .collect()
+    };
+    let icmp_targets = by_kind(ProbeKind::Icmp);
+    let tcp_targets = by_kind(ProbeKind::Tcp);
+    if !icmp_targets.is_empty() {
+        match IcmpProber::open(
+            icmp_targets,
+            cfg.interval,
+            cfg.timeout,
+            shared.clone(),
+            resolver.clone(),
+        ) {
+            Ok(p) => {
+                tasks.spawn(p.run(shutdown.clone()));
+            }
+            Err(e) if tcp_targets.is_empty() => {
+                return Err(RunError::Fatal(anyhow::anyhow!(
+                    "cannot probe with ICMP: {e}"
+                )));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ICMP probes disabled; their paths count send errors")
+            }
+        }
+    }
+    tasks.spawn(
+        TcpProber {
+            targets: tcp_targets,
+            interval: cfg.interval,
+            timeout: cfg.timeout,
+            shared: shared.clone(),
+            resolver,
+        }
+        .run(shutdown.clone()),
+    );
+    started(handles);
+    tracing::info!(agent = %cfg.name, targets = cfg.targets.len(), aggregators = cfg.aggregators.len(), "agent running");
+
+    // Reporter: one report per interval to the local store and every uplink.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.report_interval,
+        cfg.report_interval,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut start_wall, mut start_mono) = (wall_ms(), Instant::now());
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let (paths, health) = shared.take();
+        let now_mono = Instant::now();
+        let report = Report {
+            seq: 0,
+            agent: cfg.name.clone(),
+            interval_start_ms: start_wall,
+            interval_ms: now_mono
+                .saturating_duration_since(start_mono)
+                .as_millis()
+                .min(u128::from(u32::MAX)) as u32,
+            paths,
+            health,
+        };
+        // Lengths come from the monotonic clock; the wall clock only labels the interval,
+        // so a clock step cannot make an interval negative or huge.
+        start_wall = wall_ms();
+        start_mono = now_mono;
+        if let Some(store) = &store {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply(&report, wall_ms());
+        }
+        for (agg, tx) in &uplink_txs {
+            if tx.try_send(report.clone()).is_err() {
+                tracing::warn!(aggregator = %agg, "uplink queue full; report dropped");
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+    drop(uplink_txs);
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(3), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 3 s");
+    }
+    Ok(())
+}

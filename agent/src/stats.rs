@@ -1,0 +1,140 @@
+//! Per-path statistics of the current report interval, and the jitter that carries over.
+
+use pathpulse_metrics::stats::Rfc3550Jitter;
+use pathpulse_wire::{PathReport, ProbeKind, SparseHist};
+
+#[derive(Debug, Clone, Default)]
+pub struct PathStats {
+    pub dst: String,
+    pub probe: Option<ProbeKind>,
+    pub sent: u32,
+    pub received: u32,
+    pub lost: u32,
+    pub late: u32,
+    pub duplicate: u32,
+    pub reordered: u32,
+    pub send_errors: u32,
+    pub rtt: SparseHist,
+    pub rtt_sum_us: u64,
+    jitter: Rfc3550Jitter,
+    /// Since start, for the in-flight count.
+    total_sent: u64,
+    total_decided: u64,
+}
+
+impl PathStats {
+    pub fn new(dst: String, probe: ProbeKind) -> Self {
+        PathStats {
+            dst,
+            probe: Some(probe),
+            ..PathStats::default()
+        }
+    }
+
+    pub fn on_sent(&mut self) {
+        self.sent += 1;
+        self.total_sent += 1;
+    }
+
+    pub fn on_send_error(&mut self) {
+        self.send_errors += 1;
+    }
+
+    pub fn on_reply(&mut self, rtt_us: u64, reordered: bool) {
+        self.received += 1;
+        self.total_decided += 1;
+        self.rtt.record(rtt_us);
+        self.rtt_sum_us += rtt_us;
+        self.jitter.update(rtt_us);
+        if reordered {
+            self.reordered += 1;
+        }
+    }
+
+    pub fn on_lost(&mut self) {
+        self.lost += 1;
+        self.total_decided += 1;
+    }
+
+    pub fn on_late(&mut self) {
+        self.late += 1;
+    }
+
+    pub fn on_duplicate(&mut self) {
+        self.duplicate += 1;
+    }
+
+    /// The report of the interval that ends now; the interval's counts start again at 0.
+    pub fn take_report(&mut self) -> PathReport {
+        let in_flight = self.total_sent.saturating_sub(self.total_decided) as u32;
+        let rtt = std::mem::take(&mut self.rtt);
+        let r = PathReport {
+            dst: self.dst.clone(),
+            probe: self.probe,
+            sent: self.sent,
+            received: self.received,
+            lost: self.lost,
+            late: self.late,
+            duplicate: self.duplicate,
+            reordered: self.reordered,
+            send_errors: self.send_errors,
+            in_flight,
+            rtt,
+            rtt_sum_us: self.rtt_sum_us,
+            jitter_us: self.jitter.value_us().map(|j| j.round() as u32),
+        };
+        *self = PathStats {
+            dst: std::mem::take(&mut self.dst),
+            probe: self.probe,
+            jitter: self.jitter,
+            total_sent: self.total_sent,
+            total_decided: self.total_decided,
+            ..PathStats::default()
+        };
+        r
+    }
+
+    /// Heap plus inline bytes of this path's state (for the memory goal).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.dst.capacity() + self.rtt.heap_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_carries_across_intervals_and_counts_reset() {
+        let mut s = PathStats::new("127.0.0.2".into(), ProbeKind::Icmp);
+        for _ in 0..3 {
+            s.on_sent();
+        }
+        s.on_reply(100, false);
+        let r1 = s.take_report();
+        assert_eq!((r1.sent, r1.received, r1.lost, r1.in_flight), (3, 1, 0, 2));
+        s.on_lost();
+        s.on_reply(140, true);
+        let r2 = s.take_report();
+        assert_eq!(
+            (r2.sent, r2.received, r2.lost, r2.reordered, r2.in_flight),
+            (0, 1, 1, 1, 0)
+        );
+        assert_eq!(r2.jitter_us, Some(3), "(140-100)/16 = 2.5, rounded");
+        assert_eq!(r2.rtt.count(), 1);
+        assert_eq!(
+            r1.sent + r2.sent,
+            r1.received + r2.received + r1.lost + r2.lost + r2.in_flight
+        );
+    }
+
+    #[test]
+    fn a_path_at_one_probe_per_second_stays_under_2_kb() {
+        let mut s = PathStats::new("203.0.113.200".into(), ProbeKind::Icmp);
+        for i in 0..5 {
+            s.on_sent();
+            s.on_reply(10_000 + i * 37, false);
+        }
+        assert!(s.bytes() < 2048, "{} bytes", s.bytes());
+    }
+}

@@ -1,0 +1,165 @@
+//! Aggregator configuration: TOML file, flags and `PATHPULSE_*` environment, validated
+//! with every error collected (exit 78).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pathpulse_agent::config::{ConfigError, ConfigErrors, parse_duration};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:4470";
+pub const DEFAULT_HTTP: &str = "0.0.0.0:9470";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pathpulse";
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub http: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    /// Extra names and addresses for the server certificate.
+    pub server_names: Option<Vec<String>>,
+    pub stale_after: Option<String>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PATHPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// QUIC address agents report to.
+    #[arg(long, value_name = "ADDR", env = "PATHPULSE_LISTEN")]
+    pub listen: Option<String>,
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long, value_name = "ADDR", env = "PATHPULSE_HTTP")]
+    pub http: Option<String>,
+    /// Directory for the CA, the server certificate and state.
+    #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// An agent is down when no report arrived for this long, e.g. 30s.
+    #[arg(long, value_name = "DUR", env = "PATHPULSE_STALE_AFTER")]
+    pub stale_after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregatorConfig {
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub state_dir: PathBuf,
+    pub server_names: Vec<String>,
+    pub stale_after: Duration,
+    pub max_connections: usize,
+}
+
+impl AggregatorConfig {
+    pub fn resolve(args: &RunArgs) -> Result<AggregatorConfig, ConfigErrors> {
+        let file = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| one("config", format!("cannot read {}: {e}", p.display())))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    one(
+                        "config",
+                        format!("{}: {}", p.display(), e.to_string().trim_end()),
+                    )
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let mut errs = Vec::new();
+        let mut addr = |key: &str, v: Option<&str>, default: &str| -> SocketAddr {
+            let s = v.unwrap_or(default);
+            s.parse().unwrap_or_else(|_| {
+                errs.push(ConfigError {
+                    key: key.into(),
+                    reason: format!("`{s}` is not an address like 0.0.0.0:4470 or [::]:4470"),
+                });
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        };
+        let listen = addr(
+            "listen",
+            args.listen.as_deref().or(file.listen.as_deref()),
+            DEFAULT_LISTEN,
+        );
+        let http = addr(
+            "http",
+            args.http.as_deref().or(file.http.as_deref()),
+            DEFAULT_HTTP,
+        );
+        let stale_after = match args.stale_after.as_deref().or(file.stale_after.as_deref()) {
+            None => DEFAULT_STALE_AFTER,
+            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                errs.push(ConfigError {
+                    key: "stale_after".into(),
+                    reason: e,
+                });
+                DEFAULT_STALE_AFTER
+            }),
+        };
+        let max_connections = file.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            errs.push(ConfigError {
+                key: "max_connections".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        Ok(AggregatorConfig {
+            listen,
+            http,
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            server_names: file.server_names.unwrap_or_default(),
+            stale_after,
+            max_connections,
+        })
+    }
+}
+
+fn one(key: &str, reason: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        key: key.into(),
+        reason,
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let a = RunArgs {
+            listen: Some("nope".into()),
+            http: Some("1.2.3.4".into()),
+            stale_after: Some("soon".into()),
+            ..RunArgs::default()
+        };
+        let e = AggregatorConfig::resolve(&a).expect_err("invalid");
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["listen", "http", "stale_after"]);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("agg.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:0\"\nlisten_port = 5\n").expect("write");
+        let e = AggregatorConfig::resolve(&RunArgs {
+            config: Some(p),
+            ..RunArgs::default()
+        })
+        .expect_err("unknown key");
+        assert!(e.to_string().contains("listen_port"), "{e}");
+    }
+}

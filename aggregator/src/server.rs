@@ -1,0 +1,129 @@
+//! The aggregator assembled: PKI, QUIC ingest, store and HTTP.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pathpulse_agent::RunError;
+use pathpulse_agent::config::{ConfigError, ConfigErrors};
+use pathpulse_metrics::export::{self, Role};
+use pathpulse_metrics::{SharedStore, Store};
+use pathpulse_wire::frame::DEFAULT_MAX_FRAME;
+use pathpulse_wire::tls;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AggregatorConfig;
+use crate::ingest::{self, Ingest};
+use crate::pki;
+
+fn config_err(key: &str, reason: String) -> RunError {
+    RunError::Config(ConfigErrors(vec![ConfigError {
+        key: key.into(),
+        reason,
+    }]))
+}
+
+/// Addresses actually bound (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// A started aggregator.
+pub struct Running {
+    pub bound: Bound,
+    pub store: SharedStore,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// Bind everything and start serving; returns once the sockets are bound.
+pub async fn start(
+    cfg: &AggregatorConfig,
+    shutdown: CancellationToken,
+) -> Result<Running, RunError> {
+    let fatal = |e: anyhow::Error| RunError::Fatal(e);
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        config_err(
+            "state_dir",
+            format!("cannot create {}: {e}", cfg.state_dir.display()),
+        )
+    })?;
+    let ca = pki::load_ca(&cfg.state_dir).map_err(|e| config_err("state_dir", format!("{e:#}")))?;
+    let server = pki::server_identity(&ca, &cfg.server_names).map_err(fatal)?;
+    let tls_cfg = tls::server_config(
+        ca.cert_pem(),
+        server.identity().map_err(|e| fatal(e.into()))?,
+    )
+    .map_err(|e| fatal(e.into()))?;
+    let quic_cfg = ingest::server_config(tls_cfg).map_err(fatal)?;
+    let endpoint = quinn::Endpoint::server(quic_cfg, cfg.listen).map_err(|e| {
+        config_err(
+            "listen",
+            format!("cannot listen on {} (udp): {e}", cfg.listen),
+        )
+    })?;
+    let quic = endpoint.local_addr().map_err(|e| fatal(e.into()))?;
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .map_err(|e| config_err("http", format!("cannot listen on {}: {e}", cfg.http)))?;
+    let http = listener.local_addr().map_err(|e| fatal(e.into()))?;
+
+    let store: SharedStore = Arc::new(Mutex::new(Store::new(cfg.stale_after.as_millis() as u64)));
+    let registry = Arc::new(export::registry(
+        store.clone(),
+        Role::Aggregator,
+        export::wall_clock_ms,
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = crate::http::router(registry, ready.clone());
+    let ingest = Ingest {
+        endpoint,
+        store: store.clone(),
+        max_frame: DEFAULT_MAX_FRAME,
+        connections: Arc::new(Semaphore::new(cfg.max_connections)),
+        name: cfg
+            .server_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "pathpulse-aggregator".into()),
+    };
+    let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
+    let expire_store = store.clone();
+    let done = tokio::spawn(async move {
+        let ingest_task = tokio::spawn(ingest.run(shutdown));
+        let http_task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop_http.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        let expire_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = stop_expire.cancelled() => return,
+                    _ = tick.tick() => expire_store.lock().unwrap_or_else(|e| e.into_inner()).expire(export::wall_clock_ms()),
+                }
+            }
+        });
+        let _ = tokio::join!(ingest_task, http_task, expire_task);
+    });
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(%quic, %http, state_dir = %cfg.state_dir.display(), "aggregator running");
+    Ok(Running {
+        bound: Bound { quic, http },
+        store,
+        done,
+    })
+}
+
+/// Run until `shutdown` is cancelled.
+pub async fn run(cfg: AggregatorConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let running = start(&cfg, shutdown).await?;
+    let _ = running.done.await;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: real binaries on real sockets. One test binary (see ripgrep's tests).
+
+mod accuracy;
+mod cli;
+mod loopback;
+mod prometheus;
+mod security;
+mod setup;

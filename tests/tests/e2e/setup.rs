@@ -1,0 +1,112 @@
+//! A small deployment: an aggregator with its CA, and agents with issued identities.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pathpulse_tests::{Proc, Sample, bin, free_port, http_get, parse_metrics, run, wait_for};
+
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub quic: u16,
+    pub http: u16,
+    pub aggregator: Proc,
+}
+
+impl Deployment {
+    pub fn start() -> Deployment {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (quic, http) = (free_port(), free_port());
+        let state = dir.path().join("aggregator");
+        let aggregator = Proc::start(
+            "aggregator",
+            &bin("pathpulse-aggregator"),
+            &[
+                "run",
+                "--listen",
+                &format!("127.0.0.1:{quic}"),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                "--state-dir",
+                state.to_str().expect("utf-8 path"),
+            ],
+            dir.path(),
+        );
+        let d = Deployment {
+            dir,
+            quic,
+            http,
+            aggregator,
+        };
+        wait_for(Duration::from_secs(20), || http_get(&d.url("/readyz")).ok())
+            .expect("aggregator ready");
+        d
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("aggregator")
+    }
+
+    /// Issue an identity for `name` with the aggregator's CA (or another state dir's CA).
+    pub fn issue(&self, name: &str, ca_state: &Path) -> PathBuf {
+        let agent_state = self.dir.path().join(name);
+        let out = agent_state.join("identity");
+        let (code, text) = run(
+            &bin("pathpulse-aggregator"),
+            &[
+                "cert",
+                "issue",
+                "--name",
+                name,
+                "--out",
+                out.to_str().expect("utf-8"),
+                "--state-dir",
+                ca_state.to_str().expect("utf-8"),
+            ],
+        );
+        assert_eq!(code, 0, "cert issue: {text}");
+        agent_state
+    }
+
+    /// Start an agent reporting here every 500 ms.
+    pub fn agent(&self, name: &str, state: &Path, targets: &[&str], extra: &[&str]) -> Proc {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--name".into(),
+            name.into(),
+            "--aggregator".into(),
+            format!("127.0.0.1:{}", self.quic),
+            "--state-dir".into(),
+            state.to_str().expect("utf-8").into(),
+            "--interval".into(),
+            "100ms".into(),
+            "--timeout".into(),
+            "1s".into(),
+            "--report-interval".into(),
+            "500ms".into(),
+        ];
+        for t in targets {
+            args.push("--target".into());
+            args.push((*t).into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::start(name, &bin("pathpulse-agent"), &refs, self.dir.path())
+    }
+
+    pub fn metrics(&self) -> Vec<Sample> {
+        http_get(&self.url("/metrics"))
+            .map(|t| parse_metrics(&t))
+            .unwrap_or_default()
+    }
+}
+
+/// Value of the first sample named `name` with these labels.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pathpulse_tests::select(samples, name, labels)
+        .first()
+        .map(|s| s.value)
+}
