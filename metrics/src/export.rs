@@ -330,6 +330,49 @@ pub fn registry(store: SharedStore, role: Role, clock: Clock) -> Registry {
     reg
 }
 
+/// Content type of the classic Prometheus text format (what `curl` and `promtool` get).
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Families that are summaries in the classic text format: exact quantiles over sliding
+/// windows, which is what a Prometheus summary is. (OpenMetrics output types them as
+/// gauges: prometheus-client cannot encode summaries.)
+const SUMMARY_FAMILIES: [&str; 1] = ["pathpulse_rtt_quantile_seconds"];
+
+/// Convert the OpenMetrics text of [`encode_text`] into the classic Prometheus text
+/// format 0.0.4: counter families are named with their `_total` suffix in HELP and TYPE,
+/// quantile families are typed `summary`, and `# UNIT` / `# EOF` are dropped.
+pub fn openmetrics_to_prometheus(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut pending_help: Option<(&str, &str)> = None;
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            pending_help = Some((name, help));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, ty) = match ty {
+                "counter" => (format!("{name}_total"), "counter"),
+                _ if SUMMARY_FAMILIES.contains(&name) => (name.to_string(), "summary"),
+                "unknown" => (name.to_string(), "untyped"),
+                t => (name.to_string(), t),
+            };
+            if let Some((_, help)) = pending_help.take() {
+                out.push_str(&format!("# HELP {name} {help}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {ty}\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Encode the registry in the OpenMetrics text format.
 pub fn encode_text(reg: &Registry) -> String {
     let mut out = String::new();
@@ -403,5 +446,20 @@ mod tests {
             assert!(text.contains(&line), "missing `{line}` in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        let classic = openmetrics_to_prometheus(&text);
+        assert!(
+            classic.contains("# TYPE pathpulse_probes_sent_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP pathpulse_probes_sent_total Probes sent.\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE pathpulse_rtt_quantile_seconds summary\n"),
+            "{classic}"
+        );
+        assert!(classic.contains(&format!("pathpulse_probes_sent_total{{{labels}}} 4\n")));
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
     }
 }

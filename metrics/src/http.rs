@@ -3,25 +3,35 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderMap;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-use crate::export::{OPENMETRICS_CONTENT_TYPE, encode_text};
+use crate::export::{
+    OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE, encode_text, openmetrics_to_prometheus,
+};
 
-/// A router serving `GET /metrics` from `registry`.
+/// A router serving `GET /metrics` from `registry`: OpenMetrics when the scraper asks for
+/// it (Prometheus does), the classic text format otherwise (curl, promtool).
 pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Router<S> {
     Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let reg = registry.clone();
             async move {
-                (
-                    [(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-                    encode_text(&reg),
-                )
-                    .into_response()
+                let accept = headers
+                    .get(ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let text = encode_text(&reg);
+                if accept.contains("application/openmetrics-text") {
+                    ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()
+                } else {
+                    let classic = openmetrics_to_prometheus(&text);
+                    ([(CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)], classic).into_response()
+                }
             }
         }),
     )

@@ -108,7 +108,7 @@ impl From<SparseHist> for Encoded {
 impl TryFrom<Encoded> for SparseHist {
     type Error = HistError;
     fn try_from(e: Encoded) -> Result<Self, HistError> {
-        if e.0.len() % 2 != 0 {
+        if !e.0.len().is_multiple_of(2) {
             return Err(HistError::Truncated);
         }
         let n = e.0.len() / 2;

@@ -251,7 +251,9 @@ impl IcmpSocket {
             let mut guard = self.fd.ready(Interest::READABLE | Interest::ERROR).await?;
             let fd = guard.get_inner().as_raw_fd();
             let mut drained = true;
-            for errqueue in [false, true] {
+            // The error queue first: a probe's TX stamp must be known before its reply is
+            // matched, and the kernel queues the stamp before the reply exists.
+            for errqueue in [true, false] {
                 let mut n = 0;
                 loop {
                     if n >= MAX_BATCH {
@@ -308,7 +310,6 @@ impl IcmpSocket {
                 .map(|s| IpAddr::V4(s.ip()))
                 .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
         });
-        drop(iov);
         let data = &buf[..len.min(buf.len())];
         let data = if errqueue {
             strip_link_header(self.family, data)

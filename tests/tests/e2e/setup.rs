@@ -9,7 +9,8 @@ pub struct Deployment {
     pub dir: tempfile::TempDir,
     pub quic: u16,
     pub http: u16,
-    pub aggregator: Proc,
+    /// Kept so the process lives as long as the deployment (killed on drop).
+    pub _aggregator: Proc,
 }
 
 impl Deployment {
@@ -35,7 +36,7 @@ impl Deployment {
             dir,
             quic,
             http,
-            aggregator,
+            _aggregator: aggregator,
         };
         wait_for(Duration::from_secs(20), || http_get(&d.url("/readyz")).ok())
             .expect("aggregator ready");
