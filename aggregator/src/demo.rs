@@ -116,6 +116,15 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             "  probing the default gateway {g} from demo-a (--no-gateway to stay on loopback)"
         );
     }
+    match pathpulse_agent::probe::icmp_socket::IcmpSocket::open(
+        pathpulse_agent::probe::icmp_socket::Family::V4,
+    ) {
+        Ok(s) => println!(
+            "  ICMP:     on ({:?} sockets with kernel timestamps)",
+            s.kind()
+        ),
+        Err(e) => println!("  ICMP:     OFF, measuring with TCP connect only. {e}"),
+    }
     println!("Press Ctrl-C to stop.");
     if let Some(d) = &args.duration {
         let d = pathpulse_agent::config::parse_duration(d)

@@ -60,32 +60,36 @@ impl IcmpProber {
             wants(f).then(|| IcmpSocket::open(f))
         };
         let (v4, v6) = (open(Family::V4), open(Family::V6));
-        let mut first_err = None;
+        let (mut opened, mut errors) = (Vec::new(), Vec::new());
         let mut keep = |r: Option<Result<IcmpSocket, OpenError>>| match r {
             Some(Ok(s)) => {
-                tracing::info!(family = ?s.family(), kind = ?s.kind(), bpf = s.filtered(), "ICMP socket open");
+                let bpf = if s.filtered() { " with BPF filter" } else { "" };
+                opened.push(format!("{} {:?}{bpf}", s.family(), s.kind()));
                 Some(s)
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "ICMP socket unavailable; probes of this family count as send errors");
-                first_err.get_or_insert(e);
+                errors.push(e);
                 None
             }
             None => None,
         };
         let (v4, v6) = (keep(v4), keep(v6));
-        match (v4.is_none() && v6.is_none(), first_err) {
-            (true, Some(e)) => Err(e),
-            _ => Ok(IcmpProber {
-                targets,
-                interval,
-                timeout,
-                shared,
-                resolver,
-                v4,
-                v6,
-            }),
+        if v4.is_none() && v6.is_none() && !errors.is_empty() {
+            return Err(errors.swap_remove(0));
         }
+        for e in &errors {
+            tracing::warn!(error = %e, "ICMP probes of this family disabled; they count as send errors");
+        }
+        tracing::info!(sockets = ?opened, "ICMP sockets open");
+        Ok(IcmpProber {
+            targets,
+            interval,
+            timeout,
+            shared,
+            resolver,
+            v4,
+            v6,
+        })
     }
 
     pub async fn run(self, shutdown: CancellationToken) {

@@ -33,6 +33,15 @@ pub enum Family {
     V6,
 }
 
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
 impl Family {
     pub fn of(ip: &IpAddr) -> Family {
         if ip.is_ipv4() { Family::V4 } else { Family::V6 }
@@ -47,7 +56,7 @@ pub enum SocketKind {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "cannot open an {family:?} ICMP socket: raw: {raw}; unprivileged (dgram): {dgram}. Fix: grant CAP_NET_RAW \
+    "cannot open an {family} ICMP socket: raw: {raw}; unprivileged (dgram): {dgram}. Fix: grant CAP_NET_RAW \
      (`setcap cap_net_raw+ep pathpulse-agent`, or AmbientCapabilities=CAP_NET_RAW in the unit) or allow \
      unprivileged ICMP with `sysctl net.ipv4.ping_group_range='0 2147483647'`"
 )]

@@ -2,6 +2,7 @@
 
 mod accuracy;
 mod cli;
+mod demo;
 mod loopback;
 mod prometheus;
 mod security;
