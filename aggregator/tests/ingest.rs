@@ -11,7 +11,6 @@ use pathpulse_aggregator::{pki, server};
 use pathpulse_wire::frame::{self, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
 use pathpulse_wire::message::AgentHealth;
 use pathpulse_wire::{ClientMsg, Hello, PathReport, RefuseReason, Report, ServerMsg, tls};
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 struct Agg {
