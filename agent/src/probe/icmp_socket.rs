@@ -117,6 +117,38 @@ pub struct IcmpSocket {
     filtered: bool,
 }
 
+/// `ICMP6_FILTER` from `<linux/icmpv6.h>` (not exported by libc).
+const ICMP6_FILTER: nix::libc::c_int = 1;
+
+/// Deliver only the given ICMPv6 types to a RAW socket.
+// nix and socket2 do not wrap ICMP6_FILTER, so this one setsockopt goes through libc.
+#[allow(unsafe_code)]
+fn set_icmp6_filter(sock: &Socket, pass: &[u8]) -> io::Result<()> {
+    // struct icmp6_filter { __u32 data[8]; }: a set bit BLOCKS that type.
+    let mut filt = [u32::MAX; 8];
+    for &t in pass {
+        filt[usize::from(t >> 5)] &= !(1u32 << (t & 31));
+    }
+    let len = nix::libc::socklen_t::try_from(std::mem::size_of_val(&filt))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `sock` is a live fd; pointer and length describe `filt`, a 32-byte array
+    // (== sizeof(struct icmp6_filter)) that outlives the call; the kernel only reads it.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            sock.as_raw_fd(),
+            nix::libc::IPPROTO_ICMPV6,
+            ICMP6_FILTER,
+            filt.as_ptr().cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Register the socket with tokio's reactor: readable, writable and the error queue.
 #[allow(unsafe_code)]
 fn register(sock: Socket) -> io::Result<AsyncFd<Socket>> {
@@ -195,9 +227,15 @@ impl IcmpSocket {
                 .and_then(|a| a.as_socket())
                 .map(|a| a.port());
         }
-        let filtered = kind == SocketKind::Raw
-            && family == Family::V4
-            && sock.attach_filter(&v4_filter()).is_ok();
+        let filtered = match (family, kind) {
+            (Family::V4, SocketKind::Raw) => sock.attach_filter(&v4_filter()).is_ok(),
+            // Echo reply, destination unreachable, time exceeded.
+            (Family::V6, SocketKind::Raw) => {
+                set_icmp6_filter(&sock, &[ECHO_REPLY_V6, 1, 3]).is_ok()
+            }
+            // The kernel delivers only replies carrying the socket's identifier.
+            (_, SocketKind::Dgram) => true,
+        };
         let fd = register(sock).map_err(fail)?;
         Ok(IcmpSocket {
             fd,
@@ -467,6 +505,11 @@ mod tests {
         for (family, dst) in [(Family::V4, "127.0.0.1"), (Family::V6, "::1")] {
             let sock = IcmpSocket::open(family).expect("open");
             assert_eq!(sock.kind(), SocketKind::Raw);
+            // The kernel turns RX software stamping on host-wide through a deferred switch
+            // when the first timestamping socket appears: replies in the first moments
+            // may come without a stamp (the prober then uses the monotonic fallback).
+            let _ = echo(&sock, dst.parse().expect("ip"), 999).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let mut kernel = Vec::new();
             for seq in 1..=20u16 {
                 let (tx, rx, wall) = echo(&sock, dst.parse().expect("ip"), seq).await;
