@@ -3,6 +3,7 @@
 mod accuracy;
 mod cli;
 mod demo;
+mod lab;
 mod loopback;
 mod prometheus;
 mod security;

@@ -1,0 +1,236 @@
+//! Lab tests: real packets through the TUN link emulator between network namespaces,
+//! pathpulse compared with the emulator's log (the truth) and with fping in the same run.
+
+use std::time::Duration;
+
+use pathpulse_tests::lab::impair::{Delay, Impairment, Loss};
+use pathpulse_tests::lab::netns::Netns;
+use pathpulse_tests::lab::{ADDR_B, Link};
+use pathpulse_tests::{Proc, Sample, bin, parse_metrics, require_program, require_root};
+
+use crate::setup::value;
+
+const METRICS_PORT: u16 = 9469;
+
+/// GET /metrics of an agent listening inside `ns` (fetched from inside it with bash).
+fn metrics_in(ns: &Netns) -> Vec<Sample> {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let (_, text) = ns.run("bash", &["-c", &script]);
+    parse_metrics(&text)
+}
+
+fn agent_in(ns: &Netns, dir: &std::path::Path, target: &str, interval: &str) -> Proc {
+    ns.spawn(
+        "agent",
+        &bin("pathpulse-agent"),
+        &[
+            "run",
+            "--name",
+            "lab",
+            "--target",
+            target,
+            "--interval",
+            interval,
+            "--timeout",
+            "1s",
+            "--report-interval",
+            "1s",
+            "--metrics-listen",
+            &format!("127.0.0.1:{METRICS_PORT}"),
+        ],
+        dir,
+    )
+}
+
+/// Value at quantile `q` as HDR computes it: the sample of rank ceil(q n).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted[rank - 1]
+}
+
+/// Round-trip times (ms) from the emulator's log: reply departure (toward A) minus request
+/// arrival (from A), per echo identifier and sequence, for requests with `ident`
+/// (or every identifier but `not_ident`).
+fn truth_rtts(link: &Link, keep: impl Fn(u16) -> bool) -> Vec<f64> {
+    use pathpulse_tests::lab::emu::Dir;
+    use std::collections::HashMap;
+    let log = link.emu.log();
+    let mut req: HashMap<(u16, u16), u64> = HashMap::new();
+    let mut out = Vec::new();
+    for r in &log {
+        match (r.dir, r.echo) {
+            (Dir::Ab, Some((8, id, seq))) if !r.dropped && keep(id) => {
+                req.insert((id, seq), r.arrive_ns);
+            }
+            (Dir::Ba, Some((0, id, seq))) if !r.dropped => {
+                if let (Some(t0), Some(t1)) = (req.remove(&(id, seq)), r.depart_ns.first()) {
+                    out.push((*t1 - t0) as f64 / 1e6);
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+#[test]
+fn lab_delay_quantiles_match_the_emulator_log_and_fping() {
+    let test = "lab_delay_quantiles_match_the_emulator_log_and_fping";
+    if !require_root(test) || !require_program(test, "fping") {
+        return;
+    }
+    let delay = Impairment {
+        delay: Delay::Uniform {
+            mean_ms: 20.0,
+            spread_ms: 5.0,
+        },
+        ..Impairment::default()
+    };
+    let link = Link::new(delay, delay, 20);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _agent = agent_in(&link.a, dir.path(), ADDR_B, "50ms");
+    // fping in the same namespace, same path, same time: 800 probes 50 ms apart.
+    let (code, fping_out) = link
+        .a
+        .run("fping", &["-C", "800", "-p", "50", "-q", ADDR_B]);
+    assert!(code == 0 || code == 1, "fping failed: {fping_out}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = metrics_in(&link.a);
+    let mut fping: Vec<f64> = fping_out
+        .split(':')
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    fping.sort_by(f64::total_cmp);
+    assert!(fping.len() >= 780, "fping answered {} of 800", fping.len());
+    // Truth per prober: fping's requests carry its own identifier; the agent's the rest.
+    let all = truth_rtts(&link, |_| true);
+    assert!(all.len() > 1500, "{} echo pairs logged", all.len());
+    let mut idents: Vec<u16> = link
+        .emu
+        .log()
+        .iter()
+        .filter_map(|r| r.echo)
+        .filter(|e| e.0 == 8)
+        .map(|e| e.1)
+        .collect();
+    idents.sort();
+    idents.dedup();
+    assert_eq!(idents.len(), 2, "two probers, two identifiers: {idents:?}");
+    let (ia, ib) = (idents[0], idents[1]);
+    let (ta, tb) = (
+        truth_rtts(&link, |i| i == ia),
+        truth_rtts(&link, |i| i == ib),
+    );
+    // fping sent exactly 800; the agent sent more (it ran longer).
+    let (truth_fping, truth_agent) = if ta.len().abs_diff(800) < tb.len().abs_diff(800) {
+        (ta, tb)
+    } else {
+        (tb, ta)
+    };
+    for (qs, q) in [("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99)] {
+        let ours = value(
+            &m,
+            "pathpulse_rtt_quantile_seconds",
+            &[("quantile", qs), ("window", "5m")],
+        )
+        .expect("quantile")
+            * 1000.0;
+        let truth = quantile(&truth_agent, q);
+        let theirs = quantile(&fping, q);
+        let truth_f = quantile(&truth_fping, q);
+        eprintln!(
+            "p{qs}: pathpulse {ours:.3} ms (truth {truth:.3}, error {:+.3}); fping {theirs:.3} ms (truth {truth_f:.3}, error {:+.3})",
+            ours - truth,
+            theirs - truth_f
+        );
+        assert!(
+            (ours - truth).abs() <= 0.3,
+            "p{qs}: pathpulse {ours} ms vs truth {truth} ms"
+        );
+        // Tolerance 0.1 ms: the log stamps a request when the emulator's reader thread wakes,
+        // tens of µs after the kernel's TX stamp pathpulse uses (so pathpulse reads high
+        // against this log by that much), and an HDR quantile is the top of its bucket
+        // (up to 1/1024 of the value, 0.05 ms at 50 ms), while fping prints 10 µs steps.
+        assert!(
+            (ours - truth).abs() <= (theirs - truth_f).abs() + 0.1,
+            "p{qs}: pathpulse error {:+.3} ms vs fping {:+.3} ms",
+            ours - truth,
+            theirs - truth_f
+        );
+    }
+}
+
+#[test]
+fn lab_loss_is_inside_the_binomial_interval() {
+    if !require_root("lab_loss_is_inside_the_binomial_interval") {
+        return;
+    }
+    let link = Link::new(Impairment::default(), Impairment::default(), 7);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_in(&link.a, dir.path(), ADDR_B, "10ms");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !metrics_in(&link.a).is_empty(),
+        "no metrics from the agent:\n{}",
+        agent.log()
+    );
+    // 20% loss on the request direction from now on.
+    link.emu.set(
+        pathpulse_tests::lab::emu::Dir::Ab,
+        Impairment {
+            loss: Loss::Bernoulli { p: 0.2 },
+            ..Impairment::default()
+        },
+    );
+    let before = metrics_in(&link.a);
+    let sent0 = value(&before, "pathpulse_probes_sent_total", &[]).unwrap_or(0.0);
+    let lost0 = value(&before, "pathpulse_probes_lost_total", &[]).unwrap_or(0.0);
+    let recv0 = value(&before, "pathpulse_probes_received_total", &[]).unwrap_or(0.0);
+    // 5,200 probes at 10 ms.
+    std::thread::sleep(Duration::from_secs(52));
+    link.emu
+        .set(pathpulse_tests::lab::emu::Dir::Ab, Impairment::default());
+    std::thread::sleep(Duration::from_secs(3));
+    let after = metrics_in(&link.a);
+    let sent = value(&after, "pathpulse_probes_sent_total", &[]).expect("sent") - sent0;
+    let lost = value(&after, "pathpulse_probes_lost_total", &[]).expect("lost") - lost0;
+    let recv = value(&after, "pathpulse_probes_received_total", &[]).expect("received") - recv0;
+    let n = lost + recv;
+    assert!(n >= 5000.0, "only {n} probes decided");
+    let p = lost / n;
+    // 99% binomial interval around the injected 20% for n probes (normal approximation,
+    // n p (1-p) >> 10): the 2 s at the edges without loss widen it slightly downward.
+    let half = 2.576 * (0.2 * 0.8 / n).sqrt();
+    eprintln!("loss: {lost} of {n} = {p:.4} (injected 0.2, 99% interval ±{half:.4}); sent {sent}");
+    assert!(
+        (p - 0.2).abs() <= half + 0.01,
+        "reported loss {p} outside 0.2 ± {half}"
+    );
+    assert!(
+        lost >= 0.0 && sent >= n,
+        "accounting: sent {sent} decided {n}"
+    );
+    // Exactly: every request the emulator dropped is a probe the agent calls lost, and no
+    // other (only requests were impaired; everything before was decided long ago).
+    let dropped = link
+        .emu
+        .log()
+        .iter()
+        .filter(|r| {
+            r.dir == pathpulse_tests::lab::emu::Dir::Ab
+                && r.dropped
+                && r.echo.is_some_and(|e| e.0 == 8)
+        })
+        .count() as f64;
+    let lost_total = value(&after, "pathpulse_probes_lost_total", &[]).expect("lost");
+    assert_eq!(
+        lost_total, dropped,
+        "agent's lost total vs requests the emulator dropped"
+    );
+}
