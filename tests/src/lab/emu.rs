@@ -21,14 +21,15 @@ use tun_rs::{DeviceBuilder, SyncDevice};
 use super::impair::{Direction, Impairment};
 
 /// Direction of travel: `Ab` is from the device in namespace A to the one in B.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Dir {
     Ab,
     Ba,
 }
 
 /// What the emulator did with one packet.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Record {
     pub dir: Dir,
     /// Arrival, ns since the emulator started.
