@@ -234,3 +234,148 @@ fn lab_loss_is_inside_the_binomial_interval() {
         "agent's lost total vs requests the emulator dropped"
     );
 }
+
+/// Per echo sequence (one prober in the namespace): reply copies that reached A in
+/// arrival order, with the request's arrival time.
+struct Truth {
+    /// (departure toward A, seq, rtt ms) of every reply copy, by departure.
+    copies: Vec<(u64, u16, f64)>,
+    requests: std::collections::BTreeMap<u16, u64>,
+}
+
+fn truth(link: &Link) -> Truth {
+    use pathpulse_tests::lab::emu::Dir;
+    let log = link.emu.log();
+    let mut requests = std::collections::BTreeMap::new();
+    for r in &log {
+        if let (Dir::Ab, Some((8, _, seq))) = (r.dir, r.echo) {
+            requests.entry(seq).or_insert(r.arrive_ns);
+        }
+    }
+    let mut copies = Vec::new();
+    for r in &log {
+        if let (Dir::Ba, Some((0, _, seq))) = (r.dir, r.echo)
+            && let Some(t0) = requests.get(&seq)
+        {
+            for d in &r.depart_ns {
+                copies.push((*d, seq, (*d - t0) as f64 / 1e6));
+            }
+        }
+    }
+    copies.sort_by_key(|c| c.0);
+    Truth { copies, requests }
+}
+
+#[test]
+fn lab_duplicates_reordering_loss_and_jitter_match_the_log_exactly() {
+    if !require_root("lab_duplicates_reordering_loss_and_jitter_match_the_log_exactly") {
+        return;
+    }
+    let jittery = Delay::Uniform {
+        mean_ms: 10.0,
+        spread_ms: 3.0,
+    };
+    let ab = Impairment {
+        delay: jittery,
+        reorder: 0.05,
+        reorder_gap_ms: 25.0,
+        duplicate: 0.03,
+        loss: Loss::Bernoulli { p: 0.02 },
+        ..Impairment::default()
+    };
+    let ba = Impairment {
+        delay: jittery,
+        duplicate: 0.05,
+        ..Impairment::default()
+    };
+    let link = Link::new(ab, ba, 11);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_in(&link.a, dir.path(), ADDR_B, "20ms");
+    std::thread::sleep(Duration::from_secs(30));
+    // Cut the link: no reply arrives any more, so the agent's jitter and counters freeze at
+    // the same point as the log's, and everything in flight times out (1 s).
+    let cut = Impairment {
+        loss: Loss::Bernoulli { p: 1.0 },
+        ..Impairment::default()
+    };
+    let cut_ns = link.emu.now_ns();
+    link.emu.set(pathpulse_tests::lab::emu::Dir::Ab, cut);
+    link.emu.set(pathpulse_tests::lab::emu::Dir::Ba, cut);
+    std::thread::sleep(Duration::from_secs(4));
+    let m = metrics_in(&link.a);
+    let t = truth(&link);
+    let get = |name: &str| {
+        value(&m, name, &[]).unwrap_or_else(|| panic!("{name} missing:\n{}", agent.log()))
+    };
+
+    // Duplicates: every copy after the first of a reply.
+    let mut seen = std::collections::HashSet::new();
+    let (mut dups, mut reordered, mut max_seq) = (0u64, 0u64, None::<u16>);
+    let mut j = 0.0f64;
+    let mut last_rtt: Option<f64> = None;
+    for (_, seq, rtt) in &t.copies {
+        if !seen.insert(*seq) {
+            dups += 1;
+            continue;
+        }
+        if max_seq.is_some_and(|m| *seq < m) {
+            reordered += 1;
+        }
+        max_seq = Some(max_seq.map_or(*seq, |m| m.max(*seq)));
+        if let Some(prev) = last_rtt {
+            j += ((rtt - prev).abs() - j) / 16.0;
+        }
+        last_rtt = Some(*rtt);
+    }
+    // Probes that reached the emulator before the cut and got no reply; everything after the
+    // cut is lost or still in flight at the agent's last report.
+    let before: Vec<u16> = t
+        .requests
+        .iter()
+        .filter(|(_, at)| **at < cut_ns)
+        .map(|(s, _)| *s)
+        .collect();
+    let lost = before.iter().filter(|s| !seen.contains(s)).count() as f64;
+    eprintln!(
+        "truth: {} requests, {} answered, {lost} lost, {dups} duplicates, {reordered} reordered, jitter {j:.3} ms",
+        t.requests.len(),
+        seen.len()
+    );
+    assert!(
+        t.requests.len() > 1200 && t.requests.len() < 65_000,
+        "{} probes",
+        t.requests.len()
+    );
+    assert!(dups > 20 && reordered > 20, "the impairment did something");
+    assert_eq!(
+        get("pathpulse_probes_duplicate_total"),
+        dups as f64,
+        "duplicates"
+    );
+    assert_eq!(
+        get("pathpulse_probes_reordered_total"),
+        reordered as f64,
+        "reordered"
+    );
+    assert_eq!(
+        get("pathpulse_probes_received_total"),
+        seen.len() as f64,
+        "received"
+    );
+    let (sent, in_flight) = (
+        get("pathpulse_probes_sent_total"),
+        get("pathpulse_probes_in_flight"),
+    );
+    let lost_after_cut = sent - before.len() as f64 - in_flight;
+    assert_eq!(
+        get("pathpulse_probes_lost_total") - lost_after_cut,
+        lost,
+        "lost before the cut"
+    );
+    let ours = get("pathpulse_jitter_seconds") * 1000.0;
+    eprintln!("jitter: pathpulse {ours:.3} ms, log {j:.3} ms");
+    assert!(
+        (ours - j).abs() <= 0.05 * j,
+        "RFC 3550 jitter {ours} ms vs {j} ms from the log (5%)"
+    );
+}
