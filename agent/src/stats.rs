@@ -16,7 +16,9 @@ pub struct PathStats {
     pub send_errors: u32,
     pub rtt: SparseHist,
     pub rtt_sum_us: u64,
+    pub ipdv: SparseHist,
     jitter: Rfc3550Jitter,
+    last_rtt_us: Option<u64>,
     /// Since start, for the in-flight count.
     total_sent: u64,
     total_decided: u64,
@@ -46,6 +48,10 @@ impl PathStats {
         self.rtt.record(rtt_us);
         self.rtt_sum_us += rtt_us;
         self.jitter.update(rtt_us);
+        if let Some(prev) = self.last_rtt_us {
+            self.ipdv.record(rtt_us.abs_diff(prev));
+        }
+        self.last_rtt_us = Some(rtt_us);
         if reordered {
             self.reordered += 1;
         }
@@ -68,6 +74,7 @@ impl PathStats {
     pub fn take_report(&mut self) -> PathReport {
         let in_flight = self.total_sent.saturating_sub(self.total_decided) as u32;
         let rtt = std::mem::take(&mut self.rtt);
+        let ipdv = std::mem::take(&mut self.ipdv);
         let r = PathReport {
             dst: self.dst.clone(),
             probe: self.probe,
@@ -82,11 +89,13 @@ impl PathStats {
             rtt,
             rtt_sum_us: self.rtt_sum_us,
             jitter_us: self.jitter.value_us().map(|j| j.round() as u32),
+            ipdv,
         };
         *self = PathStats {
             dst: std::mem::take(&mut self.dst),
             probe: self.probe,
             jitter: self.jitter,
+            last_rtt_us: self.last_rtt_us,
             total_sent: self.total_sent,
             total_decided: self.total_decided,
             ..PathStats::default()
@@ -96,7 +105,10 @@ impl PathStats {
 
     /// Heap plus inline bytes of this path's state (for the memory goal).
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.dst.capacity() + self.rtt.heap_bytes()
+        std::mem::size_of::<Self>()
+            + self.dst.capacity()
+            + self.rtt.heap_bytes()
+            + self.ipdv.heap_bytes()
     }
 }
 
@@ -122,6 +134,12 @@ mod tests {
         );
         assert_eq!(r2.jitter_us, Some(3), "(140-100)/16 = 2.5, rounded");
         assert_eq!(r2.rtt.count(), 1);
+        assert_eq!(
+            r2.ipdv.count(),
+            1,
+            "one consecutive pair across the interval boundary"
+        );
+        assert_eq!(r2.ipdv.max(), Some(40));
         assert_eq!(
             r1.sent + r2.sent,
             r1.received + r2.received + r1.lost + r2.lost + r2.in_flight

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 use pathpulse_wire::RefuseReason;
 
-use crate::stats::{Z95, loss_ratio, wilson_interval};
+use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
 use crate::store::{CLASSIC_BOUNDS_US, PathKey, PathState, Store};
 use crate::window::WINDOWS;
 
@@ -210,6 +210,79 @@ impl Collector for StoreCollector {
         }
 
         let mut m = enc.encode_descriptor(
+            "pathpulse_loss_detectable_ratio",
+            "Smallest loss ratio the window's probes detect with 95% confidence (about 3/n).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (k, vs) in &views {
+            for (w, v) in vs {
+                if let Some(p) = min_detectable_loss(v.lost + v.received, 0.95) {
+                    m.encode_family(&with(path_labels(k), &[("window", w)]))?
+                        .encode_gauge(&p)?;
+                }
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "pathpulse_ipdv_seconds",
+            "Quantile of |RTT difference| between consecutive replies over the window (RFC 5481 IPDV).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (k, vs) in &views {
+            for (w, v) in vs {
+                for (qs, q) in QUANTILES {
+                    if let Some(us) = v.ipdv.quantile(q) {
+                        let l = with(path_labels(k), &[("quantile", qs), ("window", w)]);
+                        m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                    }
+                }
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "pathpulse_pdv_seconds",
+            "Quantile of RTT minus the window's minimum RTT (RFC 5481 PDV).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (k, vs) in &views {
+            for (w, v) in vs {
+                let Some(min) = v.hist.quantile(0.0) else {
+                    continue;
+                };
+                for (qs, q) in QUANTILES {
+                    if let Some(us) = v.hist.quantile(q) {
+                        let l = with(path_labels(k), &[("quantile", qs), ("window", w)]);
+                        m.encode_family(&l)?
+                            .encode_gauge(&secs(us.saturating_sub(min) as f64))?;
+                    }
+                }
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "pathpulse_mos",
+            "E-model MOS estimate (1..4.5) from half the window's median RTT, RFC 3550 jitter and window loss.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((k, vs), st) in views.iter().zip(store.paths.values()) {
+            for (w, v) in vs {
+                let (Some(p50), Some(loss)) =
+                    (v.hist.quantile(0.5), loss_ratio(v.lost, v.received))
+                else {
+                    continue;
+                };
+                let jitter_ms = st.jitter_us.unwrap_or(0.0) / 1000.0;
+                let score = mos(p50 as f64 / 2000.0, jitter_ms, loss);
+                m.encode_family(&with(path_labels(k), &[("window", w)]))?
+                    .encode_gauge(&score)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
             "pathpulse_agent_up",
             "1 while the agent's reports arrive.",
             None,
@@ -336,7 +409,11 @@ pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; chars
 /// Families that are summaries in the classic text format: exact quantiles over sliding
 /// windows, which is what a Prometheus summary is. (OpenMetrics output types them as
 /// gauges: prometheus-client cannot encode summaries.)
-const SUMMARY_FAMILIES: [&str; 1] = ["pathpulse_rtt_quantile_seconds"];
+const SUMMARY_FAMILIES: [&str; 3] = [
+    "pathpulse_rtt_quantile_seconds",
+    "pathpulse_ipdv_seconds",
+    "pathpulse_pdv_seconds",
+];
 
 /// Convert the OpenMetrics text of [`encode_text`] into the classic Prometheus text
 /// format 0.0.4: counter families are named with their `_total` suffix in HELP and TYPE,
@@ -440,6 +517,9 @@ mod tests {
             format!("pathpulse_loss_ratio{{{labels},window=\"10s\"}} 0.3333333333333333"),
             format!("pathpulse_jitter_seconds{{{labels},method=\"rfc3550\"}} 0.00025"),
             "pathpulse_agent_up{agent=\"a1\"} 1".to_string(),
+            format!("pathpulse_pdv_seconds{{{labels},quantile=\"0.5\",window=\"1m\"}} 0"),
+            format!("pathpulse_loss_detectable_ratio{{{labels},window=\"1m\"}} 0.6315"),
+            format!("pathpulse_mos{{{labels},window=\"1m\"}} "),
             "pathpulse_stray_replies_total{agent=\"a1\",reason=\"not_ours\"} 3".to_string(),
             "pathpulse_ingest_refused_total{reason=\"certificate\"} 1".to_string(),
         ] {

@@ -51,9 +51,66 @@ impl Rfc3550Jitter {
     }
 }
 
+/// The smallest loss ratio that `n` probes detect with confidence `confidence` (e.g. 0.95):
+/// a path losing less than this shows zero losses more often than `1 - confidence` of the
+/// time. Solves `(1 - p)^n = 1 - confidence` (about 3/n at 95%, the "rule of three").
+pub fn min_detectable_loss(n: u64, confidence: f64) -> Option<f64> {
+    (n > 0).then(|| 1.0 - (1.0 - confidence).powf(1.0 / n as f64))
+}
+
+/// Simplified ITU-T G.107 E-model used by VoIP monitors: one-way latency and jitter in ms,
+/// loss as a ratio. Effective latency EL = latency + 2 jitter + 10 ms; R = 93.2 - EL/40
+/// below 160 ms, else 93.2 - (EL - 120)/10; R -= 2.5 per percent lost; clamped to 0..100;
+/// MOS = 1 + 0.035 R + 7e-6 R (R - 60) (100 - R).
+pub fn mos(latency_ms: f64, jitter_ms: f64, loss: f64) -> f64 {
+    let el = latency_ms + 2.0 * jitter_ms + 10.0;
+    let mut r = if el < 160.0 {
+        93.2 - el / 40.0
+    } else {
+        93.2 - (el - 120.0) / 10.0
+    };
+    r -= 2.5 * loss * 100.0;
+    let r = r.clamp(0.0, 100.0);
+    1.0 + 0.035 * r + 7e-6 * r * (r - 60.0) * (100.0 - r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mos_matches_hand_computed_e_model_values() {
+        // EL 10 ms: R 92.95, MOS 4.404. EL 210 ms: R 84.2, MOS 4.172. 5% loss: R 80.45.
+        assert!(
+            (mos(0.0, 0.0, 0.0) - 4.4044).abs() < 1e-3,
+            "{}",
+            mos(0.0, 0.0, 0.0)
+        );
+        assert!(
+            (mos(190.0, 5.0, 0.0) - 4.1724).abs() < 1e-3,
+            "{}",
+            mos(190.0, 5.0, 0.0)
+        );
+        let r = 92.95 - 12.5;
+        let want = 1.0 + 0.035 * r + 7e-6 * r * (r - 60.0) * (100.0 - r);
+        assert!((mos(0.0, 0.0, 0.05) - want).abs() < 1e-9);
+        assert!(
+            (mos(5_000.0, 500.0, 1.0) - 1.0).abs() < 1e-9,
+            "R clamps at 0: MOS 1"
+        );
+        assert!(mos(20.0, 1.0, 0.0) > mos(20.0, 10.0, 0.0), "jitter hurts");
+    }
+
+    #[test]
+    fn detectable_loss_follows_the_rule_of_three() {
+        let p = min_detectable_loss(300, 0.95).expect("n > 0");
+        assert!((p - 3.0 / 300.0).abs() < 0.0005, "{p}");
+        assert!((1.0 - p).powi(300) - 0.05 < 1e-9);
+        assert_eq!(min_detectable_loss(0, 0.95), None);
+        assert!(
+            min_detectable_loss(10, 0.95).expect("n") > min_detectable_loss(6000, 0.95).expect("n")
+        );
+    }
 
     #[test]
     fn wilson_matches_published_values() {

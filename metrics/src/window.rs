@@ -19,6 +19,7 @@ pub const MAX_FUTURE_MS: u64 = 60_000;
 pub struct Slot {
     pub start_ms: u64,
     pub hist: SparseHist,
+    pub ipdv: SparseHist,
     pub received: u64,
     pub lost: u64,
 }
@@ -27,6 +28,7 @@ pub struct Slot {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WindowView {
     pub hist: SparseHist,
+    pub ipdv: SparseHist,
     pub received: u64,
     pub lost: u64,
 }
@@ -58,6 +60,7 @@ impl PathWindows {
         }
         let slot = &mut self.slots[pos];
         slot.hist.merge(&p.rtt);
+        slot.ipdv.merge(&p.ipdv);
         slot.received += u64::from(p.received);
         slot.lost += u64::from(p.lost);
         true
@@ -84,6 +87,7 @@ impl PathWindows {
             .filter(|s| s.start_ms + SLOT_MS > from && s.start_ms <= now_ms)
         {
             v.hist.merge(&s.hist);
+            v.ipdv.merge(&s.ipdv);
             v.received += s.received;
             v.lost += s.lost;
         }

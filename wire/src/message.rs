@@ -101,6 +101,9 @@ pub struct PathReport {
     pub rtt_sum_us: u64,
     /// RFC 3550 interarrival jitter at the end of the interval, in microseconds.
     pub jitter_us: Option<u32>,
+    /// |RTT difference| of consecutive replies in arrival order (RFC 5481 IPDV magnitude),
+    /// microseconds.
+    pub ipdv: SparseHist,
 }
 
 impl PathReport {
@@ -177,6 +180,9 @@ pub fn validate_report(r: &Report) -> Result<(), String> {
                 "destination of length {} out of 1..={MAX_NAME_LEN}",
                 p.dst.len()
             ));
+        }
+        if p.ipdv.count() > u64::from(p.received) {
+            return Err(format!("path {}: more IPDV samples than replies", p.dst));
         }
         if u64::from(p.received) != p.rtt.count() {
             return Err(format!(

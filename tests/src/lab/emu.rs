@@ -236,12 +236,35 @@ fn reader(s: Arc<Shared>, dir: Dir, dev: Arc<SyncDevice>) {
             nix::poll::PollFlags::POLLIN,
         )];
         match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(50u8)) {
-            Ok(0) | Err(_) => continue,
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
+            Err(e) => {
+                eprintln!("linkemu: poll on {dir:?} failed ({e}); this direction stops");
+                return;
+            }
+        }
+        let gone = nix::poll::PollFlags::POLLERR
+            | nix::poll::PollFlags::POLLHUP
+            | nix::poll::PollFlags::POLLNVAL;
+        if pfd[0].revents().is_some_and(|r| r.intersects(gone)) {
+            // The device went away (its namespace was deleted): stop instead of spinning.
+            eprintln!("linkemu: device of {dir:?} is gone; this direction stops");
+            return;
         }
         let n = match dev.recv(&mut buf) {
             Ok(n) => n,
-            Err(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                eprintln!("linkemu: reading {dir:?} failed ({e}); this direction stops");
+                return;
+            }
         };
         let now = Instant::now();
         let since = now - s.start;

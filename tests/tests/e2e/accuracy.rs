@@ -16,6 +16,7 @@ use crate::setup::value;
 
 #[test]
 fn median_rtt_agrees_with_ping_on_loopback() {
+    let _serial = crate::lab::lab_lock();
     let test = "median_rtt_agrees_with_ping_on_loopback";
     if !require_root(test) || !require_program(test, "ping") {
         return;

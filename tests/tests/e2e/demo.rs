@@ -34,6 +34,7 @@ fn demo_shows_every_local_path_within_5_seconds() {
     if !require_root("demo_shows_every_local_path_within_5_seconds") {
         return;
     }
+    let _machine = crate::setup::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
     let (demo, port) = start_demo("demo", &[], dir.path());
@@ -77,6 +78,7 @@ fn demo_without_privileges_says_why_icmp_is_off_and_still_measures_tcp() {
     if !require_root(test) || !require_program(test, "setpriv") {
         return;
     }
+    let _machine = crate::setup::shared();
     // Run as `nobody`, without capabilities; ping_group_range "1 0" refuses DGRAM ICMP too.
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(

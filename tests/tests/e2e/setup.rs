@@ -5,7 +5,22 @@ use std::time::Duration;
 
 use pathpulse_tests::{Proc, Sample, bin, free_port, http_get, parse_metrics, run, wait_for};
 
+/// Timing-sensitive tests (the lab, the comparison with ping) take this exclusively;
+/// every other test takes it shared, so nothing competes with a measurement for the two
+/// cores.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct Deployment {
+    /// Held for the deployment's life (see [`shared`]).
+    _machine: std::sync::RwLockReadGuard<'static, ()>,
     pub dir: tempfile::TempDir,
     pub quic: u16,
     pub http: u16,
@@ -15,6 +30,7 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn start() -> Deployment {
+        let machine = shared();
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic, http) = (free_port(), free_port());
         let state = dir.path().join("aggregator");
@@ -33,6 +49,7 @@ impl Deployment {
             dir.path(),
         );
         let d = Deployment {
+            _machine: machine,
             dir,
             quic,
             http,
