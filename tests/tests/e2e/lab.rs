@@ -395,3 +395,46 @@ fn lab_duplicates_reordering_loss_and_jitter_match_the_log_exactly() {
         "RFC 3550 jitter {ours} ms vs {j} ms from the log (5%)"
     );
 }
+
+#[test]
+fn lab_an_impairment_change_shows_in_the_10s_window_within_one_window() {
+    if !require_root("lab_an_impairment_change_shows_in_the_10s_window_within_one_window") {
+        return;
+    }
+    let _serial = lab_lock();
+    let link = Link::new(Impairment::default(), Impairment::default(), 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _agent = agent_in(&link.a, dir.path(), ADDR_B, "100ms");
+    std::thread::sleep(Duration::from_secs(4));
+    let loss10 = |m: &[Sample]| value(m, "pathpulse_loss_ratio", &[("window", "10s")]);
+    assert_eq!(loss10(&metrics_in(&link.a)), Some(0.0), "clean link first");
+    // 50% loss from now on; the 10 s window must show at least half of it within 10 s.
+    link.emu.set(
+        pathpulse_tests::lab::emu::Dir::Ab,
+        Impairment {
+            loss: Loss::Bernoulli { p: 0.5 },
+            ..Impairment::default()
+        },
+    );
+    let t0 = std::time::Instant::now();
+    let seen = pathpulse_tests::wait_for(Duration::from_secs(10), || {
+        loss10(&metrics_in(&link.a)).filter(|l| *l >= 0.25)
+    });
+    let took = t0.elapsed();
+    eprintln!("loss change visible in the 10 s window after {took:?}: {seen:?}");
+    assert!(
+        seen.is_some(),
+        "50% loss not visible in the 10 s window within 10 s"
+    );
+    // And it leaves again: once the link is clean, the 10 s window forgets within ~15 s
+    // (10 s window + 5 s slot).
+    link.emu
+        .set(pathpulse_tests::lab::emu::Dir::Ab, Impairment::default());
+    let clean = pathpulse_tests::wait_for(Duration::from_secs(18), || {
+        loss10(&metrics_in(&link.a)).filter(|l| *l == 0.0)
+    });
+    assert!(
+        clean.is_some(),
+        "loss still in the 10 s window 18 s after the link healed"
+    );
+}
