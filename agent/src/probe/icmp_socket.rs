@@ -556,6 +556,9 @@ mod tests {
                 // RAW works for root, so open DGRAM explicitly.
                 let s = IcmpSocket::open_kind(Family::V4, SocketKind::Dgram).expect("open dgram");
                 assert!(s.dgram_ident().is_some());
+                // Warm-up: RX software stamping is switched on host-wide lazily (see above).
+                let _ = echo(&s, "127.0.0.1".parse().expect("ip"), 4).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 let (tx, rx, _) = echo(&s, "127.0.0.1".parse().expect("ip"), 5).await;
                 assert!(
                     tx.is_some() && rx.is_some(),

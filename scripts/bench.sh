@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Side-by-side figures (not a test): agent CPU per probe against fping on the same 1,000
+# loopback targets, and agent memory with 10,000 targets. Run as root (ICMP, fping -p).
+#   scripts/bench.sh            # prints each figure, its peer's and the ratio
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --locked -q -p pathpulse-agent
+AGENT=target/release/pathpulse-agent
+tmp="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
+hz=$(getconf CLK_TCK)
+
+targets() { # N FIRST_OCTET -> TOML targets list and a plain list
+  python3 - "$1" "$2" "$tmp" <<'PY'
+import sys
+n, o, d = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+t = ['127.%d.%d.%d' % (o + i // 62500, (i // 250) % 250, 1 + i % 250) for i in range(n)]
+open(f'{d}/t{n}.toml', 'w').write('targets = [' + ','.join('"%s"' % x for x in t) + ']\n')
+open(f'{d}/t{n}.txt', 'w').write('\n'.join(t) + '\n')
+PY
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+metric_sum() { # URL NAME
+  python3 -c "import urllib.request,sys; t=urllib.request.urlopen(sys.argv[1]).read().decode(); print(int(sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith(sys.argv[2]+'{'))))" "$1" "$2"
+}
+
+echo "== 1. CPU per probe: 1,000 loopback targets at 10 probes/s each, 30 s"
+targets 1000 10
+"$AGENT" run --config "$tmp/t1000.toml" --name bench --interval 100ms --report-interval 1s \
+  --metrics-listen 127.0.0.1:19890 2>"$tmp/agent.log" & pid=$!
+sleep 3
+s0=$(metric_sum http://127.0.0.1:19890/metrics pathpulse_probes_sent_total); c0=$(cpu_ticks $pid)
+sleep 30
+s1=$(metric_sum http://127.0.0.1:19890/metrics pathpulse_probes_sent_total); c1=$(cpu_ticks $pid)
+kill $pid; wait $pid 2>/dev/null || true
+agent_us=$(python3 -c "print(($c1-$c0)/$hz*1e6/($s1-$s0))")
+echo "pathpulse-agent: $((s1 - s0)) probes, $(python3 -c "print(($c1-$c0)/$hz)") s CPU, ${agent_us} us/probe"
+fping_out=$( { /usr/bin/time -f "%U %S" fping -C 300 -p 100 -i 0.1 -q -f "$tmp/t1000.txt" >/dev/null 2>"$tmp/fping.err"; } 2>&1 || true)
+fping_cpu=$(tail -1 "$tmp/fping.err" | awk '{print $1 + $2}')
+fping_us=$(python3 -c "print($fping_cpu*1e6/300000)")
+echo "fping:           300000 probes, ${fping_cpu} s CPU, ${fping_us} us/probe"
+echo "ratio pathpulse/fping per probe: $(python3 -c "print(round($agent_us/$fping_us, 2))")  (goal <= 0.7)"
+
+echo "== 2. Memory: 10,000 loopback targets at 1 probe/s, standalone /metrics, after 30 s"
+targets 10000 20
+"$AGENT" run --config "$tmp/t10000.toml" --name mem --interval 1s --metrics-listen 127.0.0.1:19891 2>"$tmp/mem.log" & pid=$!
+sleep 30
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+kill $pid; wait $pid 2>/dev/null || true
+echo "pathpulse-agent RSS: $((rss / 1024)) MiB for 10,000 targets (goal <= 40 MB; network_exporter documents 50-100 MB + 1-3 KB per target)"
