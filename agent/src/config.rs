@@ -193,19 +193,11 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigErrors> {
 
 /// Agent names: 1..=64 of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` must be 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)"
-        ))
-    }
+    // One rule for names, shared with certificate issuing and checking.
+    pathpulse_wire::tls::validate_agent_name(name).map_err(|e| match e {
+        pathpulse_wire::tls::TlsError::BadName(why) => why,
+        other => other.to_string(),
+    })
 }
 
 fn host_name() -> String {

@@ -14,7 +14,7 @@ use pathpulse_wire::RefuseReason;
 
 use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
 use crate::store::{CLASSIC_BOUNDS_US, PathKey, PathState, Store};
-use crate::window::WINDOWS;
+use crate::window::{WINDOWS, WindowView};
 
 /// Quantiles exported as exact gauges from the merged HDR windows.
 pub const QUANTILES: [(&str, f64); 4] =
@@ -99,6 +99,51 @@ const PATH_COUNTERS: [(&str, &str, CounterOf); 7] = [
     ),
 ];
 
+/// Each path's windowed views, computed once per scrape.
+type Views<'a> = Vec<(&'a PathKey, [(&'static str, WindowView); 3])>;
+
+/// A gauge family with `quantile` and `window` labels: `us(view, q)` in microseconds.
+fn window_quantiles(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    views: &Views,
+    us: impl Fn(&WindowView, f64) -> Option<u64>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (k, vs) in views {
+        for (w, v) in vs {
+            for (qs, q) in QUANTILES {
+                if let Some(us) = us(v, q) {
+                    let l = with(path_labels(k), &[("quantile", qs), ("window", w)]);
+                    m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A gauge family with a `window` label.
+fn window_gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    views: &Views,
+    value: impl Fn(&WindowView) -> Option<f64>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (k, vs) in views {
+        for (w, v) in vs {
+            if let Some(x) = value(v) {
+                m.encode_family(&with(path_labels(k), &[("window", w)]))?
+                    .encode_gauge(&x)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for StoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = (self.clock)();
@@ -144,57 +189,33 @@ impl Collector for StoreCollector {
         }
 
         // Windowed views, computed once per path and window.
-        let views: Vec<_> = store
+        let views: Views = store
             .paths
             .iter()
             .map(|(k, st)| (k, WINDOWS.map(|(w, ms)| (w, st.windows.view(ms, now)))))
             .collect();
 
-        let mut m = enc.encode_descriptor(
+        window_quantiles(
+            &mut enc,
             "pathpulse_rtt_quantile_seconds",
             "Exact RTT quantile over the window, from the merged HDR histogram (3 significant digits).",
-            None,
-            MetricType::Gauge,
+            &views,
+            |v, q| v.hist.quantile(q),
         )?;
-        for (k, vs) in &views {
-            for (w, v) in vs {
-                for (qs, q) in QUANTILES {
-                    if let Some(us) = v.hist.quantile(q) {
-                        let l = with(path_labels(k), &[("quantile", qs), ("window", w)]);
-                        m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
-                    }
-                }
-            }
-        }
-
-        let mut m = enc.encode_descriptor(
+        window_gauges(
+            &mut enc,
             "pathpulse_loss_ratio",
             "Lost / (received + lost) over the window.",
-            None,
-            MetricType::Gauge,
+            &views,
+            |v| loss_ratio(v.lost, v.received),
         )?;
-        for (k, vs) in &views {
-            for (w, v) in vs {
-                if let Some(r) = loss_ratio(v.lost, v.received) {
-                    m.encode_family(&with(path_labels(k), &[("window", w)]))?
-                        .encode_gauge(&r)?;
-                }
-            }
-        }
-        let mut m = enc.encode_descriptor(
+        window_gauges(
+            &mut enc,
             "pathpulse_loss_ratio_upper",
             "Upper bound of the 95% Wilson confidence interval of the loss ratio over the window.",
-            None,
-            MetricType::Gauge,
+            &views,
+            |v| wilson_interval(v.lost, v.lost + v.received, Z95).map(|(_, hi)| hi),
         )?;
-        for (k, vs) in &views {
-            for (w, v) in vs {
-                if let Some((_, hi)) = wilson_interval(v.lost, v.lost + v.received, Z95) {
-                    m.encode_family(&with(path_labels(k), &[("window", w)]))?
-                        .encode_gauge(&hi)?;
-                }
-            }
-        }
 
         let mut m = enc.encode_descriptor(
             "pathpulse_jitter_seconds",
@@ -209,58 +230,27 @@ impl Collector for StoreCollector {
             }
         }
 
-        let mut m = enc.encode_descriptor(
+        window_gauges(
+            &mut enc,
             "pathpulse_loss_detectable_ratio",
             "Smallest loss ratio the window's probes detect with 95% confidence (about 3/n).",
-            None,
-            MetricType::Gauge,
+            &views,
+            |v| min_detectable_loss(v.lost + v.received, 0.95),
         )?;
-        for (k, vs) in &views {
-            for (w, v) in vs {
-                if let Some(p) = min_detectable_loss(v.lost + v.received, 0.95) {
-                    m.encode_family(&with(path_labels(k), &[("window", w)]))?
-                        .encode_gauge(&p)?;
-                }
-            }
-        }
-
-        let mut m = enc.encode_descriptor(
+        window_quantiles(
+            &mut enc,
             "pathpulse_ipdv_seconds",
             "Quantile of |RTT difference| between consecutive replies over the window (RFC 5481 IPDV).",
-            None,
-            MetricType::Gauge,
+            &views,
+            |v, q| v.ipdv.quantile(q),
         )?;
-        for (k, vs) in &views {
-            for (w, v) in vs {
-                for (qs, q) in QUANTILES {
-                    if let Some(us) = v.ipdv.quantile(q) {
-                        let l = with(path_labels(k), &[("quantile", qs), ("window", w)]);
-                        m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
-                    }
-                }
-            }
-        }
-
-        let mut m = enc.encode_descriptor(
+        window_quantiles(
+            &mut enc,
             "pathpulse_pdv_seconds",
             "Quantile of RTT minus the window's minimum RTT (RFC 5481 PDV).",
-            None,
-            MetricType::Gauge,
+            &views,
+            |v, q| Some(v.hist.quantile(q)?.saturating_sub(v.hist.quantile(0.0)?)),
         )?;
-        for (k, vs) in &views {
-            for (w, v) in vs {
-                let Some(min) = v.hist.quantile(0.0) else {
-                    continue;
-                };
-                for (qs, q) in QUANTILES {
-                    if let Some(us) = v.hist.quantile(q) {
-                        let l = with(path_labels(k), &[("quantile", qs), ("window", w)]);
-                        m.encode_family(&l)?
-                            .encode_gauge(&secs(us.saturating_sub(min) as f64))?;
-                    }
-                }
-            }
-        }
 
         let mut m = enc.encode_descriptor(
             "pathpulse_mos",
