@@ -24,8 +24,8 @@ pub struct Deployment {
     pub dir: tempfile::TempDir,
     pub quic: u16,
     pub http: u16,
-    /// Kept so the process lives as long as the deployment (killed on drop).
-    pub _aggregator: Proc,
+    /// The aggregator process (killed on drop); `None` while stopped.
+    pub aggregator: Option<Proc>,
 }
 
 impl Deployment {
@@ -33,31 +33,38 @@ impl Deployment {
         let machine = shared();
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic, http) = (free_port(), free_port());
-        let state = dir.path().join("aggregator");
-        let aggregator = Proc::start(
+        let mut d = Deployment {
+            _machine: machine,
+            dir,
+            quic,
+            http,
+            aggregator: None,
+        };
+        d.start_aggregator();
+        d
+    }
+
+    /// (Re)start the aggregator on the same ports and state directory; wait until ready.
+    pub fn start_aggregator(&mut self) {
+        let state = self.state();
+        self.aggregator = Some(Proc::start(
             "aggregator",
             &bin("pathpulse-aggregator"),
             &[
                 "run",
                 "--listen",
-                &format!("127.0.0.1:{quic}"),
+                &format!("127.0.0.1:{}", self.quic),
                 "--http",
-                &format!("127.0.0.1:{http}"),
+                &format!("127.0.0.1:{}", self.http),
                 "--state-dir",
                 state.to_str().expect("utf-8 path"),
             ],
-            dir.path(),
-        );
-        let d = Deployment {
-            _machine: machine,
-            dir,
-            quic,
-            http,
-            _aggregator: aggregator,
-        };
-        wait_for(Duration::from_secs(20), || http_get(&d.url("/readyz")).ok())
-            .expect("aggregator ready");
-        d
+            self.dir.path(),
+        ));
+        wait_for(Duration::from_secs(20), || {
+            http_get(&self.url("/readyz")).ok()
+        })
+        .expect("aggregator ready");
     }
 
     pub fn url(&self, path: &str) -> String {
