@@ -227,9 +227,15 @@ fn lab_loss_is_inside_the_binomial_interval() {
         (p - 0.2).abs() <= half + 0.01,
         "reported loss {p} outside 0.2 ± {half}"
     );
-    assert!(
-        lost >= 0.0 && sent >= n,
-        "accounting: sent {sent} decided {n}"
+    // Over the interval: sent + in flight before - in flight after = decided.
+    let (if0, if1) = (
+        value(&before, "pathpulse_probes_in_flight", &[]).unwrap_or(0.0),
+        value(&after, "pathpulse_probes_in_flight", &[]).expect("in flight"),
+    );
+    assert_eq!(
+        sent + if0 - if1,
+        n,
+        "sent {sent}, in flight {if0} -> {if1}, decided {n}"
     );
     // Exactly: every request the emulator dropped is a probe the agent calls lost, and no
     // other (only requests were impaired; everything before was decided long ago).
