@@ -444,3 +444,88 @@ fn lab_an_impairment_change_shows_in_the_10s_window_within_one_window() {
         "loss still in the 10 s window 18 s after the link healed"
     );
 }
+
+#[test]
+fn lab_loss_rates_1_5_20_percent_and_bursts_are_measured_right() {
+    if !require_root("lab_loss_rates_1_5_20_percent_and_bursts_are_measured_right") {
+        return;
+    }
+    let _serial = lab_lock();
+    // Four links at once, each with its own agent probing every 10 ms for 55 s (>= 5,000
+    // probes): Bernoulli 1%, 5%, 20% on requests, and Gilbert-Elliott bursts (mean burst
+    // 5 probes, 4.8% stationary loss).
+    let ge = Loss::GilbertElliott {
+        p: 0.01,
+        r: 0.2,
+        loss_good: 0.0,
+        loss_bad: 1.0,
+    };
+    let cases = [
+        (Loss::Bernoulli { p: 0.01 }, Some(0.01)),
+        (Loss::Bernoulli { p: 0.05 }, Some(0.05)),
+        (Loss::Bernoulli { p: 0.2 }, Some(0.2)),
+        (ge, None),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut runs = Vec::new();
+    for (i, (loss, _)) in cases.iter().enumerate() {
+        let link = Link::new(
+            Impairment {
+                loss: *loss,
+                ..Impairment::default()
+            },
+            Impairment::default(),
+            100 + i as u64,
+        );
+        let agent = agent_in(&link.a, dir.path(), ADDR_B, "10ms");
+        runs.push((link, agent));
+    }
+    std::thread::sleep(Duration::from_secs(55));
+    for ((link, agent), (_, injected)) in runs.iter().zip(cases) {
+        let m = metrics_in(&link.a);
+        let get = |name: &str, w: &[(&str, &str)]| {
+            value(&m, name, w).unwrap_or_else(|| panic!("{name} missing:\n{}", agent.log()))
+        };
+        let (lost, recv) = (
+            get("pathpulse_probes_lost_total", &[]),
+            get("pathpulse_probes_received_total", &[]),
+        );
+        let n = lost + recv;
+        assert!(n >= 5000.0, "{n} probes decided");
+        // Truth from the log: requests dropped among those the agent has decided.
+        let dropped = link
+            .emu
+            .log()
+            .iter()
+            .filter(|r| {
+                r.dir == pathpulse_tests::lab::emu::Dir::Ab
+                    && r.dropped
+                    && r.echo.is_some_and(|e| e.0 == 8)
+            })
+            .count() as f64;
+        let p = lost / n;
+        let upper = get("pathpulse_loss_ratio_upper", &[("window", "5m")]);
+        let window = get("pathpulse_loss_ratio", &[("window", "5m")]);
+        eprintln!(
+            "loss {injected:?}: measured {p:.4} over {n} probes (5m window {window:.4}, upper {upper:.4}); emulator dropped {dropped}, agent lost {lost}"
+        );
+        // Every loss the agent reports is a drop the emulator made (the newest drops may
+        // still be in flight at the agent's last report: at most 1 s of probes).
+        assert!(
+            lost <= dropped && dropped - lost <= 100.0 * 0.25 + 5.0,
+            "agent lost {lost}, emulator dropped {dropped}"
+        );
+        if let Some(rate) = injected {
+            let half = 2.576 * (rate * (1.0 - rate) / n).sqrt();
+            assert!(
+                (p - rate).abs() <= half,
+                "measured {p} outside the 99% interval {rate} ± {half}"
+            );
+            let truth = dropped / (n + (dropped - lost));
+            assert!(
+                truth <= upper,
+                "the true loss {truth} is above the reported upper bound {upper}"
+            );
+        }
+    }
+}
