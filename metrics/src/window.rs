@@ -1,5 +1,9 @@
-//! Per-path time windows: a ring of short slots, each a sparse histogram plus counts,
-//! merged on demand into the 10 s, 1 min and 5 min views. Pure: `now` is an argument.
+//! Per-path time windows: a ring of slots, each a sparse histogram plus counts, merged on
+//! demand into the 10 s, 1 min and 5 min views. Pure: `now` is an argument.
+//!
+//! Memory is tiered: the last [`FINE_MS`] are kept in 5 s slots (so the 10 s and 1 min
+//! windows are exact to a slot), older data is folded into 1 min slots (so the 5 min
+//! window covers 5 to 6 minutes). That is 18 slots per path instead of 60.
 
 use std::collections::VecDeque;
 
@@ -7,6 +11,10 @@ use pathpulse_wire::{PathReport, SparseHist};
 
 /// Slot length. A report joins the slot holding its interval start.
 pub const SLOT_MS: u64 = 5_000;
+/// Recent data kept in fine slots: the 1 min window plus one slot.
+pub const FINE_MS: u64 = 65_000;
+/// Length of the coarse slots older data is folded into.
+pub const COARSE_MS: u64 = 60_000;
 /// The windows exported, with their label value.
 pub const WINDOWS: [(&str, u64); 3] = [("10s", 10_000), ("1m", 60_000), ("5m", 300_000)];
 /// Longest window: older slots are dropped.
@@ -18,6 +26,11 @@ pub const MAX_FUTURE_MS: u64 = 60_000;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Slot {
     pub start_ms: u64,
+    /// End of the data in the slot: `start + SLOT_MS` for a fine slot; for a 1 min slot,
+    /// the end of the last fine slot folded into it (so it never reaches into a window
+    /// its data is not in).
+    pub end_ms: u64,
+    pub coarse: bool,
     pub hist: SparseHist,
     pub ipdv: SparseHist,
     pub received: u64,
@@ -54,6 +67,7 @@ impl PathWindows {
                 pos,
                 Slot {
                     start_ms: start,
+                    end_ms: start + SLOT_MS,
                     ..Slot::default()
                 },
             );
@@ -63,7 +77,42 @@ impl PathWindows {
         slot.ipdv.merge(&p.ipdv);
         slot.received += u64::from(p.received);
         slot.lost += u64::from(p.lost);
+        self.compact(now_ms);
         true
+    }
+
+    /// Fold fine slots older than [`FINE_MS`] into the 1 min slot holding their start.
+    fn compact(&mut self, now_ms: u64) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            let s = &self.slots[i];
+            if s.coarse || s.end_ms + FINE_MS > now_ms {
+                i += 1;
+                continue;
+            }
+            let coarse = s.start_ms - s.start_ms % COARSE_MS;
+            let merge_into_previous =
+                i > 0 && self.slots[i - 1].start_ms == coarse && self.slots[i - 1].coarse;
+            if merge_into_previous {
+                if let Some(fine) = self.slots.remove(i) {
+                    let c = &mut self.slots[i - 1];
+                    c.hist.merge(&fine.hist);
+                    c.ipdv.merge(&fine.ipdv);
+                    c.hist.shrink_to_fit();
+                    c.ipdv.shrink_to_fit();
+                    c.received += fine.received;
+                    c.lost += fine.lost;
+                    c.end_ms = c.end_ms.max(fine.end_ms);
+                }
+            } else {
+                let c = &mut self.slots[i];
+                c.start_ms = coarse;
+                c.coarse = true;
+                c.hist.shrink_to_fit();
+                c.ipdv.shrink_to_fit();
+                i += 1;
+            }
+        }
     }
 
     /// Drop slots that no window covers any more.
@@ -71,7 +120,7 @@ impl PathWindows {
         while self
             .slots
             .front()
-            .is_some_and(|s| s.start_ms + SLOT_MS + MAX_WINDOW_MS <= now_ms)
+            .is_some_and(|s| s.end_ms + MAX_WINDOW_MS <= now_ms)
         {
             self.slots.pop_front();
         }
@@ -84,7 +133,7 @@ impl PathWindows {
         for s in self
             .slots
             .iter()
-            .filter(|s| s.start_ms + SLOT_MS > from && s.start_ms <= now_ms)
+            .filter(|s| s.end_ms > from && s.start_ms <= now_ms)
         {
             v.hist.merge(&s.hist);
             v.ipdv.merge(&s.ipdv);
@@ -142,11 +191,21 @@ mod tests {
         let ten = w.view(10_000, now);
         assert_eq!(ten.received, 2, "10 s = the last two 5 s slots");
         assert_eq!(ten.hist.min(), Some(170));
+        // The 1 min window is still made of 5 s slots: exactly 12 reports.
+        assert_eq!(w.view(60_000, now).received, 12);
+        // The 5 min window covers 5 to 6 minutes (1 min slots beyond the last 65 s).
         let five = w.view(300_000, now);
-        assert_eq!(five.received, 60);
-        assert_eq!(five.lost, 30);
-        assert_eq!(five.hist.min(), Some(112));
-        assert!(w.slots.len() <= 61, "{} slots kept", w.slots.len());
+        assert!((60..=72).contains(&five.received), "{}", five.received);
+        assert!((five.lost as f64 / five.received as f64 - 0.5).abs() < 0.02);
+        assert!(five.hist.min().is_some_and(|m| (100..=112).contains(&m)));
+        assert!(w.slots.len() <= 20, "{} slots kept", w.slots.len());
+        assert!(
+            w.slots
+                .iter()
+                .zip(w.slots.iter().skip(1))
+                .all(|(a, b)| a.end_ms <= b.start_ms),
+            "slots overlap"
+        );
     }
 
     #[test]
@@ -167,6 +226,20 @@ mod tests {
         );
         assert_eq!(w.view(60_000, now).received, 1);
         assert_eq!(w.view(10_000, now).received, 0);
+        assert!(
+            w.add(now - 200_000, &report(&[1], 0), now),
+            "200 s old replay"
+        );
+        assert_eq!(w.view(300_000, now).received, 2);
+        assert_eq!(
+            w.view(60_000, now).received,
+            1,
+            "the 1 min window stays exact"
+        );
+        assert!(
+            w.slots.iter().any(|s| s.coarse),
+            "old data folded into a 1 min slot"
+        );
     }
 
     #[test]

@@ -511,9 +511,15 @@ mod tests {
             let _ = echo(&sock, dst.parse().expect("ip"), 999).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             let mut kernel = Vec::new();
+            let mut missing = 0;
             for seq in 1..=20u16 {
                 let (tx, rx, wall) = echo(&sock, dst.parse().expect("ip"), seq).await;
-                let (tx, rx) = (tx.expect("TX stamp"), rx.expect("RX stamp"));
+                // A stamp can be missing now and then (seen: 1 TX stamp in a few hundred
+                // runs); the prober then falls back to the monotonic clock.
+                let (Some(tx), Some(rx)) = (tx, rx) else {
+                    missing += 1;
+                    continue;
+                };
                 let k = rx - tx;
                 assert!(
                     k >= 0 && (k as u128) <= wall.as_nanos(),
@@ -521,6 +527,10 @@ mod tests {
                 );
                 kernel.push(k);
             }
+            assert!(
+                missing <= 2,
+                "{family:?}: {missing} of 20 probes without both kernel stamps"
+            );
             kernel.sort();
             eprintln!(
                 "{family:?} loopback kernel RTT median {} ns",
