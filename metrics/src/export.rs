@@ -327,6 +327,21 @@ impl Collector for StoreCollector {
             }
         }
         let mut m = enc.encode_descriptor(
+            "pathpulse_rtt_samples",
+            "RTT samples by the clock they came from: kernel timestamps, or the monotonic clock around the syscalls when a stamp was missing.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            for (clock, v) in [
+                ("kernel", st.health.rtt_kernel_clock),
+                ("monotonic", st.health.rtt_monotonic_clock),
+            ] {
+                m.encode_family(&[("agent", &**a), ("clock", clock)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
             "pathpulse_scheduling_lag_seconds",
             "Largest delay of a probe behind its schedule in the agent's last report interval.",
             None,

@@ -82,6 +82,8 @@ pub struct HealthTotals {
     pub stray_unknown_probe: u64,
     pub send_errors: u64,
     pub recv_errors: u64,
+    pub rtt_kernel_clock: u64,
+    pub rtt_monotonic_clock: u64,
 }
 
 impl HealthTotals {
@@ -91,6 +93,8 @@ impl HealthTotals {
         self.stray_unknown_probe += u64::from(h.stray_unknown_probe);
         self.send_errors += u64::from(h.send_errors);
         self.recv_errors += u64::from(h.recv_errors);
+        self.rtt_kernel_clock += u64::from(h.rtt_kernel_clock);
+        self.rtt_monotonic_clock += u64::from(h.rtt_monotonic_clock);
     }
 }
 

@@ -73,6 +73,11 @@ pub struct AgentHealth {
     pub recv_errors: u32,
     /// Largest lag of a probe behind its scheduled send time, microseconds.
     pub max_scheduling_lag_us: u32,
+    /// RTT samples taken from kernel timestamps (both TX and RX stamps present).
+    pub rtt_kernel_clock: u32,
+    /// RTT samples that fell back to the monotonic clock around the syscalls (a stamp was
+    /// missing or a clock step made the kernel difference implausible).
+    pub rtt_monotonic_clock: u32,
 }
 
 /// Statistics of one path over one report interval.

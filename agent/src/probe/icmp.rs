@@ -220,8 +220,15 @@ impl IcmpProber {
                         target,
                         rtt,
                         reordered,
-                        ..
+                        kernel_timestamps,
                     } => {
+                        self.shared.health(|h| {
+                            if kernel_timestamps {
+                                h.rtt_kernel_clock += 1;
+                            } else {
+                                h.rtt_monotonic_clock += 1;
+                            }
+                        });
                         let us = rtt.as_micros().min(u128::from(u64::MAX)) as u64;
                         self.shared
                             .path(self.targets[target].0, |p| p.on_reply(us, reordered));

@@ -305,9 +305,12 @@ fn reader(s: Arc<Shared>, dir: Dir, dev: Arc<SyncDevice>) {
     }
 }
 
-/// Sleep until shortly before `due`, then spin.
+/// Sleep until shortly before `due`, then spin. The sender threads run with a timer slack
+/// of 1 ns (see `sender`), so a sleep ends within a few microseconds of its deadline and
+/// the spin stays short: on a 2-core machine a long spin steals the core that the reader
+/// threads (whose wake-up delay is the emulator's own error) and the probers need.
 fn wait_until(due: Instant) {
-    const SPIN: Duration = Duration::from_micros(200);
+    const SPIN: Duration = Duration::from_micros(25);
     loop {
         let now = Instant::now();
         if now >= due {
@@ -323,6 +326,10 @@ fn wait_until(due: Instant) {
 }
 
 fn sender(s: Arc<Shared>, dir: Dir, dev: Arc<SyncDevice>) {
+    // Default timer slack is 50 µs: sleeps would end up to 50 µs late.
+    if let Err(e) = nix::sys::prctl::set_timerslack(1) {
+        eprintln!("linkemu: timer slack stays at its default ({e}); departures may be late");
+    }
     let q = &s.queues[idx(dir)];
     loop {
         let next = {
