@@ -230,6 +230,9 @@ impl IcmpProber {
                             }
                         });
                         let us = rtt.as_micros().min(u128::from(u64::MAX)) as u64;
+                        // Per-sample trace for accuracy investigations (off unless asked
+                        // for with RUST_LOG=pathpulse_agent::probe::icmp=trace).
+                        tracing::trace!(%src, seq, rtt_ns = rtt.as_nanos() as u64, kernel_timestamps, "rtt sample");
                         self.shared
                             .path(self.targets[target].0, |p| p.on_reply(us, reordered));
                     }
