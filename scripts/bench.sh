@@ -48,3 +48,9 @@ sleep 30
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 kill $pid; wait $pid 2>/dev/null || true
 echo "pathpulse-agent RSS: $((rss / 1024)) MiB for 10,000 targets (goal <= 40 MB; network_exporter documents 50-100 MB + 1-3 KB per target)"
+
+echo "== 3. Accuracy against the lab's truth, pathpulse and fping/ping side by side (lab tests, root)"
+# The lab scenarios are tests (they assert the bounds); here they run for their figures.
+cargo test --locked -q -p pathpulse-tests --test e2e -- --nocapture --test-threads=1 \
+  lab_delay_quantiles lab_idle_link lab_loss_rates lab_duplicates 2>&1 |
+  grep -E "^(p0\.|per-probe|idle link|loss|jitter|RTT samples|  )|error" | grep -v "^test " || true

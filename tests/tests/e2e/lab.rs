@@ -249,9 +249,10 @@ fn lab_delay_quantiles_match_the_emulator_log_and_fping() {
     for (qs, q) in [("median", 0.5), ("p90", 0.9)] {
         let (a, b) = (quantile(&e_ours, q), quantile(&e_fping, q));
         eprintln!(
-            "per-probe |error| {qs}: pathpulse {:.1} µs, fping {:.1} µs ({} and {} probes)",
+            "per-probe |error| {qs}: pathpulse {:.1} µs, fping {:.1} µs, ratio {:.2} ({} and {} probes)",
             a * 1000.0,
             b * 1000.0,
+            a / b,
             e_ours.len(),
             e_fping.len()
         );
