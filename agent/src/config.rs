@@ -35,6 +35,9 @@ pub struct FileConfig {
     pub site: Option<String>,
     pub isp: Option<String>,
     pub hops: Option<bool>,
+    /// Address prefixes of this agent's ISP (`["203.0.113.0/24"]`): hops inside them are
+    /// the `isp` role; without them the ISP boundary is guessed (see README).
+    pub isp_prefixes: Option<Vec<String>>,
 }
 
 /// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
@@ -83,7 +86,7 @@ pub struct RunArgs {
     /// ISP label of this agent's uplink.
     #[arg(long, env = "PATHPULSE_ISP")]
     pub isp: Option<String>,
-    /// Turn off hop discovery toward ICMP targets (accepted now; hop discovery is not built yet).
+    /// Turn off hop discovery and per-hop metrics toward ICMP targets.
     #[arg(long, env = "PATHPULSE_NO_HOPS")]
     pub no_hops: bool,
 }
@@ -101,6 +104,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub site: Option<String>,
     pub isp: Option<String>,
+    /// Hop discovery and per-hop monitoring toward ICMP targets.
+    pub hops: bool,
+    pub isp_prefixes: Vec<crate::probe::route::Prefix>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +319,13 @@ impl AgentConfig {
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let mut isp_prefixes = Vec::new();
+        for (i, p) in file.isp_prefixes.unwrap_or_default().iter().enumerate() {
+            match p.parse() {
+                Ok(p) => isp_prefixes.push(p),
+                Err(e) => c.err(&format!("isp_prefixes[{i}]"), e),
+            }
+        }
         if c.0.is_empty() {
             Ok(AgentConfig {
                 name,
@@ -325,6 +338,8 @@ impl AgentConfig {
                 state_dir,
                 site: args.site.clone().or(file.site),
                 isp: args.isp.clone().or(file.isp),
+                hops: !args.no_hops && file.hops.unwrap_or(true),
+                isp_prefixes,
             })
         } else {
             Err(ConfigErrors(c.0))

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, ConfigError, ConfigErrors};
+use crate::probe::hops::{self, HopProber};
 use crate::probe::icmp::IcmpProber;
 use crate::probe::tcp::TcpProber;
 use crate::resolve::Resolver;
@@ -154,6 +155,20 @@ pub async fn run_with(
     };
     let icmp_targets = by_kind(ProbeKind::Icmp);
     let tcp_targets = by_kind(ProbeKind::Tcp);
+    if cfg.hops {
+        tasks.spawn(
+            HopProber {
+                targets: icmp_targets.clone(),
+                interval: cfg.interval.max(Duration::from_secs(1)),
+                timeout: cfg.timeout,
+                max_ttl: hops::DEFAULT_MAX_TTL,
+                isp_prefixes: cfg.isp_prefixes.clone(),
+                shared: shared.clone(),
+                resolver: resolver.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+    }
     if !icmp_targets.is_empty() {
         match IcmpProber::open(
             icmp_targets,

@@ -100,6 +100,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             state_dir: agent_state,
             site: Some("demo".into()),
             isp: None,
+            hops: true,
+            isp_prefixes: Vec::new(),
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }

@@ -12,8 +12,8 @@ use prometheus_client::registry::Registry;
 
 use pathpulse_wire::RefuseReason;
 
-use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
-use crate::store::{CLASSIC_BOUNDS_US, PathKey, PathState, Store};
+use crate::stats::{Z95, icmp_ratelimited, loss_ratio, min_detectable_loss, mos, wilson_interval};
+use crate::store::{CLASSIC_BOUNDS_US, HopState, PathKey, PathState, Store};
 use crate::window::{WINDOWS, WindowView};
 
 /// Quantiles exported as exact gauges from the merged HDR windows.
@@ -272,6 +272,8 @@ impl Collector for StoreCollector {
             }
         }
 
+        encode_hops(&mut enc, &store, now)?;
+
         let mut m = enc.encode_descriptor(
             "pathpulse_agent_up",
             "1 while the agent's reports arrive.",
@@ -463,6 +465,137 @@ pub fn encode_text(reg: &Registry) -> String {
         out.push_str(&format!("# encoding error: {e}\n# EOF\n"));
     }
     out
+}
+
+/// Labels of one hop: `src`, `anchor` (the target as written), `hop` (TTL), `hop_addr`,
+/// `role`.
+fn hop_labels<'a>(k: &'a PathKey, ttl: &'a str, h: &'a HopState) -> Labels<'a> {
+    vec![
+        ("src", Cow::Borrowed(&*k.src)),
+        ("anchor", Cow::Borrowed(&*k.dst)),
+        ("hop", Cow::Borrowed(ttl)),
+        ("hop_addr", Cow::Borrowed(&*h.addr)),
+        ("role", Cow::Borrowed(h.role.as_str())),
+    ]
+}
+
+/// The per-hop view toward targets (hop discovery): counters, RTT quantiles and loss per
+/// window, ICMP rate limiting, route changes.
+fn encode_hops(
+    enc: &mut DescriptorEncoder,
+    store: &Store,
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    struct Hop<'a> {
+        key: &'a PathKey,
+        ttl: String,
+        state: &'a HopState,
+        views: [(&'static str, WindowView); 3],
+        /// The lowest 1 min loss of the later hops and of the path itself.
+        best_later_loss: Option<f64>,
+    }
+    let mut hops: Vec<Hop> = Vec::new();
+    for (k, st) in store.paths.iter().filter(|(_, st)| !st.hops.is_empty()) {
+        let path_loss = {
+            let v = st.windows.view(60_000, now);
+            loss_ratio(v.lost, v.received)
+        };
+        let first = hops.len();
+        for (ttl, h) in &st.hops {
+            hops.push(Hop {
+                key: k,
+                ttl: ttl.to_string(),
+                state: h,
+                views: WINDOWS.map(|(w, ms)| (w, h.windows.view(ms, now))),
+                best_later_loss: None,
+            });
+        }
+        // Walk back from the target: the best loss seen after each hop.
+        let mut best = path_loss;
+        for h in hops[first..].iter_mut().rev() {
+            h.best_later_loss = best;
+            let v = &h.views[1].1;
+            if let Some(l) = loss_ratio(v.lost, v.received) {
+                best = Some(best.map_or(l, |b: f64| b.min(l)));
+            }
+        }
+    }
+    for (name, help, get) in [
+        (
+            "pathpulse_hop_probes_sent",
+            "TTL-limited probes sent toward the anchor that expire at this hop.",
+            (|h: &HopState| h.counters.sent) as fn(&HopState) -> u64,
+        ),
+        (
+            "pathpulse_hop_probes_lost",
+            "TTL-limited probes this hop did not answer within the timeout.",
+            |h: &HopState| h.counters.lost,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for h in &hops {
+            m.encode_family(&hop_labels(h.key, &h.ttl, h.state))?
+                .encode_counter::<NoLabelSet, _, u64>(&get(h.state), None)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_hop_rtt_quantile_seconds",
+        "Exact RTT quantile of this hop's answers over the window (HDR, 3 significant digits).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &hops {
+        for (w, v) in &h.views {
+            for (qs, q) in QUANTILES {
+                if let Some(us) = v.hist.quantile(q) {
+                    let l = with(
+                        hop_labels(h.key, &h.ttl, h.state),
+                        &[("quantile", qs), ("window", w)],
+                    );
+                    m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                }
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_hop_loss_ratio",
+        "Share of this hop's TTL-limited probes without an answer over the window (see pathpulse_hop_icmp_ratelimited before calling it path loss).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &hops {
+        for (w, v) in &h.views {
+            if let Some(x) = loss_ratio(v.lost, v.received) {
+                let l = with(hop_labels(h.key, &h.ttl, h.state), &[("window", w)]);
+                m.encode_family(&l)?.encode_gauge(&x)?;
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_hop_icmp_ratelimited",
+        "1 when this hop's loss over 1 min does not continue at later hops or the target: the router rate-limits its ICMP answers, the path is not losing packets.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &hops {
+        let v = &h.views[1].1;
+        if let Some(loss) = loss_ratio(v.lost, v.received) {
+            let limited = i64::from(icmp_ratelimited(loss, h.best_later_loss));
+            m.encode_family(&hop_labels(h.key, &h.ttl, h.state))?
+                .encode_gauge(&limited)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_path_changes",
+        "Times the hop list toward the anchor changed (a different router at a known TTL).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (k, st) in store.paths.iter().filter(|(_, st)| !st.hops.is_empty()) {
+        m.encode_family(&[("src", &*k.src), ("anchor", &*k.dst)])?
+            .encode_counter::<NoLabelSet, _, u64>(&st.route_changes, None)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -156,3 +156,38 @@ mod tests {
         assert_eq!(loss_ratio(1, 3), Some(0.25));
     }
 }
+
+/// Does a hop's loss come from the router rate-limiting its ICMP errors rather than from
+/// the path? Routers answer TTL-expired probes from their slow path, at a limited rate;
+/// packets that pass through them are not affected. So loss at a hop that the hops after
+/// it (and the target) do not show is the router's, not the path's: true when the hop
+/// loses at least 10% and more than twice (plus 5 points) what the best later hop loses.
+pub fn icmp_ratelimited(hop_loss: f64, best_later_loss: Option<f64>) -> bool {
+    best_later_loss.is_some_and(|later| hop_loss >= 0.10 && hop_loss > 2.0 * later + 0.05)
+}
+
+#[cfg(test)]
+mod hop_tests {
+    use super::icmp_ratelimited;
+
+    #[test]
+    fn loss_that_does_not_continue_downstream_is_rate_limiting() {
+        assert!(
+            icmp_ratelimited(0.5, Some(0.0)),
+            "50% at the hop, none after it"
+        );
+        assert!(
+            !icmp_ratelimited(0.2, Some(0.2)),
+            "the loss continues: path loss"
+        );
+        assert!(
+            !icmp_ratelimited(0.3, Some(0.15)),
+            "half continues: not only the router"
+        );
+        assert!(!icmp_ratelimited(0.05, Some(0.0)), "too little to say");
+        assert!(
+            !icmp_ratelimited(0.9, None),
+            "nothing after it to compare with"
+        );
+    }
+}

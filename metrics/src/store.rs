@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pathpulse_wire::{AgentHealth, PathReport, ProbeKind, RefuseReason, Report, hist};
+use pathpulse_wire::{AgentHealth, HopRole, PathReport, ProbeKind, RefuseReason, Report, hist};
 
 use crate::window::PathWindows;
 
@@ -64,6 +64,18 @@ pub struct PathState {
     pub windows: PathWindows,
     pub jitter_us: Option<f64>,
     pub in_flight: u64,
+    /// Hops toward this target by TTL (ICMP paths with hop discovery).
+    pub hops: BTreeMap<u8, HopState>,
+    pub route_changes: u64,
+}
+
+/// One hop toward a target: who answers at this TTL, its role, its probes.
+#[derive(Debug, Clone)]
+pub struct HopState {
+    pub addr: Arc<str>,
+    pub role: HopRole,
+    pub counters: Counters,
+    pub windows: PathWindows,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -161,6 +173,26 @@ impl Store {
                 st.jitter_us = Some(f64::from(j));
             }
             st.in_flight = u64::from(p.in_flight);
+            st.route_changes += u64::from(p.route_changes);
+            // The hop list is the agent's current one: TTLs it no longer reports go.
+            st.hops
+                .retain(|ttl, _| p.hops.iter().any(|h| h.ttl == *ttl));
+            for h in &p.hops {
+                let hs = st.hops.entry(h.ttl).or_insert_with(|| HopState {
+                    addr: Arc::from(""),
+                    role: HopRole::Unknown,
+                    counters: Counters::default(),
+                    windows: PathWindows::default(),
+                });
+                if let Some(a) = h.addr.as_ref().filter(|a| **a != *hs.addr) {
+                    hs.addr = Arc::from(a.as_str());
+                }
+                hs.role = h.role.unwrap_or(HopRole::Unknown);
+                hs.counters.sent += u64::from(h.stats.sent);
+                hs.counters.received += u64::from(h.stats.received);
+                hs.counters.lost += u64::from(h.stats.lost);
+                hs.windows.add(r.interval_start_ms, &h.stats, now_ms);
+            }
         }
     }
 
@@ -196,6 +228,9 @@ impl Store {
     pub fn expire(&mut self, now_ms: u64) {
         for st in self.paths.values_mut() {
             st.windows.expire(now_ms);
+            for h in st.hops.values_mut() {
+                h.windows.expire(now_ms);
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::probe::hops::HOP_MAGIC;
 use crate::probe::icmp_socket::{Event, Family, IcmpSocket, OpenError, SocketKind};
 use crate::probe::matcher::{Matcher, Outcome, ReplyMeta, encode_payload};
 use crate::resolve::Resolver;
@@ -196,6 +197,10 @@ impl IcmpProber {
     fn on_event(&self, matcher: &mut Matcher, ev: Event) {
         match ev {
             Event::TxStamp { seq, tx_ns, .. } => matcher.tx_stamp(seq, tx_ns),
+            // ICMP errors answer the hop prober's TTL-limited probes (its own socket).
+            Event::Error { .. } => {}
+            // Replies to the hop prober's probes (its own socket counts them).
+            Event::Reply { payload, .. } if payload.starts_with(&HOP_MAGIC) => {}
             Event::Reply {
                 src,
                 ident,

@@ -1,6 +1,8 @@
 //! Probers. Each owns its sockets and writes outcomes into [`crate::shared::Shared`].
 
+pub mod hops;
 pub mod icmp;
 pub mod icmp_socket;
 pub mod matcher;
+pub mod route;
 pub mod tcp;

@@ -128,7 +128,12 @@ impl Topo {
                 _ => LinkSpec::veth(a, b, s),
             })
             .collect();
-        Topo::build(&["home", "cpe", "isp", "transit", "anchor"], &links, seed)
+        let topo = Topo::build(&["home", "cpe", "isp", "transit", "anchor"], &links, seed);
+        // The home's default gateway is its CPE, as on a real LAN.
+        let cpe = topo.addr("cpe", "home");
+        topo.ns("home")
+            .ip(&["route", "add", "default", "via", &cpe]);
+        topo
     }
 
     pub fn ns(&self, node: &str) -> &Netns {

@@ -3,6 +3,7 @@
 mod accuracy;
 mod cli;
 mod demo;
+mod hops;
 mod lab;
 mod loopback;
 mod prometheus;
