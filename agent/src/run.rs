@@ -124,6 +124,13 @@ pub async fn run_with(
                 .map_err(|e| RunError::Fatal(e.into()))?;
             // A standalone agent is up as long as it runs.
             let store = Arc::new(Mutex::new(Store::new(u64::MAX)));
+            // The agent's own labels, for localization verdicts in its own /metrics.
+            store.lock().unwrap_or_else(|e| e.into_inner()).hello(
+                &cfg.name,
+                cfg.site.clone(),
+                cfg.isp.clone(),
+                None,
+            );
             let reg = Arc::new(export::registry(
                 store.clone(),
                 Role::Agent,

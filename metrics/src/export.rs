@@ -12,7 +12,8 @@ use prometheus_client::registry::Registry;
 
 use pathpulse_wire::RefuseReason;
 
-use crate::stats::{Z95, icmp_ratelimited, loss_ratio, min_detectable_loss, mos, wilson_interval};
+use crate::localize::{HopView, Thresholds, hop_views, localize, observations};
+use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
 use crate::store::{CLASSIC_BOUNDS_US, HopState, PathKey, PathState, Store};
 use crate::window::{WINDOWS, WindowView};
 
@@ -489,37 +490,19 @@ fn encode_hops(
     struct Hop<'a> {
         key: &'a PathKey,
         ttl: String,
-        state: &'a HopState,
-        views: [(&'static str, WindowView); 3],
-        /// The lowest 1 min loss of the later hops and of the path itself.
-        best_later_loss: Option<f64>,
+        view: HopView<'a>,
     }
-    let mut hops: Vec<Hop> = Vec::new();
-    for (k, st) in store.paths.iter().filter(|(_, st)| !st.hops.is_empty()) {
-        let path_loss = {
-            let v = st.windows.view(60_000, now);
-            loss_ratio(v.lost, v.received)
-        };
-        let first = hops.len();
-        for (ttl, h) in &st.hops {
-            hops.push(Hop {
+    let hops: Vec<Hop> = store
+        .paths
+        .iter()
+        .flat_map(|(k, st)| {
+            hop_views(st, now).into_iter().map(move |view| Hop {
                 key: k,
-                ttl: ttl.to_string(),
-                state: h,
-                views: WINDOWS.map(|(w, ms)| (w, h.windows.view(ms, now))),
-                best_later_loss: None,
-            });
-        }
-        // Walk back from the target: the best loss seen after each hop.
-        let mut best = path_loss;
-        for h in hops[first..].iter_mut().rev() {
-            h.best_later_loss = best;
-            let v = &h.views[1].1;
-            if let Some(l) = loss_ratio(v.lost, v.received) {
-                best = Some(best.map_or(l, |b: f64| b.min(l)));
-            }
-        }
-    }
+                ttl: view.ttl.to_string(),
+                view,
+            })
+        })
+        .collect();
     for (name, help, get) in [
         (
             "pathpulse_hop_probes_sent",
@@ -534,8 +517,8 @@ fn encode_hops(
     ] {
         let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
         for h in &hops {
-            m.encode_family(&hop_labels(h.key, &h.ttl, h.state))?
-                .encode_counter::<NoLabelSet, _, u64>(&get(h.state), None)?;
+            m.encode_family(&hop_labels(h.key, &h.ttl, h.view.state))?
+                .encode_counter::<NoLabelSet, _, u64>(&get(h.view.state), None)?;
         }
     }
     let mut m = enc.encode_descriptor(
@@ -545,11 +528,11 @@ fn encode_hops(
         MetricType::Gauge,
     )?;
     for h in &hops {
-        for (w, v) in &h.views {
+        for (w, v) in &h.view.views {
             for (qs, q) in QUANTILES {
                 if let Some(us) = v.hist.quantile(q) {
                     let l = with(
-                        hop_labels(h.key, &h.ttl, h.state),
+                        hop_labels(h.key, &h.ttl, h.view.state),
                         &[("quantile", qs), ("window", w)],
                     );
                     m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
@@ -564,9 +547,9 @@ fn encode_hops(
         MetricType::Gauge,
     )?;
     for h in &hops {
-        for (w, v) in &h.views {
+        for (w, v) in &h.view.views {
             if let Some(x) = loss_ratio(v.lost, v.received) {
-                let l = with(hop_labels(h.key, &h.ttl, h.state), &[("window", w)]);
+                let l = with(hop_labels(h.key, &h.ttl, h.view.state), &[("window", w)]);
                 m.encode_family(&l)?.encode_gauge(&x)?;
             }
         }
@@ -578,11 +561,9 @@ fn encode_hops(
         MetricType::Gauge,
     )?;
     for h in &hops {
-        let v = &h.views[1].1;
-        if let Some(loss) = loss_ratio(v.lost, v.received) {
-            let limited = i64::from(icmp_ratelimited(loss, h.best_later_loss));
-            m.encode_family(&hop_labels(h.key, &h.ttl, h.state))?
-                .encode_gauge(&limited)?;
+        if let Some(limited) = h.view.ratelimited {
+            m.encode_family(&hop_labels(h.key, &h.ttl, h.view.state))?
+                .encode_gauge(&i64::from(limited))?;
         }
     }
     let mut m = enc.encode_descriptor(
@@ -594,6 +575,20 @@ fn encode_hops(
     for (k, st) in store.paths.iter().filter(|(_, st)| !st.hops.is_empty()) {
         m.encode_family(&[("src", &*k.src), ("anchor", &*k.dst)])?
             .encode_counter::<NoLabelSet, _, u64>(&st.route_changes, None)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_fault_verdict",
+        "1 per current localization verdict: where the packet loss of the last minute is (scope lan, site_uplink, isp, transit, target; suspect: the agent, site, ISP, router or target).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for v in localize(&observations(store, now), &Thresholds::default()) {
+        let labels = [
+            ("scope", v.scope.as_str()),
+            ("suspect", v.suspect.as_str()),
+            ("confidence", v.confidence.as_str()),
+        ];
+        m.encode_family(&labels)?.encode_gauge(&1i64)?;
     }
     Ok(())
 }

@@ -23,6 +23,99 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pathpulse_wire::HopRole;
 
+use crate::stats::{Z95, icmp_ratelimited, wilson_interval};
+use crate::store::{HopState, PathState, Store};
+use crate::window::{WINDOWS, WindowView};
+
+/// The window localization (and the rate-limit verdict) judges by.
+pub const WINDOW_MS: u64 = 60_000;
+
+/// One hop of a path with its windowed views and the rate-limit verdict.
+pub struct HopView<'a> {
+    pub ttl: u8,
+    pub state: &'a HopState,
+    pub views: [(&'static str, WindowView); 3],
+    /// Its 1 min loss does not continue at the later hops or the target.
+    pub ratelimited: Option<bool>,
+}
+
+/// The hops of a path, each with its views and whether it only rate-limits ICMP.
+pub fn hop_views(st: &PathState, now_ms: u64) -> Vec<HopView<'_>> {
+    let one_min = WINDOWS
+        .iter()
+        .position(|(_, ms)| *ms == WINDOW_MS)
+        .unwrap_or(0);
+    let mut out: Vec<HopView> = st
+        .hops
+        .iter()
+        .map(|(ttl, h)| HopView {
+            ttl: *ttl,
+            state: h,
+            views: WINDOWS.map(|(w, ms)| (w, h.windows.view(ms, now_ms))),
+            ratelimited: None,
+        })
+        .collect();
+    // Walk back from the target: the (lost, probes) of the least lossy later hop or path.
+    let v = st.windows.view(WINDOW_MS, now_ms);
+    let ratio = |(l, n): (u64, u64)| l as f64 / n.max(1) as f64;
+    let mut best: Option<(u64, u64)> = Some((v.lost, v.lost + v.received)).filter(|c| c.1 > 0);
+    for h in out.iter_mut().rev() {
+        let v = &h.views[one_min].1;
+        let own = (v.lost, v.lost + v.received);
+        if own.1 == 0 {
+            continue;
+        }
+        h.ratelimited = Some(icmp_ratelimited(own, best));
+        if best.is_none_or(|b| ratio(own) < ratio(b)) {
+            best = Some(own);
+        }
+    }
+    out
+}
+
+/// What every path of the store shows over the last minute, with the agents' site and ISP
+/// labels (a destination that is an agent, by name or address, gets its site).
+pub fn observations(store: &Store, now_ms: u64) -> Vec<PathObs> {
+    let site_of_dst = |dst: &str| {
+        store
+            .agents
+            .iter()
+            .find(|(name, a)| &***name == dst || a.addr.is_some_and(|ip| ip.to_string() == dst))
+            .and_then(|(_, a)| a.site.clone())
+    };
+    store
+        .paths
+        .iter()
+        .map(|(k, st)| {
+            let agent = store.agents.get(&*k.src);
+            let v = st.windows.view(WINDOW_MS, now_ms);
+            let one_min = WINDOWS
+                .iter()
+                .position(|(_, ms)| *ms == WINDOW_MS)
+                .unwrap_or(0);
+            PathObs {
+                src: k.src.to_string(),
+                src_site: agent.and_then(|a| a.site.clone()),
+                src_isp: agent.and_then(|a| a.isp.clone()),
+                dst: k.dst.to_string(),
+                dst_site: site_of_dst(&k.dst),
+                lost: v.lost,
+                received: v.received,
+                hops: hop_views(st, now_ms)
+                    .into_iter()
+                    .map(|h| HopObs {
+                        addr: h.state.addr.to_string(),
+                        role: h.state.role,
+                        lost: h.views[one_min].1.lost,
+                        received: h.views[one_min].1.received,
+                        ratelimited: h.ratelimited == Some(true),
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
 /// Loss of one hop toward a target (TTL order in [`PathObs::hops`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HopObs {
@@ -137,21 +230,26 @@ impl PathObs {
 
     /// The first hop from which the loss continues to the target.
     fn first_lossy_hop(&self, t: &Thresholds) -> Option<usize> {
-        let path_loss = loss(self.lost, self.received)?;
-        let lossy = |h: &HopObs| {
-            !h.ratelimited
-                && h.lost + h.received > 0
-                && loss(h.lost, h.received).is_some_and(|l| l >= t.bad_loss.max(path_loss / 2.0))
-        };
         let answers = |h: &HopObs| !h.ratelimited && h.lost + h.received > 0;
-        // The first lossy hop whose loss every later answering hop shares (a hop that
-        // loses alone only drops ICMP, whatever it claims).
+        let hop_loss = |h: &HopObs| loss(h.lost, h.received).unwrap_or(0.0);
+        // Lossy: losing at least half the bad-path threshold, and significantly more than
+        // nothing (a hop probed once a second has few samples: one lost probe of 30 is
+        // not evidence).
+        let lossy = |h: &HopObs| {
+            answers(h)
+                && hop_loss(h) >= t.bad_loss / 2.0
+                && wilson_interval(h.lost, h.lost + h.received, Z95)
+                    .is_some_and(|(lo, _)| lo >= 0.01)
+        };
+        // The first lossy hop whose loss every later answering hop shares, at least a
+        // quarter of it (a hop that loses alone only drops ICMP, whatever it claims).
         (0..self.hops.len()).find(|&k| {
+            let lk = hop_loss(&self.hops[k]);
             lossy(&self.hops[k])
                 && self.hops[k + 1..]
                     .iter()
                     .filter(|h| answers(h))
-                    .all(|h| loss(h.lost, h.received).is_some_and(|l| l >= t.bad_loss / 2.0))
+                    .all(|h| hop_loss(h) > 0.0 && hop_loss(h) >= lk / 4.0)
         })
     }
 }
@@ -334,12 +432,10 @@ pub fn localize(paths: &[PathObs], t: &Thresholds) -> Vec<Verdict> {
     // 3. One ISP's agents in several sites lose where other ISPs' agents do not.
     let mut isp_bad: BTreeMap<&str, (BTreeSet<&str>, Vec<usize>)> = BTreeMap::new();
     for (i, p) in paths.iter().enumerate() {
-        if bad[i] && !explained[i] {
-            if let Some(isp) = p.src_isp.as_deref() {
-                let e = isp_bad.entry(isp).or_default();
-                e.0.insert(p.site());
-                e.1.push(i);
-            }
+        if let Some(isp) = p.src_isp.as_deref().filter(|_| bad[i] && !explained[i]) {
+            let e = isp_bad.entry(isp).or_default();
+            e.0.insert(p.site());
+            e.1.push(i);
         }
     }
     for (isp, (sites_hit, idx)) in isp_bad {
@@ -585,6 +681,11 @@ mod tests {
         // A CPE that only rate-limits its ICMP answers is not where the loss starts.
         let v = localize(&[chain_path([30, 0, 20, 20], true)], &T);
         assert_eq!(one(&v).scope, Scope::Transit);
+        // Few samples: 8 of 60 at the ISP hop is evidence; 1 of 60 at the CPE is not.
+        let v = localize(&[chain_path([0, 8, 12, 18], false)], &T);
+        assert_eq!(one(&v).scope, Scope::Isp, "{v:#?}");
+        let v = localize(&[chain_path([1, 0, 15, 15], false)], &T);
+        assert_eq!(one(&v).scope, Scope::Transit, "{v:#?}");
         // Loss at a hop that does not continue (without the rate-limit flag): not blamed.
         let v = localize(&[chain_path([30, 0, 0, 12], false)], &T);
         assert_eq!(one(&v).scope, Scope::Target, "{v:#?}");

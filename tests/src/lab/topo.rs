@@ -111,10 +111,10 @@ impl Topo {
 
     /// The ISP path of LAB.md: `home` (an endpoint on a private LAN) → `cpe` (its router) →
     /// `isp` (the ISP edge) → `transit` → `anchor`, on 192.168.1/24, 203.0.113/24,
-    /// 198.51.100/24 and 192.0.2/24. `emulated` puts the emulator on one link, named by its
-    /// nearer-to-home node (`"home"`, `"cpe"`, `"isp"`, `"transit"`), with the impairments
-    /// toward the anchor and back.
-    pub fn isp_chain(emulated: Option<(&str, Impairment, Impairment)>, seed: u64) -> Topo {
+    /// 198.51.100/24 and 192.0.2/24. `emulated` puts the emulator on links, each named by
+    /// its nearer-to-home node (`"home"`, `"cpe"`, `"isp"`, `"transit"`), with the
+    /// impairments toward the anchor and back.
+    pub fn isp_chain(emulated: &[(&str, Impairment, Impairment)], seed: u64) -> Topo {
         let hops = [
             ("home", "cpe", "192.168.1"),
             ("cpe", "isp", "203.0.113"),
@@ -123,9 +123,9 @@ impl Topo {
         ];
         let links: Vec<LinkSpec> = hops
             .iter()
-            .map(|(a, b, s)| match emulated {
-                Some((at, up, down)) if at == *a => LinkSpec::emulated(a, b, s, up, down),
-                _ => LinkSpec::veth(a, b, s),
+            .map(|(a, b, s)| match emulated.iter().find(|(at, ..)| at == a) {
+                Some((_, up, down)) => LinkSpec::emulated(a, b, s, *up, *down),
+                None => LinkSpec::veth(a, b, s),
             })
             .collect();
         let topo = Topo::build(&["home", "cpe", "isp", "transit", "anchor"], &links, seed);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pathpulse_tests::lab::impair::{Impairment, Loss};
 use pathpulse_tests::lab::topo::Topo;
-use pathpulse_tests::{Sample, bin, parse_metrics, require_root, wait_for};
+use pathpulse_tests::{Proc, Sample, bin, parse_metrics, require_root, wait_for};
 
 use crate::setup::value;
 
@@ -18,6 +18,41 @@ fn metrics(topo: &Topo) -> Vec<Sample> {
         "exec 3<>/dev/tcp/127.0.0.1/{PORT} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
     );
     parse_metrics(&topo.ns("home").run("bash", &["-c", &script]).1)
+}
+
+/// An agent in `home` probing the anchor every 250 ms (hops once a second), own /metrics.
+fn agent_at_home(chain: &Topo, dir: &std::path::Path, isp: &str) -> Proc {
+    let anchor = chain.addr("anchor", "transit");
+    chain.ns("home").spawn(
+        "agent",
+        &bin("pathpulse-agent"),
+        &[
+            "run",
+            "--name",
+            "home",
+            "--isp",
+            isp,
+            "--target",
+            &anchor,
+            "--interval",
+            "250ms",
+            "--timeout",
+            "1s",
+            "--report-interval",
+            "1s",
+            "--metrics-listen",
+            &format!("127.0.0.1:{PORT}"),
+        ],
+        dir,
+    )
+}
+
+/// Current localization verdicts: (scope, suspect).
+fn verdicts(m: &[Sample]) -> Vec<(String, String)> {
+    pathpulse_tests::select(m, "pathpulse_fault_verdict", &[])
+        .into_iter()
+        .map(|s| (s.labels["scope"].clone(), s.labels["suspect"].clone()))
+        .collect()
 }
 
 fn hop<'a>(m: &'a [Sample], name: &str, ttl: &str, extra: &[(&str, &str)]) -> Option<&'a Sample> {
@@ -37,7 +72,7 @@ fn lab_hops_have_roles_and_loss_is_placed_at_the_right_hop() {
         loss: Loss::Bernoulli { p: 0.4 },
         ..Impairment::default()
     };
-    let chain = Topo::isp_chain(Some(("isp", lossy, Impairment::default())), 11);
+    let chain = Topo::isp_chain(&[("isp", lossy, Impairment::default())], 11);
     // Routers answer every TTL-expired probe, except the CPE, which rate-limits its ICMP
     // errors to one per 2.5 s per destination (after a burst of 6; Linux's default is 1 s).
     for r in ["isp", "transit"] {
@@ -50,26 +85,7 @@ fn lab_hops_have_roles_and_loss_is_placed_at_the_right_hop() {
         .run("sysctl", &["-qw", "net.ipv4.icmp_ratelimit=2500"]);
     let anchor = chain.addr("anchor", "transit");
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = chain.ns("home").spawn(
-        "agent",
-        &bin("pathpulse-agent"),
-        &[
-            "run",
-            "--name",
-            "home",
-            "--target",
-            &anchor,
-            "--interval",
-            "250ms",
-            "--timeout",
-            "1s",
-            "--report-interval",
-            "1s",
-            "--metrics-listen",
-            &format!("127.0.0.1:{PORT}"),
-        ],
-        dir.path(),
-    );
+    let agent = agent_at_home(&chain, dir.path(), "isp-x");
     // All four hops known with their roles.
     let expect = [
         ("1", chain.addr("cpe", "home"), "cpe"),
@@ -167,5 +183,70 @@ fn lab_hops_have_roles_and_loss_is_placed_at_the_right_hop() {
         value(&m, "pathpulse_path_changes_total", &[]),
         Some(0.0),
         "a stable route has no changes"
+    );
+    // Where: from the transit router on (the CPE's rate limit is not loss).
+    let transit = chain.addr("transit", "isp");
+    assert_eq!(
+        verdicts(&m),
+        vec![("transit".to_string(), transit)],
+        "localization"
+    );
+}
+
+/// Loss between the CPE and the ISP edge is the ISP's; loss between the home and its CPE
+/// is the LAN's. Two chains side by side (each in its own namespaces), one agent in each.
+#[test]
+fn lab_loss_at_the_isp_edge_blames_the_isp_and_at_the_cpe_the_lan() {
+    let _serial = crate::lab::lab_lock();
+    if !require_root("lab_loss_at_the_isp_edge_blames_the_isp_and_at_the_cpe_the_lan") {
+        return;
+    }
+    let lossy = Impairment {
+        loss: Loss::Bernoulli { p: 0.3 },
+        ..Impairment::default()
+    };
+    let clean = Impairment::default();
+    let isp_chain = Topo::isp_chain(&[("cpe", lossy, clean)], 12);
+    let lan_chain = Topo::isp_chain(&[("home", lossy, clean)], 13);
+    for chain in [&isp_chain, &lan_chain] {
+        for r in ["cpe", "isp", "transit"] {
+            chain
+                .ns(r)
+                .run("sysctl", &["-qw", "net.ipv4.icmp_ratelimit=0"]);
+        }
+    }
+    let (d1, d2) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a1 = agent_at_home(&isp_chain, d1.path(), "isp-x");
+    let a2 = agent_at_home(&lan_chain, d2.path(), "isp-x");
+    std::thread::sleep(Duration::from_secs(40));
+    let (m1, m2) = (metrics(&isp_chain), metrics(&lan_chain));
+    let hop_loss = |m: &[Sample]| {
+        pathpulse_tests::select(m, "pathpulse_hop_loss_ratio", &[("window", "1m")])
+            .iter()
+            .map(|s| format!("{}={:.2}", s.labels["role"], s.value))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    eprintln!(
+        "verdicts: cpe-isp loss {:?} (hops {}); home-cpe loss {:?} (hops {})",
+        verdicts(&m1),
+        hop_loss(&m1),
+        verdicts(&m2),
+        hop_loss(&m2)
+    );
+    assert_eq!(
+        verdicts(&m1),
+        vec![("isp".to_string(), "isp-x".to_string())],
+        "loss from the ISP edge on:\n{}",
+        a1.log()
+    );
+    assert_eq!(
+        verdicts(&m2),
+        vec![("lan".to_string(), "home".to_string())],
+        "loss from the CPE on:\n{}",
+        a2.log()
     );
 }

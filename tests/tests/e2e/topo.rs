@@ -59,7 +59,7 @@ fn lab_isp_chain_routers_answer_ttl_limited_probes_in_order() {
     if !require_root(test) || !require_program(test, "ping") {
         return;
     }
-    let chain = Topo::isp_chain(None, 6);
+    let chain = Topo::isp_chain(&[], 6);
     let anchor = chain.addr("anchor", "transit");
     let expect = [
         chain.addr("cpe", "home"),
