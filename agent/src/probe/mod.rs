@@ -3,4 +3,5 @@
 pub mod icmp;
 pub mod icmp_socket;
 pub mod matcher;
+pub mod stamp;
 pub mod tcp;
