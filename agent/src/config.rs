@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub site: Option<String>,
     pub isp: Option<String>,
     pub hops: Option<bool>,
+    pub stamp_listen: Option<Vec<String>>,
+    pub stamp_rate: Option<u32>,
 }
 
 /// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
@@ -86,6 +88,18 @@ pub struct RunArgs {
     /// Turn off hop discovery toward ICMP targets (accepted now; hop discovery is not built yet).
     #[arg(long, env = "PATHPULSE_NO_HOPS")]
     pub no_hops: bool,
+    /// Run a STAMP reflector (RFC 8762) on this UDP address, repeatable, e.g. 0.0.0.0:862
+    /// and [::]:862 (default: none, no reflector).
+    #[arg(
+        long = "stamp-listen",
+        value_name = "ADDR",
+        env = "PATHPULSE_STAMP_LISTEN",
+        value_delimiter = ','
+    )]
+    pub stamp_listen: Vec<String>,
+    /// Most STAMP packets per second the reflector answers per source address (and burst).
+    #[arg(long, value_name = "N", env = "PATHPULSE_STAMP_RATE")]
+    pub stamp_rate: Option<u32>,
 }
 
 /// The validated configuration the agent runs with.
@@ -101,6 +115,10 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub site: Option<String>,
     pub isp: Option<String>,
+    /// STAMP reflector addresses (empty: no reflector).
+    pub stamp_listen: Vec<SocketAddr>,
+    /// Reflected packets per second per source address.
+    pub stamp_rate: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +258,30 @@ impl AgentConfig {
                 Err(e) => c.err(&format!("targets[{i}]"), e.to_string()),
             }
         }
-        if specs.is_empty() {
+        let stamp_listen_specs = if args.stamp_listen.is_empty() {
+            file.stamp_listen.unwrap_or_default()
+        } else {
+            args.stamp_listen.clone()
+        };
+        let mut stamp_listen = Vec::new();
+        for (i, s) in stamp_listen_specs.iter().enumerate() {
+            match s.parse::<SocketAddr>() {
+                Ok(a) => stamp_listen.push(a),
+                Err(_) => c.err(
+                    &format!("stamp_listen[{i}]"),
+                    format!("`{s}` is not an address like 0.0.0.0:862 or [::]:862"),
+                ),
+            }
+        }
+        let stamp_rate = args
+            .stamp_rate
+            .or(file.stamp_rate)
+            .unwrap_or(crate::probe::stamp::reflector::DEFAULT_RATE);
+        if stamp_rate == 0 {
+            c.err("stamp_rate", "must be at least 1 packet per second");
+        }
+        // A reflector alone is something to do: targets are then optional.
+        if specs.is_empty() && stamp_listen_specs.is_empty() {
             c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file");
         }
         let interval = c.duration(
@@ -325,6 +366,8 @@ impl AgentConfig {
                 state_dir,
                 site: args.site.clone().or(file.site),
                 isp: args.isp.clone().or(file.isp),
+                stamp_listen,
+                stamp_rate,
             })
         } else {
             Err(ConfigErrors(c.0))

@@ -143,6 +143,31 @@ pub async fn run_with(
         }
     };
 
+    // STAMP reflectors: bound now, so a busy or forbidden port is found at start.
+    for addr in &cfg.stamp_listen {
+        let socket = crate::probe::stamp::socket::StampSocket::bind(*addr).map_err(|e| {
+            config_err(
+                "stamp_listen",
+                format!(
+                    "cannot listen on UDP {addr}: {e} (port 862 needs root or CAP_NET_BIND_SERVICE)"
+                ),
+            )
+        })?;
+        tracing::info!(addr = %socket.local_addr().unwrap_or(*addr), "STAMP reflector listening");
+        let limits = crate::probe::stamp::reflector::Limits {
+            rate: cfg.stamp_rate,
+            ..Default::default()
+        };
+        tasks.spawn(
+            crate::probe::stamp::reflector::ReflectorTask {
+                socket,
+                limits,
+                shared: shared.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+    }
+
     // Probers.
     let by_kind = |k: ProbeKind| -> Vec<_> {
         cfg.targets

@@ -17,6 +17,8 @@ pub struct PathStats {
     pub rtt: SparseHist,
     pub rtt_sum_us: u64,
     pub ipdv: SparseHist,
+    /// STAMP paths: per-direction counts of the interval.
+    pub directional: Option<pathpulse_wire::stamp::Directional>,
     jitter: Rfc3550Jitter,
     last_rtt_us: Option<u64>,
     /// Since start, for the in-flight count.
@@ -90,6 +92,7 @@ impl PathStats {
             rtt_sum_us: self.rtt_sum_us,
             jitter_us: self.jitter.value_us().map(|j| j.round() as u32),
             ipdv,
+            directional: self.directional.take(),
         };
         *self = PathStats {
             dst: std::mem::take(&mut self.dst),

@@ -100,6 +100,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             state_dir: agent_state,
             site: Some("demo".into()),
             isp: None,
+            stamp_listen: Vec::new(),
+            stamp_rate: pathpulse_agent::probe::stamp::reflector::DEFAULT_RATE,
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }

@@ -342,6 +342,29 @@ impl Collector for StoreCollector {
             }
         }
         let mut m = enc.encode_descriptor(
+            "pathpulse_stamp_reflector_reflected",
+            "STAMP test packets the agent's reflector answered.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_counter::<NoLabelSet, _, u64>(&st.health.stamp_reflected, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_stamp_reflector_dropped",
+            "Datagrams the agent's STAMP reflector dropped without answering, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            let reasons = pathpulse_wire::stamp::ReflectorCounts::default().dropped();
+            for ((reason, _), v) in reasons.iter().zip(st.health.stamp_dropped) {
+                m.encode_family(&[("agent", &**a), ("reason", reason)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
             "pathpulse_scheduling_lag_seconds",
             "Largest delay of a probe behind its schedule in the agent's last report interval.",
             None,

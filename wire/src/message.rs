@@ -78,6 +78,8 @@ pub struct AgentHealth {
     /// RTT samples that fell back to the monotonic clock around the syscalls (a stamp was
     /// missing or a clock step made the kernel difference implausible).
     pub rtt_monotonic_clock: u32,
+    /// The agent's STAMP reflector (all zero when it does not run one).
+    pub reflector: crate::stamp::ReflectorCounts,
 }
 
 /// Statistics of one path over one report interval.
@@ -109,6 +111,8 @@ pub struct PathReport {
     /// |RTT difference| of consecutive replies in arrival order (RFC 5481 IPDV magnitude),
     /// microseconds.
     pub ipdv: SparseHist,
+    /// STAMP paths only: loss per direction and one-way delay.
+    pub directional: Option<crate::stamp::Directional>,
 }
 
 impl PathReport {

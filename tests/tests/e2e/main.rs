@@ -8,4 +8,5 @@ mod loopback;
 mod prometheus;
 mod security;
 mod setup;
+mod stamp;
 mod topo;

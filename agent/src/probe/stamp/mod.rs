@@ -5,3 +5,5 @@
 
 pub mod clock;
 pub mod packet;
+pub mod reflector;
+pub mod socket;
