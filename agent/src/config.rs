@@ -48,7 +48,7 @@ pub struct RunArgs {
     /// Agent name (its identity in certificates and the `src` label). Default: host name.
     #[arg(long, env = "PATHPULSE_NAME")]
     pub name: Option<String>,
-    /// Target to probe, repeatable: HOST, icmp:HOST, tcp:HOST:PORT.
+    /// Target to probe, repeatable: HOST, icmp:HOST, tcp:HOST:PORT, stamp:HOST[:PORT].
     #[arg(
         long = "target",
         value_name = "SPEC",

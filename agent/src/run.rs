@@ -179,6 +179,19 @@ pub async fn run_with(
     };
     let icmp_targets = by_kind(ProbeKind::Icmp);
     let tcp_targets = by_kind(ProbeKind::Tcp);
+    let stamp_targets = by_kind(ProbeKind::Stamp);
+    let stamp_running = !stamp_targets.is_empty();
+    if stamp_running {
+        let p = crate::probe::stamp::sender::StampProber::open(
+            stamp_targets,
+            cfg.interval,
+            cfg.timeout,
+            shared.clone(),
+            resolver.clone(),
+        )
+        .map_err(|e| RunError::Fatal(anyhow::anyhow!("cannot open a UDP socket for STAMP: {e}")))?;
+        tasks.spawn(p.run(shutdown.clone()));
+    }
     if !icmp_targets.is_empty() {
         match IcmpProber::open(
             icmp_targets,
@@ -190,7 +203,7 @@ pub async fn run_with(
             Ok(p) => {
                 tasks.spawn(p.run(shutdown.clone()));
             }
-            Err(e) if tcp_targets.is_empty() => {
+            Err(e) if tcp_targets.is_empty() && !stamp_running => {
                 return Err(RunError::Fatal(anyhow::anyhow!(
                     "cannot probe with ICMP: {e}"
                 )));

@@ -6,4 +6,6 @@
 pub mod clock;
 pub mod packet;
 pub mod reflector;
+pub mod sender;
+pub mod session;
 pub mod socket;
