@@ -118,3 +118,145 @@ fn stamp_reflector_answers_stamp_and_drops_garbage_truncated_oversize_unanswered
         agent.log()
     );
 }
+
+/// The value of `name` with these labels in a fresh scrape of `url`.
+fn scrape(url: &str) -> Vec<pathpulse_tests::Sample> {
+    parse_metrics(&http_get(url).unwrap_or_default())
+}
+
+fn get(m: &[pathpulse_tests::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    select(m, name, labels).first().map(|s| s.value)
+}
+
+#[test]
+fn stamp_sender_against_reflector_on_loopback_with_exact_accounting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (udp, m_refl, m_send) = (free_port(), free_port(), free_port());
+    let (v4, v6) = (format!("127.0.0.1:{udp}"), format!("[::1]:{udp}"));
+    let listen = format!("{v4},{v6}");
+    let refl_metrics = format!("127.0.0.1:{m_refl}");
+    let send_metrics = format!("127.0.0.1:{m_send}");
+    let _refl = Proc::start(
+        "reflector",
+        &bin("pathpulse-agent"),
+        &[
+            "run",
+            "--name",
+            "refl",
+            "--stamp-listen",
+            &listen,
+            "--metrics-listen",
+            &refl_metrics,
+            "--report-interval",
+            "200ms",
+        ],
+        dir.path(),
+    );
+    let (t4, t6) = (format!("stamp:{v4}"), format!("stamp:{v6}"));
+    let sender = Proc::start(
+        "sender",
+        &bin("pathpulse-agent"),
+        &[
+            "run",
+            "--name",
+            "send",
+            "--target",
+            &t4,
+            "--target",
+            &t6,
+            "--interval",
+            "20ms",
+            "--timeout",
+            "1s",
+            "--metrics-listen",
+            &send_metrics,
+            "--report-interval",
+            "500ms",
+        ],
+        dir.path(),
+    );
+    let (rurl, surl) = (
+        format!("http://{refl_metrics}/metrics"),
+        format!("http://{send_metrics}/metrics"),
+    );
+    let dsts = [v4.as_str(), v6.as_str()];
+    let m = wait_for(Duration::from_secs(30), || {
+        let m = scrape(&surl);
+        dsts.iter()
+            .all(|d| {
+                get(
+                    &m,
+                    "pathpulse_rtt_seconds_count",
+                    &[("dst", d), ("probe", "stamp")],
+                )
+                .is_some_and(|c| c >= 150.0)
+            })
+            .then_some(m)
+    })
+    .unwrap_or_else(|| panic!("no STAMP samples:\n{}", sender.log()));
+    let mut received_total = 0.0;
+    for d in dsts {
+        let l = [("src", "send"), ("dst", d), ("probe", "stamp")];
+        let v = |n: &str| get(&m, n, &l).unwrap_or_else(|| panic!("{n} missing for {d}"));
+        let (sent, recv, lost, inflight) = (
+            v("pathpulse_probes_sent_total"),
+            v("pathpulse_probes_received_total"),
+            v("pathpulse_probes_lost_total"),
+            v("pathpulse_probes_in_flight"),
+        );
+        assert_eq!(sent, recv + lost + inflight, "{d}: accounting");
+        assert_eq!(v("pathpulse_rtt_seconds_count"), recv, "{d}");
+        assert_eq!(lost, 0.0, "{d}: loss on loopback");
+        assert_eq!(v("pathpulse_probes_duplicate_total"), 0.0, "{d}");
+        assert_eq!(v("pathpulse_probes_late_total"), 0.0, "{d}");
+        received_total += recv;
+        let q = |dir: &str| {
+            get(
+                &m,
+                "pathpulse_directional_loss_ratio",
+                &[("dst", d), ("direction", dir), ("window", "1m")],
+            )
+        };
+        assert_eq!(q("forward"), Some(0.0), "{d}: forward loss");
+        assert_eq!(q("reverse"), Some(0.0), "{d}: reverse loss");
+        let p50 = get(
+            &m,
+            "pathpulse_rtt_quantile_seconds",
+            &[("dst", d), ("quantile", "0.5"), ("window", "1m")],
+        )
+        .expect("p50");
+        assert!(p50 > 0.0 && p50 < 0.002, "{d}: loopback STAMP p50 {p50} s");
+        eprintln!("{d}: {recv} replies, p50 {:.1} µs", p50 * 1e6);
+        // One-way delay only when this host's clock says synchronized; then it is sane.
+        for s in select(&m, "pathpulse_one_way_delay_seconds", &[("dst", d)]) {
+            assert!(s.value >= 0.0 && s.value < 0.002, "{d}: OWD {s:?}");
+        }
+    }
+    let kernel = get(
+        &m,
+        "pathpulse_rtt_samples_total",
+        &[("agent", "send"), ("clock", "kernel")],
+    )
+    .expect("clock counter");
+    assert!(
+        kernel >= received_total * 0.95,
+        "{kernel} of {received_total} RTT samples from kernel stamps"
+    );
+    // The reflector answered at least every reply the sender counted, and never refused.
+    let reflected = wait_for(Duration::from_secs(5), || {
+        get(
+            &scrape(&rurl),
+            "pathpulse_stamp_reflector_reflected_total",
+            &[("agent", "refl")],
+        )
+        .filter(|r| *r >= received_total)
+    });
+    assert!(
+        reflected.is_some(),
+        "reflector counted fewer than {received_total}"
+    );
+    let r = scrape(&rurl);
+    for s in select(&r, "pathpulse_stamp_reflector_dropped_total", &[]) {
+        assert_eq!(s.value, 0.0, "reflector dropped {s:?}");
+    }
+}
