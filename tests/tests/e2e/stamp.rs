@@ -260,3 +260,152 @@ fn stamp_sender_against_reflector_on_loopback_with_exact_accounting() {
         assert_eq!(s.value, 0.0, "reflector dropped {s:?}");
     }
 }
+
+/// GET /metrics of an agent listening on 127.0.0.1:`port` inside `ns`.
+fn metrics_in(ns: &pathpulse_tests::lab::netns::Netns, port: u16) -> Vec<pathpulse_tests::Sample> {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let (_, text) = ns.run("bash", &["-c", &script]);
+    parse_metrics(&text)
+}
+
+/// Loss on one direction of the lab link only: STAMP puts it on that direction (each
+/// inside the 99% binomial interval, the other exactly 0), ICMP sees it as round-trip loss.
+#[test]
+fn lab_stamp_attributes_one_way_loss_to_its_direction_and_icmp_sees_it_combined() {
+    use pathpulse_tests::lab::emu::Dir;
+    use pathpulse_tests::lab::impair::{Impairment, Loss};
+    use pathpulse_tests::lab::{ADDR_B, Link};
+
+    let _serial = crate::lab::lab_lock();
+    let test = "lab_stamp_attributes_one_way_loss_to_its_direction_and_icmp_sees_it_combined";
+    if !pathpulse_tests::require_root(test) {
+        return;
+    }
+    const P: f64 = 0.1;
+    const PORT: u16 = 9469;
+    for lossy in [Dir::Ab, Dir::Ba] {
+        let lossy_imp = Impairment {
+            loss: Loss::Bernoulli { p: P },
+            ..Impairment::default()
+        };
+        let (ab, ba) = match lossy {
+            Dir::Ab => (lossy_imp, Impairment::default()),
+            Dir::Ba => (Impairment::default(), lossy_imp),
+        };
+        let link = Link::new(ab, ba, 41);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listen = format!("{ADDR_B}:862");
+        let metrics = format!("127.0.0.1:{PORT}");
+        let _refl = link.b.spawn(
+            "reflector",
+            &bin("pathpulse-agent"),
+            &[
+                "run",
+                "--name",
+                "b",
+                "--stamp-listen",
+                &listen,
+                "--metrics-listen",
+                &metrics,
+            ],
+            dir.path(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let stamp_target = format!("stamp:{ADDR_B}");
+        let sender = link.a.spawn(
+            "sender",
+            &bin("pathpulse-agent"),
+            &[
+                "run",
+                "--name",
+                "a",
+                "--target",
+                &stamp_target,
+                "--target",
+                ADDR_B,
+                "--interval",
+                "10ms",
+                "--timeout",
+                "1s",
+                "--report-interval",
+                "1s",
+                "--metrics-listen",
+                &metrics,
+            ],
+            dir.path(),
+        );
+        // About 3,500 probes per prober, all inside the 1 min window.
+        std::thread::sleep(Duration::from_secs(37));
+        let m = metrics_in(&link.a, PORT);
+        let get = |name: &str, labels: &[(&str, &str)]| {
+            crate::setup::value(&m, name, labels)
+                .unwrap_or_else(|| panic!("{name} {labels:?} missing:\n{}", sender.log()))
+        };
+        let stamp = [("dst", ADDR_B), ("probe", "stamp"), ("window", "1m")];
+        let ratio = |d: &str| {
+            let mut l = stamp.to_vec();
+            l.push(("direction", d));
+            get("pathpulse_directional_loss_ratio", &l)
+        };
+        let (fwd, rev) = (ratio("forward"), ratio("reverse"));
+        let recv = get(
+            "pathpulse_probes_received_total",
+            &[("dst", ADDR_B), ("probe", "stamp")],
+        );
+        let lost = get(
+            "pathpulse_probes_lost_total",
+            &[("dst", ADDR_B), ("probe", "stamp")],
+        );
+        let icmp = get(
+            "pathpulse_loss_ratio",
+            &[("dst", ADDR_B), ("probe", "icmp"), ("window", "1m")],
+        );
+        let n = recv + lost;
+        assert!(n >= 3000.0, "only {n} STAMP probes decided");
+        let half = 2.576 * (P * (1.0 - P) / n).sqrt();
+        eprintln!(
+            "{lossy:?} {P}: STAMP forward {fwd:.4} reverse {rev:.4} (n {n}, ±{half:.4}); ICMP {icmp:.4}"
+        );
+        let (want_fwd, want_rev) = match lossy {
+            Dir::Ab => (P, 0.0),
+            Dir::Ba => (0.0, P),
+        };
+        for (what, got, want) in [("forward", fwd, want_fwd), ("reverse", rev, want_rev)] {
+            if want == 0.0 {
+                assert_eq!(got, 0.0, "{lossy:?}: {what} loss where none was injected");
+            } else {
+                assert!(
+                    (got - want).abs() <= half,
+                    "{lossy:?}: {what} loss {got} outside {want} ± {half}"
+                );
+            }
+        }
+        assert!(
+            (icmp - P).abs() <= half * 1.5,
+            "{lossy:?}: ICMP round-trip loss {icmp} not about {P}"
+        );
+        // Exactly: once the loss stops and every probe is decided, STAMP's lost probes are
+        // the UDP packets the emulator dropped (only STAMP sends UDP on this link).
+        link.emu.set(lossy, Impairment::default());
+        std::thread::sleep(Duration::from_secs(3));
+        let m = metrics_in(&link.a, PORT);
+        let lost = crate::setup::value(
+            &m,
+            "pathpulse_probes_lost_total",
+            &[("dst", ADDR_B), ("probe", "stamp")],
+        )
+        .expect("lost");
+        let udp_dropped = link
+            .emu
+            .log()
+            .iter()
+            .filter(|r| r.proto == 17 && r.dropped)
+            .count() as f64;
+        assert_eq!(
+            lost, udp_dropped,
+            "{lossy:?}: STAMP lost {lost}, emulator dropped {udp_dropped} UDP packets"
+        );
+    }
+}
