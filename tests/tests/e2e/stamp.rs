@@ -409,3 +409,135 @@ fn lab_stamp_attributes_one_way_loss_to_its_direction_and_icmp_sees_it_combined(
         );
     }
 }
+
+/// Reordering and duplicates both ways across the lab link: every reply copy is either the
+/// reply or a duplicate (counted exactly against the emulator's log), reordering is seen,
+/// nothing is lost, and no loss is invented in either direction.
+#[test]
+fn lab_stamp_across_a_reordering_duplicating_link_counts_exactly() {
+    use pathpulse_tests::lab::emu::Dir;
+    use pathpulse_tests::lab::impair::{Delay, Impairment};
+    use pathpulse_tests::lab::{ADDR_B, Link};
+
+    let _serial = crate::lab::lab_lock();
+    if !pathpulse_tests::require_root(
+        "lab_stamp_across_a_reordering_duplicating_link_counts_exactly",
+    ) {
+        return;
+    }
+    const PORT: u16 = 9469;
+    let imp = |dup: f64| Impairment {
+        delay: Delay::Uniform {
+            mean_ms: 10.0,
+            spread_ms: 3.0,
+        },
+        reorder: 0.05,
+        reorder_gap_ms: 25.0,
+        duplicate: dup,
+        ..Impairment::default()
+    };
+    let link = Link::new(imp(0.03), imp(0.05), 17);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = format!("127.0.0.1:{PORT}");
+    let listen = format!("{ADDR_B}:862");
+    let _refl = link.b.spawn(
+        "reflector",
+        &bin("pathpulse-agent"),
+        &[
+            "run",
+            "--name",
+            "b",
+            "--stamp-listen",
+            &listen,
+            "--metrics-listen",
+            &metrics,
+        ],
+        dir.path(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let target = format!("stamp:{ADDR_B}");
+    let sender = link.a.spawn(
+        "sender",
+        &bin("pathpulse-agent"),
+        &[
+            "run",
+            "--name",
+            "a",
+            "--target",
+            &target,
+            "--interval",
+            "20ms",
+            "--timeout",
+            "1s",
+            "--report-interval",
+            "1s",
+            "--metrics-listen",
+            &metrics,
+        ],
+        dir.path(),
+    );
+    std::thread::sleep(Duration::from_secs(25));
+    // Cut the link (drop everything) so the counters settle, then read them.
+    let cut = Impairment {
+        loss: pathpulse_tests::lab::impair::Loss::Bernoulli { p: 1.0 },
+        ..Impairment::default()
+    };
+    let log_len = link.emu.log().len();
+    link.emu.set(Dir::Ab, cut);
+    std::thread::sleep(Duration::from_secs(3));
+    let m = metrics_in(&link.a, PORT);
+    let l = [("dst", ADDR_B), ("probe", "stamp")];
+    let get = |name: &str| {
+        crate::setup::value(&m, name, &l)
+            .unwrap_or_else(|| panic!("{name} missing:\n{}", sender.log()))
+    };
+    // Replies that reached A before the cut: every departure toward A of a UDP packet.
+    let log = link.emu.log();
+    let copies: usize = log
+        .iter()
+        .filter(|r| r.dir == Dir::Ba && r.proto == 17)
+        .map(|r| r.depart_ns.len())
+        .sum();
+    let requests = log[..log_len]
+        .iter()
+        .filter(|r| r.dir == Dir::Ab && r.proto == 17)
+        .count() as f64;
+    let (sent, recv, lost, dup) = (
+        get("pathpulse_probes_sent_total"),
+        get("pathpulse_probes_received_total"),
+        get("pathpulse_probes_lost_total"),
+        get("pathpulse_probes_duplicate_total"),
+    );
+    let reordered = get("pathpulse_probes_reordered_total");
+    eprintln!(
+        "sent {sent} received {recv} lost {lost} duplicates {dup} reordered {reordered}; emulator: {requests} requests before the cut, {copies} reply copies"
+    );
+    assert_eq!(recv, requests, "every request before the cut was answered");
+    assert_eq!(
+        recv + dup,
+        copies as f64,
+        "each reply copy is the reply or a duplicate"
+    );
+    assert_eq!(get("pathpulse_probes_late_total"), 0.0);
+    assert!(
+        dup > 20.0 && reordered > 20.0,
+        "the impairment did something"
+    );
+    assert_eq!(sent, recv + lost + get("pathpulse_probes_in_flight"));
+    for d in ["forward", "reverse"] {
+        let r = crate::setup::value(
+            &m,
+            "pathpulse_directional_loss_ratio",
+            &[("dst", ADDR_B), ("direction", d), ("window", "1m")],
+        );
+        // Probes cut at the end wait for a reply that never comes: not attributed.
+        assert_eq!(r, Some(0.0), "{d} loss invented");
+    }
+    let p50 = crate::setup::value(
+        &m,
+        "pathpulse_rtt_quantile_seconds",
+        &[("dst", ADDR_B), ("quantile", "0.5"), ("window", "1m")],
+    )
+    .expect("p50");
+    assert!((0.015..0.025).contains(&p50), "p50 {p50} s for 2 × 10 ms");
+}
