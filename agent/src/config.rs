@@ -425,6 +425,23 @@ mod tests {
     }
 
     #[test]
+    fn stamp_reflector_keys_are_checked_and_a_reflector_alone_needs_no_targets() {
+        let mut a = args(&[]);
+        a.stamp_listen = vec!["0.0.0.0:862".into(), "[::]:862".into()];
+        let c = AgentConfig::resolve(&a).expect("reflector only");
+        assert_eq!(c.stamp_listen.len(), 2);
+        assert_eq!(c.stamp_rate, crate::probe::stamp::reflector::DEFAULT_RATE);
+        a.stamp_listen = vec!["0.0.0.0".into()];
+        a.stamp_rate = Some(0);
+        let e = AgentConfig::resolve(&a).expect_err("bad");
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["stamp_listen[0]", "stamp_rate"], "{e}");
+        let c =
+            AgentConfig::resolve(&args(&["stamp:10.0.0.1", "stamp:10.0.0.1:8620"])).expect("two");
+        assert!(c.stamp_listen.is_empty(), "no reflector unless asked for");
+    }
+
+    #[test]
     fn nothing_to_do_is_refused() {
         let mut a = args(&["127.0.0.2"]);
         a.metrics_listen = None;
