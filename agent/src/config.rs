@@ -37,6 +37,7 @@ pub struct FileConfig {
     pub hops: Option<bool>,
     pub stamp_listen: Option<Vec<String>>,
     pub stamp_rate: Option<u32>,
+    pub stamp_key_file: Option<PathBuf>,
 }
 
 /// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
@@ -100,6 +101,10 @@ pub struct RunArgs {
     /// Most STAMP packets per second the reflector answers per source address (and burst).
     #[arg(long, value_name = "N", env = "PATHPULSE_STAMP_RATE")]
     pub stamp_rate: Option<u32>,
+    /// STAMP authenticated mode (HMAC-SHA-256) for sender and reflector: a file holding the
+    /// shared key in hex (at least 32 hex digits). Default: unauthenticated.
+    #[arg(long, value_name = "FILE", env = "PATHPULSE_STAMP_KEY_FILE")]
+    pub stamp_key_file: Option<PathBuf>,
 }
 
 /// The validated configuration the agent runs with.
@@ -119,6 +124,8 @@ pub struct AgentConfig {
     pub stamp_listen: Vec<SocketAddr>,
     /// Reflected packets per second per source address.
     pub stamp_rate: u32,
+    /// Shared key of STAMP authenticated mode (sender and reflector); None: unauthenticated.
+    pub stamp_key: Option<crate::probe::stamp::packet::StampKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,6 +287,25 @@ impl AgentConfig {
         if stamp_rate == 0 {
             c.err("stamp_rate", "must be at least 1 packet per second");
         }
+        let stamp_key = match args.stamp_key_file.clone().or(file.stamp_key_file) {
+            None => None,
+            Some(p) => match std::fs::read_to_string(&p) {
+                Ok(text) => match crate::probe::stamp::packet::StampKey::from_hex(&text) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        c.err("stamp_key_file", format!("{}: {e}", p.display()));
+                        None
+                    }
+                },
+                Err(e) => {
+                    c.err(
+                        "stamp_key_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                    None
+                }
+            },
+        };
         // A reflector alone is something to do: targets are then optional.
         if specs.is_empty() && stamp_listen_specs.is_empty() {
             c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file");
@@ -368,6 +394,7 @@ impl AgentConfig {
                 isp: args.isp.clone().or(file.isp),
                 stamp_listen,
                 stamp_rate,
+                stamp_key,
             })
         } else {
             Err(ConfigErrors(c.0))

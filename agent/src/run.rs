@@ -156,6 +156,7 @@ pub async fn run_with(
         tracing::info!(addr = %socket.local_addr().unwrap_or(*addr), "STAMP reflector listening");
         let limits = crate::probe::stamp::reflector::Limits {
             rate: cfg.stamp_rate,
+            key: cfg.stamp_key.clone(),
             ..Default::default()
         };
         tasks.spawn(
@@ -188,6 +189,7 @@ pub async fn run_with(
             cfg.timeout,
             shared.clone(),
             resolver.clone(),
+            cfg.stamp_key.clone(),
         )
         .map_err(|e| RunError::Fatal(anyhow::anyhow!("cannot open a UDP socket for STAMP: {e}")))?;
         tasks.spawn(p.run(shutdown.clone()));

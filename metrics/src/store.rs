@@ -87,7 +87,7 @@ pub struct HealthTotals {
     /// STAMP reflector: packets reflected, and dropped per reason (labels of
     /// `ReflectorCounts::dropped`).
     pub stamp_reflected: u64,
-    pub stamp_dropped: [u64; 5],
+    pub stamp_dropped: [u64; 6],
 }
 
 impl HealthTotals {

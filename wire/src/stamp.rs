@@ -52,17 +52,20 @@ pub struct ReflectorCounts {
     pub rate_limited: u32,
     /// Dropped: session or source table full (bounded memory).
     pub table_full: u32,
+    /// Dropped: authenticated mode and the HMAC did not match.
+    pub auth_failed: u32,
 }
 
 impl ReflectorCounts {
     /// Drop reasons with their label value (bounded).
-    pub fn dropped(&self) -> [(&'static str, u32); 5] {
+    pub fn dropped(&self) -> [(&'static str, u32); 6] {
         [
             ("truncated", self.truncated),
             ("oversize", self.oversize),
             ("malformed", self.malformed),
             ("rate_limited", self.rate_limited),
             ("table_full", self.table_full),
+            ("auth_failed", self.auth_failed),
         ]
     }
 }

@@ -541,3 +541,102 @@ fn lab_stamp_across_a_reordering_duplicating_link_counts_exactly() {
     .expect("p50");
     assert!((0.015..0.025).contains(&p50), "p50 {p50} s for 2 × 10 ms");
 }
+
+/// Authenticated mode (HMAC-SHA-256): a sender with the reflector's key is answered with
+/// signed replies; one with another key is refused and counted, never answered.
+#[test]
+fn stamp_authenticated_mode_answers_only_the_shared_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("stamp.key");
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(
+        &key,
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n",
+    )
+    .expect("key");
+    std::fs::write(
+        &wrong,
+        "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n",
+    )
+    .expect("key");
+    let (key, wrong) = (key.to_str().expect("utf-8"), wrong.to_str().expect("utf-8"));
+    let (udp, m_refl, m_good, m_bad) = (free_port(), free_port(), free_port(), free_port());
+    let addr = format!("127.0.0.1:{udp}");
+    let target = format!("stamp:{addr}");
+    let start = |name: &str, metrics: u16, extra: &[&str]| {
+        let metrics = format!("127.0.0.1:{metrics}");
+        let mut args = vec![
+            "run",
+            "--name",
+            name,
+            "--metrics-listen",
+            &metrics,
+            "--report-interval",
+            "200ms",
+        ];
+        args.extend_from_slice(extra);
+        Proc::start(name, &bin("pathpulse-agent"), &args, dir.path())
+    };
+    let _refl = start(
+        "refl",
+        m_refl,
+        &["--stamp-listen", &addr, "--stamp-key-file", key],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let good = start(
+        "good",
+        m_good,
+        &[
+            "--target",
+            &target,
+            "--interval",
+            "20ms",
+            "--timeout",
+            "500ms",
+            "--stamp-key-file",
+            key,
+        ],
+    );
+    let _bad = start(
+        "bad",
+        m_bad,
+        &[
+            "--target",
+            &target,
+            "--interval",
+            "20ms",
+            "--timeout",
+            "500ms",
+            "--stamp-key-file",
+            wrong,
+        ],
+    );
+    let url = |p: u16| format!("http://127.0.0.1:{p}/metrics");
+    let l = [("dst", addr.as_str()), ("probe", "stamp")];
+    let recv = wait_for(Duration::from_secs(20), || {
+        get(&scrape(&url(m_good)), "pathpulse_probes_received_total", &l).filter(|v| *v >= 50.0)
+    })
+    .unwrap_or_else(|| panic!("no authenticated replies:\n{}", good.log()));
+    let m = scrape(&url(m_good));
+    assert_eq!(get(&m, "pathpulse_probes_lost_total", &l), Some(0.0));
+    let failed = wait_for(Duration::from_secs(10), || {
+        get(
+            &scrape(&url(m_refl)),
+            "pathpulse_stamp_reflector_dropped_total",
+            &[("agent", "refl"), ("reason", "auth_failed")],
+        )
+        .filter(|v| *v >= 20.0)
+    });
+    assert!(
+        failed.is_some(),
+        "wrong-key packets not counted as auth_failed"
+    );
+    let b = scrape(&url(m_bad));
+    assert_eq!(
+        get(&b, "pathpulse_probes_received_total", &l),
+        Some(0.0),
+        "wrong key answered"
+    );
+    assert!(get(&b, "pathpulse_probes_lost_total", &l).is_some_and(|v| v >= 10.0));
+    eprintln!("authenticated: {recv} replies; wrong key: {failed:?} refused");
+}

@@ -34,6 +34,85 @@ pub enum PacketError {
     Truncated { len: usize },
     #[error("STAMP packet malformed: {0}")]
     Malformed(&'static str),
+    #[error("STAMP packet HMAC does not match the shared key")]
+    BadHmac,
+}
+
+/// Length of an authenticated STAMP test packet (RFC 8762 §4.2.2, §4.3.2), both directions.
+pub const AUTH_PACKET_LEN: usize = 112;
+/// The HMAC (HMAC-SHA-256 truncated to 128 bits, RFC 4868) covers bytes 0..96.
+const HMAC_AT: usize = 96;
+/// Shortest shared key accepted (bytes).
+pub const MIN_KEY_LEN: usize = 16;
+
+/// The shared key of authenticated mode. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StampKey(Vec<u8>);
+
+impl std::fmt::Debug for StampKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StampKey({} bytes)", self.0.len())
+    }
+}
+
+impl StampKey {
+    /// A key of at least [`MIN_KEY_LEN`] bytes.
+    pub fn new(bytes: Vec<u8>) -> Result<StampKey, String> {
+        if bytes.len() < MIN_KEY_LEN {
+            return Err(format!(
+                "key of {} bytes; at least {MIN_KEY_LEN} needed",
+                bytes.len()
+            ));
+        }
+        Ok(StampKey(bytes))
+    }
+
+    /// From a key file: hex digits (whitespace ignored), at least 32 of them.
+    pub fn from_hex(text: &str) -> Result<StampKey, String> {
+        let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if !digits.len().is_multiple_of(2) {
+            return Err("odd number of hex digits".into());
+        }
+        let mut out = Vec::with_capacity(digits.len() / 2);
+        for pair in digits.chunks(2) {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (hex(pair[0]), hex(pair[1])) {
+                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                _ => return Err("not hex digits".into()),
+            }
+        }
+        StampKey::new(out)
+    }
+
+    fn tag(&self, data: &[u8]) -> [u8; 16] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let full = ring::hmac::sign(&key, data);
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&full.as_ref()[..16]);
+        t
+    }
+
+    fn seal(&self, b: &mut [u8; AUTH_PACKET_LEN]) {
+        let t = self.tag(&b[..HMAC_AT]);
+        b[HMAC_AT..].copy_from_slice(&t);
+    }
+
+    /// Constant-time check of the truncated HMAC.
+    fn verify(&self, b: &[u8]) -> Result<(), PacketError> {
+        if b.len() < AUTH_PACKET_LEN {
+            return Err(PacketError::Truncated { len: b.len() });
+        }
+        let want = self.tag(&b[..HMAC_AT]);
+        let diff = want
+            .iter()
+            .zip(&b[HMAC_AT..AUTH_PACKET_LEN])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err(PacketError::BadHmac)
+        }
+    }
 }
 
 /// NTP 64-bit timestamp: seconds since 1900 (32 bits) and a binary fraction (32 bits).
@@ -174,6 +253,46 @@ impl SenderPacket {
     }
 }
 
+impl SenderPacket {
+    /// Authenticated mode (RFC 8762 §4.2.2, SSID per RFC 8972): sequence (0..4), MBZ (12),
+    /// timestamp (16..24), error estimate (24..26), SSID (26..28), MBZ to 96, HMAC (96..112).
+    pub fn encode_auth(&self, key: &StampKey) -> [u8; AUTH_PACKET_LEN] {
+        let mut b = [0u8; AUTH_PACKET_LEN];
+        b[0..4].copy_from_slice(&self.seq.to_be_bytes());
+        b[16..24].copy_from_slice(&self.timestamp.0.to_be_bytes());
+        b[24..26].copy_from_slice(&self.error.to_u16().to_be_bytes());
+        b[26..28].copy_from_slice(&self.ssid.to_be_bytes());
+        key.seal(&mut b);
+        b
+    }
+
+    pub fn decode_auth(b: &[u8], key: &StampKey) -> Result<SenderPacket, PacketError> {
+        key.verify(b)?;
+        Ok(SenderPacket {
+            seq: u32_at(b, 0),
+            timestamp: NtpTimestamp::read(b, 16),
+            error: ErrorEstimate::from_u16(u16_at(b, 24)).check()?,
+            ssid: u16_at(b, 26),
+        })
+    }
+
+    /// (SSID, sequence) of one of our own packets, unauthenticated or authenticated, from
+    /// the end of a transmit-timestamp copy; no HMAC check.
+    pub fn peek(tail: &[u8], authenticated: bool) -> Option<(u16, u32)> {
+        let len = if authenticated {
+            AUTH_PACKET_LEN
+        } else {
+            PACKET_LEN
+        };
+        let p = tail.get(tail.len().checked_sub(len)?..)?;
+        Some(if authenticated {
+            (u16_at(p, 26), u32_at(p, 0))
+        } else {
+            (u16_at(p, 14), u32_at(p, 0))
+        })
+    }
+}
+
 /// Session-Reflector → Session-Sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReflectorPacket {
@@ -222,6 +341,43 @@ impl ReflectorPacket {
             // The sender's estimate is echoed as received; it is the sender's business.
             sender_error: ErrorEstimate::from_u16(u16_at(b, 36)),
             sender_ttl: b[40],
+        })
+    }
+}
+
+impl ReflectorPacket {
+    /// Authenticated mode (RFC 8762 §4.3.2, SSID per RFC 8972): sequence (0..4), MBZ (12),
+    /// timestamp (16..24), error estimate (24..26), SSID (26..28), MBZ (4), receive
+    /// timestamp (32..40), MBZ (8), sender sequence (48..52), MBZ (12), sender timestamp
+    /// (64..72), sender error estimate (72..74), MBZ (6), sender TTL (80), MBZ (15), HMAC
+    /// (96..112).
+    pub fn encode_auth(&self, key: &StampKey) -> [u8; AUTH_PACKET_LEN] {
+        let mut b = [0u8; AUTH_PACKET_LEN];
+        b[0..4].copy_from_slice(&self.seq.to_be_bytes());
+        b[16..24].copy_from_slice(&self.timestamp.0.to_be_bytes());
+        b[24..26].copy_from_slice(&self.error.to_u16().to_be_bytes());
+        b[26..28].copy_from_slice(&self.ssid.to_be_bytes());
+        b[32..40].copy_from_slice(&self.receive_timestamp.0.to_be_bytes());
+        b[48..52].copy_from_slice(&self.sender_seq.to_be_bytes());
+        b[64..72].copy_from_slice(&self.sender_timestamp.0.to_be_bytes());
+        b[72..74].copy_from_slice(&self.sender_error.to_u16().to_be_bytes());
+        b[80] = self.sender_ttl;
+        key.seal(&mut b);
+        b
+    }
+
+    pub fn decode_auth(b: &[u8], key: &StampKey) -> Result<ReflectorPacket, PacketError> {
+        key.verify(b)?;
+        Ok(ReflectorPacket {
+            seq: u32_at(b, 0),
+            timestamp: NtpTimestamp::read(b, 16),
+            error: ErrorEstimate::from_u16(u16_at(b, 24)).check()?,
+            ssid: u16_at(b, 26),
+            receive_timestamp: NtpTimestamp::read(b, 32),
+            sender_seq: u32_at(b, 48),
+            sender_timestamp: NtpTimestamp::read(b, 64),
+            sender_error: ErrorEstimate::from_u16(u16_at(b, 72)),
+            sender_ttl: b[80],
         })
     }
 }
@@ -387,5 +543,102 @@ mod tests {
             let _ = SenderPacket::decode(&g);
             let _ = ReflectorPacket::decode(&g);
         }
+    }
+
+    /// Hex of a 112-byte packet: `fields` as (offset, bytes), zeros elsewhere, then the
+    /// HMAC given (computed independently with Python's hmac module over bytes 0..96, key
+    /// 00 01 .. 1f).
+    fn auth_bytes(fields: &[(usize, &[u8])], hmac_hex: &str) -> Vec<u8> {
+        let mut b = vec![0u8; AUTH_PACKET_LEN];
+        for (at, v) in fields {
+            b[*at..*at + v.len()].copy_from_slice(v);
+        }
+        let tag: Vec<u8> = (0..16)
+            .map(|i| u8::from_str_radix(&hmac_hex[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        b[96..].copy_from_slice(&tag);
+        b
+    }
+
+    fn key() -> StampKey {
+        StampKey::new((0u8..32).collect()).expect("key")
+    }
+
+    #[test]
+    fn authenticated_packets_match_the_rfc_layout_and_hmac() {
+        let sender = auth_bytes(
+            &[
+                (0, &[0, 0, 1, 2]),
+                (16, &[0xE9, 0x4F, 0x0E, 0x80, 0x80, 0, 0, 0]),
+                (24, &[0x86, 0x10]),
+                (26, &[0xBE, 0xEF]),
+            ],
+            "eae663155d144a9a864162279e78965d",
+        );
+        let p = SenderPacket::decode(&SENDER_BYTES).expect("unauth");
+        assert_eq!(p.encode_auth(&key()).to_vec(), sender);
+        assert_eq!(SenderPacket::decode_auth(&sender, &key()), Ok(p));
+        assert_eq!(SenderPacket::peek(&sender, true), Some((0xBEEF, 258)));
+        assert_eq!(
+            SenderPacket::peek(&SENDER_BYTES, false),
+            Some((0xBEEF, 258))
+        );
+
+        let reflector = auth_bytes(
+            &[
+                (0, &[0, 0, 0, 7]),
+                (16, &[0xE9, 0x4F, 0x0E, 0x81, 0x40, 0, 0, 0]),
+                (24, &[0x01, 0x01]),
+                (26, &[0xBE, 0xEF]),
+                (32, &[0xE9, 0x4F, 0x0E, 0x81, 0, 0, 0, 1]),
+                (48, &[0, 0, 1, 2]),
+                (64, &[0xE9, 0x4F, 0x0E, 0x80, 0x80, 0, 0, 0]),
+                (72, &[0x86, 0x10]),
+                (80, &[0x3F]),
+            ],
+            "6de44cd977bddd8a2669785a469f9848",
+        );
+        let r = ReflectorPacket::decode(&REFLECTOR_BYTES).expect("unauth");
+        assert_eq!(r.encode_auth(&key()).to_vec(), reflector);
+        assert_eq!(ReflectorPacket::decode_auth(&reflector, &key()), Ok(r));
+    }
+
+    #[test]
+    fn authenticated_decoding_refuses_tampering_wrong_keys_and_short_input() {
+        let p = SenderPacket::decode(&SENDER_BYTES).expect("unauth");
+        let good = p.encode_auth(&key());
+        for i in [0, 17, 27, 95, 96, 111] {
+            let mut bad = good;
+            bad[i] ^= 1;
+            assert_eq!(
+                SenderPacket::decode_auth(&bad, &key()),
+                Err(PacketError::BadHmac),
+                "byte {i}"
+            );
+        }
+        let other = StampKey::new(vec![7u8; 16]).expect("key");
+        assert_eq!(
+            SenderPacket::decode_auth(&good, &other),
+            Err(PacketError::BadHmac)
+        );
+        assert_eq!(
+            SenderPacket::decode_auth(&good[..111], &key()),
+            Err(PacketError::Truncated { len: 111 })
+        );
+        assert_eq!(
+            ReflectorPacket::decode_auth(&SENDER_BYTES, &key()),
+            Err(PacketError::Truncated { len: 44 })
+        );
+        assert!(SenderPacket::peek(&good[..50], true).is_none());
+        assert!(StampKey::new(vec![1u8; 15]).is_err());
+        assert_eq!(
+            StampKey::from_hex("00 01\n02030405060708090a0b0c0d0e0f").map(|k| k.0.len()),
+            Ok(16)
+        );
+        assert!(StampKey::from_hex("zz").is_err());
+        assert!(
+            !format!("{:?}", key()).contains("01"),
+            "Debug hides the key"
+        );
     }
 }

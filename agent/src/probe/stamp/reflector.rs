@@ -18,7 +18,9 @@ use pathpulse_wire::stamp::ReflectorCounts;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{self, ClockState};
-use super::packet::{NtpTimestamp, PACKET_LEN, PacketError, ReflectorPacket, SenderPacket};
+use super::packet::{
+    AUTH_PACKET_LEN, NtpTimestamp, PACKET_LEN, PacketError, ReflectorPacket, SenderPacket, StampKey,
+};
 use super::socket::{StampSocket, UdpEvent};
 use crate::backoff::Backoff;
 use crate::shared::Shared;
@@ -41,9 +43,11 @@ pub enum DropReason {
     Malformed,
     RateLimited,
     TableFull,
+    /// Authenticated mode: HMAC missing or wrong.
+    AuthFailed,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Packets per second per source address (also the burst).
     pub rate: u32,
@@ -51,6 +55,8 @@ pub struct Limits {
     pub max_sources: usize,
     pub session_idle: Duration,
     pub max_request: usize,
+    /// Authenticated mode (RFC 8762 §4.4) with this key; unauthenticated when `None`.
+    pub key: Option<StampKey>,
 }
 
 impl Default for Limits {
@@ -61,6 +67,7 @@ impl Default for Limits {
             max_sources: MAX_SOURCES,
             session_idle: SESSION_IDLE,
             max_request: MAX_REQUEST,
+            key: None,
         }
     }
 }
@@ -120,9 +127,14 @@ impl Reflector {
         if req.len() > self.limits.max_request {
             return Err(DropReason::Oversize);
         }
-        let p = SenderPacket::decode(req).map_err(|e| match e {
+        let decoded = match &self.limits.key {
+            None => SenderPacket::decode(req),
+            Some(k) => SenderPacket::decode_auth(req, k),
+        };
+        let p = decoded.map_err(|e| match e {
             PacketError::Truncated { .. } => DropReason::Truncated,
             PacketError::Malformed(_) => DropReason::Malformed,
+            PacketError::BadHmac => DropReason::AuthFailed,
         })?;
         self.sweep(at.now);
         self.take_token(at.src.ip(), at.now)?;
@@ -148,9 +160,12 @@ impl Reflector {
             sender_error: p.error,
             sender_ttl: at.ttl.unwrap_or(0),
         };
-        let mut out = reply.encode().to_vec();
+        let (mut out, min) = match &self.limits.key {
+            None => (reply.encode().to_vec(), PACKET_LEN),
+            Some(k) => (reply.encode_auth(k).to_vec(), AUTH_PACKET_LEN),
+        };
         // Symmetric size: as long as the request (never longer), padding zeroed.
-        out.resize(req.len().max(PACKET_LEN), 0);
+        out.resize(req.len().max(min), 0);
         Ok(out)
     }
 
@@ -200,6 +215,7 @@ pub fn count(c: &mut ReflectorCounts, r: Result<(), DropReason>) {
         Err(DropReason::Malformed) => c.malformed += 1,
         Err(DropReason::RateLimited) => c.rate_limited += 1,
         Err(DropReason::TableFull) => c.table_full += 1,
+        Err(DropReason::AuthFailed) => c.auth_failed += 1,
     }
 }
 
@@ -219,7 +235,7 @@ pub struct ReflectorTask {
 
 impl ReflectorTask {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut core = Reflector::new(self.limits);
+        let mut core = Reflector::new(self.limits.clone());
         let mut buf = vec![0u8; 64 * 1024];
         let mut events = Vec::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -375,6 +391,34 @@ mod tests {
         assert_eq!(
             r.reflect(&vec![1u8; MAX_REQUEST + 1], at("192.0.2.1:1", t), c, 0),
             Err(DropReason::Oversize)
+        );
+    }
+
+    #[test]
+    fn authenticated_mode_answers_only_the_right_key() {
+        let key = StampKey::new(vec![0x42; 32]).expect("key");
+        let mut r = Reflector::new(Limits {
+            key: Some(key.clone()),
+            ..Limits::default()
+        });
+        let t = Instant::now();
+        let c = ClockState::unknown();
+        let p = SenderPacket::decode(&req(5, 3)).expect("p");
+        let out = r
+            .reflect(&p.encode_auth(&key), at("192.0.2.1:1", t), c, 0)
+            .expect("reply");
+        assert_eq!(out.len(), AUTH_PACKET_LEN);
+        let back = ReflectorPacket::decode_auth(&out, &key).expect("signed reply");
+        assert_eq!((back.sender_seq, back.ssid, back.sender_ttl), (5, 3, 61));
+        let other = StampKey::new(vec![0x43; 32]).expect("key");
+        assert_eq!(
+            r.reflect(&p.encode_auth(&other), at("192.0.2.1:1", t), c, 0),
+            Err(DropReason::AuthFailed)
+        );
+        // An unauthenticated packet is too short for this reflector.
+        assert_eq!(
+            r.reflect(&req(6, 3), at("192.0.2.1:1", t), c, 0),
+            Err(DropReason::Truncated)
         );
     }
 

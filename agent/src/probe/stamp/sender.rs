@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{self, ClockState};
-use super::packet::{NtpTimestamp, ReflectorPacket, SenderPacket};
+use super::packet::{NtpTimestamp, ReflectorPacket, SenderPacket, StampKey};
 use super::reflector::DEFAULT_PORT;
 use super::session::{Arrival, Outcome, SenderSession};
 use super::socket::{StampSocket, UdpEvent};
@@ -35,6 +35,8 @@ pub struct StampProber {
     resolver: Arc<Resolver>,
     v4: Option<StampSocket>,
     v6: Option<StampSocket>,
+    /// Authenticated mode (RFC 8762 §4.4) when set.
+    key: Option<StampKey>,
 }
 
 async fn recv_opt(
@@ -67,6 +69,7 @@ impl StampProber {
         timeout: Duration,
         shared: Arc<Shared>,
         resolver: Arc<Resolver>,
+        key: Option<StampKey>,
     ) -> std::io::Result<StampProber> {
         let wants = |f: Family| {
             targets.iter().any(|(_, t)| match &t.host {
@@ -99,6 +102,7 @@ impl StampProber {
             resolver,
             v4,
             v6,
+            key,
         })
     }
 
@@ -218,13 +222,16 @@ impl StampProber {
         };
         let dst = SocketAddr::new(ip, spec.port.unwrap_or(DEFAULT_PORT));
         let tx_wall = wall_ns();
-        let pkt = SenderPacket {
+        let p = SenderPacket {
             seq: session.next_seq(),
             timestamp: NtpTimestamp::from_unix_ns(tx_wall),
             error: clock_state.error_estimate(),
             ssid: session.ssid,
-        }
-        .encode();
+        };
+        let pkt = match &self.key {
+            None => p.encode().to_vec(),
+            Some(k) => p.encode_auth(k).to_vec(),
+        };
         match sock.send_to(&pkt, dst).await {
             Ok(sent) => {
                 let seq = session.sent(dst, sent, tx_wall);
@@ -265,10 +272,10 @@ impl StampProber {
     ) {
         match ev {
             UdpEvent::TxStamp { tail, tx_ns } => {
-                if let Ok(p) = SenderPacket::decode(&tail)
-                    && let Some(&t) = by_ssid.get(&p.ssid)
+                if let Some((ssid, seq)) = SenderPacket::peek(&tail, self.key.is_some())
+                    && let Some(&t) = by_ssid.get(&ssid)
                 {
-                    sessions[t].tx_stamp(p.seq, tx_ns);
+                    sessions[t].tx_stamp(seq, tx_ns);
                 }
             }
             UdpEvent::Datagram {
@@ -278,7 +285,11 @@ impl StampProber {
                 rx_mono,
                 ..
             } => {
-                let Ok(r) = ReflectorPacket::decode(&data) else {
+                let decoded = match &self.key {
+                    None => ReflectorPacket::decode(&data),
+                    Some(k) => ReflectorPacket::decode_auth(&data, k),
+                };
+                let Ok(r) = decoded else {
                     self.shared.stray(StrayReason::NotOurs);
                     return;
                 };

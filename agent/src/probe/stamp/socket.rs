@@ -16,7 +16,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::packet::PACKET_LEN;
+use super::packet::{AUTH_PACKET_LEN, PACKET_LEN};
 use crate::probe::icmp_socket::{register, timespec_ns};
 
 /// Events handled per readiness before yielding to other tasks.
@@ -33,7 +33,8 @@ pub enum UdpEvent {
         rx_mono: Instant,
         ttl: Option<u8>,
     },
-    /// Kernel TX stamp of a packet we sent; `tail` is its last 44 bytes (the STAMP packet).
+    /// Kernel TX stamp of a packet we sent; `tail` is its last 112 bytes (or fewer), which
+    /// end with the STAMP packet.
     TxStamp { tail: Vec<u8>, tx_ns: i64 },
 }
 
@@ -187,7 +188,7 @@ fn recv_one(fd: i32, buf: &mut [u8], errqueue: bool) -> io::Result<Option<UdpEve
     if errqueue {
         return Ok(match stamp {
             Some(tx_ns) if is_tx_stamp && len >= PACKET_LEN => Some(UdpEvent::TxStamp {
-                tail: buf[len - PACKET_LEN..len].to_vec(),
+                tail: buf[len.saturating_sub(AUTH_PACKET_LEN)..len].to_vec(),
                 tx_ns,
             }),
             _ => None,
@@ -245,7 +246,9 @@ mod tests {
                         assert_eq!(ttl, Some(SEND_TTL as u8));
                         got_rx = rx_ns;
                     }
-                    UdpEvent::TxStamp { tail, tx_ns } if tail[0] == 0x42 => got_tx = Some(tx_ns),
+                    UdpEvent::TxStamp { tail, tx_ns } if tail[tail.len() - PACKET_LEN] == 0x42 => {
+                        got_tx = Some(tx_ns)
+                    }
                     _ => {}
                 }
             }
