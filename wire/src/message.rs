@@ -193,6 +193,9 @@ pub fn validate_report(r: &Report) -> Result<(), String> {
         if p.ipdv.count() > u64::from(p.received) {
             return Err(format!("path {}: more IPDV samples than replies", p.dst));
         }
+        if let Some(d) = &p.directional {
+            crate::stamp::validate(d, p.received).map_err(|e| format!("path {}: {e}", p.dst))?;
+        }
         if u64::from(p.received) != p.rtt.count() {
             return Err(format!(
                 "path {}: {} received but {} RTT samples",

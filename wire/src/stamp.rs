@@ -38,6 +38,17 @@ impl Directional {
     }
 }
 
+/// Invariants of a path's directional counts (`received`: the path's replies).
+pub fn validate(d: &Directional, received: u32) -> Result<(), String> {
+    if u64::from(d.forward_lost) + u64::from(d.reverse_lost) > u64::from(d.attributed) {
+        return Err("more probes lost per direction than attributed".into());
+    }
+    if d.owd_forward.count() > u64::from(received) || d.owd_reverse.count() > u64::from(received) {
+        return Err("more one-way delay samples than replies".into());
+    }
+    Ok(())
+}
+
 /// The agent's STAMP reflector over one report interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReflectorCounts {
@@ -67,5 +78,30 @@ impl ReflectorCounts {
             ("table_full", self.table_full),
             ("auth_failed", self.auth_failed),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_and_invariants() {
+        assert_eq!(Directional::forward_ratio(100, 10), Some(0.1));
+        assert_eq!(Directional::reverse_ratio(100, 10, 9), Some(0.1));
+        assert_eq!(Directional::forward_ratio(0, 0), None);
+        assert_eq!(Directional::reverse_ratio(10, 10, 0), None);
+        let mut d = Directional {
+            attributed: 10,
+            forward_lost: 6,
+            reverse_lost: 5,
+            ..Default::default()
+        };
+        assert!(validate(&d, 0).is_err());
+        d.reverse_lost = 4;
+        assert!(validate(&d, 0).is_ok());
+        d.owd_forward.record(5);
+        assert!(validate(&d, 0).is_err());
+        assert!(validate(&d, 1).is_ok());
     }
 }
