@@ -23,6 +23,8 @@ const MAX_RECENT: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
+    /// Probe number counted from 0 (the wire's 32-bit sequence never wraps here).
+    number: i64,
     dst: SocketAddr,
     sent_mono: Instant,
     /// Wall-clock send time written into the packet (ns since the epoch).
@@ -65,10 +67,12 @@ pub struct DirCounts {
 
 #[derive(Debug, Default)]
 struct Directions {
-    /// Last attributed reply: (sender seq, reflector seq); (-1, -1) before the first.
-    anchor: (i64, i64),
+    /// Last attributed reply: (sender probe number, counting from 0 without wrap; reflector
+    /// sequence, wrapping). Before the first reply: (-1, u32::MAX), so the reflector's first
+    /// number, 0, follows it.
+    anchor: (i64, u32),
     /// Decided probes after the anchor: reflector seq when answered, None when lost.
-    decided: BTreeMap<i64, Option<i64>>,
+    decided: BTreeMap<i64, Option<u32>>,
     /// Lost probes after the anchor, waiting for the next reply.
     pending_lost: u32,
     counts: DirCounts,
@@ -77,15 +81,14 @@ struct Directions {
 impl Directions {
     fn new() -> Self {
         Directions {
-            anchor: (-1, -1),
+            anchor: (-1, u32::MAX),
             ..Directions::default()
         }
     }
 
-    fn decide(&mut self, seq: u32, reflector_seq: Option<u32>) {
-        let s = i64::from(seq);
-        if s > self.anchor.0 {
-            self.decided.insert(s, reflector_seq.map(i64::from));
+    fn decide(&mut self, probe: i64, reflector_seq: Option<u32>) {
+        if probe > self.anchor.0 {
+            self.decided.insert(probe, reflector_seq);
         }
         self.settle();
     }
@@ -98,12 +101,13 @@ impl Directions {
                     self.anchor.0 += 1;
                 }
                 Some(r) => {
-                    let k = i64::from(self.pending_lost);
-                    let back = r - self.anchor.1 - 1;
-                    if (0..=k).contains(&back) {
+                    // Reflected between the two replies (wrapping arithmetic: the
+                    // reflector's 32-bit number may wrap; a restart looks huge).
+                    let back = r.wrapping_sub(self.anchor.1.wrapping_add(1));
+                    if back <= self.pending_lost {
                         self.counts.attributed += self.pending_lost;
-                        self.counts.reverse_lost += back as u32;
-                        self.counts.forward_lost += (k - back) as u32;
+                        self.counts.reverse_lost += back;
+                        self.counts.forward_lost += self.pending_lost - back;
                     }
                     self.counts.attributed += 1;
                     self.pending_lost = 0;
@@ -117,7 +121,8 @@ impl Directions {
 #[derive(Debug)]
 pub struct SenderSession {
     pub ssid: u16,
-    next_seq: u32,
+    /// Probes sent so far (the next probe's number); its low 32 bits are the sequence.
+    sent_count: i64,
     inflight: BTreeMap<u32, InFlight>,
     recent: BTreeMap<u32, (SocketAddr, bool)>,
     recent_order: VecDeque<(Instant, u32)>,
@@ -130,7 +135,7 @@ impl SenderSession {
     pub fn new(ssid: u16, retention: Duration) -> Self {
         SenderSession {
             ssid,
-            next_seq: 0,
+            sent_count: 0,
             inflight: BTreeMap::new(),
             recent: BTreeMap::new(),
             recent_order: VecDeque::new(),
@@ -142,7 +147,7 @@ impl SenderSession {
 
     /// Sequence number of the next probe (it is used only once [`Self::sent`] is called).
     pub fn next_seq(&self) -> u32 {
-        self.next_seq
+        self.sent_count as u32
     }
 
     pub fn in_flight(&self) -> usize {
@@ -151,11 +156,13 @@ impl SenderSession {
 
     /// The probe with [`Self::next_seq`] left the socket.
     pub fn sent(&mut self, dst: SocketAddr, sent_mono: Instant, tx_wall_ns: i64) -> u32 {
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
+        let seq = self.next_seq();
+        let number = self.sent_count;
+        self.sent_count += 1;
         self.inflight.insert(
             seq,
             InFlight {
+                number,
                 dst,
                 sent_mono,
                 tx_wall_ns,
@@ -177,7 +184,7 @@ impl SenderSession {
             return false;
         };
         self.remember(seq, p.dst, false, now);
-        self.dirs.decide(seq, None);
+        self.dirs.decide(p.number, None);
         true
     }
 
@@ -218,7 +225,7 @@ impl SenderSession {
             let reordered = self.highest_answered.is_some_and(|h| seq < h);
             self.highest_answered = Some(self.highest_answered.map_or(seq, |h| h.max(seq)));
             self.remember(seq, p.dst, true, a.rx_mono);
-            self.dirs.decide(seq, Some(r.seq));
+            self.dirs.decide(p.number, Some(r.seq));
             return Outcome::Reply {
                 rtt,
                 reordered,
@@ -439,6 +446,35 @@ mod tests {
                 attributed: 3,
                 forward_lost: 0,
                 reverse_lost: 0
+            }
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_without_stopping_attribution() {
+        let t0 = Instant::now();
+        let dst: SocketAddr = DST.parse().expect("addr");
+        let mut s = SenderSession::new(9, Duration::from_secs(60));
+        s.sent_count = i64::from(u32::MAX) - 1;
+        let mut d = Directions::new();
+        d.anchor = (s.sent_count - 1, u32::MAX - 1);
+        s.dirs = d;
+        // Sender seqs MAX-1, MAX, 0, 1; reflector seqs MAX, (reflected, lost back), 1.
+        let seqs: Vec<u32> = (0..4).map(|_| s.sent(dst, t0, 0)).collect();
+        assert_eq!(seqs, [u32::MAX - 1, u32::MAX, 0, 1]);
+        s.reply(
+            &reply(u32::MAX - 1, u32::MAX, 0, 0, false),
+            &arrival(t0, None),
+        );
+        s.expire(u32::MAX, t0);
+        s.expire(0, t0);
+        s.reply(&reply(1, 1, 0, 0, false), &arrival(t0, None));
+        assert_eq!(
+            s.take_directions(),
+            DirCounts {
+                attributed: 4,
+                forward_lost: 1,
+                reverse_lost: 1
             }
         );
     }
