@@ -36,6 +36,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start; boxing the flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Probe the targets and report (to aggregators, to /metrics, or both).
     Run(RunArgs),

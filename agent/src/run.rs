@@ -151,6 +151,32 @@ pub async fn run_with(
         }
     };
 
+    // STAMP reflectors: bound now, so a busy or forbidden port is found at start.
+    for addr in &cfg.stamp_listen {
+        let socket = crate::probe::stamp::socket::StampSocket::bind(*addr).map_err(|e| {
+            config_err(
+                "stamp_listen",
+                format!(
+                    "cannot listen on UDP {addr}: {e} (port 862 needs root or CAP_NET_BIND_SERVICE)"
+                ),
+            )
+        })?;
+        tracing::info!(addr = %socket.local_addr().unwrap_or(*addr), "STAMP reflector listening");
+        let limits = crate::probe::stamp::reflector::Limits {
+            rate: cfg.stamp_rate,
+            key: cfg.stamp_key.clone(),
+            ..Default::default()
+        };
+        tasks.spawn(
+            crate::probe::stamp::reflector::ReflectorTask {
+                socket,
+                limits,
+                shared: shared.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+    }
+
     // Probers.
     let by_kind = |k: ProbeKind| -> Vec<_> {
         cfg.targets
@@ -162,6 +188,20 @@ pub async fn run_with(
     };
     let icmp_targets = by_kind(ProbeKind::Icmp);
     let tcp_targets = by_kind(ProbeKind::Tcp);
+    let stamp_targets = by_kind(ProbeKind::Stamp);
+    let stamp_running = !stamp_targets.is_empty();
+    if stamp_running {
+        let p = crate::probe::stamp::sender::StampProber::open(
+            stamp_targets,
+            cfg.interval,
+            cfg.timeout,
+            shared.clone(),
+            resolver.clone(),
+            cfg.stamp_key.clone(),
+        )
+        .map_err(|e| RunError::Fatal(anyhow::anyhow!("cannot open a UDP socket for STAMP: {e}")))?;
+        tasks.spawn(p.run(shutdown.clone()));
+    }
     if cfg.hops {
         tasks.spawn(
             HopProber {
@@ -187,7 +227,7 @@ pub async fn run_with(
             Ok(p) => {
                 tasks.spawn(p.run(shutdown.clone()));
             }
-            Err(e) if tcp_targets.is_empty() => {
+            Err(e) if tcp_targets.is_empty() && !stamp_running => {
                 return Err(RunError::Fatal(anyhow::anyhow!(
                     "cannot probe with ICMP: {e}"
                 )));

@@ -29,6 +29,8 @@ pub struct PathStats {
     pub rtt: SparseHist,
     pub rtt_sum_us: u64,
     pub ipdv: SparseHist,
+    /// STAMP paths: per-direction counts of the interval.
+    pub directional: Option<pathpulse_wire::stamp::Directional>,
     jitter: Rfc3550Jitter,
     last_rtt_us: Option<u64>,
     /// Since start, for the in-flight count.
@@ -117,6 +119,7 @@ impl PathStats {
             ipdv,
             hops,
             route_changes: std::mem::take(&mut self.route_changes),
+            directional: self.directional.take(),
         };
         *self = PathStats {
             hops: std::mem::take(&mut self.hops),

@@ -102,6 +102,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             isp: None,
             hops: true,
             isp_prefixes: Vec::new(),
+            stamp_listen: Vec::new(),
+            stamp_rate: pathpulse_agent::probe::stamp::reflector::DEFAULT_RATE,
+            stamp_key: None,
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }

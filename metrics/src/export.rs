@@ -145,6 +145,61 @@ fn window_gauges(
     Ok(())
 }
 
+/// STAMP paths: loss per direction and one-way delay per direction, per window.
+fn directional(enc: &mut DescriptorEncoder, views: &Views) -> Result<(), std::fmt::Error> {
+    use pathpulse_wire::stamp::Directional;
+    let mut m = enc.encode_descriptor(
+        "pathpulse_directional_loss_ratio",
+        "STAMP: forward = lost before the reflector / attributed probes; reverse = reflected and lost on the way back / probes that reached the reflector.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (k, vs) in views {
+        for (w, v) in vs {
+            let Some(d) = v.dir.as_deref() else { continue };
+            let ratios = [
+                (
+                    "forward",
+                    Directional::forward_ratio(d.attributed, d.forward_lost),
+                ),
+                (
+                    "reverse",
+                    Directional::reverse_ratio(d.attributed, d.forward_lost, d.reverse_lost),
+                ),
+            ];
+            for (dir, r) in ratios {
+                if let Some(r) = r {
+                    m.encode_family(&with(path_labels(k), &[("direction", dir), ("window", w)]))?
+                        .encode_gauge(&r)?;
+                }
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_one_way_delay_seconds",
+        "STAMP: one-way delay quantile per direction over the window; only samples for which both ends said their clocks were synchronized.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (k, vs) in views {
+        for (w, v) in vs {
+            let Some(d) = v.dir.as_deref() else { continue };
+            for (dir, h) in [("forward", &d.owd_forward), ("reverse", &d.owd_reverse)] {
+                for (qs, q) in QUANTILES {
+                    if let Some(us) = h.quantile(q) {
+                        let l = with(
+                            path_labels(k),
+                            &[("direction", dir), ("quantile", qs), ("window", w)],
+                        );
+                        m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for StoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = (self.clock)();
@@ -253,6 +308,8 @@ impl Collector for StoreCollector {
             |v, q| Some(v.hist.quantile(q)?.saturating_sub(v.hist.quantile(0.0)?)),
         )?;
 
+        directional(&mut enc, &views)?;
+
         let mut m = enc.encode_descriptor(
             "pathpulse_mos",
             "E-model MOS estimate (1..4.5) from half the window's median RTT, RFC 3550 jitter and window loss.",
@@ -345,6 +402,29 @@ impl Collector for StoreCollector {
             }
         }
         let mut m = enc.encode_descriptor(
+            "pathpulse_stamp_reflector_reflected",
+            "STAMP test packets the agent's reflector answered.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_counter::<NoLabelSet, _, u64>(&st.health.stamp_reflected, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_stamp_reflector_dropped",
+            "Datagrams the agent's STAMP reflector dropped without answering, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            let reasons = pathpulse_wire::stamp::ReflectorCounts::default().dropped();
+            for ((reason, _), v) in reasons.iter().zip(st.health.stamp_dropped) {
+                m.encode_family(&[("agent", &**a), ("reason", reason)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
             "pathpulse_scheduling_lag_seconds",
             "Largest delay of a probe behind its schedule in the agent's last report interval.",
             None,
@@ -417,10 +497,11 @@ pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; chars
 /// Families that are summaries in the classic text format: exact quantiles over sliding
 /// windows, which is what a Prometheus summary is. (OpenMetrics output types them as
 /// gauges: prometheus-client cannot encode summaries.)
-const SUMMARY_FAMILIES: [&str; 3] = [
+const SUMMARY_FAMILIES: [&str; 4] = [
     "pathpulse_rtt_quantile_seconds",
     "pathpulse_ipdv_seconds",
     "pathpulse_pdv_seconds",
+    "pathpulse_one_way_delay_seconds",
 ];
 
 /// Convert the OpenMetrics text of [`encode_text`] into the classic Prometheus text
@@ -674,5 +755,78 @@ mod tests {
         );
         assert!(classic.contains(&format!("pathpulse_probes_sent_total{{{labels}}} 4\n")));
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+    use pathpulse_wire::stamp::{Directional, ReflectorCounts};
+    use pathpulse_wire::{AgentHealth, PathReport, ProbeKind, Report};
+
+    #[test]
+    fn stamp_paths_export_loss_and_delay_per_direction_and_reflector_drops() {
+        let store: SharedStore = Arc::new(Mutex::new(Store::new(15_000)));
+        let mut d = Directional {
+            attributed: 100,
+            forward_lost: 10,
+            reverse_lost: 9,
+            ..Default::default()
+        };
+        d.owd_forward.record(300);
+        d.owd_reverse.record(500);
+        let mut p = PathReport {
+            dst: "10.0.0.2".into(),
+            probe: Some(ProbeKind::Stamp),
+            sent: 100,
+            lost: 19,
+            directional: Some(d),
+            ..Default::default()
+        };
+        for _ in 0..81 {
+            p.rtt.record(800);
+            p.received += 1;
+        }
+        let r = Report {
+            seq: 1,
+            agent: "a1".into(),
+            interval_start_ms: 1_000_000,
+            interval_ms: 5000,
+            paths: vec![p],
+            health: AgentHealth {
+                reflector: ReflectorCounts {
+                    reflected: 5,
+                    oversize: 2,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        };
+        store.lock().expect("lock").apply(&r, 1_005_000);
+        let text = encode_text(&registry(store, Role::Agent, || 1_010_000));
+        let l = r#"src="a1",dst="10.0.0.2",probe="stamp""#;
+        for line in [
+            format!(
+                "pathpulse_directional_loss_ratio{{{l},direction=\"forward\",window=\"1m\"}} 0.1"
+            ),
+            format!(
+                "pathpulse_directional_loss_ratio{{{l},direction=\"reverse\",window=\"1m\"}} 0.1"
+            ),
+            format!(
+                "pathpulse_one_way_delay_seconds{{{l},direction=\"forward\",quantile=\"0.5\",window=\"1m\"}} 0.0003"
+            ),
+            format!(
+                "pathpulse_one_way_delay_seconds{{{l},direction=\"reverse\",quantile=\"0.5\",window=\"1m\"}} 0.0005"
+            ),
+            "pathpulse_stamp_reflector_reflected_total{agent=\"a1\"} 5".to_string(),
+            "pathpulse_stamp_reflector_dropped_total{agent=\"a1\",reason=\"oversize\"} 2"
+                .to_string(),
+            "pathpulse_stamp_reflector_dropped_total{agent=\"a1\",reason=\"truncated\"} 0"
+                .to_string(),
+        ] {
+            assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+        }
+        let classic = openmetrics_to_prometheus(&text);
+        assert!(classic.contains("# TYPE pathpulse_one_way_delay_seconds summary\n"));
     }
 }

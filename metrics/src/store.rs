@@ -102,6 +102,10 @@ pub struct HealthTotals {
     pub recv_errors: u64,
     pub rtt_kernel_clock: u64,
     pub rtt_monotonic_clock: u64,
+    /// STAMP reflector: packets reflected, and dropped per reason (labels of
+    /// `ReflectorCounts::dropped`).
+    pub stamp_reflected: u64,
+    pub stamp_dropped: [u64; 6],
 }
 
 impl HealthTotals {
@@ -113,6 +117,10 @@ impl HealthTotals {
         self.recv_errors += u64::from(h.recv_errors);
         self.rtt_kernel_clock += u64::from(h.rtt_kernel_clock);
         self.rtt_monotonic_clock += u64::from(h.rtt_monotonic_clock);
+        self.stamp_reflected += u64::from(h.reflector.reflected);
+        for (t, (_, n)) in self.stamp_dropped.iter_mut().zip(h.reflector.dropped()) {
+            *t += u64::from(n);
+        }
     }
 }
 

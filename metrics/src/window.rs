@@ -7,7 +7,47 @@
 
 use std::collections::VecDeque;
 
+use pathpulse_wire::stamp::Directional;
 use pathpulse_wire::{PathReport, SparseHist};
+
+/// STAMP's per-direction view of a slot or window (boxed in slots: most paths have none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DirView {
+    pub attributed: u64,
+    pub forward_lost: u64,
+    pub reverse_lost: u64,
+    pub owd_forward: SparseHist,
+    pub owd_reverse: SparseHist,
+}
+
+impl DirView {
+    fn add(&mut self, d: &Directional) {
+        self.attributed += u64::from(d.attributed);
+        self.forward_lost += u64::from(d.forward_lost);
+        self.reverse_lost += u64::from(d.reverse_lost);
+        self.owd_forward.merge(&d.owd_forward);
+        self.owd_reverse.merge(&d.owd_reverse);
+    }
+
+    fn merge(&mut self, o: &DirView) {
+        self.attributed += o.attributed;
+        self.forward_lost += o.forward_lost;
+        self.reverse_lost += o.reverse_lost;
+        self.owd_forward.merge(&o.owd_forward);
+        self.owd_reverse.merge(&o.owd_reverse);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.owd_forward.shrink_to_fit();
+        self.owd_reverse.shrink_to_fit();
+    }
+}
+
+fn merge_dir(into: &mut Option<Box<DirView>>, from: Option<&DirView>) {
+    if let Some(f) = from {
+        into.get_or_insert_default().merge(f);
+    }
+}
 
 /// Slot length. A report joins the slot holding its interval start.
 pub const SLOT_MS: u64 = 5_000;
@@ -35,6 +75,7 @@ pub struct Slot {
     pub ipdv: SparseHist,
     pub received: u64,
     pub lost: u64,
+    pub dir: Option<Box<DirView>>,
 }
 
 /// What one window says about a path.
@@ -44,6 +85,8 @@ pub struct WindowView {
     pub ipdv: SparseHist,
     pub received: u64,
     pub lost: u64,
+    /// STAMP paths: per direction.
+    pub dir: Option<Box<DirView>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -77,6 +120,9 @@ impl PathWindows {
         slot.ipdv.merge(&p.ipdv);
         slot.received += u64::from(p.received);
         slot.lost += u64::from(p.lost);
+        if let Some(d) = &p.directional {
+            slot.dir.get_or_insert_default().add(d);
+        }
         self.compact(now_ms);
         true
     }
@@ -102,6 +148,10 @@ impl PathWindows {
                     c.ipdv.shrink_to_fit();
                     c.received += fine.received;
                     c.lost += fine.lost;
+                    merge_dir(&mut c.dir, fine.dir.as_deref());
+                    if let Some(d) = c.dir.as_mut() {
+                        d.shrink_to_fit();
+                    }
                     c.end_ms = c.end_ms.max(fine.end_ms);
                 }
             } else {
@@ -139,6 +189,7 @@ impl PathWindows {
             v.ipdv.merge(&s.ipdv);
             v.received += s.received;
             v.lost += s.lost;
+            merge_dir(&mut v.dir, s.dir.as_deref());
         }
         v
     }

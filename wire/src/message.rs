@@ -80,6 +80,8 @@ pub struct AgentHealth {
     /// RTT samples that fell back to the monotonic clock around the syscalls (a stamp was
     /// missing or a clock step made the kernel difference implausible).
     pub rtt_monotonic_clock: u32,
+    /// The agent's STAMP reflector (all zero when it does not run one).
+    pub reflector: crate::stamp::ReflectorCounts,
 }
 
 /// Statistics of one path over one report interval.
@@ -111,6 +113,8 @@ pub struct PathReport {
     /// |RTT difference| of consecutive replies in arrival order (RFC 5481 IPDV magnitude),
     /// microseconds.
     pub ipdv: SparseHist,
+    /// STAMP paths only: loss per direction and one-way delay.
+    pub directional: Option<crate::stamp::Directional>,
     /// Per-hop view toward this target (ICMP targets beyond the directly connected
     /// subnets): one entry per TTL that was probed, in TTL order.
     pub hops: Vec<HopReport>,
@@ -252,6 +256,9 @@ pub fn validate_report(r: &Report) -> Result<(), String> {
         }
         if p.ipdv.count() > u64::from(p.received) {
             return Err(format!("path {}: more IPDV samples than replies", p.dst));
+        }
+        if let Some(d) = &p.directional {
+            crate::stamp::validate(d, p.received).map_err(|e| format!("path {}: {e}", p.dst))?;
         }
         if u64::from(p.received) != p.rtt.count() {
             return Err(format!(

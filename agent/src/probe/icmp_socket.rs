@@ -163,7 +163,7 @@ fn set_icmp6_filter(sock: &Socket, pass: &[u8]) -> io::Result<()> {
 
 /// Register the socket with tokio's reactor: readable, writable and the error queue.
 #[allow(unsafe_code)]
-fn register(sock: Socket) -> io::Result<AsyncFd<Socket>> {
+pub(crate) fn register(sock: Socket) -> io::Result<AsyncFd<Socket>> {
     // SAFETY: `socket2::Socket` owns its file descriptor: it stays open and refers to the
     // same socket for as long as the `Socket` lives, which is the `AsyncFd`'s lifetime, and
     // `as_raw_fd` always returns that descriptor (tokio's I/O-safety requirement).
@@ -176,7 +176,7 @@ fn register(sock: Socket) -> io::Result<AsyncFd<Socket>> {
     .map_err(|e| e.into_parts().1)
 }
 
-fn timespec_ns(ts: &nix::sys::time::TimeSpec) -> Option<i64> {
+pub(crate) fn timespec_ns(ts: &nix::sys::time::TimeSpec) -> Option<i64> {
     let ns = ts
         .tv_sec()
         .checked_mul(1_000_000_000)?

@@ -5,4 +5,5 @@ pub mod icmp;
 pub mod icmp_socket;
 pub mod matcher;
 pub mod route;
+pub mod stamp;
 pub mod tcp;

@@ -9,4 +9,5 @@ mod loopback;
 mod prometheus;
 mod security;
 mod setup;
+mod stamp;
 mod topo;
