@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, NativeHistogram, NativeHistogramBuckets, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -14,7 +16,7 @@ use pathpulse_wire::RefuseReason;
 
 use crate::localize::{HopView, Thresholds, hop_views, localize, observations};
 use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
-use crate::store::{CLASSIC_BOUNDS_US, HopState, PathKey, PathState, Store};
+use crate::store::{CLASSIC_BOUNDS_US, HopState, NATIVE_SCHEMA, PathKey, PathState, Store};
 use crate::window::{WINDOWS, WindowView};
 
 /// Quantiles exported as exact gauges from the merged HDR windows.
@@ -240,8 +242,29 @@ impl Collector for StoreCollector {
                 .chain(std::iter::once(f64::INFINITY))
                 .zip(c.buckets.iter().copied())
                 .collect();
+            let (spans, deltas) = native_spans(&c.native);
+            let native = NativeHistogram {
+                schema: NATIVE_SCHEMA,
+                zero_threshold: 0.0,
+                zero_count: c.native_zero,
+                negative: NativeHistogramBuckets {
+                    spans: &[],
+                    deltas: &[],
+                },
+                positive: NativeHistogramBuckets {
+                    spans: &spans,
+                    deltas: &deltas,
+                },
+                created: None,
+            };
             m.encode_family(&path_labels(k))?
-                .encode_histogram::<NoLabelSet>(secs(c.sum_us as f64), c.count, &buckets, None)?;
+                .encode_histogram_with_native::<NoLabelSet>(
+                    secs(c.sum_us as f64),
+                    c.count,
+                    &buckets,
+                    None,
+                    native,
+                )?;
         }
 
         // Windowed views, computed once per path and window.
@@ -549,6 +572,39 @@ pub fn encode_text(reg: &Registry) -> String {
     out
 }
 
+/// Sparse native buckets as Prometheus wants them: spans (offset from the end of the
+/// previous span, or the first index; length) and count deltas.
+fn native_spans(buckets: &std::collections::BTreeMap<i32, u64>) -> (Vec<(i32, u32)>, Vec<i64>) {
+    let (mut spans, mut deltas): (Vec<(i32, u32)>, Vec<i64>) = (Vec::new(), Vec::new());
+    let (mut next, mut prev_count) = (None::<i32>, 0i64);
+    for (&i, &n) in buckets {
+        match next {
+            Some(e) if e == i => {
+                if let Some(last) = spans.last_mut() {
+                    last.1 += 1;
+                }
+            }
+            Some(e) => spans.push((i - e, 1)),
+            None => spans.push((i, 1)),
+        }
+        next = Some(i + 1);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        deltas.push(n - prev_count);
+        prev_count = n;
+    }
+    (spans, deltas)
+}
+
+/// The Prometheus protobuf exposition (native histograms), for scrapers that ask for it.
+pub fn encode_protobuf(registry: &Registry) -> Result<Vec<u8>, String> {
+    prometheus_client::encoding::prometheus_protobuf::encode_to_vec(registry)
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Content type of the protobuf exposition.
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
 /// Labels of one hop: `src`, `anchor` (the target as written), `hop` (TTL), `hop_addr`,
 /// `role`.
 fn hop_labels<'a>(k: &'a PathKey, ttl: &'a str, h: &'a HopState) -> Labels<'a> {
@@ -676,6 +732,15 @@ fn encode_hops(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn native_spans_and_deltas() {
+        let b: std::collections::BTreeMap<i32, u64> = [(-53, 2), (-52, 5), (-50, 1), (3, 4)].into();
+        let (spans, deltas) = super::native_spans(&b);
+        assert_eq!(spans, vec![(-53, 2), (1, 1), (52, 1)]);
+        assert_eq!(deltas, vec![2, 3, -4, 3]);
+        assert_eq!(super::native_spans(&Default::default()), (vec![], vec![]));
+    }
+
     use super::*;
     use pathpulse_wire::{AgentHealth, PathReport, Report};
 

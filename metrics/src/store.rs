@@ -37,13 +37,34 @@ pub struct Counters {
     pub send_errors: u64,
 }
 
-/// Cumulative RTT histogram in classic buckets, for `pathpulse_rtt_seconds`.
+/// Schema of the native histogram of `pathpulse_rtt_seconds`: buckets grow by 2^(2^-3),
+/// about 9% (the Go client's default factor 1.1 gives the same schema).
+pub const NATIVE_SCHEMA: i32 = 3;
+
+/// Native histogram bucket (schema [`NATIVE_SCHEMA`]) holding `us` microseconds: bucket
+/// `i` covers (2^((i-1)/8), 2^(i/8)] seconds. `None` for 0 (the zero bucket).
+pub fn native_index(us: u64) -> Option<i32> {
+    if us == 0 {
+        return None;
+    }
+    let scale = f64::from(1u32 << NATIVE_SCHEMA);
+    let exact = (us as f64 / 1e6).log2() * scale;
+    // Values on a boundary belong to the bucket below (upper bounds are inclusive); the
+    // small tolerance absorbs log2's rounding at exact powers of two.
+    Some((exact - 1e-9).ceil() as i32)
+}
+
+/// Cumulative RTT histogram in classic buckets, for `pathpulse_rtt_seconds`, and the same
+/// samples in sparse native buckets (exposed when the scraper asks for protobuf).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cumulative {
     /// Non-cumulative counts per classic bucket; the last slot is `+Inf`.
     pub buckets: [u64; CLASSIC_BOUNDS_US.len() + 1],
     pub count: u64,
     pub sum_us: u64,
+    /// Native buckets: index → count (positive values only: RTTs are never negative).
+    pub native: BTreeMap<i32, u64>,
+    pub native_zero: u64,
 }
 
 impl Cumulative {
@@ -53,6 +74,12 @@ impl Cumulative {
             let b = CLASSIC_BOUNDS_US.partition_point(|&bound| bound < v);
             self.buckets[b] += u64::from(n);
             self.count += u64::from(n);
+            // The middle of the HDR bucket (its width is at most 1/1024 of the value).
+            let mid = v + (hist::highest_of(idx) - v) / 2;
+            match native_index(mid) {
+                Some(i) => *self.native.entry(i).or_default() += u64::from(n),
+                None => self.native_zero += u64::from(n),
+            }
         }
         self.sum_us += p.rtt_sum_us;
     }
@@ -292,6 +319,28 @@ mod tests {
             paths: vec![p],
             health: AgentHealth::default(),
         }
+    }
+
+    #[test]
+    fn native_buckets_follow_the_schema() {
+        // Bucket i covers (2^((i-1)/8), 2^(i/8)] s: 1 s is the top of bucket 0.
+        assert_eq!(native_index(1_000_000), Some(0));
+        assert_eq!(native_index(1_000_001), Some(1));
+        assert_eq!(native_index(500_000), Some(-8));
+        assert_eq!(native_index(0), None);
+        // 10 ms: log2(0.01) * 8 = -53.15 → bucket -53, bounds 2^(-54/8)..2^(-53/8).
+        let i = native_index(10_000).expect("index");
+        let (lo, hi) = (
+            2f64.powf(f64::from(i - 1) / 8.0),
+            2f64.powf(f64::from(i) / 8.0),
+        );
+        assert!(lo < 0.01 && 0.01 <= hi, "{lo} < 0.01 <= {hi}");
+        let mut s = Store::new(15_000);
+        s.apply(&report(1, &[10_000, 10_050, 0], 0, 0), 1_005_000);
+        let c = &s.paths.values().next().expect("path").cumulative;
+        assert_eq!(c.native.values().sum::<u64>() + c.native_zero, c.count);
+        assert_eq!(c.native_zero, 1);
+        assert_eq!(c.native.get(&i), Some(&2));
     }
 
     #[test]
