@@ -13,4 +13,5 @@ pub mod demo;
 pub mod http;
 pub mod ingest;
 pub mod pki;
+pub mod remote_write;
 pub mod server;
