@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pathpulse_agent::RunError;
-use pathpulse_agent::cli::{LogFormat, init_logging, shutdown_on_signals};
+use pathpulse_agent::cli::{LogFormat, hangups, init_logging, shutdown_on_signals};
 use pathpulse_agent::config::{EXIT_CONFIG, check_name};
 use tokio_util::sync::CancellationToken;
 
@@ -101,6 +101,20 @@ fn exit_for(r: Result<(), RunError>) -> ExitCode {
     }
 }
 
+/// SIGHUP must not end the aggregator (its default action would): nothing of its
+/// configuration can be reloaded yet, so say so.
+async fn ignore_hangups(mut hup: tokio::signal::unix::Signal, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        tracing::warn!(
+            "SIGHUP: the aggregator has nothing to reload in this version; restart it to apply configuration changes"
+        );
+    }
+}
+
 fn serve(
     f: impl FnOnce(
         CancellationToken,
@@ -116,6 +130,9 @@ fn serve(
     exit_for(rt.block_on(async move {
         let token = CancellationToken::new();
         shutdown_on_signals(token.clone());
+        if let Some(hup) = hangups() {
+            tokio::spawn(ignore_hangups(hup, token.clone()));
+        }
         f(token).await
     }))
 }

@@ -6,5 +6,7 @@ mod demo;
 mod lab;
 mod loopback;
 mod prometheus;
+mod reload;
 mod security;
 mod setup;
+mod systemd;
