@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, EXIT_CONFIG, RunArgs, load_file};
@@ -55,6 +55,28 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: std::path::PathBuf,
     },
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+}
+
+/// `generate-assets`: man pages and completions for `cmd` into `out`.
+pub fn generate_assets(cmd: clap::Command, out: &std::path::Path) -> ExitCode {
+    match crate::assets::write(cmd, out) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: writing into {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Initialise tracing once (later calls are ignored, e.g. in tests).
@@ -180,6 +202,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::GenerateAssets { out } => generate_assets(Cli::command(), &out),
         Command::Enroll { aggregator, .. } => {
             eprintln!(
                 "enroll: token enrollment is not available in this version; ask the operator of {aggregator} to run \

@@ -7,8 +7,10 @@
 //! - [`uplink`]: QUIC with mutual TLS to each aggregator, acknowledged reports;
 //! - [`reload`]: new targets on SIGHUP without losing the state of those that stay;
 //! - [`systemd`]: readiness, reload, stop and watchdog notifications to the service manager;
+//! - [`assets`]: man pages and shell completions from the command line definition;
 //! - [`run`]: the agent assembled from the above; `main.rs` only parses the command line.
 
+pub mod assets;
 pub mod backoff;
 pub mod cli;
 pub mod config;

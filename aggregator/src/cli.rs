@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use pathpulse_agent::RunError;
-use pathpulse_agent::cli::{LogFormat, hangups, init_logging, shutdown_on_signals};
+use pathpulse_agent::cli::{
+    LogFormat, generate_assets, hangups, init_logging, shutdown_on_signals,
+};
 use pathpulse_agent::config::{EXIT_CONFIG, check_name};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +55,12 @@ pub enum Command {
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -145,6 +153,7 @@ pub fn main() -> ExitCode {
             Ok(cfg) => serve(|t| Box::pin(crate::server::run(cfg, t))),
             Err(e) => exit_for(Err(RunError::Config(e))),
         },
+        Command::GenerateAssets { out } => generate_assets(Cli::command(), &out),
         Command::Demo(args) => serve(|t| Box::pin(crate::demo::run(args, t))),
         Command::CheckConfig { config } => {
             match AggregatorConfig::resolve(&RunArgs {

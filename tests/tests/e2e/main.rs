@@ -5,6 +5,7 @@ mod cli;
 mod demo;
 mod lab;
 mod loopback;
+mod package;
 mod prometheus;
 mod reload;
 mod security;
