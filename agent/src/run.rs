@@ -165,24 +165,21 @@ pub async fn run_with(
 
     // Probers: each follows the plan, which a reload replaces.
     let has_tcp = cfg.targets.iter().any(|t| t.probe == ProbeKind::Tcp);
-    match IcmpProber::open(
+    let (icmp, failed) = IcmpProber::open(
         reloader.subscribe(),
         shared.clone(),
         resolver.clone(),
         liveness.register("icmp prober"),
-    ) {
-        Ok(p) => {
-            tasks.spawn(p.run(shutdown.clone()));
-        }
-        Err(e) if !has_tcp => {
+    );
+    if let Some(e) = failed {
+        if !has_tcp {
             return Err(RunError::Fatal(anyhow::anyhow!(
                 "cannot probe with ICMP: {e}"
             )));
         }
-        Err(e) => {
-            tracing::error!(error = %e, "ICMP probes disabled; their paths count send errors")
-        }
+        tracing::error!(error = %e, "ICMP probes disabled; their paths count send errors");
     }
+    tasks.spawn(icmp.run(shutdown.clone()));
     tasks.spawn(
         TcpProber {
             plan: reloader.subscribe(),

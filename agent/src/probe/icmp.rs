@@ -71,14 +71,15 @@ fn describe(s: &IcmpSocket) -> String {
 }
 
 impl IcmpProber {
-    /// Open the sockets the plan's ICMP targets need. Fails only when no needed family
-    /// can be opened; with no ICMP targets it opens nothing (a reload may add some).
+    /// Open the sockets the plan's ICMP targets need; with no ICMP targets it opens
+    /// nothing. The error is there when no needed family could be opened: the prober
+    /// still runs (its targets count send errors; a reload tries to open again).
     pub fn open(
         plan: watch::Receiver<ProbePlan>,
         shared: Arc<Shared>,
         resolver: Arc<Resolver>,
         beat: Arc<Beat>,
-    ) -> Result<IcmpProber, OpenError> {
+    ) -> (IcmpProber, Option<OpenError>) {
         let p = plan.borrow().clone();
         let mut prober = IcmpProber {
             targets: p.of_kind(ProbeKind::Icmp),
@@ -92,10 +93,9 @@ impl IcmpProber {
             beat,
         };
         let mut errors = prober.open_missing();
-        if prober.v4.is_none() && prober.v6.is_none() && !errors.is_empty() {
-            return Err(errors.swap_remove(0));
-        }
-        Ok(prober)
+        let failed = (prober.v4.is_none() && prober.v6.is_none() && !errors.is_empty())
+            .then(|| errors.swap_remove(0));
+        (prober, failed)
     }
 
     /// Open the families the targets need and that are not open yet; returns the errors
