@@ -514,4 +514,15 @@ mod tests {
         assert_eq!(c.interval, Duration::from_millis(250));
         assert_eq!(c.targets[0].label, "127.0.0.3");
     }
+
+    #[test]
+    fn the_shipped_example_states_the_defaults() {
+        let text = include_str!("../../packaging/agent.toml");
+        let f: FileConfig = toml::from_str(text).expect("packaging/agent.toml parses");
+        let d = |s: Option<String>| parse_duration(&s.expect("present")).expect("duration");
+        assert_eq!(d(f.interval), DEFAULT_INTERVAL);
+        assert_eq!(d(f.timeout), DEFAULT_TIMEOUT);
+        assert_eq!(d(f.report_interval), DEFAULT_REPORT_INTERVAL);
+        assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
+    }
 }

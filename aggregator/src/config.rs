@@ -162,4 +162,16 @@ mod tests {
         .expect_err("unknown key");
         assert!(e.to_string().contains("listen_port"), "{e}");
     }
+
+    #[test]
+    fn the_shipped_example_states_the_defaults() {
+        let text = include_str!("../../packaging/aggregator.toml");
+        let f: FileConfig = toml::from_str(text).expect("packaging/aggregator.toml parses");
+        assert_eq!(f.listen.as_deref(), Some(DEFAULT_LISTEN));
+        assert_eq!(f.http.as_deref(), Some(DEFAULT_HTTP));
+        assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
+        let stale = parse_duration(&f.stale_after.expect("stale_after")).expect("duration");
+        assert_eq!(stale, DEFAULT_STALE_AFTER);
+        assert_eq!(f.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
+    }
 }

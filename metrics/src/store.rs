@@ -283,6 +283,17 @@ impl Store {
             .is_some_and(|t| now_ms.saturating_sub(t) <= self.stale_after_ms)
     }
 
+    /// Forget a path and its series (its target was removed from the agent's config).
+    pub fn remove_path(&mut self, src: &str, dst: &str, probe: ProbeKind) -> bool {
+        self.paths
+            .remove(&PathKey {
+                src: Arc::from(src),
+                dst: Arc::from(dst),
+                probe,
+            })
+            .is_some()
+    }
+
     /// Drop window slots nobody can see any more (call periodically).
     pub fn expire(&mut self, now_ms: u64) {
         for st in self.paths.values_mut() {

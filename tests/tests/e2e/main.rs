@@ -2,12 +2,16 @@
 
 mod accuracy;
 mod cli;
+mod dashboards;
 mod demo;
 mod hops;
 mod lab;
 mod loopback;
+mod package;
 mod prometheus;
+mod reload;
 mod security;
 mod setup;
 mod stamp;
+mod systemd;
 mod topo;

@@ -2,12 +2,51 @@
 //! histogram of every path; `promtool check metrics` accepts the exposition.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pathpulse_tests::{Proc, free_port, http_get, parse_metrics, require_program, wait_for};
 
 use crate::setup::Deployment;
+
+/// A real Prometheus scraping `127.0.0.1:{port}` every second (job `pathpulse`), its
+/// data in `dir`; returns the process and its HTTP port.
+pub fn start(dir: &Path, port: u16) -> (Proc, u16) {
+    let prom_port = free_port();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pathpulse\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let tsdb = dir.join("tsdb");
+    let prom = Proc::start(
+        "prometheus",
+        Path::new("prometheus"),
+        &[
+            &format!("--config.file={}", cfg.display()),
+            &format!("--storage.tsdb.path={}", tsdb.display()),
+            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ],
+        dir,
+    );
+    (prom, prom_port)
+}
+
+/// Percent-encode a query-string value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 #[test]
 fn prometheus_scrapes_every_path_and_promtool_is_clean() {
@@ -22,35 +61,11 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
     let _a = d.agent("p-a", &sa, &[&target, &target2], &[]);
     let _b = d.agent("p-b", &sb, &[&target], &[]);
 
-    let prom_port = free_port();
-    let cfg = d.dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pathpulse\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            d.http
-        ),
-    )
-    .expect("write prometheus.yml");
-    let tsdb = d.dir.path().join("tsdb");
-    let _prom = Proc::start(
-        "prometheus",
-        std::path::Path::new("prometheus"),
-        &[
-            &format!("--config.file={}", cfg.display()),
-            &format!("--storage.tsdb.path={}", tsdb.display()),
-            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
-        d.dir.path(),
-    );
+    let (_prom, prom_port) = start(d.dir.path(), d.http);
     let query = "count by (src, dst, probe) (pathpulse_rtt_seconds_bucket)";
     let url = format!(
         "http://127.0.0.1:{prom_port}/api/v1/query?query={}",
-        query
-            .replace(' ', "%20")
-            .replace('(', "%28")
-            .replace(')', "%29")
-            .replace(',', "%2C")
+        urlencode(query)
     );
     let want = [
         ("p-a", format!("127.0.0.1:{}", d.http)),
@@ -106,18 +121,6 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
         out.status.success() && text.trim().is_empty(),
         "promtool check metrics complained:\n{text}\n--- exposition ---\n{exposition}"
     );
-}
-
-/// Percent-encode a PromQL query for a URL.
-fn urlencode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn query(port: u16, q: &str) -> Option<Vec<serde_json::Value>> {
