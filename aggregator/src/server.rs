@@ -78,7 +78,8 @@ pub async fn start(
         export::wall_clock_ms,
     ));
     let ready = Arc::new(AtomicBool::new(false));
-    let app = crate::http::router(registry, ready.clone());
+    let app = crate::http::router(registry, ready.clone())
+        .merge(crate::ui::router(store.clone(), shutdown.clone()));
     let ingest = Ingest {
         endpoint,
         store: store.clone(),

@@ -3,6 +3,7 @@
 //! Pure: time comes in as arguments.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use pathpulse_wire::{AgentHealth, PathReport, ProbeKind, RefuseReason, Report, hist};
@@ -73,6 +74,11 @@ pub struct AgentState {
     pub reports: u64,
     pub health: HealthTotals,
     pub last_scheduling_lag_us: u32,
+    /// Labels from the agent's hello (`--site`, `--isp`).
+    pub site: Option<String>,
+    pub isp: Option<String>,
+    /// Address the agent connected from (the aggregator's view: NAT shows the NAT).
+    pub addr: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,6 +133,24 @@ impl Store {
             stale_after_ms,
             ..Store::default()
         }
+    }
+
+    /// Record an agent's hello: its labels and the address it connected from.
+    pub fn hello(
+        &mut self,
+        agent: &str,
+        site: Option<String>,
+        isp: Option<String>,
+        addr: Option<IpAddr>,
+    ) {
+        let key = match self.agents.get_key_value(agent) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(agent),
+        };
+        let a = self.agents.entry(key).or_default();
+        a.site = site;
+        a.isp = isp;
+        a.addr = addr;
     }
 
     /// Apply one report (already authenticated and validated).
