@@ -253,8 +253,9 @@
     canvas.dataset.metric = S.metric;
     canvas.dataset.window = S.mesh.window;
     $("mesh-empty").hidden = S.mesh.cells.length > 0;
-    $("mesh-count").textContent = "· " + S.mesh.sources.length + " sources × " + S.mesh.destinations.length +
-      " destinations, " + S.mesh.cells.length + " paths, window " + S.mesh.window;
+    const n = (x) => x.toLocaleString("en");
+    $("mesh-count").textContent = "· " + n(S.mesh.sources.length) + " sources × " + n(S.mesh.destinations.length) +
+      " destinations, " + n(S.mesh.cells.length) + " paths, window " + S.mesh.window;
   }
 
   function clipText(ctx, text, x, y, maxW) {
@@ -530,13 +531,23 @@
     return { ctx, w, h };
   }
   const PAD = { l: 52, r: 52, t: 8, b: 20 };
+  // The time range of a path's graphs: the last hour, or less (down to 10 min) while
+  // the history is younger, so a new path is not a sliver at the right edge.
+  function timeRange(v) {
+    const t1 = v.generated_ms;
+    const first = v.history.find((p) => p.rtt_us || p.lost);
+    const age = first ? t1 - first.t_ms : 0;
+    const span = Math.min(60, Math.max(10, Math.ceil(age / 600000) * 10)) * 60000;
+    return [t1 - span, t1];
+  }
   function timeAxis(ctx, w, h, t0, t1) {
     const X = (t) => PAD.l + (t - t0) / (t1 - t0) * (w - PAD.l - PAD.r);
     ctx.strokeStyle = css("--grid");
     ctx.fillStyle = css("--muted");
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
-    for (let m = 60; m >= 0; m -= 10) {
+    const span = Math.round((t1 - t0) / 60000), step = span > 30 ? 10 : span > 10 ? 5 : 2;
+    for (let m = span; m >= 0; m -= step) {
       const x = X(t1 - m * 60000);
       ctx.beginPath(); ctx.moveTo(x, PAD.t); ctx.lineTo(x, h - PAD.b); ctx.stroke();
       ctx.fillText(m ? "−" + m + " min" : "now", x, h - PAD.b + 4);
@@ -567,7 +578,7 @@
   }
   function drawSmoke(v) {
     const { ctx, w, h } = setupCanvas($("smoke"));
-    const t1 = v.generated_ms, t0 = t1 - 3600000;
+    const [t0, t1] = timeRange(v);
     const pts = v.history.filter((p) => p.t_ms + p.step_ms > t0);
     const p99s = pts.filter((p) => p.rtt_us).map((p) => p.rtt_us[6]).sort((a, b) => a - b);
     const top = p99s.length ? p99s[Math.floor(0.95 * (p99s.length - 1))] : 1000;
@@ -575,6 +586,12 @@
     const X = timeAxis(ctx, w, h, t0, t1);
     const Y = valueAxis(ctx, w, h, max, "l", (x) => fmtMs(x, max), css("--muted"));
     const band = css("--band");
+    $("smoke").dataset.points = String(pts.filter((p) => p.rtt_us || p.lost).length);
+    if (!pts.some((p) => p.rtt_us || p.lost)) {
+      ctx.fillStyle = css("--muted");
+      ctx.textAlign = "center";
+      ctx.fillText("The first point appears about 16 s after the path's first report (10 s periods).", w / 2, h / 2);
+    }
     for (const p of pts) {
       const x0 = Math.max(PAD.l, X(p.t_ms)), x1 = X(p.t_ms + p.step_ms);
       if (!p.rtt_us) {
@@ -597,7 +614,7 @@
   function fmtMs(x, max) { return max < 1 ? Math.round(x * 1000) + " µs" : fmtAxis(x) + " ms"; }
   function drawLossJitter(v) {
     const { ctx, w, h } = setupCanvas($("lossjitter"));
-    const t1 = v.generated_ms, t0 = t1 - 3600000;
+    const [t0, t1] = timeRange(v);
     const pts = v.history.filter((p) => p.t_ms + p.step_ms > t0);
     const maxLoss = Math.max(0.05, ...pts.map((p) => p.loss || 0));
     const maxJit = niceMax(Math.max(0.005, ...pts.map((p) => (p.jitter_us || 0) / 1000)) * 1.2);
@@ -672,6 +689,14 @@
         agents: S.agents ? S.agents.agents.map((a) => ({ name: a.name, state: a.state })) : [],
         alerts: Number($("alerts").dataset.count),
       };
+    },
+    // Stop live updates (a test then renders meshes of its own with `render`).
+    pause() { if (S.es) S.es.close(); S.es = null; },
+    // Apply and draw a mesh as /api/mesh returns it; milliseconds taken.
+    render(mesh) {
+      const t0 = performance.now();
+      applyMesh(mesh);
+      return performance.now() - t0;
     },
     // Where the cell of src → dst is drawn, its value and class; sx, sy: a canvas pixel
     // (CSS px) showing the fill color only (away from the stripe and the text).

@@ -389,6 +389,39 @@ mod tests {
     }
 
     #[test]
+    fn mesh_of_a_200_agent_full_mesh_is_built_and_serialized_quickly() {
+        // 200 agents × 200 destinations, 12 reports each (the 1 min window full).
+        let now = 1_800_000_000_000u64;
+        let mut s = Store::new(10_000);
+        let dsts: Vec<String> = (0..200)
+            .map(|j| format!("10.0.{}.{}", j / 250, j % 250))
+            .collect();
+        for i in 0..200 {
+            let name = format!("agent-{i:03}");
+            for r in 0..12u64 {
+                let t = now - 60_000 + r * 5_000;
+                let refs: Vec<(&str, u32)> =
+                    dsts.iter().map(|d| (d.as_str(), (i % 3) as u32)).collect();
+                s.apply(&report(&name, &refs, t), t + 1_000);
+            }
+        }
+        assert_eq!(s.paths.len(), 40_000);
+        let t0 = std::time::Instant::now();
+        let m = mesh(&s, ("1m", 60_000), now);
+        let built = t0.elapsed();
+        let json = serde_json::to_string(&m).expect("json");
+        let total = t0.elapsed();
+        eprintln!(
+            "mesh of 40,000 paths: built in {built:?}, serialized in {:?}, {} bytes",
+            total - built,
+            json.len()
+        );
+        assert_eq!(m.cells.len(), 40_000);
+        // Generous for debug builds on two cores; a release build is ~10 times faster.
+        assert!(total < std::time::Duration::from_secs(5), "{total:?}");
+    }
+
+    #[test]
     fn path_view_has_windows_and_history() {
         let now = 1_800_000_000_000u64;
         let mut s = Store::new(10_000);

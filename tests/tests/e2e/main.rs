@@ -8,3 +8,4 @@ mod loopback;
 mod prometheus;
 mod security;
 mod setup;
+mod ui;
