@@ -244,62 +244,70 @@ fn due(now_ms: u64, step_ms: u64, done_ms: u64) -> Option<u64> {
 /// What one sampling step read from the store (taken under the store's lock).
 pub type Samples = Vec<(PathKey, Option<Point>, Option<Point>)>;
 
+/// The ends of the fine and coarse periods to sample now, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub fine: Option<u64>,
+    pub coarse: Option<u64>,
+}
+
+/// Read the periods `due` from the store (cheap enough to hold its lock; the history's
+/// lock is not needed, so the two are never held together).
+pub fn read(store: &Store, due: Due) -> Samples {
+    if due.fine.is_none() && due.coarse.is_none() {
+        return Vec::new();
+    }
+    store
+        .paths
+        .iter()
+        .map(|(k, st)| {
+            let at = |end: Option<u64>, step: u64| {
+                end.map(|e| Point::from_view(&st.windows.range(e - step, e), st.jitter_us))
+            };
+            (
+                k.clone(),
+                at(due.fine, FINE_STEP_MS),
+                at(due.coarse, COARSE_STEP_MS),
+            )
+        })
+        .collect()
+}
+
 impl History {
-    /// Whether [`read`](Self::read) would find a period to sample at `now`.
-    pub fn due(&self, now_ms: u64) -> bool {
-        due(now_ms, FINE_STEP_MS, self.fine_done_ms).is_some()
-            || due(now_ms, COARSE_STEP_MS, self.coarse_done_ms).is_some()
-    }
-
-    /// Read the periods due at `now` from the store (cheap enough to hold its lock).
-    pub fn read(&self, store: &Store, now_ms: u64) -> (Samples, Option<u64>, Option<u64>) {
-        let fine = due(now_ms, FINE_STEP_MS, self.fine_done_ms);
-        let coarse = due(now_ms, COARSE_STEP_MS, self.coarse_done_ms);
-        if fine.is_none() && coarse.is_none() {
-            return (Vec::new(), None, None);
+    /// The periods due for sampling at `now`.
+    pub fn due(&self, now_ms: u64) -> Due {
+        Due {
+            fine: due(now_ms, FINE_STEP_MS, self.fine_done_ms),
+            coarse: due(now_ms, COARSE_STEP_MS, self.coarse_done_ms),
         }
-        let samples = store
-            .paths
-            .iter()
-            .map(|(k, st)| {
-                let at = |end: Option<u64>, step: u64| {
-                    end.map(|e| Point::from_view(&st.windows.range(e - step, e), st.jitter_us))
-                };
-                (
-                    k.clone(),
-                    at(fine, FINE_STEP_MS),
-                    at(coarse, COARSE_STEP_MS),
-                )
-            })
-            .collect();
-        (samples, fine, coarse)
     }
 
-    /// Record what [`read`](Self::read) returned; drop paths silent for the whole hour.
-    pub fn record(&mut self, (samples, fine, coarse): (Samples, Option<u64>, Option<u64>)) {
+    /// Record what [`read`] returned for `due`; drop paths silent for the whole hour.
+    pub fn record(&mut self, due: Due, samples: Samples) {
         for (key, f, c) in samples {
             let h = self.paths.entry(key).or_default();
-            if let (Some(end), Some(p)) = (fine, f) {
+            if let (Some(end), Some(p)) = (due.fine, f) {
                 h.fine.push(end - FINE_STEP_MS, p);
             }
-            if let (Some(end), Some(p)) = (coarse, c) {
+            if let (Some(end), Some(p)) = (due.coarse, c) {
                 h.coarse.push(end - COARSE_STEP_MS, p);
             }
         }
-        if let Some(e) = fine {
-            self.fine_done_ms = e;
+        if let Some(e) = due.fine {
+            self.fine_done_ms = self.fine_done_ms.max(e);
         }
-        if let Some(e) = coarse {
-            self.coarse_done_ms = e;
+        if let Some(e) = due.coarse {
+            self.coarse_done_ms = self.coarse_done_ms.max(e);
             self.paths
                 .retain(|_, h| !(h.coarse.all_empty() && h.fine.all_empty()));
         }
     }
 
-    /// Sample at `now` (both steps of [`read`](Self::read) and [`record`](Self::record)).
+    /// Sample at `now`: [`due`](Self::due), [`read`] and [`record`](Self::record).
     pub fn sample(&mut self, store: &Store, now_ms: u64) {
-        let r = self.read(store, now_ms);
-        self.record(r);
+        let due = self.due(now_ms);
+        let samples = read(store, due);
+        self.record(due, samples);
     }
 
     pub fn heap_bytes(&self) -> usize {

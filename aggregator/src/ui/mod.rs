@@ -80,13 +80,14 @@ impl Ui {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = wall_clock_ms();
-            if !lock(&self.history).due(now) {
+            // One lock at a time: the path handler takes the store's, then the history's.
+            let due = lock(&self.history).due(wall_clock_ms());
+            if due.fine.is_none() && due.coarse.is_none() {
                 continue;
             }
-            let read = lock(&self.history).read(&lock(&self.store), now);
+            let samples = history::read(&lock(&self.store), due);
             let mut h = lock(&self.history);
-            h.record(read);
+            h.record(due, samples);
             tracing::debug!(
                 paths = h.paths.len(),
                 bytes = h.heap_bytes(),

@@ -282,7 +282,7 @@ fn ui_api_responses_match_their_schema() {
         .expect("an agents event");
     validate("event agents", data, &agents_schema());
 
-    // The page and its assets are served from the binary, with a same-origin policy.
+    // The page and its assets are served from the binary, with no absolute URL.
     let page = http_get(&d.url("/")).expect("page");
     assert!(page.contains("<canvas id=\"matrix\""), "{page:.300}");
     for asset in ["/assets/app.js", "/assets/app.css"] {
@@ -296,6 +296,21 @@ fn ui_api_responses_match_their_schema() {
         !page.contains("http://") && !page.contains("https://"),
         "no absolute URL in the page"
     );
+
+    // An open event stream does not hold the aggregator up at shutdown.
+    let mut d = d;
+    let stream = std::net::TcpStream::connect(("127.0.0.1", d.http)).expect("connect");
+    {
+        use std::io::Write;
+        let mut s = &stream;
+        write!(s, "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let code = d.aggregator.take().and_then(|mut p| p.stop());
+    assert_eq!(code, Some(0), "SIGTERM with an event stream open");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    drop(stream);
 }
 
 /// Read `n` server-sent events from `path`: (event, data).
