@@ -102,7 +102,9 @@
       members: map.get(k).sort((a, b) => label(items[a]).localeCompare(label(items[b]), undefined, { numeric: true })),
     }));
   }
-  const destLabel = (d) => d.probe === "icmp" ? d.name : d.probe + ":" + d.name;
+  // A destination as written, with the agent there when the aggregator knows it.
+  const destLabel = (d) => (d.probe === "icmp" ? d.name : d.probe + ":" + d.name) +
+    (d.agent && d.agent !== d.name ? " (" + d.agent + ")" : "");
 
   // ---- layout: lines (rows) and columns with positions
   const GROUP_H = 18;
@@ -565,8 +567,11 @@
     ctx.fillStyle = color;
     ctx.textBaseline = "middle";
     ctx.textAlign = side === "l" ? "right" : "left";
-    for (let i = 0; i <= 4; i++) {
-      const v = max * i / 4;
+    // Round ticks: 1 and 2 split in 4 (0.25, 0.5), 2.5 and 5 in 5 (0.5, 1).
+    const mant = max / Math.pow(10, Math.floor(Math.log10(max)));
+    const n = mant < 2.2 ? 4 : 5;
+    for (let i = 0; i <= n; i++) {
+      const v = max * i / n;
       const y = Y(v);
       if (side === "l") {
         ctx.strokeStyle = css("--grid");

@@ -234,6 +234,50 @@ impl Browser {
             .collect()
     }
 
+    /// Hold the page's requests matching `url_pattern` (`*` wildcards) for
+    /// [`fulfill_paused`](Self::fulfill_paused) to answer.
+    pub fn intercept(&mut self, page: &Page, url_pattern: &str) {
+        self.call(
+            Some(&page.session),
+            "Fetch.enable",
+            json!({ "patterns": [{ "urlPattern": url_pattern }] }),
+        );
+    }
+
+    pub fn stop_intercepting(&mut self, page: &Page) {
+        self.call(Some(&page.session), "Fetch.disable", json!({}));
+    }
+
+    /// Answer every request held so far with `status` and a JSON `body`; how many.
+    pub fn fulfill_paused(&mut self, page: &Page, status: u16, body: &str) -> usize {
+        while let Ok(v) = self.from.recv_timeout(Duration::from_millis(50)) {
+            self.events.push(v);
+        }
+        let is_paused = |e: &Value| {
+            e["method"] == "Fetch.requestPaused" && e["sessionId"].as_str() == Some(&page.session)
+        };
+        let ids: Vec<String> = self
+            .events
+            .iter()
+            .filter(|e| is_paused(e))
+            .filter_map(|e| e["params"]["requestId"].as_str().map(String::from))
+            .collect();
+        self.events.retain(|e| !is_paused(e));
+        for id in &ids {
+            self.call(
+                Some(&page.session),
+                "Fetch.fulfillRequest",
+                json!({
+                    "requestId": id,
+                    "responseCode": status,
+                    "responseHeaders": [{ "name": "Content-Type", "value": "application/json" }],
+                    "body": base64_encode(body.as_bytes()),
+                }),
+            );
+        }
+        ids.len()
+    }
+
     /// Messages the page logged as errors or exceptions it threw.
     pub fn page_errors(&self, page: &Page) -> Vec<String> {
         self.events
@@ -253,6 +297,29 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (bodies handed to the browser).
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Standard base64 (the screenshot encoding).
@@ -289,5 +356,16 @@ mod tests {
         assert_eq!(super::base64_decode("TWE="), b"Ma");
         assert_eq!(super::base64_decode("TQ=="), b"M");
         assert_eq!(super::base64_decode("iVBORw0KGgo="), b"\x89PNG\r\n\x1a\n");
+        for s in [
+            &b""[..],
+            b"M",
+            b"Ma",
+            b"Man",
+            b"\x89PNG\r\n\x1a\n",
+            "→ ünï".as_bytes(),
+        ] {
+            assert_eq!(super::base64_decode(&super::base64_encode(s)), s);
+        }
+        assert_eq!(super::base64_encode(b"Ma"), "TWE=");
     }
 }

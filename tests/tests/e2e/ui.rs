@@ -661,6 +661,57 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         "live updates, no reload: {s}"
     );
 
+    // The alerts panel renders what the alert engine answers, in its format
+    // `[{labels, annotations, state, startsAt}]` (answered here by the browser itself).
+    let alerts = json!([
+        {
+            "labels": { "alertname": "PathLoss", "severity": "critical", "src": "mesh-a",
+                        "dst": "127.0.0.4", "probe": "icmp" },
+            "annotations": { "summary": "mesh-a → 127.0.0.4 loses 100%",
+                             "verdict": "destination side: the target drops echo requests" },
+            "state": "firing",
+            "startsAt": "2026-11-25T10:00:00Z"
+        },
+        {
+            "labels": { "alertname": "AgentDown", "severity": "warning", "agent": "mesh-c" },
+            "annotations": {},
+            "state": "pending",
+            "startsAt": "2026-11-25T10:05:00Z"
+        }
+    ])
+    .to_string();
+    b.intercept(&page, "*/api/alerts*");
+    let shown = wait_for(Duration::from_secs(15), || {
+        b.fulfill_paused(&page, 200, &alerts);
+        let ul = b.eval(
+            &page,
+            "(() => { const u = document.getElementById('alerts'); return [u.dataset.count, u.innerText]; })()",
+        );
+        (ul[0] == "2").then(|| ul[1].clone())
+    })
+    .expect("the alerts panel shows the two alerts");
+    // Its next poll stays held (unanswered) until the end, so the screenshots show them.
+    let shown = shown.as_str().unwrap_or_default().to_string();
+    for want in [
+        "firing",
+        "PathLoss",
+        "critical",
+        "mesh-a → 127.0.0.4",
+        "verdict: destination side: the target drops echo requests",
+        "pending",
+        "AgentDown",
+        "agent=mesh-c",
+    ] {
+        assert!(
+            shown.contains(want),
+            "alerts panel lacks {want:?}:\n{shown}"
+        );
+    }
+    assert!(
+        shown.find("PathLoss") < shown.find("AgentDown"),
+        "firing first:\n{shown}"
+    );
+
     // The path view of the impaired path, then the screenshots.
     b.eval(
         &page,
@@ -753,6 +804,8 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
     assert!(ms < 2_000.0, "drawing 40,000 cells took {ms} ms");
     b.color_scheme(&page, "light");
     save(&dir, "mesh-40k.png", &b.screenshot(&page));
+
+    b.stop_intercepting(&page);
 
     // Nothing but the aggregator was asked for anything.
     let reqs = b.requests(&page);
