@@ -249,6 +249,7 @@
         }
       }
     }
+    renderWorst();
     canvas.dataset.cells = String(cells);
     canvas.dataset.withData = String(withData);
     canvas.dataset.updates = String(S.updates);
@@ -258,6 +259,40 @@
     const n = (x) => x.toLocaleString("en");
     $("mesh-count").textContent = "· " + n(S.mesh.sources.length) + " sources × " + n(S.mesh.destinations.length) +
       " destinations, " + n(S.mesh.cells.length) + " paths, window " + S.mesh.window;
+  }
+
+  // The worst paths by the current metric, as a list (findable among 40,000 cells, and
+  // readable without the colors).
+  const WORST = 10;
+  function renderWorst() {
+    const m = S.mesh, ol = $("worst");
+    const ranked = [];
+    m.cells.forEach((c, i) => {
+      const v = cellValue(c);
+      if (v !== null && classOf(S.metric, v) > 0) ranked.push([v, i]);
+    });
+    ranked.sort((a, b) => b[0] - a[0]);
+    ol.textContent = "";
+    ol.dataset.count = String(ranked.length);
+    $("worst-title").textContent = ranked.length
+      ? "Worst paths by " + (S.metric === "loss" ? "loss" : S.metric + " RTT") + " (" + ranked.length + " not in the best class)"
+      : "Every path is in the best class by " + (S.metric === "loss" ? "loss" : S.metric + " RTT");
+    for (const [v, i] of ranked.slice(0, WORST)) {
+      const c = m.cells[i], src = m.sources[c[F.src]], d = m.destinations[c[F.dst]];
+      const li = document.createElement("li");
+      const cls = classOf(S.metric, v);
+      const sw = document.createElement("span");
+      sw.className = "sw";
+      sw.style.background = PALETTE[cls];
+      li.appendChild(sw);
+      const a = document.createElement("a");
+      a.textContent = src.name + " → " + destLabel(d) + ": " + fmt(S.metric, v) + " (" + SCALES[S.metric].labels[cls] + ")";
+      a.addEventListener("click", () => openPath(src.name, d.name, d.probe));
+      li.appendChild(a);
+      li.dataset.src = src.name;
+      li.dataset.dst = d.name;
+      ol.appendChild(li);
+    }
   }
 
   function clipText(ctx, text, x, y, maxW) {
@@ -411,9 +446,16 @@
   // ---- alerts (from the alert engine; 404 means none)
   function loadAlerts() {
     fetchJson("/api/alerts")
-      .then((a) => renderAlerts(Array.isArray(a) ? a : (a && Array.isArray(a.alerts) ? a.alerts : [])))
+      .then((a) => renderAlerts(alertList(a)))
       .catch((e) => renderAlerts([], e.status === 404 ? null : String(e.message || e)))
       .finally(() => setTimeout(loadAlerts, 5000));
+  }
+  // `[{labels, annotations, state, startsAt}]`, or wrapped as `{alerts}` / `{data: {alerts}}`
+  // (Prometheus' API, whose alerts say `activeAt`).
+  function alertList(a) {
+    const list = Array.isArray(a) ? a : a && Array.isArray(a.alerts) ? a.alerts :
+      a && a.data && Array.isArray(a.data.alerts) ? a.data.alerts : [];
+    return list.map((x) => Object.assign({}, x, { startsAt: x.startsAt || x.activeAt }));
   }
   function renderAlerts(list, error) {
     const ul = $("alerts");
@@ -567,9 +609,9 @@
     ctx.fillStyle = color;
     ctx.textBaseline = "middle";
     ctx.textAlign = side === "l" ? "right" : "left";
-    // Round ticks: 1 and 2 split in 4 (0.25, 0.5), 2.5 and 5 in 5 (0.5, 1).
+    // Round ticks: 2 splits in 4 (0.5), 1, 2.5 and 5 in 5 (0.2, 0.5, 1).
     const mant = max / Math.pow(10, Math.floor(Math.log10(max)));
-    const n = mant < 2.2 ? 4 : 5;
+    const n = mant > 1.5 && mant < 2.2 ? 4 : 5;
     for (let i = 0; i <= n; i++) {
       const v = max * i / n;
       const y = Y(v);
@@ -647,8 +689,9 @@
     started = false;
     for (const p of pts) {
       if (p.jitter_us === null) { started = false; continue; }
-      const x = X(p.t_ms + p.step_ms / 2), y = YJ(p.jitter_us / 1000);
-      if (!started) { ctx.moveTo(x, y); started = true; } else ctx.lineTo(x, y);
+      const x0 = Math.max(PAD.l, X(p.t_ms)), x1 = X(p.t_ms + p.step_ms), y = YJ(p.jitter_us / 1000);
+      if (!started) { ctx.moveTo(x0, y); started = true; } else ctx.lineTo(x0, y);
+      ctx.lineTo(x1, y);
     }
     ctx.stroke();
     ctx.setLineDash([]);

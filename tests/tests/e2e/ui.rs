@@ -647,6 +647,15 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         took.as_secs_f64()
     );
     assert!(took < Duration::from_secs(10), "took {took:?}");
+    let worst = b.eval(
+        &page,
+        "(() => { const w = document.querySelector('#worst li'); return w ? [w.dataset.src, w.dataset.dst, w.textContent] : null; })()",
+    );
+    assert_eq!(
+        (&worst[0], &worst[1]),
+        (&json!("mesh-a"), &json!("127.0.0.4")),
+        "the impaired path heads the worst list: {worst}"
+    );
     for (src, dst) in paths.iter().filter(|p| **p != ("mesh-a", "127.0.0.4")) {
         let c = cell(&mut b, &page, src, dst);
         assert_ne!(
