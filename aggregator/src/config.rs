@@ -34,7 +34,7 @@ pub struct RunArgs {
     /// QUIC address agents report to.
     #[arg(long, value_name = "ADDR", env = "PATHPULSE_LISTEN")]
     pub listen: Option<String>,
-    /// HTTP address for /metrics, /healthz, /readyz.
+    /// HTTP address for /metrics, /healthz, /readyz, the page / and its /api.
     #[arg(long, value_name = "ADDR", env = "PATHPULSE_HTTP")]
     pub http: Option<String>,
     /// Directory for the CA, the server certificate and state.

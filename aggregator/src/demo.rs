@@ -109,6 +109,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }
     println!("pathpulse demo running: aggregator and agents demo-a, demo-b on this machine");
+    println!("  page:     http://{http}/ (the live mesh)");
     println!("  metrics:  http://{http}/metrics");
     println!("  health:   http://{http}/healthz");
     println!(

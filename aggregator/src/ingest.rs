@@ -140,7 +140,7 @@ async fn handle_connection(
             recv,
             store.clone(),
             max_frame,
-            agent.clone(),
+            (agent.clone(), peer),
             name.clone(),
         ));
     }
@@ -158,7 +158,7 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
     store: SharedStore,
     max_frame: u32,
-    agent: String,
+    (agent, peer): (String, std::net::SocketAddr),
     name: String,
 ) {
     let mut session = None;
@@ -185,6 +185,12 @@ async fn handle_stream(
             ),
             (ClientMsg::Hello(h), _) => {
                 session = Some(h.session);
+                store.lock().unwrap_or_else(|e| e.into_inner()).hello(
+                    &agent,
+                    h.site,
+                    h.isp,
+                    Some(peer.ip()),
+                );
                 (
                     None,
                     Some(ServerMsg::Welcome {

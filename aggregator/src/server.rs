@@ -81,7 +81,8 @@ pub async fn start(
         export::wall_clock_ms,
     ));
     let ready = Arc::new(AtomicBool::new(false));
-    let app = crate::http::router(registry, ready.clone());
+    let app = crate::http::router(registry, ready.clone())
+        .merge(crate::ui::router(store.clone(), shutdown.clone()));
     let liveness = Liveness::new();
     let ingest = Ingest {
         beat: liveness.register("ingest"),

@@ -194,6 +194,24 @@ impl PathWindows {
         v
     }
 
+    /// Merge the slots that start in `[from_ms, to_ms)`: a closed period for sampling.
+    /// Exact for periods of whole fine slots within the last [`FINE_MS`], or of whole
+    /// coarse slots beyond.
+    pub fn range(&self, from_ms: u64, to_ms: u64) -> WindowView {
+        let mut v = WindowView::default();
+        for s in self
+            .slots
+            .iter()
+            .filter(|s| s.start_ms >= from_ms && s.start_ms < to_ms)
+        {
+            v.hist.merge(&s.hist);
+            v.ipdv.merge(&s.ipdv);
+            v.received += s.received;
+            v.lost += s.lost;
+        }
+        v
+    }
+
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
@@ -291,6 +309,19 @@ mod tests {
             w.slots.iter().any(|s| s.coarse),
             "old data folded into a 1 min slot"
         );
+    }
+
+    #[test]
+    fn range_takes_the_slots_starting_inside_it() {
+        let mut w = PathWindows::default();
+        let now = 10_000_000u64;
+        w.add(now - 25_000, &report(&[1], 0), now);
+        w.add(now - 15_000, &report(&[2], 1), now);
+        w.add(now - 10_000, &report(&[3], 0), now);
+        w.add(now - 1_000, &report(&[4], 0), now);
+        let r = w.range(now - 20_000, now - 5_000);
+        assert_eq!((r.received, r.lost), (2, 1));
+        assert_eq!((r.hist.min(), r.hist.max()), (Some(2), Some(3)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Test harness for pathpulse end-to-end tests: start the real binaries, read their
 //! `/metrics`, skip loudly (or fail under `CI=true`) when a test needs root.
 
+pub mod browser;
 pub mod lab;
 
 use std::collections::BTreeMap;

@@ -15,3 +15,4 @@ mod setup;
 mod stamp;
 mod systemd;
 mod topo;
+mod ui;
