@@ -24,6 +24,18 @@ pub struct FileConfig {
     pub server_names: Option<Vec<String>>,
     pub stale_after: Option<String>,
     pub max_connections: Option<usize>,
+    pub remote_write: Option<RemoteWriteFile>,
+}
+
+/// `[remote_write]`: push every series to a Prometheus-compatible store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteFile {
+    pub url: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub queue_limit: Option<usize>,
+    pub external_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -43,6 +55,10 @@ pub struct RunArgs {
     /// An agent is down when no report arrived for this long, e.g. 30s.
     #[arg(long, value_name = "DUR", env = "PATHPULSE_STALE_AFTER")]
     pub stale_after: Option<String>,
+    /// Push every series to this Prometheus remote-write URL (Mimir, Thanos Receive,
+    /// VictoriaMetrics, Prometheus with --web.enable-remote-write-receiver).
+    #[arg(long, value_name = "URL", env = "PATHPULSE_REMOTE_WRITE")]
+    pub remote_write: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +69,7 @@ pub struct AggregatorConfig {
     pub server_names: Vec<String>,
     pub stale_after: Duration,
     pub max_connections: usize,
+    pub remote_write: Option<crate::remote_write::RemoteWriteConfig>,
 }
 
 impl AggregatorConfig {
@@ -108,6 +125,50 @@ impl AggregatorConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let rw = file.remote_write.unwrap_or_default();
+        let remote_write = match args.remote_write.clone().or(rw.url) {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    errs.push(ConfigError {
+                        key: "remote_write.url".into(),
+                        reason: format!("`{url}` is not an http:// or https:// URL"),
+                    });
+                }
+                let mut dur = |key: &str, v: Option<String>, default: Duration| match v {
+                    None => default,
+                    Some(s) => parse_duration(&s)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .unwrap_or_else(|| {
+                            errs.push(ConfigError {
+                                key: key.into(),
+                                reason: format!("`{s}` is not a duration like 15s"),
+                            });
+                            default
+                        }),
+                };
+                let interval = dur(
+                    "remote_write.interval",
+                    rw.interval,
+                    crate::remote_write::DEFAULT_INTERVAL,
+                );
+                let timeout = dur(
+                    "remote_write.timeout",
+                    rw.timeout,
+                    crate::remote_write::DEFAULT_TIMEOUT,
+                );
+                Some(crate::remote_write::RemoteWriteConfig {
+                    url,
+                    interval,
+                    timeout,
+                    external_labels: rw.external_labels.unwrap_or_default().into_iter().collect(),
+                    queue_limit: rw
+                        .queue_limit
+                        .unwrap_or(crate::remote_write::DEFAULT_QUEUE_LIMIT),
+                })
+            }
+        };
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -122,6 +183,7 @@ impl AggregatorConfig {
             server_names: file.server_names.unwrap_or_default(),
             stale_after,
             max_connections,
+            remote_write,
         })
     }
 }
