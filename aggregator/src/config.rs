@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub stale_after: Option<String>,
     pub max_connections: Option<usize>,
     pub remote_write: Option<RemoteWriteFile>,
+    /// Cardinality budget: paths with per-path series (roll-ups always cover all).
+    pub path_budget: Option<usize>,
 }
 
 /// `[remote_write]`: push every series to a Prometheus-compatible store.
@@ -70,11 +72,12 @@ pub struct AggregatorConfig {
     pub stale_after: Duration,
     pub max_connections: usize,
     pub remote_write: Option<crate::remote_write::RemoteWriteConfig>,
+    pub path_budget: Option<usize>,
 }
 
 impl AggregatorConfig {
     pub fn resolve(args: &RunArgs) -> Result<AggregatorConfig, ConfigErrors> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| one("config", format!("cannot read {}: {e}", p.display())))?;
@@ -125,7 +128,13 @@ impl AggregatorConfig {
                 reason: "must be at least 1".into(),
             });
         }
-        let rw = file.remote_write.unwrap_or_default();
+        if file.path_budget == Some(0) {
+            errs.push(ConfigError {
+                key: "path_budget".into(),
+                reason: "must be at least 1 (leave it out for no limit)".into(),
+            });
+        }
+        let rw = file.remote_write.take().unwrap_or_default();
         let remote_write = match args.remote_write.clone().or(rw.url) {
             None => None,
             Some(url) => {
@@ -184,6 +193,7 @@ impl AggregatorConfig {
             stale_after,
             max_connections,
             remote_write,
+            path_budget: file.path_budget,
         })
     }
 }

@@ -67,6 +67,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         stale_after: Duration::from_secs(10),
         max_connections: 64,
         remote_write: None,
+        path_budget: None,
     };
     let running = server::start(&cfg, shutdown.clone()).await?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(RunError::Fatal)?;

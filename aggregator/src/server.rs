@@ -74,7 +74,9 @@ pub async fn start(
         .map_err(|e| config_err("http", format!("cannot listen on {}: {e}", cfg.http)))?;
     let http = listener.local_addr().map_err(|e| fatal(e.into()))?;
 
-    let store: SharedStore = Arc::new(Mutex::new(Store::new(cfg.stale_after.as_millis() as u64)));
+    let mut store = Store::new(cfg.stale_after.as_millis() as u64);
+    store.path_budget = cfg.path_budget;
+    let store: SharedStore = Arc::new(Mutex::new(store));
     let mut registry = export::registry(store.clone(), Role::Aggregator, export::wall_clock_ms);
     let rw_stats = Arc::new(crate::remote_write::RemoteWriteStats::default());
     if cfg.remote_write.is_some() {

@@ -159,6 +159,9 @@ pub struct Store {
     pub refused: BTreeMap<&'static str, u64>,
     /// An agent is up while its last report is younger than this.
     pub stale_after_ms: u64,
+    /// Cardinality budget: at most this many paths get per-path series (the roll-ups by
+    /// site pair and ISP always cover every path). `None`: no limit.
+    pub path_budget: Option<usize>,
     /// Per agent, the last applied sequence of its most recent sessions.
     applied: BTreeMap<Arc<str>, Vec<(u64, u64)>>,
 }
@@ -180,6 +183,15 @@ impl Store {
             stale_after_ms,
             ..Store::default()
         }
+    }
+
+    /// The site of a destination that is an agent (by name or by the address it
+    /// connected from).
+    pub fn site_of_dst(&self, dst: &str) -> Option<&str> {
+        self.agents
+            .iter()
+            .find(|(name, a)| &***name == dst || a.addr.is_some_and(|ip| ip.to_string() == dst))
+            .and_then(|(_, a)| a.site.as_deref())
     }
 
     /// Record an agent's hello: its labels and the address it connected from.
