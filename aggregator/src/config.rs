@@ -27,6 +27,9 @@ pub struct FileConfig {
     pub remote_write: Option<RemoteWriteFile>,
     /// Cardinality budget: paths with per-path series (roll-ups always cover all).
     pub path_budget: Option<usize>,
+    /// A path no report carried for this long is pruned (a removed target, a departed
+    /// peer); "0s" keeps paths forever.
+    pub prune_after: Option<String>,
 }
 
 /// `[remote_write]`: push every series to a Prometheus-compatible store.
@@ -73,7 +76,12 @@ pub struct AggregatorConfig {
     pub max_connections: usize,
     pub remote_write: Option<crate::remote_write::RemoteWriteConfig>,
     pub path_budget: Option<usize>,
+    /// None: paths are never pruned.
+    pub prune_after: Option<Duration>,
 }
+
+/// Paths not reported for this long are pruned.
+pub const DEFAULT_PRUNE_AFTER: Duration = Duration::from_secs(600);
 
 impl AggregatorConfig {
     pub fn resolve(args: &RunArgs) -> Result<AggregatorConfig, ConfigErrors> {
@@ -134,6 +142,18 @@ impl AggregatorConfig {
                 reason: "must be at least 1 (leave it out for no limit)".into(),
             });
         }
+        let prune_after = match file.prune_after.as_deref().map(parse_duration) {
+            None => Some(DEFAULT_PRUNE_AFTER),
+            Some(Ok(d)) if d.is_zero() => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                errs.push(ConfigError {
+                    key: "prune_after".into(),
+                    reason: e,
+                });
+                None
+            }
+        };
         let rw = file.remote_write.take().unwrap_or_default();
         let remote_write = match args.remote_write.clone().or(rw.url) {
             None => None,
@@ -194,6 +214,7 @@ impl AggregatorConfig {
             max_connections,
             remote_write,
             path_budget: file.path_budget,
+            prune_after,
         })
     }
 }

@@ -68,6 +68,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         max_connections: 64,
         remote_write: None,
         path_budget: None,
+        prune_after: Some(crate::config::DEFAULT_PRUNE_AFTER),
     };
     let running = server::start(&cfg, shutdown.clone()).await?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(RunError::Fatal)?;

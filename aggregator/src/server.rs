@@ -76,6 +76,7 @@ pub async fn start(
 
     let mut store = Store::new(cfg.stale_after.as_millis() as u64);
     store.path_budget = cfg.path_budget;
+    store.prune_after_ms = cfg.prune_after.map(|d| d.as_millis() as u64);
     let store: SharedStore = Arc::new(Mutex::new(store));
     let mut registry = export::registry(store.clone(), Role::Aggregator, export::wall_clock_ms);
     let rw_stats = Arc::new(crate::remote_write::RemoteWriteStats::default());

@@ -30,6 +30,7 @@ async fn start() -> Agg {
         max_connections: 16,
         remote_write: None,
         path_budget: None,
+        prune_after: Some(pathpulse_aggregator::config::DEFAULT_PRUNE_AFTER),
     };
     let stop = CancellationToken::new();
     let running = server::start(&cfg, stop.clone())
