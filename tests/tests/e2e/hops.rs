@@ -1,7 +1,9 @@
 //! Hop discovery on the ISP chain of LAB.md (home → cpe → isp → transit → anchor), with
 //! real routers (namespaces) answering TTL-limited probes: the agent finds every hop with
 //! its role, places loss injected between the ISP and transit at the transit hop and
-//! beyond (not before), and tells a router that rate-limits its ICMP answers from path loss.
+//! beyond (not before), tells a router that rate-limits its ICMP answers (nftables on a
+//! middle router) from path loss, sees a replaced hop as a path change, and names the
+//! degraded ISP of two; localization is right in randomized trials.
 
 use std::time::Duration;
 
@@ -83,16 +85,21 @@ fn lab_hops_have_roles_and_loss_is_placed_at_the_right_hop() {
         ..Impairment::default()
     };
     let chain = Topo::isp_chain(&[("isp", lossy, Impairment::default())], 11);
-    // Routers answer every TTL-expired probe, except the CPE, which rate-limits its ICMP
-    // errors to one per 2.5 s per destination (after a burst of 6; Linux's default is 1 s).
-    for r in ["isp", "transit"] {
+    // Routers answer every TTL-expired probe, except the ISP edge (a middle router), whose
+    // nftables let at most 6 Time Exceeded a minute out (after a burst of 5).
+    for r in ["cpe", "isp", "transit"] {
         chain
             .ns(r)
             .run("sysctl", &["-qw", "net.ipv4.icmp_ratelimit=0"]);
     }
-    chain
-        .ns("cpe")
-        .run("sysctl", &["-qw", "net.ipv4.icmp_ratelimit=2500"]);
+    for rule in [
+        "add table inet rl",
+        "add chain inet rl out { type filter hook output priority 0 ; }",
+        "add rule inet rl out icmp type time-exceeded limit rate over 6/minute drop",
+    ] {
+        let (code, out) = chain.ns("isp").run("nft", &[rule]);
+        assert_eq!(code, 0, "nft {rule}: {out}");
+    }
     let anchor = chain.addr("anchor", "transit");
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent_at_home(&chain, dir.path(), "isp-x");
@@ -149,7 +156,7 @@ fn lab_hops_have_roles_and_loss_is_placed_at_the_right_hop() {
     };
     let path_loss = value(&m, "pathpulse_loss_ratio", &[("window", "1m")]).expect("path loss");
     eprintln!(
-        "hop loss (1m): cpe {:.2}, isp {:.2}, transit {:.2}, target {:.2}; path {path_loss:.3}; probes sent {} {} {} {}; rate-limited {} {} {} {}",
+        "hop loss (1m): cpe {:.2}, isp {:.2} (nftables limit), transit {:.2}, target {:.2}; path {path_loss:.3}; probes sent {} {} {} {}; rate-limited {} {} {} {}",
         loss("1"),
         loss("2"),
         loss("3"),
@@ -164,11 +171,7 @@ fn lab_hops_have_roles_and_loss_is_placed_at_the_right_hop() {
         limited("4"),
     );
     // ~45 probes per hop at 40% loss: the 99.9% binomial range is about 0.18..0.62.
-    assert_eq!(
-        loss("2"),
-        0.0,
-        "nothing is lost before the ISP edge's far side"
-    );
+    assert_eq!(loss("1"), 0.0, "nothing is lost before the ISP edge");
     for ttl in ["3", "4"] {
         assert!(
             (0.15..=0.65).contains(&loss(ttl)),
@@ -178,15 +181,16 @@ fn lab_hops_have_roles_and_loss_is_placed_at_the_right_hop() {
     }
     // ~230 path probes: 0.40 ± 0.09 at 99.9%.
     assert!((0.31..=0.49).contains(&path_loss), "path loss {path_loss}");
-    // The CPE answers about 0.4 of its probes (its rate limit), yet nothing is lost there:
-    // the later hops do not lose more than the ISP edge. A rate-limiting router, not loss.
+    // The ISP edge answers about a tenth of its probes (its rate limit), yet loses nothing
+    // of what passes through it: the later hops lose less than it does. A rate-limiting
+    // router, not path loss.
     assert!(
-        loss("1") >= 0.3,
-        "the CPE's rate limit shows as loss: {}",
-        loss("1")
+        loss("2") >= 0.7,
+        "the ISP edge's rate limit shows as loss: {}",
+        loss("2")
     );
-    assert_eq!(limited("1"), 1.0, "the CPE is rate-limiting");
-    for ttl in ["2", "3", "4"] {
+    assert_eq!(limited("2"), 1.0, "the ISP edge is rate-limiting");
+    for ttl in ["1", "3", "4"] {
         assert_eq!(limited(ttl), 0.0, "hop {ttl} is not rate-limiting");
     }
     assert_eq!(
@@ -194,7 +198,7 @@ fn lab_hops_have_roles_and_loss_is_placed_at_the_right_hop() {
         Some(0.0),
         "a stable route has no changes"
     );
-    // Where: from the transit router on (the CPE's rate limit is not loss).
+    // Where: from the transit router on (the ISP edge's rate limit is not loss).
     let transit = chain.addr("transit", "isp");
     assert_eq!(
         verdicts(&m),
