@@ -468,6 +468,23 @@ fn lab_two_sites_two_isps_the_degraded_isp_is_named() {
         agg.log()
     );
     assert_eq!(loss("home-b"), Some(0.0), "site B is clean");
+    // The mesh page's path view has the hop list with roles and per-hop loss.
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{http} && printf 'GET /api/path/home-a/{anchor}?probe=icmp HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let (_, text) = topo.ns("anchor").run("bash", &["-c", &script]);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let hops = v["hops"].as_array().cloned().unwrap_or_default();
+    let roles: Vec<&str> = hops.iter().filter_map(|h| h["role"].as_str()).collect();
+    assert_eq!(roles, ["cpe", "isp", "transit", "target"], "{}", v["hops"]);
+    let isp_loss = hops[1]["loss"].as_f64().unwrap_or(0.0);
+    assert!(
+        (0.1..0.6).contains(&isp_loss),
+        "ISP A's edge loses: {}",
+        v["hops"]
+    );
+    assert_eq!(hops[0]["loss"].as_f64(), Some(0.0), "the CPE does not");
 }
 
 /// Randomized trials (seeded): loss of 15-40% injected on one link of the chain, 20 trials
