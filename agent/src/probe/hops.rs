@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use pathpulse_wire::{HopRole, ProbeKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::probe::icmp::recv_opt;
 use crate::probe::icmp_socket::{Event, Family, IcmpSocket, SocketKind};
 use crate::probe::route::{self, Prefix, Route};
 use crate::resolve::Resolver;
@@ -75,17 +76,6 @@ fn open_raw(f: Family) -> Option<IcmpSocket> {
             tracing::warn!(family = %f, error = %e.raw, "hop discovery off for this family: it needs a RAW ICMP socket (CAP_NET_RAW)");
             None
         }
-    }
-}
-
-async fn recv_opt(
-    sock: Option<&IcmpSocket>,
-    buf: &mut [u8],
-    out: &mut Vec<Event>,
-) -> std::io::Result<()> {
-    match sock {
-        Some(s) => s.recv_batch(buf, out).await,
-        None => std::future::pending().await,
     }
 }
 
