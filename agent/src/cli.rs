@@ -38,7 +38,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Probe the targets and report (to aggregators, to /metrics, or both).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Exchange a one-time token for a certificate (not built yet: see `pathpulse-aggregator cert issue`).
     Enroll {
         #[arg(long, value_name = "HOST:PORT")]

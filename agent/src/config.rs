@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::spool::SpoolLimits;
 use crate::target::TargetSpec;
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -35,6 +36,8 @@ pub struct FileConfig {
     pub site: Option<String>,
     pub isp: Option<String>,
     pub hops: Option<bool>,
+    pub spool_max_reports: Option<u64>,
+    pub spool_max_mib: Option<u64>,
 }
 
 /// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
@@ -86,6 +89,12 @@ pub struct RunArgs {
     /// Turn off hop discovery toward ICMP targets (accepted now; hop discovery is not built yet).
     #[arg(long, env = "PATHPULSE_NO_HOPS")]
     pub no_hops: bool,
+    /// Unacknowledged reports kept on disk per aggregator; beyond it the oldest go.
+    #[arg(long, value_name = "N", env = "PATHPULSE_SPOOL_MAX_REPORTS")]
+    pub spool_max_reports: Option<u64>,
+    /// Size bound of each aggregator's spool, MiB.
+    #[arg(long, value_name = "MIB", env = "PATHPULSE_SPOOL_MAX_MIB")]
+    pub spool_max_mib: Option<u64>,
 }
 
 /// The validated configuration the agent runs with.
@@ -101,6 +110,7 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub site: Option<String>,
     pub isp: Option<String>,
+    pub spool: SpoolLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +323,21 @@ impl AgentConfig {
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let mut spool = SpoolLimits::default();
+        if let Some(n) = args.spool_max_reports.or(file.spool_max_reports) {
+            if (1..=10_000_000).contains(&n) {
+                spool.max_reports = n as usize;
+            } else {
+                c.err("spool_max_reports", format!("{n} is outside 1 .. 10000000"));
+            }
+        }
+        if let Some(m) = args.spool_max_mib.or(file.spool_max_mib) {
+            if (1..=1 << 20).contains(&m) {
+                spool.max_bytes = m << 20;
+            } else {
+                c.err("spool_max_mib", format!("{m} is outside 1 .. 1048576"));
+            }
+        }
         if c.0.is_empty() {
             Ok(AgentConfig {
                 name,
@@ -325,6 +350,7 @@ impl AgentConfig {
                 state_dir,
                 site: args.site.clone().or(file.site),
                 isp: args.isp.clone().or(file.isp),
+                spool,
             })
         } else {
             Err(ConfigErrors(c.0))

@@ -5,6 +5,7 @@
 //! - [`schedule`]: when each probe goes out;
 //! - [`stats`], [`shared`]: per-path statistics of the current report interval;
 //! - [`uplink`]: QUIC with mutual TLS to each aggregator, acknowledged reports;
+//! - [`spool`]: unacknowledged reports on disk per aggregator (replayed after a restart);
 //! - [`run`]: the agent assembled from the above; `main.rs` only parses the command line.
 
 pub mod backoff;
@@ -15,6 +16,7 @@ pub mod resolve;
 pub mod run;
 pub mod schedule;
 pub mod shared;
+pub mod spool;
 pub mod stats;
 pub mod target;
 pub mod uplink;

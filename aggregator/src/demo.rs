@@ -100,6 +100,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             state_dir: agent_state,
             site: Some("demo".into()),
             isp: None,
+            spool: Default::default(),
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }

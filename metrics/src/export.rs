@@ -384,6 +384,26 @@ impl Collector for IngestCollector {
             m.encode_family(&[("reason", r.as_str())])?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_spool_reports",
+            "Reports in the agent's spool for this aggregator at its last report (not yet acknowledged).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_gauge(&(st.spool_reports as i64))?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_spool_dropped",
+            "Reports the agent dropped for this aggregator (spool bound reached), as it reported them.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_counter::<NoLabelSet, _, u64>(&st.spool_dropped, None)?;
+        }
         Ok(())
     }
 }

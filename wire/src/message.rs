@@ -35,7 +35,8 @@ impl ProbeKind {
 pub struct Hello {
     /// The agent's name; must equal the identity in its certificate.
     pub agent: String,
-    /// Random per agent process (or per spool): report sequences are unique within it.
+    /// Random per agent process: report sequences are unique within it. An agent replaying
+    /// reports of an earlier process sends a hello naming that process's session first.
     pub session: u64,
     /// Software version of the agent (`CARGO_PKG_VERSION`).
     pub software: String,
@@ -78,6 +79,12 @@ pub struct AgentHealth {
     /// RTT samples that fell back to the monotonic clock around the syscalls (a stamp was
     /// missing or a clock step made the kernel difference implausible).
     pub rtt_monotonic_clock: u32,
+    /// Reports in the agent's spool for this aggregator, this one included (not yet
+    /// acknowledged when the report was made).
+    pub spool_reports: u32,
+    /// Reports this agent process dropped for this aggregator so far (spool bound reached,
+    /// or its queue full): cumulative within the session.
+    pub spool_dropped: u32,
 }
 
 /// Statistics of one path over one report interval.
