@@ -279,3 +279,72 @@ async fn expired_and_foreign_certificates_are_refused() {
     assert!(agg.running.store.lock().expect("lock").agents.is_empty());
     agg.stop.cancel();
 }
+
+#[tokio::test]
+async fn replay_of_an_earlier_session_on_one_stream_is_applied_once() {
+    // A restarted agent: its new session's hello, then a hello naming the earlier session
+    // before the spooled reports, then its own session again.
+    let agg = start().await;
+    let id = identity(&agg, "a3");
+    let session_hello = |session: u64| {
+        ClientMsg::Hello(Hello {
+            agent: "a3".into(),
+            session,
+            software: "test".into(),
+            site: None,
+            isp: None,
+        })
+    };
+    // First process (session 1): reports 1..=3 applied.
+    let (_ep, conn) = connect(agg.running.bound.quic, &id).await.expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(&mut send, &session_hello(1))
+        .await
+        .expect("hello");
+    answer(&mut recv).await;
+    for seq in 1..=3 {
+        frame::write(&mut send, &report("a3", seq))
+            .await
+            .expect("report");
+        assert_eq!(answer(&mut recv).await, Some(ServerMsg::Ack { seq }));
+    }
+    // Second process (session 2) replays 2..=4 of session 1, then sends its own 1..=2.
+    let (_ep2, conn2) = connect(agg.running.bound.quic, &id).await.expect("connect");
+    let (mut send, mut recv) = conn2.open_bi().await.expect("stream");
+    frame::write(&mut send, &session_hello(2))
+        .await
+        .expect("hello");
+    answer(&mut recv).await;
+    frame::write(&mut send, &session_hello(1))
+        .await
+        .expect("hello");
+    assert!(matches!(
+        answer(&mut recv).await,
+        Some(ServerMsg::Welcome { .. })
+    ));
+    for seq in 2..=4 {
+        frame::write(&mut send, &report("a3", seq))
+            .await
+            .expect("report");
+        assert_eq!(answer(&mut recv).await, Some(ServerMsg::Ack { seq }));
+    }
+    frame::write(&mut send, &session_hello(2))
+        .await
+        .expect("hello");
+    answer(&mut recv).await;
+    for seq in 1..=2 {
+        frame::write(&mut send, &report("a3", seq))
+            .await
+            .expect("report");
+        assert_eq!(answer(&mut recv).await, Some(ServerMsg::Ack { seq }));
+    }
+    let store = agg.running.store.lock().expect("lock");
+    let c = store.paths.values().next().expect("path").counters;
+    assert_eq!(
+        c.sent,
+        3 * 6,
+        "4 reports of session 1 and 2 of session 2, once each"
+    );
+    drop(store);
+    agg.stop.cancel();
+}

@@ -108,6 +108,18 @@ impl Proc {
             .map(|s| s.code().unwrap_or(-1))
     }
 
+    /// Send a signal (SIGSTOP / SIGCONT to freeze and thaw, SIGKILL to crash).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, sig);
+    }
+
+    /// SIGKILL and reap: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Send SIGTERM and wait up to 5 s; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

@@ -2,6 +2,7 @@
 
 mod accuracy;
 mod cli;
+mod delivery;
 mod demo;
 mod lab;
 mod loopback;
