@@ -210,7 +210,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
     })
 }
 
-fn host_name() -> String {
+/// This machine's short host name when it is a valid agent name, else `agent`.
+pub fn host_name() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

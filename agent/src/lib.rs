@@ -6,11 +6,13 @@
 //! - [`stats`], [`shared`]: per-path statistics of the current report interval;
 //! - [`uplink`]: QUIC with mutual TLS to each aggregator, acknowledged reports;
 //! - [`spool`]: unacknowledged reports on disk per aggregator (replayed after a restart);
+//! - [`enroll`]: a one-time token exchanged for a certificate;
 //! - [`run`]: the agent assembled from the above; `main.rs` only parses the command line.
 
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod enroll;
 pub mod probe;
 pub mod resolve;
 pub mod run;

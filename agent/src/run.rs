@@ -84,7 +84,9 @@ pub async fn run_with(
             config_err(
                 "state_dir",
                 format!(
-                    "{e:#}; issue an identity with `pathpulse-aggregator cert issue --name {} --out {}`",
+                    "{e:#}; enroll with a token from `pathpulse-aggregator token create`: `pathpulse-agent enroll --aggregator HOST:PORT --token TOKEN --name {} --state-dir {}`, or issue an identity with `pathpulse-aggregator cert issue --name {} --out {}`",
+                    cfg.name,
+                    cfg.state_dir.display(),
                     cfg.name,
                     dir.display()
                 ),

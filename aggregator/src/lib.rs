@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: file, flags and environment;
 //! - [`pki`]: the CA and the certificates it issues;
+//! - [`state`]: enrollment tokens, issued and revoked certificates (redb);
 //! - [`ingest`]: QUIC with mutual TLS, reports applied once each and acknowledged;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`server`]: the aggregator assembled; [`demo`]: aggregator plus local agents;
@@ -14,3 +15,4 @@ pub mod http;
 pub mod ingest;
 pub mod pki;
 pub mod server;
+pub mod state;

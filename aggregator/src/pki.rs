@@ -36,3 +36,18 @@ pub fn issue_agent(ca: &Ca, name: &str, out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing the CA certificate to {}", out.display()))?;
     Ok(())
 }
+
+/// As [`issue_agent`], recording the certificate in the state database (so that
+/// `cert revoke --name` finds it).
+pub fn issue_agent_recorded(
+    state_dir: &Path,
+    ca: &Ca,
+    name: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let db = crate::state::StateDb::open(state_dir)?;
+    issue_agent(ca, name, out)?;
+    let cert = std::fs::read_to_string(out.join(format!("{}.crt", tls::AGENT_STEM)))
+        .with_context(|| format!("reading back the certificate in {}", out.display()))?;
+    db.record_issued(&cert, name, "cert issue")
+}

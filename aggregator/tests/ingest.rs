@@ -348,3 +348,80 @@ async fn replay_of_an_earlier_session_on_one_stream_is_applied_once() {
     drop(store);
     agg.stop.cancel();
 }
+
+#[tokio::test]
+async fn a_connection_without_a_certificate_may_only_enroll() {
+    let agg = start().await;
+    let ca = pki::load_ca(&agg.dir.path().join("agg")).expect("ca");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(ca.cert_pem().as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let mut tls_cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls_cfg.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_cfg).expect("quic");
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("ep");
+    let conn = ep
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(quic)),
+            agg.running.bound.quic,
+            tls::SERVER_NAME,
+        )
+        .expect("connect")
+        .await
+        .expect("handshake without a certificate completes");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(&mut send, &hello("a4")).await.expect("hello");
+    match answer(&mut recv).await {
+        Some(ServerMsg::Refused { reason, detail }) => {
+            assert_eq!(reason, RefuseReason::Certificate);
+            assert!(detail.contains("enroll"), "{detail}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(refused(&agg, RefuseReason::Certificate), 1);
+    assert!(agg.running.store.lock().expect("lock").agents.is_empty());
+
+    // On an enrollment connection a report is not an enrollment request.
+    let cfg =
+        tls::enroll_client_config(&tls::ca_fingerprint(ca.cert_pem()).expect("fp")).expect("cfg");
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).expect("quic");
+    let conn = ep
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(quic)),
+            agg.running.bound.quic,
+            tls::SERVER_NAME,
+        )
+        .expect("connect")
+        .await
+        .expect("enrollment handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(&mut send, &report("a4", 1))
+        .await
+        .expect("report");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        frame::read::<pathpulse_wire::EnrollReply, _>(&mut recv, 1 << 16),
+    )
+    .await
+    .expect("answered")
+    .expect("frame");
+    assert!(
+        matches!(
+            reply,
+            Some(pathpulse_wire::EnrollReply::Refused {
+                reason: RefuseReason::Malformed,
+                ..
+            })
+        ),
+        "{reply:?}"
+    );
+    assert!(agg.running.store.lock().expect("lock").paths.is_empty());
+    agg.stop.cancel();
+}

@@ -361,14 +361,7 @@ struct IngestCollector {
     store: SharedStore,
 }
 
-const REFUSE_REASONS: [RefuseReason; 6] = [
-    RefuseReason::WrongIdentity,
-    RefuseReason::Malformed,
-    RefuseReason::Oversize,
-    RefuseReason::UnsupportedVersion,
-    RefuseReason::NoHello,
-    RefuseReason::Certificate,
-];
+const REFUSE_REASONS: [RefuseReason; 10] = RefuseReason::ALL;
 
 impl Collector for IngestCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -384,6 +377,13 @@ impl Collector for IngestCollector {
             m.encode_family(&[("reason", r.as_str())])?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
+        enc.encode_descriptor(
+            "pathpulse_enrollments",
+            "Certificates issued in exchange for an enrollment token.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&store.enrolled, None)?;
         let mut m = enc.encode_descriptor(
             "pathpulse_spool_reports",
             "Reports in the agent's spool for this aggregator at its last report (not yet acknowledged).",

@@ -109,6 +109,8 @@ pub struct Store {
     pub paths: BTreeMap<PathKey, PathState>,
     pub agents: BTreeMap<Arc<str>, AgentState>,
     pub refused: BTreeMap<&'static str, u64>,
+    /// Certificates issued by enrollment.
+    pub enrolled: u64,
     /// An agent is up while its last report is younger than this.
     pub stale_after_ms: u64,
     /// Per agent, its most recently used sessions, least recent first.

@@ -14,5 +14,6 @@ pub mod tls;
 
 pub use hist::SparseHist;
 pub use message::{
-    AgentHealth, ClientMsg, Hello, PathReport, ProbeKind, RefuseReason, Report, ServerMsg,
+    AgentHealth, ClientMsg, EnrollReply, EnrollRequest, Hello, PathReport, ProbeKind, RefuseReason,
+    Report, ServerMsg,
 };

@@ -146,6 +146,14 @@ pub enum RefuseReason {
     NoHello,
     /// TLS: certificate missing, unknown issuer, expired.
     Certificate,
+    /// The certificate was revoked (`pathpulse-aggregator cert revoke`).
+    Revoked,
+    /// Enrollment: no such token (mistyped, or made for another aggregator).
+    TokenUnknown,
+    /// Enrollment: the token was used already (tokens are one-time).
+    TokenReused,
+    /// Enrollment: the token expired.
+    TokenExpired,
 }
 
 impl RefuseReason {
@@ -157,9 +165,55 @@ impl RefuseReason {
             RefuseReason::UnsupportedVersion => "unsupported_version",
             RefuseReason::NoHello => "no_hello",
             RefuseReason::Certificate => "certificate",
+            RefuseReason::Revoked => "revoked",
+            RefuseReason::TokenUnknown => "token_unknown",
+            RefuseReason::TokenReused => "token_reused",
+            RefuseReason::TokenExpired => "token_expired",
         }
     }
+
+    /// Every reason, in declaration order (metric label values).
+    pub const ALL: [RefuseReason; 10] = [
+        RefuseReason::WrongIdentity,
+        RefuseReason::Malformed,
+        RefuseReason::Oversize,
+        RefuseReason::UnsupportedVersion,
+        RefuseReason::NoHello,
+        RefuseReason::Certificate,
+        RefuseReason::Revoked,
+        RefuseReason::TokenUnknown,
+        RefuseReason::TokenReused,
+        RefuseReason::TokenExpired,
+    ];
 }
+
+/// Agent → aggregator on an enrollment connection (ALPN [`crate::tls::ENROLL_ALPN`], no
+/// client certificate): exchange a one-time token for a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The token's secret part (the token minus its CA fingerprint).
+    pub secret: String,
+    /// The identity asked for.
+    pub name: String,
+    /// PKCS #10 request signed by the agent's own new key (the key never leaves the agent).
+    pub csr_pem: String,
+}
+
+/// Aggregator → agent: the answer to an [`EnrollRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrollReply {
+    Issued {
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Refused {
+        reason: RefuseReason,
+        detail: String,
+    },
+}
+
+/// Largest enrollment request accepted (a CSR is well under 2 KiB).
+pub const MAX_ENROLL_FRAME: u32 = 16 * 1024;
 
 /// Aggregator → agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

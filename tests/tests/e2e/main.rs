@@ -4,6 +4,7 @@ mod accuracy;
 mod cli;
 mod delivery;
 mod demo;
+mod enroll;
 mod lab;
 mod loopback;
 mod prometheus;
