@@ -6,7 +6,7 @@
 //! - [`stats`], [`shared`]: per-path statistics of the current report interval;
 //! - [`uplink`]: QUIC with mutual TLS to each aggregator, acknowledged reports;
 //! - [`spool`]: unacknowledged reports on disk per aggregator (replayed after a restart);
-//! - [`enroll`]: a one-time token exchanged for a certificate;
+//! - [`enroll`], [`renew`]: a one-time token exchanged for a certificate; renewal before expiry;
 //! - [`run`]: the agent assembled from the above; `main.rs` only parses the command line.
 
 pub mod backoff;
@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod probe;
+pub mod renew;
 pub mod resolve;
 pub mod run;
 pub mod schedule;

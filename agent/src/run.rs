@@ -112,6 +112,7 @@ pub async fn run_with(
                     isp: cfg.isp.clone(),
                 },
                 client: client.clone(),
+                identity_dir: Some(dir.clone()),
                 reports: rx,
                 spool,
                 status: status.clone(),

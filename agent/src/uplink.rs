@@ -36,6 +36,9 @@ pub struct Uplink {
     /// The hello of this process's session.
     pub hello: Hello,
     pub client: quinn::ClientConfig,
+    /// Where the identity lives: read again at every connection (a renewed certificate is
+    /// used from the next one) and renewed when due. `None`: `client` as given, no renewal.
+    pub identity_dir: Option<std::path::PathBuf>,
     pub reports: mpsc::Receiver<Report>,
     pub spool: Spool,
     pub status: Arc<UplinkStatus>,
@@ -146,6 +149,14 @@ impl Uplink {
             "[::]:0"
         }
         .parse()?;
+        if let Some(dir) = &self.identity_dir {
+            match client_config(dir) {
+                Ok(c) => self.client = c,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot read the identity again; using the one loaded before")
+                }
+            }
+        }
         let endpoint = quinn::Endpoint::client(bind).context("opening the QUIC socket")?;
         let conn = endpoint
             .connect_with(self.client.clone(), addr, tls::SERVER_NAME)?
@@ -214,6 +225,25 @@ impl Uplink {
         backoff.reset();
         self.status.connected.store(true, Ordering::Relaxed);
         tracing::info!(aggregator = %self.aggregator, replay = self.spool.len(), "uplink connected");
+        if let Some(dir) = self.identity_dir.clone() {
+            let (conn, name, aggregator) = (
+                conn.clone(),
+                self.hello.agent.clone(),
+                self.aggregator.clone(),
+            );
+            tokio::spawn(async move {
+                match crate::renew::renew_if_due(&conn, &dir, &name).await {
+                    Ok(None) => {}
+                    Ok(Some((serial, not_after))) => tracing::info!(
+                        %aggregator, %serial, valid_until = not_after,
+                        "certificate renewed; used from the next connection"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(%aggregator, error = %format!("{e:#}"), "certificate renewal failed; trying again at the next connection")
+                    }
+                }
+            });
+        }
         // Acknowledgements come on their own task: frame reads are not cancel-safe.
         let (ack_tx, mut acks) = mpsc::channel::<anyhow::Result<ServerMsg>>(64);
         let reader = tokio::spawn(async move {
@@ -294,6 +324,7 @@ impl Uplink {
             },
             // The answer to a hello naming an earlier session during a replay.
             ServerMsg::Welcome { .. } => Ok(()),
+            ServerMsg::Renewed { .. } => bail!("unexpected certificate on the report stream"),
             ServerMsg::Refused { reason, detail } => {
                 if let Some((session, seq)) = st.in_flight.front().copied()
                     && self.spool.discard(session, seq)

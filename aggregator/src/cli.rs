@@ -86,6 +86,9 @@ pub enum CertAction {
         name: String,
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Validity, e.g. 90d (default one year). Agents renew in the last third.
+        #[arg(long, value_name = "DUR")]
+        valid_for: Option<String>,
         /// The aggregator's state directory (holds the CA; created if missing).
         #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
@@ -234,16 +237,32 @@ pub fn main() -> ExitCode {
                 CertAction::Issue {
                     name,
                     out,
+                    valid_for,
                     state_dir,
                 },
         } => {
+            let valid_for = match valid_for
+                .as_deref()
+                .map(pathpulse_agent::config::parse_duration)
+            {
+                None => crate::pki::AGENT_CERT_VALIDITY,
+                Some(Ok(d)) if !d.is_zero() => d,
+                Some(Ok(_)) => {
+                    eprintln!("invalid configuration:\n  valid_for: must be more than 0s");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+                Some(Err(e)) => {
+                    eprintln!("invalid configuration:\n  valid_for: {e}");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+            };
             if let Err(e) = check_name(&name) {
                 eprintln!("invalid configuration:\n  name: {e}");
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
-            match crate::pki::load_ca(&state_dir)
-                .and_then(|ca| crate::pki::issue_agent_recorded(&state_dir, &ca, &name, &out))
-            {
+            match crate::pki::load_ca(&state_dir).and_then(|ca| {
+                crate::pki::issue_agent_recorded(&state_dir, &ca, &name, &out, valid_for)
+            }) {
                 Ok(()) => {
                     println!(
                         "issued identity `{name}` into {} (agent.crt, agent.key, ca.crt)",

@@ -126,6 +126,10 @@ async fn handle_connection(
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
         .and_then(|certs| certs.first().cloned());
+    let validity = cert
+        .as_ref()
+        .and_then(|c| tls::cert_validity(c).ok())
+        .unwrap_or((0, i64::MAX));
     let agent = match cert.as_ref().map(tls::peer_agent_name) {
         Some(Ok(a)) => a,
         other => {
@@ -180,11 +184,60 @@ async fn handle_connection(
         tokio::spawn(handle_stream(
             send,
             recv,
-            store.clone(),
-            max_frame,
-            agent.clone(),
-            name.clone(),
+            Peer {
+                store: store.clone(),
+                max_frame,
+                agent: agent.clone(),
+                name: name.clone(),
+                validity,
+                auth: auth.clone(),
+            },
         ));
+    }
+}
+
+/// What a stream knows about its connection.
+struct Peer {
+    store: SharedStore,
+    max_frame: u32,
+    agent: String,
+    /// The aggregator's name (in the welcome).
+    name: String,
+    /// The client certificate's validity (seconds since the epoch).
+    validity: (i64, i64),
+    auth: Arc<Auth>,
+}
+
+/// Answer a renewal request: a new certificate for the connection's identity, when the
+/// current one is in the last third of its validity.
+async fn renew(peer: &Peer, csr_pem: String) -> Result<ServerMsg, (RefuseReason, String)> {
+    let now = (wall_clock_ms() / 1000) as i64;
+    if !tls::renewal_due(peer.validity, now) {
+        return Err((
+            RefuseReason::Malformed,
+            format!(
+                "renewal not due: the certificate is valid for {} more days",
+                (peer.validity.1 - now) / 86_400
+            ),
+        ));
+    }
+    let (auth, agent) = (peer.auth.clone(), peer.agent.clone());
+    let signed = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let cert = auth
+            .ca
+            .sign_agent_request(&agent, &csr_pem, AGENT_CERT_VALIDITY)?;
+        auth.state.record_issued(&cert, &agent, "renew")?;
+        Ok(cert)
+    })
+    .await
+    .map_err(|e| (RefuseReason::Malformed, e.to_string()))?;
+    match signed {
+        Ok(cert_pem) => {
+            peer.store.lock().unwrap_or_else(|e| e.into_inner()).renewed += 1;
+            tracing::info!(agent = %peer.agent, "certificate renewed");
+            Ok(ServerMsg::Renewed { cert_pem })
+        }
+        Err(e) => Err((RefuseReason::Malformed, format!("{e:#}"))),
     }
 }
 
@@ -288,14 +341,8 @@ async fn send_refusal(send: &mut quinn::SendStream, reason: RefuseReason, detail
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
 }
 
-async fn handle_stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    store: SharedStore,
-    max_frame: u32,
-    agent: String,
-    name: String,
-) {
+async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, peer: Peer) {
+    let (store, max_frame, agent, name) = (&peer.store, peer.max_frame, &peer.agent, &peer.name);
     let mut session = None;
     loop {
         let msg = match frame::read::<ClientMsg, _>(&mut recv, max_frame).await {
@@ -305,13 +352,17 @@ async fn handle_stream(
             Err(e) => {
                 let reason = frame_reason(&e);
                 tracing::warn!(%agent, error = %e, "bad frame; closing the stream");
-                refuse(&store, reason);
+                refuse(store, reason);
                 send_refusal(&mut send, reason, e.to_string()).await;
                 return;
             }
         };
         let (refusal, reply) = match (msg, session) {
-            (ClientMsg::Hello(h), _) if h.agent != agent => (
+            (ClientMsg::Renew { csr_pem }, _) => match renew(&peer, csr_pem).await {
+                Ok(reply) => (None, Some(reply)),
+                Err(refusal) => (Some(refusal), None),
+            },
+            (ClientMsg::Hello(h), _) if h.agent != *agent => (
                 Some((
                     RefuseReason::WrongIdentity,
                     format!("hello names `{}` but the certificate is `{agent}`", h.agent),
@@ -331,7 +382,7 @@ async fn handle_stream(
                 Some((RefuseReason::NoHello, "report before hello".to_string())),
                 None,
             ),
-            (ClientMsg::Report(r), Some(_)) if r.agent != agent => (
+            (ClientMsg::Report(r), Some(_)) if r.agent != *agent => (
                 Some((
                     RefuseReason::WrongIdentity,
                     format!(
@@ -358,7 +409,7 @@ async fn handle_stream(
         };
         if let Some((reason, detail)) = refusal {
             tracing::warn!(%agent, reason = reason.as_str(), %detail, "refused");
-            refuse(&store, reason);
+            refuse(store, reason);
             send_refusal(&mut send, reason, detail).await;
             return;
         }

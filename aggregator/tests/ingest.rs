@@ -425,3 +425,89 @@ async fn a_connection_without_a_certificate_may_only_enroll() {
     assert!(agg.running.store.lock().expect("lock").paths.is_empty());
     agg.stop.cancel();
 }
+
+#[tokio::test]
+async fn reports_that_contradict_themselves_are_refused_as_malformed() {
+    let agg = start().await;
+    let id = identity(&agg, "a5");
+    let mut cases = Vec::new();
+    // More replies than RTT samples.
+    let ClientMsg::Report(mut r) = report("a5", 1) else {
+        unreachable!()
+    };
+    r.paths[0].received = 5;
+    cases.push((r.clone(), "RTT samples"));
+    // A path without a destination.
+    let ClientMsg::Report(mut r) = report("a5", 1) else {
+        unreachable!()
+    };
+    r.paths[0].dst = String::new();
+    cases.push((r, "destination"));
+    for (r, needle) in cases {
+        let before = refused(&agg, RefuseReason::Malformed);
+        let (_ep, conn) = connect(agg.running.bound.quic, &id).await.expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        frame::write(&mut send, &hello("a5")).await.expect("hello");
+        answer(&mut recv).await;
+        frame::write(&mut send, &ClientMsg::Report(r))
+            .await
+            .expect("report");
+        match answer(&mut recv).await {
+            Some(ServerMsg::Refused {
+                reason: RefuseReason::Malformed,
+                detail,
+            }) => assert!(detail.contains(needle), "{detail}"),
+            other => panic!("expected malformed, got {other:?}"),
+        }
+        assert_eq!(refused(&agg, RefuseReason::Malformed), before + 1);
+    }
+    assert!(agg.running.store.lock().expect("lock").paths.is_empty());
+    agg.stop.cancel();
+}
+
+#[tokio::test]
+async fn renewal_is_refused_until_due_and_only_for_the_connections_identity() {
+    let agg = start().await;
+    // A fresh one-year certificate: not due.
+    let id = identity(&agg, "a6");
+    let (_ep, conn) = connect(agg.running.bound.quic, &id).await.expect("connect");
+    let (_, csr) = tls::new_key_and_request("someone-else").expect("csr");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(
+        &mut send,
+        &ClientMsg::Renew {
+            csr_pem: csr.clone(),
+        },
+    )
+    .await
+    .expect("renew");
+    match answer(&mut recv).await {
+        Some(ServerMsg::Refused { reason, detail }) => {
+            assert_eq!(reason, RefuseReason::Malformed);
+            assert!(detail.contains("not due"), "{detail}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A certificate in its last third: renewed, for the connection's name whatever the
+    // request asked for.
+    let ca = pki::load_ca(&agg.dir.path().join("agg")).expect("ca");
+    let dir = agg.dir.path().join("a7");
+    pki::issue_agent_for(&ca, "a7", &dir, Duration::from_secs(600)).expect("issue");
+    let (_ep, conn) = connect(agg.running.bound.quic, &dir)
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(&mut send, &ClientMsg::Renew { csr_pem: csr })
+        .await
+        .expect("renew");
+    match answer(&mut recv).await {
+        Some(ServerMsg::Renewed { cert_pem }) => {
+            let der =
+                rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes()).expect("pem");
+            assert_eq!(tls::peer_agent_name(&der).expect("name"), "a7");
+        }
+        other => panic!("expected a certificate, got {other:?}"),
+    }
+    assert_eq!(agg.running.store.lock().expect("lock").renewed, 1);
+    agg.stop.cancel();
+}

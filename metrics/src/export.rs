@@ -384,6 +384,13 @@ impl Collector for IngestCollector {
             MetricType::Counter,
         )?
         .encode_counter::<NoLabelSet, _, u64>(&store.enrolled, None)?;
+        enc.encode_descriptor(
+            "pathpulse_certificates_renewed",
+            "Agent certificates renewed before expiry.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&store.renewed, None)?;
         let mut m = enc.encode_descriptor(
             "pathpulse_spool_reports",
             "Reports in the agent's spool for this aggregator at its last report (not yet acknowledged).",

@@ -111,6 +111,8 @@ pub struct Store {
     pub refused: BTreeMap<&'static str, u64>,
     /// Certificates issued by enrollment.
     pub enrolled: u64,
+    /// Certificates renewed by their agents.
+    pub renewed: u64,
     /// An agent is up while its last report is younger than this.
     pub stale_after_ms: u64,
     /// Per agent, its most recently used sessions, least recent first.

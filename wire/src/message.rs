@@ -129,6 +129,11 @@ impl PathReport {
 pub enum ClientMsg {
     Hello(Hello),
     Report(Report),
+    /// Ask for a new certificate for this connection's identity (sent on its own stream
+    /// when the current one nears expiry): a request signed by a new key.
+    Renew {
+        csr_pem: String,
+    },
 }
 
 /// Why the aggregator refused something. Bounded: it is a metric label.
@@ -227,6 +232,8 @@ pub enum ServerMsg {
         reason: RefuseReason,
         detail: String,
     },
+    /// Answer to [`ClientMsg::Renew`]: the new certificate, PEM.
+    Renewed { cert_pem: String },
 }
 
 /// Check the invariants the decoder cannot express: sizes of strings and lists.

@@ -390,15 +390,39 @@ pub fn cert_serial_pem(pem: &str) -> Result<String, TlsError> {
     cert_serial(&der)
 }
 
-/// Expiry of the first certificate of a PEM text, seconds since the Unix epoch.
-pub fn cert_not_after_pem(pem: &str) -> Result<i64, TlsError> {
+/// Validity of a certificate: (not before, not after), seconds since the Unix epoch.
+pub fn cert_validity(cert: &CertificateDer<'_>) -> Result<(i64, i64), TlsError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Peer(e.to_string()))?;
+    let v = x509.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// As [`cert_validity`] for the first certificate of a PEM text.
+pub fn cert_validity_pem(pem: &str) -> Result<(i64, i64), TlsError> {
     let der = CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
         .ok_or_else(|| TlsError::Peer("no certificate".into()))?
         .map_err(|e| TlsError::Peer(e.to_string()))?;
-    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| TlsError::Peer(e.to_string()))?;
-    Ok(x509.validity().not_after.timestamp())
+    cert_validity(&der)
+}
+
+/// Whether the certificate (first of `cert_pem`) is for the private key `key_pem`.
+pub fn key_matches_cert(key_pem: &str, cert_pem: &str) -> bool {
+    use rcgen::PublicKeyData;
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(der.as_ref())
+        .is_ok_and(|(_, x)| x.public_key().raw == key.subject_public_key_info().as_slice())
+}
+
+/// An agent certificate is renewed in the last third of its validity.
+pub fn renewal_due((not_before, not_after): (i64, i64), now: i64) -> bool {
+    not_after - now < (not_after - not_before) / 3
 }
 
 /// A new agent key (ECDSA P-256) and a certificate request signed by it: (key PEM, CSR PEM).
@@ -698,6 +722,7 @@ mod tests {
         let cert = ca
             .sign_agent_request("granted", &csr, Duration::from_secs(60))
             .expect("sign");
+        assert!(key_matches_cert(&key, &cert));
         let id = IssuedCert {
             cert_pem: cert.clone(),
             key_pem: key,
@@ -707,6 +732,8 @@ mod tests {
         assert_eq!(peer_agent_name(&id.0[0]).expect("name"), "granted");
         assert!(client_config(ca.cert_pem(), id).is_ok());
         assert_eq!(cert_serial_pem(&cert).expect("serial").len(), 32);
+        let (other_key, _) = new_key_and_request("x").expect("csr");
+        assert!(!key_matches_cert(&other_key, &cert));
         assert!(
             ca.sign_agent_request(
                 "x",

@@ -363,3 +363,31 @@ fn full_disk_keeps_reports_in_memory_and_nothing_is_lost() {
     }
     assert!(a.proc.log().contains("spool write failed"), "logged");
 }
+
+#[test]
+fn a_second_agent_on_the_same_state_directory_refuses_to_start() {
+    let d = Deployment::start();
+    let target = tcp_target();
+    let state = d.issue("dl-two", &d.state());
+    let a = start_agent(&d, "dl-two", &state, &target);
+    let (code, text) = pathpulse_tests::run(
+        &pathpulse_tests::bin("pathpulse-agent"),
+        &[
+            "run",
+            "--name",
+            "dl-two",
+            "--aggregator",
+            &format!("127.0.0.1:{}", d.quic),
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+            "--target",
+            &target,
+        ],
+    );
+    assert_eq!(code, 78, "{text}");
+    assert!(
+        text.contains("state_dir") && text.contains("in use by another process"),
+        "{text}"
+    );
+    drop(a);
+}

@@ -240,3 +240,76 @@ fn cert_issue_certificates_can_be_revoked_too() {
         "no report from a revoked certificate"
     );
 }
+
+#[test]
+fn a_certificate_near_expiry_is_renewed_and_the_new_one_is_used() {
+    let d = Deployment::start();
+    let state = d.dir.path().join("enr-n");
+    let (code, text) = run(
+        &bin("pathpulse-aggregator"),
+        &[
+            "cert",
+            "issue",
+            "--name",
+            "enr-n",
+            "--out",
+            state.join("identity").to_str().expect("utf-8"),
+            "--valid-for",
+            "10m",
+            "--state-dir",
+            d.state().to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    let crt = state.join("identity/agent.crt");
+    let old = std::fs::read_to_string(&crt).expect("crt");
+    let target = format!("tcp:127.0.0.1:{}", d.http);
+    let mut a = d.agent("enr-n", &state, &[&target], &[]);
+    wait_for(Duration::from_secs(20), || {
+        (a.log().contains("certificate renewed")
+            && std::fs::read_to_string(&crt).is_ok_and(|c| c != old))
+        .then_some(())
+    })
+    .unwrap_or_else(|| panic!("renewed; log:\n{}", a.log()));
+    assert_eq!(
+        value(&d.metrics(), "pathpulse_certificates_renewed_total", &[]),
+        Some(1.0)
+    );
+    // The new certificate and key work: a restarted agent connects with them.
+    a.kill9();
+    let before = value(
+        &d.metrics(),
+        "pathpulse_probes_sent_total",
+        &[("src", "enr-n")],
+    )
+    .unwrap_or(0.0);
+    let b = d.agent("enr-n", &state, &[&target], &[]);
+    wait_for(Duration::from_secs(20), || {
+        value(
+            &d.metrics(),
+            "pathpulse_probes_sent_total",
+            &[("src", "enr-n")],
+        )
+        .filter(|v| *v >= before + 5.0)
+    })
+    .unwrap_or_else(|| panic!("reporting with the renewed certificate; log:\n{}", b.log()));
+    assert!(!b.log().contains("certificate renewed"), "not due any more");
+    assert_eq!(
+        value(&d.metrics(), "pathpulse_certificates_renewed_total", &[]),
+        Some(1.0)
+    );
+    // A renewed certificate is revoked with the others of its name.
+    let (code, text) = run(
+        &bin("pathpulse-aggregator"),
+        &[
+            "cert",
+            "revoke",
+            "--name",
+            "enr-n",
+            "--state-dir",
+            d.state().to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("revoked 2 certificate"), "{text}");
+}
