@@ -60,9 +60,21 @@ struct Agent {
 }
 
 fn start_agent(d: &Deployment, name: &str, state: &Path, target: &str) -> Agent {
+    start_agent_with(d, name, state, target, &[])
+}
+
+fn start_agent_with(
+    d: &Deployment,
+    name: &str,
+    state: &Path,
+    target: &str,
+    extra: &[&str],
+) -> Agent {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let proc = d.agent(name, state, &[target], &["--metrics-listen", &listen]);
+    let mut args = vec!["--metrics-listen", listen.as_str()];
+    args.extend_from_slice(extra);
+    let proc = d.agent(name, state, &[target], &args);
     let a = Agent {
         name: name.into(),
         state: state.to_path_buf(),
@@ -390,4 +402,43 @@ fn a_second_agent_on_the_same_state_directory_refuses_to_start() {
         "{text}"
     );
     drop(a);
+}
+
+#[test]
+fn with_two_aggregators_losing_one_changes_nothing_for_the_other() {
+    let first = Deployment::start();
+    let mut second = Deployment::start_sharing_ca(&first);
+    let target = tcp_target();
+    let state = first.issue("dl-ha", &first.state());
+    let also = format!("127.0.0.1:{}", second.quic);
+    let a = start_agent_with(&first, "dl-ha", &state, &target, &["--aggregator", &also]);
+    wait_for(Duration::from_secs(20), || {
+        (counts(&first.metrics(), "dl-ha")[0] >= 10.0
+            && counts(&second.metrics(), "dl-ha")[0] >= 10.0)
+            .then_some(())
+    })
+    .expect("both aggregators receive the reports");
+    // The second one dies (agent frozen meanwhile so its last counters are final).
+    a.proc.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = counts(&second.metrics(), "dl-ha");
+    second.aggregator.as_mut().expect("aggregator").kill9();
+    a.proc.signal(Signal::SIGCONT);
+    std::thread::sleep(Duration::from_secs(5));
+    // The first one is exact all along.
+    if let Err(e) = wait_exact(&first, &a, [0.0; 4], Duration::from_secs(10)) {
+        panic!(
+            "first aggregator while the second is down: {e}\nagent log:\n{}",
+            a.proc.log()
+        );
+    }
+    second.start_aggregator();
+    for (d, base, which) in [(&first, [0.0; 4], "first"), (&second, before, "second")] {
+        if let Err(e) = wait_exact(d, &a, base, Duration::from_secs(60)) {
+            panic!(
+                "{which} aggregator after the outage: {e}\nagent log:\n{}",
+                a.proc.log()
+            );
+        }
+    }
 }
