@@ -193,7 +193,12 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigErrors> {
             reason: format!("cannot read {}: {e}", path.display()),
         }])
     })?;
-    toml::from_str(&text).map_err(|e| {
+    parse_file(&text, path)
+}
+
+/// Parse the TOML text of a configuration file (`path` names it in errors).
+pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigErrors> {
+    toml::from_str(text).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             key: "config".into(),
             reason: format!("{}: {}", path.display(), e.to_string().trim_end()),
@@ -227,6 +232,11 @@ impl AgentConfig {
             Some(p) => load_file(p)?,
             None => FileConfig::default(),
         };
+        Self::resolve_with(args, file)
+    }
+
+    /// As [`AgentConfig::resolve`] with the file already parsed.
+    pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<AgentConfig, ConfigErrors> {
         let mut c = Collect::default();
         let name = args.name.clone().or(file.name).unwrap_or_else(host_name);
         if let Err(e) = check_name(&name) {
