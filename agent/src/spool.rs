@@ -114,6 +114,8 @@ pub struct Spool {
     bytes: u64,
     next_key: u64,
     last_attempt: Instant,
+    /// "Spool full" was logged and nothing was acknowledged since.
+    full_logged: bool,
     stats: std::sync::Arc<SpoolStats>,
 }
 
@@ -234,6 +236,7 @@ impl Spool {
             bytes: 0,
             next_key: 0,
             last_attempt: Instant::now(),
+            full_logged: false,
             stats,
         };
         match s.open_file() {
@@ -356,8 +359,10 @@ impl Spool {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if !gone.is_empty() {
-            tracing::warn!(spool = %self.path.display(), dropped = gone.len(), limit = self.limits.max_reports, "spool full: oldest reports dropped");
+        if !gone.is_empty() && !self.full_logged {
+            // Once per episode: it stays full while the aggregator is away.
+            tracing::warn!(spool = %self.path.display(), limit = self.limits.max_reports, max_bytes = self.limits.max_bytes, "spool full: dropping the oldest reports (counted in pathpulse_spool_dropped_total)");
+            self.full_logged = true;
         }
         gone
     }
@@ -431,6 +436,7 @@ impl Spool {
             .collect();
         self.persist(|t| remove_keys(t, &gone));
         self.update_stats();
+        self.full_logged = false;
         gone.len()
     }
 

@@ -442,3 +442,50 @@ fn with_two_aggregators_losing_one_changes_nothing_for_the_other() {
         }
     }
 }
+
+#[test]
+fn spool_bound_drops_the_oldest_and_both_ends_count_them() {
+    let mut d = Deployment::start();
+    let target = tcp_target();
+    let state = d.issue("dl-bound", &d.state());
+    let a = start_agent_with(
+        &d,
+        "dl-bound",
+        &state,
+        &target,
+        &["--spool-max-reports", "4"],
+    );
+    wait_for(Duration::from_secs(20), || {
+        (counts(&d.metrics(), "dl-bound")[0] >= 5.0).then_some(())
+    })
+    .expect("reporting");
+    // 5 s down at 2 reports/s with room for 4: about 6 reports dropped, oldest first.
+    d.aggregator.as_mut().expect("aggregator").kill9();
+    std::thread::sleep(Duration::from_secs(5));
+    let m = scrape(a.port);
+    let dropped = value(&m, "pathpulse_spool_dropped_total", &[]).unwrap_or(0.0);
+    assert!(dropped >= 3.0, "dropped {dropped}");
+    assert_eq!(value(&m, "pathpulse_spool_reports", &[]), Some(4.0));
+    d.start_aggregator();
+    // The aggregator learns the count from the reports, and holds only what was kept:
+    // at most the 4 spooled reports of the outage plus what came after.
+    let ok = wait_for(Duration::from_secs(30), || {
+        let agent = value(&scrape(a.port), "pathpulse_spool_dropped_total", &[])?;
+        let agg = value(
+            &d.metrics(),
+            "pathpulse_spool_dropped_total",
+            &[("agent", "dl-bound")],
+        )?;
+        (agg == agent && agent >= dropped).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "aggregator's count never matched; log:\n{}",
+        a.proc.log()
+    );
+    assert!(
+        a.proc.log().contains("spool full"),
+        "logged:\n{}",
+        a.proc.log()
+    );
+}
