@@ -173,10 +173,21 @@ impl Uplink {
     /// Write every spooled record not yet written on this stream (a hello first when a
     /// record belongs to another session than the stream's), taking in new reports from
     /// the reporter between writes so that a long replay never fills its queue.
-    async fn pump(&mut self, st: &mut Stream, next_seq: &mut u64) -> anyhow::Result<()> {
+    ///
+    /// Acknowledgements are taken in between too: a long replay must not leave them
+    /// unread, or the aggregator, blocked writing them, would stop reading reports.
+    async fn pump(
+        &mut self,
+        st: &mut Stream,
+        next_seq: &mut u64,
+        acks: &mut mpsc::Receiver<anyhow::Result<ServerMsg>>,
+    ) -> anyhow::Result<()> {
         loop {
             while let Ok(r) = self.reports.try_recv() {
                 self.enqueue(next_seq, r);
+            }
+            while let Ok(m) = acks.try_recv() {
+                self.answer(st, m?)?;
             }
             let Some((key, rec)) = self.spool.next_after(st.last_sent) else {
                 return Ok(());
@@ -265,7 +276,7 @@ impl Uplink {
             in_flight: InFlight::new(),
             last_sent: None,
         };
-        self.pump(&mut st, next_seq).await?;
+        self.pump(&mut st, next_seq, &mut acks).await?;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -280,7 +291,7 @@ impl Uplink {
                             r = self.reports.recv(), if open => match r {
                                 Some(r) => {
                                     self.enqueue(next_seq, r);
-                                    if self.pump(&mut st, next_seq).await.is_err() {
+                                    if self.pump(&mut st, next_seq, &mut acks).await.is_err() {
                                         break;
                                     }
                                 }
@@ -298,7 +309,7 @@ impl Uplink {
                 r = self.reports.recv() => {
                     let Some(r) = r else { return Ok(Ended::Shutdown) };
                     self.enqueue(next_seq, r);
-                    self.pump(&mut st, next_seq).await?;
+                    self.pump(&mut st, next_seq, &mut acks).await?;
                 }
                 m = acks.recv() => match m {
                     Some(Ok(m)) => self.answer(&mut st, m)?,
