@@ -7,13 +7,18 @@
 //! - [`uplink`]: QUIC with mutual TLS to each aggregator, acknowledged reports;
 //! - [`spool`]: unacknowledged reports on disk per aggregator (replayed after a restart);
 //! - [`enroll`], [`renew`]: a one-time token exchanged for a certificate; renewal before expiry;
+//! - [`reload`]: new targets on SIGHUP without losing the state of those that stay;
+//! - [`systemd`]: readiness, reload, stop and watchdog notifications to the service manager;
+//! - [`assets`]: man pages and shell completions from the command line definition;
 //! - [`run`]: the agent assembled from the above; `main.rs` only parses the command line.
 
+pub mod assets;
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod probe;
+pub mod reload;
 pub mod renew;
 pub mod resolve;
 pub mod run;
@@ -21,6 +26,7 @@ pub mod schedule;
 pub mod shared;
 pub mod spool;
 pub mod stats;
+pub mod systemd;
 pub mod target;
 pub mod uplink;
 

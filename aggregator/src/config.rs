@@ -24,6 +24,20 @@ pub struct FileConfig {
     pub server_names: Option<Vec<String>>,
     pub stale_after: Option<String>,
     pub max_connections: Option<usize>,
+    pub remote_write: Option<RemoteWriteFile>,
+    /// Cardinality budget: paths with per-path series (roll-ups always cover all).
+    pub path_budget: Option<usize>,
+}
+
+/// `[remote_write]`: push every series to a Prometheus-compatible store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteFile {
+    pub url: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub queue_limit: Option<usize>,
+    pub external_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -34,7 +48,7 @@ pub struct RunArgs {
     /// QUIC address agents report to.
     #[arg(long, value_name = "ADDR", env = "PATHPULSE_LISTEN")]
     pub listen: Option<String>,
-    /// HTTP address for /metrics, /healthz, /readyz.
+    /// HTTP address for /metrics, /healthz, /readyz, the page / and its /api.
     #[arg(long, value_name = "ADDR", env = "PATHPULSE_HTTP")]
     pub http: Option<String>,
     /// Directory for the CA, the server certificate and state.
@@ -43,6 +57,10 @@ pub struct RunArgs {
     /// An agent is down when no report arrived for this long, e.g. 30s.
     #[arg(long, value_name = "DUR", env = "PATHPULSE_STALE_AFTER")]
     pub stale_after: Option<String>,
+    /// Push every series to this Prometheus remote-write URL (Mimir, Thanos Receive,
+    /// VictoriaMetrics, Prometheus with --web.enable-remote-write-receiver).
+    #[arg(long, value_name = "URL", env = "PATHPULSE_REMOTE_WRITE")]
+    pub remote_write: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,11 +71,13 @@ pub struct AggregatorConfig {
     pub server_names: Vec<String>,
     pub stale_after: Duration,
     pub max_connections: usize,
+    pub remote_write: Option<crate::remote_write::RemoteWriteConfig>,
+    pub path_budget: Option<usize>,
 }
 
 impl AggregatorConfig {
     pub fn resolve(args: &RunArgs) -> Result<AggregatorConfig, ConfigErrors> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| one("config", format!("cannot read {}: {e}", p.display())))?;
@@ -108,6 +128,56 @@ impl AggregatorConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        if file.path_budget == Some(0) {
+            errs.push(ConfigError {
+                key: "path_budget".into(),
+                reason: "must be at least 1 (leave it out for no limit)".into(),
+            });
+        }
+        let rw = file.remote_write.take().unwrap_or_default();
+        let remote_write = match args.remote_write.clone().or(rw.url) {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    errs.push(ConfigError {
+                        key: "remote_write.url".into(),
+                        reason: format!("`{url}` is not an http:// or https:// URL"),
+                    });
+                }
+                let mut dur = |key: &str, v: Option<String>, default: Duration| match v {
+                    None => default,
+                    Some(s) => parse_duration(&s)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .unwrap_or_else(|| {
+                            errs.push(ConfigError {
+                                key: key.into(),
+                                reason: format!("`{s}` is not a duration like 15s"),
+                            });
+                            default
+                        }),
+                };
+                let interval = dur(
+                    "remote_write.interval",
+                    rw.interval,
+                    crate::remote_write::DEFAULT_INTERVAL,
+                );
+                let timeout = dur(
+                    "remote_write.timeout",
+                    rw.timeout,
+                    crate::remote_write::DEFAULT_TIMEOUT,
+                );
+                Some(crate::remote_write::RemoteWriteConfig {
+                    url,
+                    interval,
+                    timeout,
+                    external_labels: rw.external_labels.unwrap_or_default().into_iter().collect(),
+                    queue_limit: rw
+                        .queue_limit
+                        .unwrap_or(crate::remote_write::DEFAULT_QUEUE_LIMIT),
+                })
+            }
+        };
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -122,6 +192,8 @@ impl AggregatorConfig {
             server_names: file.server_names.unwrap_or_default(),
             stale_after,
             max_connections,
+            remote_write,
+            path_budget: file.path_budget,
         })
     }
 }
@@ -161,5 +233,17 @@ mod tests {
         })
         .expect_err("unknown key");
         assert!(e.to_string().contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_states_the_defaults() {
+        let text = include_str!("../../packaging/aggregator.toml");
+        let f: FileConfig = toml::from_str(text).expect("packaging/aggregator.toml parses");
+        assert_eq!(f.listen.as_deref(), Some(DEFAULT_LISTEN));
+        assert_eq!(f.http.as_deref(), Some(DEFAULT_HTTP));
+        assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
+        let stale = parse_duration(&f.stale_after.expect("stale_after")).expect("duration");
+        assert_eq!(stale, DEFAULT_STALE_AFTER);
+        assert_eq!(f.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
     }
 }

@@ -66,6 +66,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         server_names: vec![],
         stale_after: Duration::from_secs(10),
         max_connections: 64,
+        remote_write: None,
+        path_budget: None,
     };
     let running = server::start(&cfg, shutdown.clone()).await?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(RunError::Fatal)?;
@@ -100,11 +102,18 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             state_dir: agent_state,
             site: Some("demo".into()),
             isp: None,
+            hops: true,
+            isp_prefixes: Vec::new(),
+            hop_interval: pathpulse_agent::config::DEFAULT_HOP_INTERVAL,
+            stamp_listen: Vec::new(),
+            stamp_rate: pathpulse_agent::probe::stamp::reflector::DEFAULT_RATE,
+            stamp_key: None,
             spool: Default::default(),
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }
     println!("pathpulse demo running: aggregator and agents demo-a, demo-b on this machine");
+    println!("  page:     http://{http}/ (the live mesh)");
     println!("  metrics:  http://{http}/metrics");
     println!("  health:   http://{http}/healthz");
     println!(

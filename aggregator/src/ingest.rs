@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pathpulse_agent::systemd::{BEAT_EVERY, Beat};
 use pathpulse_metrics::export::wall_clock_ms;
 use pathpulse_metrics::{Applied, SharedStore};
 use pathpulse_wire::frame::{self, FrameError};
@@ -24,6 +25,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 
 pub struct Ingest {
     pub endpoint: quinn::Endpoint,
+    /// Beats while the accept loop runs (systemd watchdog).
+    pub beat: Arc<Beat>,
     pub store: SharedStore,
     pub max_frame: u32,
     pub connections: Arc<Semaphore>,
@@ -69,11 +72,17 @@ fn frame_reason(e: &FrameError) -> RefuseReason {
 impl Ingest {
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = tokio_util::task::TaskTracker::new();
+        let mut beat = tokio::time::interval(BEAT_EVERY);
+        let endpoint = self.endpoint.clone();
+        let mut accept = Box::pin(endpoint.accept());
         loop {
+            self.beat.beat();
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                i = self.endpoint.accept() => match i { Some(i) => i, None => break },
+                _ = beat.tick() => continue,
+                i = &mut accept => match i { Some(i) => i, None => break },
             };
+            accept = Box::pin(endpoint.accept());
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 tracing::warn!(peer = %incoming.remote_address(), "connection limit reached; refusing");
                 incoming.refuse();
@@ -191,6 +200,7 @@ async fn handle_connection(
                 name: name.clone(),
                 validity,
                 auth: auth.clone(),
+                addr: peer,
             },
         ));
     }
@@ -206,6 +216,8 @@ struct Peer {
     /// The client certificate's validity (seconds since the epoch).
     validity: (i64, i64),
     auth: Arc<Auth>,
+    /// Where the connection comes from.
+    addr: std::net::SocketAddr,
 }
 
 /// Answer a renewal request: a new certificate for the connection's identity, when the
@@ -371,6 +383,12 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
             ),
             (ClientMsg::Hello(h), _) => {
                 session = Some(h.session);
+                store.lock().unwrap_or_else(|e| e.into_inner()).hello(
+                    agent,
+                    h.site,
+                    h.isp,
+                    Some(peer.addr.ip()),
+                );
                 (
                     None,
                     Some(ServerMsg::Welcome {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pathpulse_agent::RunError;
 use pathpulse_agent::config::{ConfigError, ConfigErrors};
+use pathpulse_agent::systemd::{self, BEAT_EVERY, Liveness};
 use pathpulse_metrics::export::{self, Role};
 use pathpulse_metrics::{SharedStore, Store};
 use pathpulse_wire::frame::DEFAULT_MAX_FRAME;
@@ -36,6 +37,8 @@ pub struct Bound {
 pub struct Running {
     pub bound: Bound,
     pub store: SharedStore,
+    /// The main loops (ingest, store upkeep), for the systemd watchdog.
+    pub liveness: Arc<Liveness>,
     pub done: tokio::task::JoinHandle<()>,
 }
 
@@ -73,15 +76,34 @@ pub async fn start(
         .map_err(|e| config_err("http", format!("cannot listen on {}: {e}", cfg.http)))?;
     let http = listener.local_addr().map_err(|e| fatal(e.into()))?;
 
-    let store: SharedStore = Arc::new(Mutex::new(Store::new(cfg.stale_after.as_millis() as u64)));
-    let registry = Arc::new(export::registry(
-        store.clone(),
-        Role::Aggregator,
-        export::wall_clock_ms,
-    ));
+    let mut store = Store::new(cfg.stale_after.as_millis() as u64);
+    store.path_budget = cfg.path_budget;
+    let store: SharedStore = Arc::new(Mutex::new(store));
+    let mut registry = export::registry(store.clone(), Role::Aggregator, export::wall_clock_ms);
+    let rw_stats = Arc::new(crate::remote_write::RemoteWriteStats::default());
+    if cfg.remote_write.is_some() {
+        registry.register_collector(Box::new(crate::remote_write::StatsCollector(
+            rw_stats.clone(),
+        )));
+    }
+    let registry = Arc::new(registry);
+    if let Some(rw) = cfg.remote_write.clone() {
+        tracing::info!(url = %rw.url, every = ?rw.interval, "remote write on");
+        tokio::spawn(
+            crate::remote_write::RemoteWriter {
+                cfg: rw,
+                registry: registry.clone(),
+                stats: rw_stats,
+            }
+            .run(shutdown.clone()),
+        );
+    }
     let ready = Arc::new(AtomicBool::new(false));
-    let app = crate::http::router(registry, ready.clone());
+    let app = crate::http::router(registry, ready.clone())
+        .merge(crate::ui::router(store.clone(), shutdown.clone()));
+    let liveness = Liveness::new();
     let ingest = Ingest {
+        beat: liveness.register("ingest"),
         endpoint,
         store: store.clone(),
         max_frame: DEFAULT_MAX_FRAME,
@@ -95,6 +117,7 @@ pub async fn start(
     };
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();
+    let upkeep = liveness.register("store upkeep");
     let done = tokio::spawn(async move {
         let ingest_task = tokio::spawn(ingest.run(shutdown));
         let http_task = tokio::spawn(async move {
@@ -106,11 +129,15 @@ pub async fn start(
         });
         let expire_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut beat = tokio::time::interval(BEAT_EVERY);
             loop {
                 tokio::select! {
                     _ = stop_expire.cancelled() => return,
                     _ = tick.tick() => expire_store.lock().unwrap_or_else(|e| e.into_inner()).expire(export::wall_clock_ms()),
+                    // Alive means: the store's lock can be had (ingest and scrapes need it).
+                    _ = beat.tick() => drop(expire_store.lock().unwrap_or_else(|e| e.into_inner())),
                 }
+                upkeep.beat();
             }
         });
         let _ = tokio::join!(ingest_task, http_task, expire_task);
@@ -120,13 +147,30 @@ pub async fn start(
     Ok(Running {
         bound: Bound { quic, http },
         store,
+        liveness,
         done,
     })
 }
 
-/// Run until `shutdown` is cancelled.
+/// Run until `shutdown` is cancelled, telling systemd (when it started us) that the
+/// sockets are bound (`READY=1`) and that the loops live (watchdog).
 pub async fn run(cfg: AggregatorConfig, shutdown: CancellationToken) -> Result<(), RunError> {
-    let running = start(&cfg, shutdown).await?;
-    let _ = running.done.await;
+    let running = start(&cfg, shutdown.clone()).await?;
+    systemd::ready(&format!(
+        "agents on {} (QUIC), /metrics on {}",
+        running.bound.quic, running.bound.http
+    ));
+    tokio::spawn(systemd::watchdog(
+        running.liveness.clone(),
+        shutdown.clone(),
+    ));
+    let mut done = running.done;
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            systemd::stopping();
+            let _ = done.await;
+        }
+        _ = &mut done => {}
+    }
     Ok(())
 }

@@ -28,6 +28,8 @@ async fn start() -> Agg {
         server_names: vec![],
         stale_after: Duration::from_secs(30),
         max_connections: 16,
+        remote_write: None,
+        path_budget: None,
     };
     let stop = CancellationToken::new();
     let running = server::start(&cfg, stop.clone())

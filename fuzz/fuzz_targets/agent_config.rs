@@ -11,6 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The one key that names a file to read: not the loader's parsing, and a fuzzer could
+    // name /dev/zero.
+    if text.contains("key_file") {
+        return;
+    }
     match parse_file(text, Path::new("fuzz.toml")) {
         Ok(file) => {
             let args = RunArgs::default();

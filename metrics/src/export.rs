@@ -6,14 +6,17 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, NativeHistogram, NativeHistogramBuckets, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use pathpulse_wire::RefuseReason;
 
+use crate::localize::{HopView, Thresholds, hop_views, localize, observations};
 use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
-use crate::store::{CLASSIC_BOUNDS_US, PathKey, PathState, Store};
+use crate::store::{CLASSIC_BOUNDS_US, HopState, NATIVE_SCHEMA, PathKey, PathState, Store};
 use crate::window::{WINDOWS, WindowView};
 
 /// Quantiles exported as exact gauges from the merged HDR windows.
@@ -41,6 +44,8 @@ pub type SharedStore = Arc<Mutex<Store>>;
 struct StoreCollector {
     store: SharedStore,
     clock: Clock,
+    /// Paths left out of scrapes by the cardinality budget, summed over scrapes.
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
@@ -144,15 +149,96 @@ fn window_gauges(
     Ok(())
 }
 
+/// STAMP paths: loss per direction and one-way delay per direction, per window.
+fn directional(enc: &mut DescriptorEncoder, views: &Views) -> Result<(), std::fmt::Error> {
+    use pathpulse_wire::stamp::Directional;
+    let mut m = enc.encode_descriptor(
+        "pathpulse_directional_loss_ratio",
+        "STAMP: forward = lost before the reflector / attributed probes; reverse = reflected and lost on the way back / probes that reached the reflector.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (k, vs) in views {
+        for (w, v) in vs {
+            let Some(d) = v.dir.as_deref() else { continue };
+            let ratios = [
+                (
+                    "forward",
+                    Directional::forward_ratio(d.attributed, d.forward_lost),
+                ),
+                (
+                    "reverse",
+                    Directional::reverse_ratio(d.attributed, d.forward_lost, d.reverse_lost),
+                ),
+            ];
+            for (dir, r) in ratios {
+                if let Some(r) = r {
+                    m.encode_family(&with(path_labels(k), &[("direction", dir), ("window", w)]))?
+                        .encode_gauge(&r)?;
+                }
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_one_way_delay_seconds",
+        "STAMP: one-way delay quantile per direction over the window; only samples for which both ends said their clocks were synchronized.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (k, vs) in views {
+        for (w, v) in vs {
+            let Some(d) = v.dir.as_deref() else { continue };
+            for (dir, h) in [("forward", &d.owd_forward), ("reverse", &d.owd_reverse)] {
+                for (qs, q) in QUANTILES {
+                    if let Some(us) = h.quantile(q) {
+                        let l = with(
+                            path_labels(k),
+                            &[("direction", dir), ("quantile", qs), ("window", w)],
+                        );
+                        m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for StoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = (self.clock)();
         // A poisoned lock means a panic elsewhere; still export what is there.
         let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        // The cardinality budget: per-path series for the first paths only (in key order,
+        // so the set is stable); roll-ups below cover all of them.
+        let paths: Vec<(&PathKey, &PathState)> = store
+            .paths
+            .iter()
+            .take(store.path_budget.unwrap_or(usize::MAX))
+            .collect();
+        let over = store.paths.len() - paths.len();
+        let dropped = self
+            .dropped
+            .fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed)
+            + over as u64;
+        enc.encode_descriptor(
+            "pathpulse_paths_over_budget",
+            "Paths without per-path series at this scrape because of the cardinality budget (their site-pair and ISP roll-ups still count them).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(over as i64))?;
+        enc.encode_descriptor(
+            "pathpulse_series_dropped",
+            "Paths left out of scrapes by the cardinality budget, summed over scrapes.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
 
         for (name, help, get) in PATH_COUNTERS {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (k, st) in &store.paths {
+            for &(k, st) in &paths {
                 let l = path_labels(k);
                 m.encode_family(&l)?
                     .encode_counter::<NoLabelSet, _, u64>(&get(st), None)?;
@@ -165,7 +251,7 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (k, st) in &store.paths {
+        for &(k, st) in &paths {
             m.encode_family(&path_labels(k))?
                 .encode_gauge(&st.in_flight)?;
         }
@@ -176,7 +262,7 @@ impl Collector for StoreCollector {
             None,
             MetricType::Histogram,
         )?;
-        for (k, st) in &store.paths {
+        for &(k, st) in &paths {
             let c = &st.cumulative;
             let buckets: Vec<(f64, u64)> = CLASSIC_BOUNDS_US
                 .iter()
@@ -184,15 +270,35 @@ impl Collector for StoreCollector {
                 .chain(std::iter::once(f64::INFINITY))
                 .zip(c.buckets.iter().copied())
                 .collect();
+            let (spans, deltas) = native_spans(&c.native);
+            let native = NativeHistogram {
+                schema: NATIVE_SCHEMA,
+                zero_threshold: 0.0,
+                zero_count: c.native_zero,
+                negative: NativeHistogramBuckets {
+                    spans: &[],
+                    deltas: &[],
+                },
+                positive: NativeHistogramBuckets {
+                    spans: &spans,
+                    deltas: &deltas,
+                },
+                created: None,
+            };
             m.encode_family(&path_labels(k))?
-                .encode_histogram::<NoLabelSet>(secs(c.sum_us as f64), c.count, &buckets, None)?;
+                .encode_histogram_with_native::<NoLabelSet>(
+                    secs(c.sum_us as f64),
+                    c.count,
+                    &buckets,
+                    None,
+                    native,
+                )?;
         }
 
         // Windowed views, computed once per path and window.
-        let views: Views = store
-            .paths
+        let views: Views = paths
             .iter()
-            .map(|(k, st)| (k, WINDOWS.map(|(w, ms)| (w, st.windows.view(ms, now)))))
+            .map(|&(k, st)| (k, WINDOWS.map(|(w, ms)| (w, st.windows.view(ms, now)))))
             .collect();
 
         window_quantiles(
@@ -223,7 +329,7 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (k, st) in &store.paths {
+        for &(k, st) in &paths {
             if let Some(j) = st.jitter_us {
                 let l = with(path_labels(k), &[("method", "rfc3550")]);
                 m.encode_family(&l)?.encode_gauge(&secs(j))?;
@@ -252,13 +358,15 @@ impl Collector for StoreCollector {
             |v, q| Some(v.hist.quantile(q)?.saturating_sub(v.hist.quantile(0.0)?)),
         )?;
 
+        directional(&mut enc, &views)?;
+
         let mut m = enc.encode_descriptor(
             "pathpulse_mos",
             "E-model MOS estimate (1..4.5) from half the window's median RTT, RFC 3550 jitter and window loss.",
             None,
             MetricType::Gauge,
         )?;
-        for ((k, vs), st) in views.iter().zip(store.paths.values()) {
+        for ((k, vs), (_, st)) in views.iter().zip(&paths) {
             for (w, v) in vs {
                 let (Some(p50), Some(loss)) =
                     (v.hist.quantile(0.5), loss_ratio(v.lost, v.received))
@@ -271,6 +379,9 @@ impl Collector for StoreCollector {
                     .encode_gauge(&score)?;
             }
         }
+
+        encode_hops(&mut enc, &store, &paths, now)?;
+        encode_rollups(&mut enc, &store, now)?;
 
         let mut m = enc.encode_descriptor(
             "pathpulse_agent_up",
@@ -338,6 +449,29 @@ impl Collector for StoreCollector {
                 ("monotonic", st.health.rtt_monotonic_clock),
             ] {
                 m.encode_family(&[("agent", &**a), ("clock", clock)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_stamp_reflector_reflected",
+            "STAMP test packets the agent's reflector answered.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_counter::<NoLabelSet, _, u64>(&st.health.stamp_reflected, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_stamp_reflector_dropped",
+            "Datagrams the agent's STAMP reflector dropped without answering, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            let reasons = pathpulse_wire::stamp::ReflectorCounts::default().dropped();
+            for ((reason, _), v) in reasons.iter().zip(st.health.stamp_dropped) {
+                m.encode_family(&[("agent", &**a), ("reason", reason)])?
                     .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
             }
         }
@@ -428,6 +562,7 @@ pub fn registry(store: SharedStore, role: Role, clock: Clock) -> Registry {
     reg.register_collector(Box::new(StoreCollector {
         store: store.clone(),
         clock,
+        dropped: Default::default(),
     }));
     if role == Role::Aggregator {
         reg.register_collector(Box::new(IngestCollector { store }));
@@ -441,10 +576,11 @@ pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; chars
 /// Families that are summaries in the classic text format: exact quantiles over sliding
 /// windows, which is what a Prometheus summary is. (OpenMetrics output types them as
 /// gauges: prometheus-client cannot encode summaries.)
-const SUMMARY_FAMILIES: [&str; 3] = [
+const SUMMARY_FAMILIES: [&str; 4] = [
     "pathpulse_rtt_quantile_seconds",
     "pathpulse_ipdv_seconds",
     "pathpulse_pdv_seconds",
+    "pathpulse_one_way_delay_seconds",
 ];
 
 /// Convert the OpenMetrics text of [`encode_text`] into the classic Prometheus text
@@ -492,13 +628,364 @@ pub fn encode_text(reg: &Registry) -> String {
     out
 }
 
+/// Sparse native buckets as Prometheus wants them: spans (offset from the end of the
+/// previous span, or the first index; length) and count deltas.
+fn native_spans(buckets: &std::collections::BTreeMap<i32, u64>) -> (Vec<(i32, u32)>, Vec<i64>) {
+    let (mut spans, mut deltas): (Vec<(i32, u32)>, Vec<i64>) = (Vec::new(), Vec::new());
+    let (mut next, mut prev_count) = (None::<i32>, 0i64);
+    for (&i, &n) in buckets {
+        match next {
+            Some(e) if e == i => {
+                if let Some(last) = spans.last_mut() {
+                    last.1 += 1;
+                }
+            }
+            Some(e) => spans.push((i - e, 1)),
+            None => spans.push((i, 1)),
+        }
+        next = Some(i + 1);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        deltas.push(n - prev_count);
+        prev_count = n;
+    }
+    (spans, deltas)
+}
+
+/// The Prometheus protobuf exposition (native histograms), for scrapers that ask for it.
+pub fn encode_protobuf(registry: &Registry) -> Result<Vec<u8>, String> {
+    prometheus_client::encoding::prometheus_protobuf::encode_to_vec(registry)
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Content type of the protobuf exposition.
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
+/// Windows merged over a group of paths: the histograms merged (not averaged), the
+/// counts summed.
+#[derive(Default)]
+struct Merged {
+    paths: u64,
+    views: Vec<(&'static str, WindowView)>,
+}
+
+impl Merged {
+    fn add(&mut self, st: &PathState, now: u64) {
+        if self.views.is_empty() {
+            self.views = WINDOWS
+                .iter()
+                .map(|(w, _)| (*w, WindowView::default()))
+                .collect();
+        }
+        self.paths += 1;
+        for ((_, ms), (_, v)) in WINDOWS.iter().zip(self.views.iter_mut()) {
+            let p = st.windows.view(*ms, now);
+            v.hist.merge(&p.hist);
+            v.ipdv.merge(&p.ipdv);
+            v.received += p.received;
+            v.lost += p.lost;
+        }
+    }
+}
+
+/// Roll-ups that are always exported, whatever the budget: per site pair (`src_site`,
+/// `dst_site`; `external` for destinations that are not agents) and per ISP of the source
+/// agent, from the merged window histograms of every path in the group.
+fn encode_rollups(
+    enc: &mut DescriptorEncoder,
+    store: &Store,
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    let mut pairs: std::collections::BTreeMap<(&str, &str), Merged> = Default::default();
+    let mut isps: std::collections::BTreeMap<&str, Merged> = Default::default();
+    for (k, st) in &store.paths {
+        let agent = store.agents.get(&*k.src);
+        if let Some(site) = agent.and_then(|a| a.site.as_deref()) {
+            let dst = store.site_of_dst(&k.dst).unwrap_or("external");
+            pairs.entry((site, dst)).or_default().add(st, now);
+        }
+        if let Some(isp) = agent.and_then(|a| a.isp.as_deref()) {
+            isps.entry(isp).or_default().add(st, now);
+        }
+    }
+    type Group<'a> = (Vec<(&'static str, &'a str)>, &'a Merged);
+    let groups: [(&str, Vec<Group>); 2] = [
+        (
+            "site_pair",
+            pairs
+                .iter()
+                .map(|((s, d), m)| (vec![("src_site", *s), ("dst_site", *d)], m))
+                .collect(),
+        ),
+        (
+            "isp",
+            isps.iter().map(|(i, m)| (vec![("isp", *i)], m)).collect(),
+        ),
+    ];
+    for (kind, list) in &groups {
+        let name = format!("pathpulse_{kind}_rtt_quantile_seconds");
+        let mut m = enc.encode_descriptor(
+            &name,
+            "Exact RTT quantile over the window of every path of the group, from their merged HDR histograms.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, merged) in list {
+            for (w, v) in &merged.views {
+                for (qs, q) in QUANTILES {
+                    if let Some(us) = v.hist.quantile(q) {
+                        let mut l = labels.clone();
+                        l.extend([("quantile", qs), ("window", *w)]);
+                        m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                    }
+                }
+            }
+        }
+        let name = format!("pathpulse_{kind}_loss_ratio");
+        let mut m = enc.encode_descriptor(
+            &name,
+            "Lost / (received + lost) over the window, summed over every path of the group.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, merged) in list {
+            for (w, v) in &merged.views {
+                if let Some(x) = loss_ratio(v.lost, v.received) {
+                    let mut l = labels.clone();
+                    l.push(("window", *w));
+                    m.encode_family(&l)?.encode_gauge(&x)?;
+                }
+            }
+        }
+        let name = format!("pathpulse_{kind}_paths");
+        let mut m = enc.encode_descriptor(&name, "Paths in the group.", None, MetricType::Gauge)?;
+        for (labels, merged) in list {
+            m.encode_family(labels)?
+                .encode_gauge(&(merged.paths as i64))?;
+        }
+    }
+    Ok(())
+}
+
+/// Labels of one hop: `src`, `anchor` (the target as written), `hop` (TTL), `hop_addr`,
+/// `role`.
+fn hop_labels<'a>(k: &'a PathKey, ttl: &'a str, h: &'a HopState) -> Labels<'a> {
+    vec![
+        ("src", Cow::Borrowed(&*k.src)),
+        ("anchor", Cow::Borrowed(&*k.dst)),
+        ("hop", Cow::Borrowed(ttl)),
+        ("hop_addr", Cow::Borrowed(&*h.addr)),
+        ("role", Cow::Borrowed(h.role.as_str())),
+    ]
+}
+
+/// The per-hop view toward targets (hop discovery): counters, RTT quantiles and loss per
+/// window, ICMP rate limiting, route changes.
+fn encode_hops(
+    enc: &mut DescriptorEncoder,
+    store: &Store,
+    paths: &[(&PathKey, &PathState)],
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    struct Hop<'a> {
+        key: &'a PathKey,
+        ttl: String,
+        view: HopView<'a>,
+    }
+    let hops: Vec<Hop> = paths
+        .iter()
+        .flat_map(|&(k, st)| {
+            hop_views(st, now).into_iter().map(move |view| Hop {
+                key: k,
+                ttl: view.ttl.to_string(),
+                view,
+            })
+        })
+        .collect();
+    for (name, help, get) in [
+        (
+            "pathpulse_hop_probes_sent",
+            "TTL-limited probes sent toward the anchor that expire at this hop.",
+            (|h: &HopState| h.counters.sent) as fn(&HopState) -> u64,
+        ),
+        (
+            "pathpulse_hop_probes_lost",
+            "TTL-limited probes this hop did not answer within the timeout.",
+            |h: &HopState| h.counters.lost,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for h in &hops {
+            m.encode_family(&hop_labels(h.key, &h.ttl, h.view.state))?
+                .encode_counter::<NoLabelSet, _, u64>(&get(h.view.state), None)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_hop_rtt_quantile_seconds",
+        "Exact RTT quantile of this hop's answers over the window (HDR, 3 significant digits).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &hops {
+        for (w, v) in &h.view.views {
+            for (qs, q) in QUANTILES {
+                if let Some(us) = v.hist.quantile(q) {
+                    let l = with(
+                        hop_labels(h.key, &h.ttl, h.view.state),
+                        &[("quantile", qs), ("window", w)],
+                    );
+                    m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                }
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_hop_loss_ratio",
+        "Share of this hop's TTL-limited probes without an answer over the window (see pathpulse_hop_icmp_ratelimited before calling it path loss).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &hops {
+        for (w, v) in &h.view.views {
+            if let Some(x) = loss_ratio(v.lost, v.received) {
+                let l = with(hop_labels(h.key, &h.ttl, h.view.state), &[("window", w)]);
+                m.encode_family(&l)?.encode_gauge(&x)?;
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_hop_icmp_ratelimited",
+        "1 when this hop's loss over 1 min does not continue at later hops or the target: the router rate-limits its ICMP answers, the path is not losing packets.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &hops {
+        if let Some(limited) = h.view.ratelimited {
+            m.encode_family(&hop_labels(h.key, &h.ttl, h.view.state))?
+                .encode_gauge(&i64::from(limited))?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_path_changes",
+        "Times the hop list toward the anchor changed (a different router at a known TTL).",
+        None,
+        MetricType::Counter,
+    )?;
+    for &(k, st) in paths.iter().filter(|(_, st)| !st.hops.is_empty()) {
+        m.encode_family(&[("src", &*k.src), ("anchor", &*k.dst)])?
+            .encode_counter::<NoLabelSet, _, u64>(&st.route_changes, None)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_fault_verdict",
+        "1 per current localization verdict: where the packet loss of the last minute is (scope lan, site_uplink, isp, transit, target; suspect: the agent, site, ISP, router or target).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for v in localize(&observations(store, now), &Thresholds::default()) {
+        let labels = [
+            ("scope", v.scope.as_str()),
+            ("suspect", v.suspect.as_str()),
+            ("confidence", v.confidence.as_str()),
+        ];
+        m.encode_family(&labels)?.encode_gauge(&1i64)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn native_spans_and_deltas() {
+        let b: std::collections::BTreeMap<i32, u64> = [(-53, 2), (-52, 5), (-50, 1), (3, 4)].into();
+        let (spans, deltas) = super::native_spans(&b);
+        assert_eq!(spans, vec![(-53, 2), (1, 1), (52, 1)]);
+        assert_eq!(deltas, vec![2, 3, -4, 3]);
+        assert_eq!(super::native_spans(&Default::default()), (vec![], vec![]));
+    }
+
     use super::*;
     use pathpulse_wire::{AgentHealth, PathReport, Report};
 
     fn clock() -> u64 {
         1_010_000
+    }
+
+    /// 200 agents in 10 sites (2 ISPs) in full mesh: 39,800 paths, a budget of 5,000.
+    #[test]
+    fn the_budget_caps_per_path_series_and_roll_ups_merge_histograms() {
+        let store: SharedStore = Arc::new(Mutex::new(Store::new(15_000)));
+        let agents: Vec<String> = (0..200).map(|i| format!("a{i:03}")).collect();
+        let site = |i: usize| format!("site-{}", i % 10);
+        let mut expect_pair = pathpulse_wire::SparseHist::default();
+        let (mut pair_lost, mut pair_n) = (0u64, 0u64);
+        {
+            let mut st = store.lock().expect("lock");
+            st.path_budget = Some(5_000);
+            for (i, a) in agents.iter().enumerate() {
+                st.hello(a, Some(site(i)), Some(format!("isp-{}", i % 2)), None);
+            }
+            for (i, a) in agents.iter().enumerate() {
+                let paths = agents
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, b)| {
+                        let mut p = PathReport {
+                            dst: b.clone(),
+                            sent: 4,
+                            lost: u32::from((i + j) % 7 == 0),
+                            ..Default::default()
+                        };
+                        for k in 0..(4 - p.lost) {
+                            let v = 1_000 + 37 * ((i * 31 + j * 17 + k as usize) % 400) as u64;
+                            p.rtt.record(v);
+                            p.rtt_sum_us += v;
+                            p.received += 1;
+                        }
+                        if site(i) == "site-0" && site(j) == "site-1" {
+                            expect_pair.merge(&p.rtt);
+                            pair_lost += u64::from(p.lost);
+                            pair_n += u64::from(p.lost + p.received);
+                        }
+                        p
+                    })
+                    .collect();
+                let r = Report {
+                    seq: 1,
+                    agent: a.clone(),
+                    interval_start_ms: 1_000_000,
+                    interval_ms: 5000,
+                    paths,
+                    health: AgentHealth::default(),
+                };
+                st.apply(&r, 1_005_000);
+            }
+            assert_eq!(st.paths.len(), 39_800);
+        }
+        let text = encode_text(&registry(store, Role::Aggregator, clock));
+        let per_path = text
+            .lines()
+            .filter(|l| l.starts_with("pathpulse_probes_sent_total{"))
+            .count();
+        assert_eq!(per_path, 5_000, "per-path series within the budget");
+        assert!(text.contains("pathpulse_paths_over_budget 34800"));
+        assert!(text.contains("pathpulse_series_dropped_total 34800"));
+        for (qs, q) in QUANTILES {
+            let want = secs(expect_pair.quantile(q).expect("samples") as f64);
+            let line = format!(
+                "pathpulse_site_pair_rtt_quantile_seconds{{src_site=\"site-0\",dst_site=\"site-1\",quantile=\"{qs}\",window=\"1m\"}} {want}"
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+        let loss = pair_lost as f64 / pair_n as f64;
+        let line = format!(
+            "pathpulse_site_pair_loss_ratio{{src_site=\"site-0\",dst_site=\"site-1\",window=\"1m\"}} {loss}"
+        );
+        assert!(text.contains(&line), "{line}");
+        assert!(
+            text.contains("pathpulse_site_pair_paths{src_site=\"site-0\",dst_site=\"site-1\"} 400")
+        );
+        assert!(text.contains("pathpulse_isp_paths{isp=\"isp-0\"} 19900"));
     }
 
     #[test]
@@ -573,5 +1060,78 @@ mod tests {
         );
         assert!(classic.contains(&format!("pathpulse_probes_sent_total{{{labels}}} 4\n")));
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+    use pathpulse_wire::stamp::{Directional, ReflectorCounts};
+    use pathpulse_wire::{AgentHealth, PathReport, ProbeKind, Report};
+
+    #[test]
+    fn stamp_paths_export_loss_and_delay_per_direction_and_reflector_drops() {
+        let store: SharedStore = Arc::new(Mutex::new(Store::new(15_000)));
+        let mut d = Directional {
+            attributed: 100,
+            forward_lost: 10,
+            reverse_lost: 9,
+            ..Default::default()
+        };
+        d.owd_forward.record(300);
+        d.owd_reverse.record(500);
+        let mut p = PathReport {
+            dst: "10.0.0.2".into(),
+            probe: Some(ProbeKind::Stamp),
+            sent: 100,
+            lost: 19,
+            directional: Some(d),
+            ..Default::default()
+        };
+        for _ in 0..81 {
+            p.rtt.record(800);
+            p.received += 1;
+        }
+        let r = Report {
+            seq: 1,
+            agent: "a1".into(),
+            interval_start_ms: 1_000_000,
+            interval_ms: 5000,
+            paths: vec![p],
+            health: AgentHealth {
+                reflector: ReflectorCounts {
+                    reflected: 5,
+                    oversize: 2,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        };
+        store.lock().expect("lock").apply(&r, 1_005_000);
+        let text = encode_text(&registry(store, Role::Agent, || 1_010_000));
+        let l = r#"src="a1",dst="10.0.0.2",probe="stamp""#;
+        for line in [
+            format!(
+                "pathpulse_directional_loss_ratio{{{l},direction=\"forward\",window=\"1m\"}} 0.1"
+            ),
+            format!(
+                "pathpulse_directional_loss_ratio{{{l},direction=\"reverse\",window=\"1m\"}} 0.1"
+            ),
+            format!(
+                "pathpulse_one_way_delay_seconds{{{l},direction=\"forward\",quantile=\"0.5\",window=\"1m\"}} 0.0003"
+            ),
+            format!(
+                "pathpulse_one_way_delay_seconds{{{l},direction=\"reverse\",quantile=\"0.5\",window=\"1m\"}} 0.0005"
+            ),
+            "pathpulse_stamp_reflector_reflected_total{agent=\"a1\"} 5".to_string(),
+            "pathpulse_stamp_reflector_dropped_total{agent=\"a1\",reason=\"oversize\"} 2"
+                .to_string(),
+            "pathpulse_stamp_reflector_dropped_total{agent=\"a1\",reason=\"truncated\"} 0"
+                .to_string(),
+        ] {
+            assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+        }
+        let classic = openmetrics_to_prometheus(&text);
+        assert!(classic.contains("# TYPE pathpulse_one_way_delay_seconds summary\n"));
     }
 }

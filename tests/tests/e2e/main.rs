@@ -2,11 +2,20 @@
 
 mod accuracy;
 mod cli;
+mod dashboards;
 mod delivery;
 mod demo;
 mod enroll;
+mod hops;
 mod lab;
 mod loopback;
+mod package;
 mod prometheus;
+mod reload;
+mod remote_write;
 mod security;
 mod setup;
+mod stamp;
+mod systemd;
+mod topo;
+mod ui;
