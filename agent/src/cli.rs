@@ -15,8 +15,11 @@ Examples:
   # standalone, a drop-in for smokeping_prober: probe two hosts, serve /metrics
   pathpulse-agent run --target 192.0.2.1 --target tcp:example.net:443 --metrics-listen 127.0.0.1:9469
 
-  # report to an aggregator (identity in --state-dir, see `pathpulse-aggregator cert issue`)
-  pathpulse-agent run --name branch-1 --aggregator agg.example.net:4433 --target 10.0.0.1
+  # get an identity with a one-time token from `pathpulse-aggregator token create`
+  pathpulse-agent enroll --aggregator agg.example.net:4470 --token pp1.… --name branch-1
+
+  # report to an aggregator (identity in --state-dir)
+  pathpulse-agent run --name branch-1 --aggregator agg.example.net:4470 --target 10.0.0.1
 
   # validate a configuration file without starting
   pathpulse-agent check-config --config /etc/pathpulse/agent.toml";
@@ -42,15 +45,23 @@ pub enum LogFormat {
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Probe the targets and report (to aggregators, to /metrics, or both).
-    Run(RunArgs),
-    /// Exchange a one-time token for a certificate (not built yet: see `pathpulse-aggregator cert issue`).
+    Run(Box<RunArgs>),
+    /// Exchange a one-time token (`pathpulse-aggregator token create`) for a certificate
+    /// whose identity is NAME; the key is made here and never leaves this machine.
     Enroll {
         #[arg(long, value_name = "HOST:PORT")]
         aggregator: String,
-        #[arg(long)]
+        #[arg(long, env = "PATHPULSE_ENROLL_TOKEN", hide_env_values = true)]
         token: String,
-        #[arg(long, value_name = "DIR")]
+        /// Identity to enroll as (default: host name).
+        #[arg(long, env = "PATHPULSE_NAME")]
+        name: Option<String>,
+        /// State directory; the identity goes to DIR/identity.
+        #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR")]
         state_dir: Option<std::path::PathBuf>,
+        /// Replace an existing identity.
+        #[arg(long)]
+        force: bool,
     },
     /// Validate a configuration file and exit (78 when invalid).
     CheckConfig {
@@ -205,12 +216,54 @@ pub fn main() -> ExitCode {
             }
         }
         Command::GenerateAssets { out } => generate_assets(Cli::command(), &out),
-        Command::Enroll { aggregator, .. } => {
-            eprintln!(
-                "enroll: token enrollment is not available in this version; ask the operator of {aggregator} to run \
-                 `pathpulse-aggregator cert issue --name NAME --out STATE_DIR/identity` and copy the files"
-            );
-            ExitCode::from(69)
+        Command::Enroll {
+            aggregator,
+            token,
+            name,
+            state_dir,
+            force,
+        } => {
+            let name = name.unwrap_or_else(crate::config::host_name);
+            let state_dir = state_dir.unwrap_or_else(|| crate::config::DEFAULT_STATE_DIR.into());
+            let dir = state_dir.join(crate::run::IDENTITY_DIR);
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(crate::enroll::enroll(
+                &aggregator,
+                &token,
+                &name,
+                &dir,
+                force,
+            )) {
+                Ok(e) => {
+                    println!(
+                        "enrolled as `{name}` with {aggregator}: identity in {} (serial {})",
+                        e.identity_dir.display(),
+                        e.serial
+                    );
+                    println!(
+                        "run: pathpulse-agent run --name {name} --aggregator {aggregator} --state-dir {} --target …",
+                        state_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(crate::enroll::EnrollError::Usage(e)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG as u8)
+                }
+                Err(e) => {
+                    eprintln!("error: enrollment failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run(args) => {
             let cfg = match AgentConfig::resolve(&args) {
@@ -240,7 +293,7 @@ pub fn main() -> ExitCode {
                     systemd::ready(&running_status(&h.reloader.running()));
                     tokio::spawn(systemd::watchdog(h.liveness, t.clone()));
                     if let Some(hup) = hup {
-                        tokio::spawn(reload_on_sighup(hup, args, h.reloader, t));
+                        tokio::spawn(reload_on_sighup(hup, *args, h.reloader, t));
                     }
                 };
                 match crate::run::run_with(cfg, token, started).await {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::spool::SpoolLimits;
 use crate::target::TargetSpec;
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -38,6 +39,8 @@ pub struct FileConfig {
     pub site: Option<String>,
     pub isp: Option<String>,
     pub hops: Option<bool>,
+    pub spool_max_reports: Option<u64>,
+    pub spool_max_mib: Option<u64>,
     /// Address prefixes of this agent's ISP (`["203.0.113.0/24"]`): hops inside them are
     /// the `isp` role; without them the ISP boundary is guessed (see README).
     pub isp_prefixes: Option<Vec<String>>,
@@ -99,6 +102,12 @@ pub struct RunArgs {
     /// Turn off hop discovery and per-hop metrics toward ICMP targets.
     #[arg(long, env = "PATHPULSE_NO_HOPS")]
     pub no_hops: bool,
+    /// Unacknowledged reports kept on disk per aggregator; beyond it the oldest go.
+    #[arg(long, value_name = "N", env = "PATHPULSE_SPOOL_MAX_REPORTS")]
+    pub spool_max_reports: Option<u64>,
+    /// Size bound of each aggregator's spool, MiB.
+    #[arg(long, value_name = "MIB", env = "PATHPULSE_SPOOL_MAX_MIB")]
+    pub spool_max_mib: Option<u64>,
     /// Run a STAMP reflector (RFC 8762) on this UDP address, repeatable, e.g. 0.0.0.0:862
     /// and [::]:862 (default: none, no reflector).
     #[arg(
@@ -130,6 +139,7 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub site: Option<String>,
     pub isp: Option<String>,
+    pub spool: SpoolLimits,
     /// Hop discovery and per-hop monitoring toward ICMP targets.
     pub hops: bool,
     pub isp_prefixes: Vec<crate::probe::route::Prefix>,
@@ -222,7 +232,12 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigErrors> {
             reason: format!("cannot read {}: {e}", path.display()),
         }])
     })?;
-    toml::from_str(&text).map_err(|e| {
+    parse_file(&text, path)
+}
+
+/// Parse the TOML text of a configuration file (`path` names it in errors).
+pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigErrors> {
+    toml::from_str(text).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             key: "config".into(),
             reason: format!("{}: {}", path.display(), e.to_string().trim_end()),
@@ -239,7 +254,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
     })
 }
 
-fn host_name() -> String {
+/// This machine's short host name when it is a valid agent name, else `agent`.
+pub fn host_name() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -255,6 +271,11 @@ impl AgentConfig {
             Some(p) => load_file(p)?,
             None => FileConfig::default(),
         };
+        Self::resolve_with(args, file)
+    }
+
+    /// As [`AgentConfig::resolve`] with the file already parsed.
+    pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<AgentConfig, ConfigErrors> {
         let mut c = Collect::default();
         let name = args.name.clone().or(file.name).unwrap_or_else(host_name);
         if let Err(e) = check_name(&name) {
@@ -403,6 +424,21 @@ impl AgentConfig {
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let mut spool = SpoolLimits::default();
+        if let Some(n) = args.spool_max_reports.or(file.spool_max_reports) {
+            if (1..=10_000_000).contains(&n) {
+                spool.max_reports = n as usize;
+            } else {
+                c.err("spool_max_reports", format!("{n} is outside 1 .. 10000000"));
+            }
+        }
+        if let Some(m) = args.spool_max_mib.or(file.spool_max_mib) {
+            if (1..=1 << 20).contains(&m) {
+                spool.max_bytes = m << 20;
+            } else {
+                c.err("spool_max_mib", format!("{m} is outside 1 .. 1048576"));
+            }
+        }
         let mut isp_prefixes = Vec::new();
         for (i, p) in file.isp_prefixes.unwrap_or_default().iter().enumerate() {
             match p.parse() {
@@ -422,6 +458,7 @@ impl AgentConfig {
                 state_dir,
                 site: args.site.clone().or(file.site),
                 isp: args.isp.clone().or(file.isp),
+                spool,
                 hops: !args.no_hops && file.hops.unwrap_or(true),
                 isp_prefixes,
                 hop_interval,

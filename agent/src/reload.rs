@@ -86,6 +86,14 @@ pub fn restart_keys(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static st
         running.metrics_listen != new.metrics_listen,
     );
     check("state_dir", running.state_dir != new.state_dir);
+    check(
+        "spool_max_reports",
+        running.spool.max_reports != new.spool.max_reports,
+    );
+    check(
+        "spool_max_mib",
+        running.spool.max_bytes != new.spool.max_bytes,
+    );
     check("site", running.site != new.site);
     check("isp", running.isp != new.isp);
     check(
@@ -252,6 +260,7 @@ mod tests {
             stamp_listen: vec![],
             stamp_rate: crate::probe::stamp::reflector::DEFAULT_RATE,
             stamp_key: None,
+            spool: Default::default(),
         }
     }
 

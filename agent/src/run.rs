@@ -1,5 +1,6 @@
 //! The agent assembled: probers, reporter, uplinks and the standalone `/metrics`.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +17,7 @@ use crate::probe::tcp::TcpProber;
 use crate::reload::{ProbePlan, Reloader};
 use crate::resolve::Resolver;
 use crate::shared::{Shared, Taken};
+use crate::spool::{self, SPOOL_DIR, Spool};
 use crate::stats::PathStats;
 use crate::systemd::{BEAT_EVERY, Liveness};
 use crate::uplink::{self, Uplink, UplinkStatus};
@@ -51,7 +53,8 @@ pub fn wall_ms() -> u64 {
 /// running agent.
 #[derive(Debug, Clone)]
 pub struct AgentHandles {
-    pub uplinks: Vec<Arc<UplinkStatus>>,
+    /// Each aggregator and its uplink's state.
+    pub uplinks: Vec<(String, Arc<UplinkStatus>)>,
     /// Reload targets (SIGHUP).
     pub reloader: Arc<Reloader>,
     /// The main loops, for the systemd watchdog.
@@ -102,17 +105,24 @@ pub async fn run_with(
             config_err(
                 "state_dir",
                 format!(
-                    "{e:#}; issue an identity with `pathpulse-aggregator cert issue --name {} --out {}`",
+                    "{e:#}; enroll with a token from `pathpulse-aggregator token create`: `pathpulse-agent enroll --aggregator HOST:PORT --token TOKEN --name {} --state-dir {}`, or issue an identity with `pathpulse-aggregator cert issue --name {} --out {}`",
+                    cfg.name,
+                    cfg.state_dir.display(),
                     cfg.name,
                     dir.display()
                 ),
             )
         })?;
+        // A new session for every start; reports spooled by an earlier process keep theirs.
         let session: u64 = rand::random();
         for a in &cfg.aggregators {
             let (tx, rx) = mpsc::channel(64);
             let status = Arc::new(UplinkStatus::default());
-            uplinks.push(status.clone());
+            let path = cfg.state_dir.join(SPOOL_DIR).join(spool::file_name(a));
+            let mut spool = Spool::open(path, cfg.spool, status.spool.clone())
+                .map_err(|e| config_err("state_dir", e.to_string()))?;
+            spool.retain_agent(&cfg.name);
+            uplinks.push((a.clone(), status.clone()));
             let up = Uplink {
                 aggregator: a.clone(),
                 hello: Hello {
@@ -123,11 +133,12 @@ pub async fn run_with(
                     isp: cfg.isp.clone(),
                 },
                 client: client.clone(),
+                identity_dir: Some(dir.clone()),
                 reports: rx,
-                queue_limit: uplink::DEFAULT_QUEUE_LIMIT,
-                status,
+                spool,
+                status: status.clone(),
             };
-            uplink_txs.push((a.clone(), tx));
+            uplink_txs.push((a.clone(), tx, status));
             tasks.spawn(up.run(shutdown.clone()));
         }
     }
@@ -151,11 +162,9 @@ pub async fn run_with(
                 cfg.isp.clone(),
                 None,
             );
-            let reg = Arc::new(export::registry(
-                store.clone(),
-                Role::Agent,
-                export::wall_clock_ms,
-            ));
+            let mut reg = export::registry(store.clone(), Role::Agent, export::wall_clock_ms);
+            reg.register_collector(Box::new(UplinkCollector(uplinks.clone())));
+            let reg = Arc::new(reg);
             let app = pathpulse_metrics::http::metrics_router(reg)
                 .route("/healthz", axum::routing::get(|| async { "ok\n" }));
             let stop = shutdown.clone();
@@ -313,8 +322,9 @@ pub async fn run_with(
                 store.remove_path(&cfg.name, &dst, probe);
             }
         }
-        for (agg, tx) in &uplink_txs {
+        for (agg, tx, status) in &uplink_txs {
             if tx.try_send(report.clone()).is_err() {
+                status.queue_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(aggregator = %agg, "uplink queue full; report dropped");
             }
         }
@@ -331,4 +341,86 @@ pub async fn run_with(
         tracing::warn!("some tasks did not stop within 3 s");
     }
     Ok(())
+}
+
+/// The agent's own delivery metrics, per aggregator, on its standalone `/metrics`.
+#[derive(Debug)]
+struct UplinkCollector(Vec<(String, Arc<UplinkStatus>)>);
+
+impl prometheus_client::collector::Collector for UplinkCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::NoLabelSet;
+        use prometheus_client::metrics::MetricType::{Counter, Gauge};
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        type Get = fn(&UplinkStatus) -> u64;
+        let gauges: [(&str, &str, Get); 4] = [
+            (
+                "pathpulse_uplink_connected",
+                "1 while the uplink to the aggregator is connected.",
+                |s| u64::from(s.connected.load(Ordering::Relaxed)),
+            ),
+            (
+                "pathpulse_spool_reports",
+                "Reports kept for the aggregator until it acknowledges them.",
+                |s| s.spool.reports.load(Ordering::Relaxed),
+            ),
+            (
+                "pathpulse_spool_bytes",
+                "Encoded size of the reports kept for the aggregator.",
+                |s| s.spool.bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "pathpulse_spool_on_disk",
+                "1 while the spool is written to disk; 0 while reports are kept in memory only (disk error).",
+                |s| u64::from(s.spool.on_disk.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, help, get) in gauges {
+            let mut m = enc.encode_descriptor(name, help, None, Gauge)?;
+            for (a, s) in &self.0 {
+                m.encode_family(&[("aggregator", a.as_str())])?
+                    .encode_gauge(&(get(s) as i64))?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_reports_acknowledged",
+            "Reports the aggregator acknowledged.",
+            None,
+            Counter,
+        )?;
+        for (a, s) in &self.0 {
+            m.encode_family(&[("aggregator", a.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&load(&s.acked), None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_spool_dropped",
+            "Reports dropped before the aggregator acknowledged them, oldest first (spool bound reached, or the uplink's queue full).",
+            None,
+            Counter,
+        )?;
+        for (a, s) in &self.0 {
+            let v = load(&s.spool.dropped) + load(&s.queue_dropped);
+            m.encode_family(&[("aggregator", a.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_spool_errors",
+            "Spool problems: failed writes (disk full, I/O) and corrupt files moved aside.",
+            None,
+            Counter,
+        )?;
+        for (a, s) in &self.0 {
+            for (kind, v) in [
+                ("write", load(&s.spool.write_errors)),
+                ("corrupt", load(&s.spool.corrupt)),
+            ] {
+                m.encode_family(&[("aggregator", a.as_str()), ("kind", kind)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        Ok(())
+    }
 }

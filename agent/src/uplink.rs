@@ -1,10 +1,12 @@
 //! Uplink to one aggregator: QUIC with mutual TLS, one bidirectional stream carrying a
 //! hello and then reports; the aggregator acknowledges each report after applying it.
-//! Unacknowledged reports are kept (bounded, oldest dropped first and counted) and sent
-//! again after a reconnect; the aggregator ignores sequences it has already applied.
-//! Reconnects use jittered exponential backoff.
+//! Every report is numbered within this process's session and written to the uplink's
+//! [`Spool`] before it is sent; it leaves the spool when acknowledged. After a reconnect or
+//! a restart the spool is replayed first, oldest first; reports of an earlier session are
+//! sent after a hello naming that session, so the aggregator, which applies each
+//! (agent, session, sequence) once, counts every report exactly once. Reconnects use
+//! jittered exponential backoff.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,24 +18,29 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-
-/// Unacknowledged reports kept per aggregator (the on-disk spool replaces this bound).
-pub const DEFAULT_QUEUE_LIMIT: usize = 10_000;
+use crate::spool::{Spool, SpoolStats};
 
 /// What an uplink shows about itself.
 #[derive(Debug, Default)]
 pub struct UplinkStatus {
     pub connected: AtomicBool,
+    /// Reports acknowledged by the aggregator since start.
     pub acked: AtomicU64,
-    pub dropped: AtomicU64,
+    /// Reports the reporter could not hand to this uplink (its queue was full).
+    pub queue_dropped: AtomicU64,
+    pub spool: Arc<SpoolStats>,
 }
 
 pub struct Uplink {
     pub aggregator: String,
+    /// The hello of this process's session.
     pub hello: Hello,
     pub client: quinn::ClientConfig,
+    /// Where the identity lives: read again at every connection (a renewed certificate is
+    /// used from the next one) and renewed when due. `None`: `client` as given, no renewal.
+    pub identity_dir: Option<std::path::PathBuf>,
     pub reports: mpsc::Receiver<Report>,
-    pub queue_limit: usize,
+    pub spool: Spool,
     pub status: Arc<UplinkStatus>,
 }
 
@@ -56,23 +63,32 @@ enum Ended {
     Shutdown,
 }
 
+/// Reports written on the current stream and not yet acknowledged, in order.
+type InFlight = std::collections::VecDeque<(u64, u64)>;
+
+/// The state of one report stream.
+struct Stream {
+    send: quinn::SendStream,
+    /// Session named by the last hello on this stream.
+    session: u64,
+    in_flight: InFlight,
+    /// Spool key of the last record written.
+    last_sent: Option<u64>,
+}
+
 impl Uplink {
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut pending: VecDeque<Report> = VecDeque::new();
         let mut next_seq = 0u64;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut last_error = String::new();
         loop {
-            match self
-                .session(&mut pending, &mut next_seq, &shutdown, &mut backoff)
-                .await
-            {
-                Ok(Ended::Shutdown) => return,
+            match self.session(&mut next_seq, &shutdown, &mut backoff).await {
+                Ok(Ended::Shutdown) => return self.drain(&mut next_seq).await,
                 Err(e) => {
                     self.status.connected.store(false, Ordering::Relaxed);
                     let msg = format!("{e:#}");
                     if msg != last_error {
-                        tracing::warn!(aggregator = %self.aggregator, error = %msg, "uplink down; retrying with backoff");
+                        tracing::warn!(aggregator = %self.aggregator, error = %msg, spooled = self.spool.len(), "uplink down; retrying with backoff");
                         last_error = msg;
                     }
                 }
@@ -81,10 +97,10 @@ impl Uplink {
             tokio::pin!(wait);
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return self.drain(&mut next_seq).await,
                     _ = &mut wait => break,
                     r = self.reports.recv() => match r {
-                        Some(r) => self.enqueue(&mut pending, &mut next_seq, r),
+                        Some(r) => self.enqueue(&mut next_seq, r),
                         None => return,
                     },
                 }
@@ -92,19 +108,32 @@ impl Uplink {
         }
     }
 
-    fn enqueue(&self, pending: &mut VecDeque<Report>, next_seq: &mut u64, mut r: Report) {
+    /// At shutdown: spool what the reporter still sends (its last report) until it closes
+    /// the channel, so that a restart replays it.
+    async fn drain(&mut self, next_seq: &mut u64) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(r) = self.reports.recv().await {
+                self.enqueue(next_seq, r);
+            }
+        })
+        .await;
+    }
+
+    /// Number the report, note the spool's state in it and spool it.
+    fn enqueue(&mut self, next_seq: &mut u64, mut r: Report) {
         *next_seq += 1;
         r.seq = *next_seq;
-        if pending.len() >= self.queue_limit {
-            pending.pop_front();
-            self.status.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        pending.push_back(r);
+        let s = &self.status;
+        r.health.spool_reports = u32::try_from(self.spool.len() + 1).unwrap_or(u32::MAX);
+        r.health.spool_dropped = u32::try_from(
+            s.spool.dropped.load(Ordering::Relaxed) + s.queue_dropped.load(Ordering::Relaxed),
+        )
+        .unwrap_or(u32::MAX);
+        self.spool.push(self.hello.session, r);
     }
 
     async fn session(
         &mut self,
-        pending: &mut VecDeque<Report>,
         next_seq: &mut u64,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
@@ -120,14 +149,20 @@ impl Uplink {
             "[::]:0"
         }
         .parse()?;
+        if let Some(dir) = &self.identity_dir {
+            match client_config(dir) {
+                Ok(c) => self.client = c,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot read the identity again; using the one loaded before")
+                }
+            }
+        }
         let endpoint = quinn::Endpoint::client(bind).context("opening the QUIC socket")?;
         let conn = endpoint
             .connect_with(self.client.clone(), addr, tls::SERVER_NAME)?
             .await
             .with_context(|| format!("QUIC handshake with {addr}"))?;
-        let result = self
-            .stream(&conn, pending, next_seq, shutdown, backoff)
-            .await;
+        let result = self.stream(&conn, next_seq, shutdown, backoff).await;
         conn.close(0u32.into(), b"bye");
         tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
             .await
@@ -135,10 +170,46 @@ impl Uplink {
         result
     }
 
+    /// Write every spooled record not yet written on this stream (a hello first when a
+    /// record belongs to another session than the stream's), taking in new reports from
+    /// the reporter between writes so that a long replay never fills its queue.
+    ///
+    /// Acknowledgements are taken in between too: a long replay must not leave them
+    /// unread, or the aggregator, blocked writing them, would stop reading reports.
+    async fn pump(
+        &mut self,
+        st: &mut Stream,
+        next_seq: &mut u64,
+        acks: &mut mpsc::Receiver<anyhow::Result<ServerMsg>>,
+    ) -> anyhow::Result<()> {
+        loop {
+            while let Ok(r) = self.reports.try_recv() {
+                self.enqueue(next_seq, r);
+            }
+            while let Ok(m) = acks.try_recv() {
+                self.answer(st, m?)?;
+            }
+            let Some((key, rec)) = self.spool.next_after(st.last_sent) else {
+                return Ok(());
+            };
+            if rec.session != st.session {
+                let mut h = self.hello.clone();
+                h.session = rec.session;
+                frame::write(&mut st.send, &ClientMsg::Hello(h)).await?;
+                st.session = rec.session;
+            }
+            let (session, seq) = (rec.session, rec.report.seq);
+            // The frame is encoded before the first await: nothing borrowed crosses it.
+            let bytes = frame::encode(&ClientMsg::Report(rec.report.clone()))?;
+            st.send.write_all(&bytes).await?;
+            st.in_flight.push_back((session, seq));
+            st.last_sent = Some(key);
+        }
+    }
+
     async fn stream(
         &mut self,
         conn: &quinn::Connection,
-        pending: &mut VecDeque<Report>,
         next_seq: &mut u64,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
@@ -164,7 +235,26 @@ impl Uplink {
         }
         backoff.reset();
         self.status.connected.store(true, Ordering::Relaxed);
-        tracing::info!(aggregator = %self.aggregator, replay = pending.len(), "uplink connected");
+        tracing::info!(aggregator = %self.aggregator, replay = self.spool.len(), "uplink connected");
+        if let Some(dir) = self.identity_dir.clone() {
+            let (conn, name, aggregator) = (
+                conn.clone(),
+                self.hello.agent.clone(),
+                self.aggregator.clone(),
+            );
+            tokio::spawn(async move {
+                match crate::renew::renew_if_due(&conn, &dir, &name).await {
+                    Ok(None) => {}
+                    Ok(Some((serial, not_after))) => tracing::info!(
+                        %aggregator, %serial, valid_until = not_after,
+                        "certificate renewed; used from the next connection"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(%aggregator, error = %format!("{e:#}"), "certificate renewal failed; trying again at the next connection")
+                    }
+                }
+            });
+        }
         // Acknowledgements come on their own task: frame reads are not cancel-safe.
         let (ack_tx, mut acks) = mpsc::channel::<anyhow::Result<ServerMsg>>(64);
         let reader = tokio::spawn(async move {
@@ -180,35 +270,49 @@ impl Uplink {
             }
         });
         let _abort = AbortOnDrop(reader);
-        for r in pending.iter() {
-            frame::write(&mut send, &ClientMsg::Report(r.clone())).await?;
-        }
+        let mut st = Stream {
+            send,
+            session: self.hello.session,
+            in_flight: InFlight::new(),
+            last_sent: None,
+        };
+        self.pump(&mut st, next_seq, &mut acks).await?;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    // Give in-flight acknowledgements a moment so nothing is replayed needlessly.
+                    // Send the reporter's last report; give acknowledgements a moment so
+                    // that nothing is replayed needlessly after a restart.
                     let deadline = tokio::time::sleep(Duration::from_millis(500));
                     tokio::pin!(deadline);
-                    while !pending.is_empty() {
+                    let mut open = true;
+                    while open || !st.in_flight.is_empty() {
                         tokio::select! {
                             _ = &mut deadline => break,
-                            m = acks.recv() => match m { Some(Ok(ServerMsg::Ack { seq })) => self.acked(pending, seq), _ => break },
+                            r = self.reports.recv(), if open => match r {
+                                Some(r) => {
+                                    self.enqueue(next_seq, r);
+                                    if self.pump(&mut st, next_seq, &mut acks).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                None => open = false,
+                            },
+                            m = acks.recv() => match m {
+                                Some(Ok(m)) => if self.answer(&mut st, m).is_err() { break },
+                                _ => break,
+                            },
                         }
                     }
-                    send.finish().ok();
+                    st.send.finish().ok();
                     return Ok(Ended::Shutdown);
                 }
                 r = self.reports.recv() => {
                     let Some(r) = r else { return Ok(Ended::Shutdown) };
-                    self.enqueue(pending, next_seq, r);
-                    if let Some(r) = pending.back() {
-                        frame::write(&mut send, &ClientMsg::Report(r.clone())).await?;
-                    }
+                    self.enqueue(next_seq, r);
+                    self.pump(&mut st, next_seq, &mut acks).await?;
                 }
                 m = acks.recv() => match m {
-                    Some(Ok(ServerMsg::Ack { seq })) => self.acked(pending, seq),
-                    Some(Ok(ServerMsg::Refused { reason, detail })) => bail!("report refused ({}): {detail}", reason.as_str()),
-                    Some(Ok(other)) => bail!("unexpected message: {other:?}"),
+                    Some(Ok(m)) => self.answer(&mut st, m)?,
                     Some(Err(e)) => return Err(e),
                     None => bail!("acknowledgement reader ended"),
                 },
@@ -216,10 +320,30 @@ impl Uplink {
         }
     }
 
-    fn acked(&self, pending: &mut VecDeque<Report>, seq: u64) {
-        while pending.front().is_some_and(|r| r.seq <= seq) {
-            pending.pop_front();
-            self.status.acked.fetch_add(1, Ordering::Relaxed);
+    /// Handle the aggregator's answer. Acknowledgements arrive in the order the reports
+    /// were written; a refused report is taken out of the spool (it would be refused again
+    /// on every replay) and the stream restarted.
+    fn answer(&mut self, st: &mut Stream, m: ServerMsg) -> anyhow::Result<()> {
+        match m {
+            ServerMsg::Ack { seq } => match st.in_flight.pop_front() {
+                Some((session, s)) if s == seq => {
+                    let n = self.spool.ack(session, seq);
+                    self.status.acked.fetch_add(n as u64, Ordering::Relaxed);
+                    Ok(())
+                }
+                other => bail!("acknowledgement of {seq} out of order (expected {other:?})"),
+            },
+            // The answer to a hello naming an earlier session during a replay.
+            ServerMsg::Welcome { .. } => Ok(()),
+            ServerMsg::Renewed { .. } => bail!("unexpected certificate on the report stream"),
+            ServerMsg::Refused { reason, detail } => {
+                if let Some((session, seq)) = st.in_flight.front().copied()
+                    && self.spool.discard(session, seq)
+                {
+                    tracing::error!(aggregator = %self.aggregator, session, seq, reason = reason.as_str(), %detail, "report refused; removed from the spool");
+                }
+                bail!("report refused ({}): {detail}", reason.as_str())
+            }
         }
     }
 }

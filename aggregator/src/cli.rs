@@ -22,8 +22,14 @@ Examples:
   # run for real
   pathpulse-aggregator run --listen 0.0.0.0:4470 --http 0.0.0.0:9470 --state-dir /var/lib/pathpulse
 
-  # issue an agent identity (copy DIR to the agent's /var/lib/pathpulse/identity)
-  pathpulse-aggregator cert issue --name branch-1 --out ./branch-1-identity";
+  # a one-time enrollment token (printed once; the agent runs `pathpulse-agent enroll`)
+  pathpulse-aggregator token create --ttl 1h --state-dir /var/lib/pathpulse
+
+  # or issue an agent identity by hand (copy DIR to the agent's /var/lib/pathpulse/identity)
+  pathpulse-aggregator cert issue --name branch-1 --out ./branch-1-identity
+
+  # revoke every certificate of an agent (refused at its next connection)
+  pathpulse-aggregator cert revoke --name branch-1 --state-dir /var/lib/pathpulse";
 
 #[derive(Debug, Parser)]
 #[command(name = "pathpulse-aggregator", version, about = "pathpulse aggregator: merges agent reports, exports Prometheus metrics", after_help = EXAMPLES)]
@@ -41,7 +47,7 @@ pub enum Command {
     Run(RunArgs),
     /// Aggregator plus local agents with embedded defaults, for a first look.
     Demo(DemoArgs),
-    /// Enrollment tokens (not built yet: use `cert issue`).
+    /// One-time enrollment tokens.
     Token {
         #[command(subcommand)]
         action: TokenAction,
@@ -66,12 +72,17 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenAction {
-    /// Create a one-time enrollment token.
+    /// Create a one-time enrollment token: printed once, only its hash is stored. It
+    /// carries the CA's fingerprint, so the enrolling agent trusts only this aggregator.
     Create {
         #[arg(long, default_value = "agent")]
         role: String,
+        /// Lifetime, e.g. 30m, 24h (default 24h).
         #[arg(long, value_name = "DUR")]
         ttl: Option<String>,
+        /// The aggregator's state directory (CA and tokens).
+        #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
 }
 
@@ -83,7 +94,18 @@ pub enum CertAction {
         name: String,
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Validity, e.g. 90d (default one year). Agents renew in the last third.
+        #[arg(long, value_name = "DUR")]
+        valid_for: Option<String>,
         /// The aggregator's state directory (holds the CA; created if missing).
+        #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Revoke every certificate issued to NAME: refused at its next connection (the
+    /// running aggregator sees it at once).
+    Revoke {
+        #[arg(long)]
+        name: String,
         #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
@@ -167,27 +189,106 @@ pub fn main() -> ExitCode {
                 Err(e) => exit_for(Err(RunError::Config(e))),
             }
         }
-        Command::Token { .. } => {
-            eprintln!(
-                "token create: token enrollment is not available in this version; use `pathpulse-aggregator cert issue`"
-            );
-            ExitCode::from(69)
+        Command::Token {
+            action:
+                TokenAction::Create {
+                    role,
+                    ttl,
+                    state_dir,
+                },
+        } => {
+            let ttl = match ttl.as_deref().map(pathpulse_agent::config::parse_duration) {
+                None => crate::state::DEFAULT_TOKEN_TTL,
+                Some(Ok(d)) if !d.is_zero() => d,
+                Some(Ok(_)) => {
+                    eprintln!("invalid configuration:\n  ttl: must be more than 0s");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+                Some(Err(e)) => {
+                    eprintln!("invalid configuration:\n  ttl: {e}");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+            };
+            if !crate::state::TOKEN_ROLES.contains(&role.as_str()) {
+                eprintln!(
+                    "invalid configuration:\n  role: `{role}` is not one of {:?}",
+                    crate::state::TOKEN_ROLES
+                );
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+            let made = crate::pki::load_ca(&state_dir).and_then(|ca| {
+                crate::state::StateDb::open(&state_dir)?.create_token(&role, ttl, ca.cert_pem())
+            });
+            match made {
+                Ok(token) => {
+                    println!("{token}");
+                    eprintln!(
+                        "one-time {role} token, valid for {} (only its hash is kept; it is not shown again).\n\
+                         On the agent: pathpulse-agent enroll --aggregator HOST:PORT --token TOKEN --name NAME",
+                        pathpulse_agent::config::fmt_dur(ttl)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
+        Command::Cert {
+            action: CertAction::Revoke { name, state_dir },
+        } => match crate::state::StateDb::open(&state_dir).and_then(|db| db.revoke_name(&name)) {
+            Ok(serials) if serials.is_empty() => {
+                eprintln!(
+                    "error: no certificate issued to `{name}` is known in {} (those from `cert issue` and `enroll` are recorded)",
+                    state_dir.display()
+                );
+                ExitCode::FAILURE
+            }
+            Ok(serials) => {
+                println!(
+                    "revoked {} certificate(s) of `{name}` (serials {}); refused from its next connection",
+                    serials.len(),
+                    serials.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Cert {
             action:
                 CertAction::Issue {
                     name,
                     out,
+                    valid_for,
                     state_dir,
                 },
         } => {
+            let valid_for = match valid_for
+                .as_deref()
+                .map(pathpulse_agent::config::parse_duration)
+            {
+                None => crate::pki::AGENT_CERT_VALIDITY,
+                Some(Ok(d)) if !d.is_zero() => d,
+                Some(Ok(_)) => {
+                    eprintln!("invalid configuration:\n  valid_for: must be more than 0s");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+                Some(Err(e)) => {
+                    eprintln!("invalid configuration:\n  valid_for: {e}");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+            };
             if let Err(e) = check_name(&name) {
                 eprintln!("invalid configuration:\n  name: {e}");
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
-            match crate::pki::load_ca(&state_dir)
-                .and_then(|ca| crate::pki::issue_agent(&ca, &name, &out))
-            {
+            match crate::pki::load_ca(&state_dir).and_then(|ca| {
+                crate::pki::issue_agent_recorded(&state_dir, &ca, &name, &out, valid_for)
+            }) {
                 Ok(()) => {
                     println!(
                         "issued identity `{name}` into {} (agent.crt, agent.key, ca.crt)",

@@ -109,6 +109,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             stamp_listen: Vec::new(),
             stamp_rate: pathpulse_agent::probe::stamp::reflector::DEFAULT_RATE,
             stamp_key: None,
+            spool: Default::default(),
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }

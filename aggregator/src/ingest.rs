@@ -10,11 +10,15 @@ use pathpulse_agent::systemd::{BEAT_EVERY, Beat};
 use pathpulse_metrics::export::wall_clock_ms;
 use pathpulse_metrics::{Applied, SharedStore};
 use pathpulse_wire::frame::{self, FrameError};
+use pathpulse_wire::message::MAX_ENROLL_FRAME;
 use pathpulse_wire::message::validate_report;
-use pathpulse_wire::{ClientMsg, RefuseReason, ServerMsg, tls};
+use pathpulse_wire::{ClientMsg, EnrollReply, EnrollRequest, RefuseReason, ServerMsg, tls};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::pki::AGENT_CERT_VALIDITY;
+use crate::state::{StateDb, TokenError};
 
 /// Streams one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
@@ -27,6 +31,14 @@ pub struct Ingest {
     pub max_frame: u32,
     pub connections: Arc<Semaphore>,
     pub name: String,
+    pub auth: Arc<Auth>,
+}
+
+/// What the ingest needs to enroll agents and check revocations.
+#[derive(Debug)]
+pub struct Auth {
+    pub ca: tls::Ca,
+    pub state: StateDb,
 }
 
 /// The QUIC server configuration from rustls's, with limits suited to report streams.
@@ -77,8 +89,9 @@ impl Ingest {
                 continue;
             };
             let (store, max_frame, name) = (self.store.clone(), self.max_frame, self.name.clone());
+            let auth = self.auth.clone();
             tasks.spawn(async move {
-                handle_connection(incoming, store, max_frame, name).await;
+                handle_connection(incoming, store, max_frame, name, auth).await;
                 drop(permit);
             });
         }
@@ -97,6 +110,7 @@ async fn handle_connection(
     store: SharedStore,
     max_frame: u32,
     name: String,
+    auth: Arc<Auth>,
 ) {
     let peer = incoming.remote_address();
     let conn = match incoming.await {
@@ -109,23 +123,64 @@ async fn handle_connection(
             return;
         }
     };
-    let agent = match conn
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    if alpn.as_deref() == Some(tls::ENROLL_ALPN) {
+        handle_enroll(conn, store, auth).await;
+        return;
+    }
+    let cert = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|certs| certs.first().map(tls::peer_agent_name))
-    {
+        .and_then(|certs| certs.first().cloned());
+    let validity = cert
+        .as_ref()
+        .and_then(|c| tls::cert_validity(c).ok())
+        .unwrap_or((0, i64::MAX));
+    let agent = match cert.as_ref().map(tls::peer_agent_name) {
         Some(Ok(a)) => a,
         other => {
             let why = match other {
                 Some(Err(e)) => e.to_string(),
-                _ => "no client certificate".into(),
+                _ => "no client certificate: without one a connection may only enroll".into(),
             };
             tracing::warn!(%peer, error = %why, "no agent identity in certificate");
             refuse(&store, RefuseReason::Certificate);
-            conn.close(1u32.into(), b"no agent identity");
+            refuse_connection(conn, RefuseReason::Certificate, why).await;
             return;
         }
     };
+    // Revocation is checked on every connection (a resumed TLS session is a new one too).
+    let serial = cert
+        .as_ref()
+        .and_then(|c| tls::cert_serial(c).ok())
+        .unwrap_or_default();
+    match auth.state.is_revoked(&serial) {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::warn!(%peer, %agent, %serial, "revoked certificate refused");
+            refuse(&store, RefuseReason::Revoked);
+            let why = format!(
+                "the certificate of `{agent}` (serial {serial}) was revoked; enroll again with a new token"
+            );
+            refuse_connection(conn, RefuseReason::Revoked, why).await;
+            return;
+        }
+        Err(e) => {
+            // Fail closed: an unreadable revocation list lets nobody in.
+            tracing::error!(%peer, %agent, error = %e, "cannot read the revocation list; refusing");
+            refuse(&store, RefuseReason::Certificate);
+            refuse_connection(
+                conn,
+                RefuseReason::Certificate,
+                "the aggregator cannot check revocation now".into(),
+            )
+            .await;
+            return;
+        }
+    }
     tracing::info!(%peer, %agent, "agent connected");
     loop {
         let (send, recv) = match conn.accept_bi().await {
@@ -138,11 +193,156 @@ async fn handle_connection(
         tokio::spawn(handle_stream(
             send,
             recv,
-            store.clone(),
-            max_frame,
-            (agent.clone(), peer),
-            name.clone(),
+            Peer {
+                store: store.clone(),
+                max_frame,
+                agent: agent.clone(),
+                name: name.clone(),
+                validity,
+                auth: auth.clone(),
+                addr: peer,
+            },
         ));
+    }
+}
+
+/// What a stream knows about its connection.
+struct Peer {
+    store: SharedStore,
+    max_frame: u32,
+    agent: String,
+    /// The aggregator's name (in the welcome).
+    name: String,
+    /// The client certificate's validity (seconds since the epoch).
+    validity: (i64, i64),
+    auth: Arc<Auth>,
+    /// Where the connection comes from.
+    addr: std::net::SocketAddr,
+}
+
+/// Answer a renewal request: a new certificate for the connection's identity, when the
+/// current one is in the last third of its validity.
+async fn renew(peer: &Peer, csr_pem: String) -> Result<ServerMsg, (RefuseReason, String)> {
+    let now = (wall_clock_ms() / 1000) as i64;
+    if !tls::renewal_due(peer.validity, now) {
+        return Err((
+            RefuseReason::Malformed,
+            format!(
+                "renewal not due: the certificate is valid for {} more days",
+                (peer.validity.1 - now) / 86_400
+            ),
+        ));
+    }
+    let (auth, agent) = (peer.auth.clone(), peer.agent.clone());
+    let signed = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let cert = auth
+            .ca
+            .sign_agent_request(&agent, &csr_pem, AGENT_CERT_VALIDITY)?;
+        auth.state.record_issued(&cert, &agent, "renew")?;
+        Ok(cert)
+    })
+    .await
+    .map_err(|e| (RefuseReason::Malformed, e.to_string()))?;
+    match signed {
+        Ok(cert_pem) => {
+            peer.store.lock().unwrap_or_else(|e| e.into_inner()).renewed += 1;
+            tracing::info!(agent = %peer.agent, "certificate renewed");
+            Ok(ServerMsg::Renewed { cert_pem })
+        }
+        Err(e) => Err((RefuseReason::Malformed, format!("{e:#}"))),
+    }
+}
+
+/// Refuse a whole connection: answer its first stream's first message with the refusal
+/// (so the agent can say why), then close.
+async fn refuse_connection(conn: quinn::Connection, reason: RefuseReason, detail: String) {
+    let answer = async {
+        let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+        let _ = frame::read::<ClientMsg, _>(&mut recv, 64 * 1024).await;
+        send_refusal(&mut send, reason, detail).await;
+        Some(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+    conn.close(1u32.into(), reason.as_str().as_bytes());
+}
+
+/// An enrollment connection: one request, one answer.
+async fn handle_enroll(conn: quinn::Connection, store: SharedStore, auth: Arc<Auth>) {
+    let peer = conn.remote_address();
+    let exchange = async {
+        let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+        let reply = match frame::read::<EnrollRequest, _>(&mut recv, MAX_ENROLL_FRAME).await {
+            Ok(Some(req)) => {
+                let auth = auth.clone();
+                let store2 = store.clone();
+                // Signing and the database are quick but blocking.
+                tokio::task::spawn_blocking(move || enroll(&req, &auth, &store2, peer))
+                    .await
+                    .unwrap_or_else(|_| EnrollReply::Refused {
+                        reason: RefuseReason::Malformed,
+                        detail: "internal error".into(),
+                    })
+            }
+            Ok(None) | Err(FrameError::Io(_)) => return None,
+            Err(e) => {
+                let reason = frame_reason(&e);
+                refuse(&store, reason);
+                EnrollReply::Refused {
+                    reason,
+                    detail: e.to_string(),
+                }
+            }
+        };
+        let _ = frame::write(&mut send, &reply).await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        Some(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), exchange).await;
+    conn.close(0u32.into(), b"enrollment done");
+}
+
+fn enroll(
+    req: &EnrollRequest,
+    auth: &Auth,
+    store: &SharedStore,
+    peer: std::net::SocketAddr,
+) -> EnrollReply {
+    let refused = |reason: RefuseReason, detail: String| {
+        tracing::warn!(%peer, name = %req.name, reason = reason.as_str(), %detail, "enrollment refused");
+        refuse(store, reason);
+        EnrollReply::Refused { reason, detail }
+    };
+    if let Err(e) = tls::validate_agent_name(&req.name) {
+        return refused(RefuseReason::Malformed, e.to_string());
+    }
+    let issued = auth.state.redeem(&req.secret, &req.name, || {
+        Ok(auth
+            .ca
+            .sign_agent_request(&req.name, &req.csr_pem, AGENT_CERT_VALIDITY)?)
+    });
+    match issued {
+        Ok(Ok(cert_pem)) => {
+            if let Err(e) = auth.state.record_issued(&cert_pem, &req.name, "enroll") {
+                tracing::error!(error = %e, "cannot record the issued certificate");
+            }
+            store.lock().unwrap_or_else(|e| e.into_inner()).enrolled += 1;
+            tracing::info!(%peer, name = %req.name, "agent enrolled");
+            EnrollReply::Issued {
+                cert_pem,
+                ca_pem: auth.ca.cert_pem().to_string(),
+            }
+        }
+        Ok(Err(e)) => {
+            let reason = match e {
+                TokenError::Unknown | TokenError::Role(_) => RefuseReason::TokenUnknown,
+                TokenError::Used(_) => RefuseReason::TokenReused,
+                TokenError::Expired(_) => RefuseReason::TokenExpired,
+            };
+            refused(reason, e.to_string())
+        }
+        // The token was fine; the request was not (or the database failed).
+        Err(e) => refused(RefuseReason::Malformed, format!("{e:#}")),
     }
 }
 
@@ -153,14 +353,8 @@ async fn send_refusal(send: &mut quinn::SendStream, reason: RefuseReason, detail
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
 }
 
-async fn handle_stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    store: SharedStore,
-    max_frame: u32,
-    (agent, peer): (String, std::net::SocketAddr),
-    name: String,
-) {
+async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, peer: Peer) {
+    let (store, max_frame, agent, name) = (&peer.store, peer.max_frame, &peer.agent, &peer.name);
     let mut session = None;
     loop {
         let msg = match frame::read::<ClientMsg, _>(&mut recv, max_frame).await {
@@ -170,13 +364,17 @@ async fn handle_stream(
             Err(e) => {
                 let reason = frame_reason(&e);
                 tracing::warn!(%agent, error = %e, "bad frame; closing the stream");
-                refuse(&store, reason);
+                refuse(store, reason);
                 send_refusal(&mut send, reason, e.to_string()).await;
                 return;
             }
         };
         let (refusal, reply) = match (msg, session) {
-            (ClientMsg::Hello(h), _) if h.agent != agent => (
+            (ClientMsg::Renew { csr_pem }, _) => match renew(&peer, csr_pem).await {
+                Ok(reply) => (None, Some(reply)),
+                Err(refusal) => (Some(refusal), None),
+            },
+            (ClientMsg::Hello(h), _) if h.agent != *agent => (
                 Some((
                     RefuseReason::WrongIdentity,
                     format!("hello names `{}` but the certificate is `{agent}`", h.agent),
@@ -186,10 +384,10 @@ async fn handle_stream(
             (ClientMsg::Hello(h), _) => {
                 session = Some(h.session);
                 store.lock().unwrap_or_else(|e| e.into_inner()).hello(
-                    &agent,
+                    agent,
                     h.site,
                     h.isp,
-                    Some(peer.ip()),
+                    Some(peer.addr.ip()),
                 );
                 (
                     None,
@@ -202,7 +400,7 @@ async fn handle_stream(
                 Some((RefuseReason::NoHello, "report before hello".to_string())),
                 None,
             ),
-            (ClientMsg::Report(r), Some(_)) if r.agent != agent => (
+            (ClientMsg::Report(r), Some(_)) if r.agent != *agent => (
                 Some((
                     RefuseReason::WrongIdentity,
                     format!(
@@ -229,7 +427,7 @@ async fn handle_stream(
         };
         if let Some((reason, detail)) = refusal {
             tracing::warn!(%agent, reason = reason.as_str(), %detail, "refused");
-            refuse(&store, reason);
+            refuse(store, reason);
             send_refusal(&mut send, reason, detail).await;
             return;
         }

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: file, flags and environment;
 //! - [`pki`]: the CA and the certificates it issues;
+//! - [`state`]: enrollment tokens, issued and revoked certificates (redb);
 //! - [`ingest`]: QUIC with mutual TLS, reports applied once each and acknowledged;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`ui`]: the live mesh page at `/` and its JSON API (`/api/...`);
@@ -16,4 +17,5 @@ pub mod ingest;
 pub mod pki;
 pub mod remote_write;
 pub mod server;
+pub mod state;
 pub mod ui;

@@ -29,10 +29,31 @@ pub fn server_identity(ca: &Ca, names: &[String]) -> anyhow::Result<IssuedCert> 
 /// Write an agent identity (certificate, key, CA certificate) into `out`, the agent's
 /// `STATE_DIR/identity`.
 pub fn issue_agent(ca: &Ca, name: &str, out: &Path) -> anyhow::Result<()> {
-    let cert = ca.issue_agent(name, AGENT_CERT_VALIDITY)?;
+    issue_agent_for(ca, name, out, AGENT_CERT_VALIDITY)
+}
+
+/// As [`issue_agent`], valid for `valid_for` (from an hour ago, for clocks behind).
+pub fn issue_agent_for(ca: &Ca, name: &str, out: &Path, valid_for: Duration) -> anyhow::Result<()> {
+    let cert = ca.issue_agent(name, valid_for)?;
     cert.write_to(out, tls::AGENT_STEM)
         .with_context(|| format!("writing the identity to {}", out.display()))?;
     tls::write_ca_pem(out, ca.cert_pem())
         .with_context(|| format!("writing the CA certificate to {}", out.display()))?;
     Ok(())
+}
+
+/// As [`issue_agent`], recording the certificate in the state database (so that
+/// `cert revoke --name` finds it).
+pub fn issue_agent_recorded(
+    state_dir: &Path,
+    ca: &Ca,
+    name: &str,
+    out: &Path,
+    valid_for: Duration,
+) -> anyhow::Result<()> {
+    let db = crate::state::StateDb::open(state_dir)?;
+    issue_agent_for(ca, name, out, valid_for)?;
+    let cert = std::fs::read_to_string(out.join(format!("{}.crt", tls::AGENT_STEM)))
+        .with_context(|| format!("reading back the certificate in {}", out.display()))?;
+    db.record_issued(&cert, name, "cert issue")
 }

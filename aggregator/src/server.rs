@@ -55,6 +55,8 @@ pub async fn start(
         )
     })?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(|e| config_err("state_dir", format!("{e:#}")))?;
+    let state = crate::state::StateDb::open(&cfg.state_dir)
+        .map_err(|e| config_err("state_dir", format!("{e:#}")))?;
     let server = pki::server_identity(&ca, &cfg.server_names).map_err(fatal)?;
     let tls_cfg = tls::server_config(
         ca.cert_pem(),
@@ -112,6 +114,7 @@ pub async fn start(
             .first()
             .cloned()
             .unwrap_or_else(|| "pathpulse-aggregator".into()),
+        auth: Arc::new(ingest::Auth { ca, state }),
     };
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();

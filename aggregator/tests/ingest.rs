@@ -282,3 +282,235 @@ async fn expired_and_foreign_certificates_are_refused() {
     assert!(agg.running.store.lock().expect("lock").agents.is_empty());
     agg.stop.cancel();
 }
+
+#[tokio::test]
+async fn replay_of_an_earlier_session_on_one_stream_is_applied_once() {
+    // A restarted agent: its new session's hello, then a hello naming the earlier session
+    // before the spooled reports, then its own session again.
+    let agg = start().await;
+    let id = identity(&agg, "a3");
+    let session_hello = |session: u64| {
+        ClientMsg::Hello(Hello {
+            agent: "a3".into(),
+            session,
+            software: "test".into(),
+            site: None,
+            isp: None,
+        })
+    };
+    // First process (session 1): reports 1..=3 applied.
+    let (_ep, conn) = connect(agg.running.bound.quic, &id).await.expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(&mut send, &session_hello(1))
+        .await
+        .expect("hello");
+    answer(&mut recv).await;
+    for seq in 1..=3 {
+        frame::write(&mut send, &report("a3", seq))
+            .await
+            .expect("report");
+        assert_eq!(answer(&mut recv).await, Some(ServerMsg::Ack { seq }));
+    }
+    // Second process (session 2) replays 2..=4 of session 1, then sends its own 1..=2.
+    let (_ep2, conn2) = connect(agg.running.bound.quic, &id).await.expect("connect");
+    let (mut send, mut recv) = conn2.open_bi().await.expect("stream");
+    frame::write(&mut send, &session_hello(2))
+        .await
+        .expect("hello");
+    answer(&mut recv).await;
+    frame::write(&mut send, &session_hello(1))
+        .await
+        .expect("hello");
+    assert!(matches!(
+        answer(&mut recv).await,
+        Some(ServerMsg::Welcome { .. })
+    ));
+    for seq in 2..=4 {
+        frame::write(&mut send, &report("a3", seq))
+            .await
+            .expect("report");
+        assert_eq!(answer(&mut recv).await, Some(ServerMsg::Ack { seq }));
+    }
+    frame::write(&mut send, &session_hello(2))
+        .await
+        .expect("hello");
+    answer(&mut recv).await;
+    for seq in 1..=2 {
+        frame::write(&mut send, &report("a3", seq))
+            .await
+            .expect("report");
+        assert_eq!(answer(&mut recv).await, Some(ServerMsg::Ack { seq }));
+    }
+    let store = agg.running.store.lock().expect("lock");
+    let c = store.paths.values().next().expect("path").counters;
+    assert_eq!(
+        c.sent,
+        3 * 6,
+        "4 reports of session 1 and 2 of session 2, once each"
+    );
+    drop(store);
+    agg.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_connection_without_a_certificate_may_only_enroll() {
+    let agg = start().await;
+    let ca = pki::load_ca(&agg.dir.path().join("agg")).expect("ca");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(ca.cert_pem().as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let mut tls_cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls_cfg.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_cfg).expect("quic");
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("ep");
+    let conn = ep
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(quic)),
+            agg.running.bound.quic,
+            tls::SERVER_NAME,
+        )
+        .expect("connect")
+        .await
+        .expect("handshake without a certificate completes");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(&mut send, &hello("a4")).await.expect("hello");
+    match answer(&mut recv).await {
+        Some(ServerMsg::Refused { reason, detail }) => {
+            assert_eq!(reason, RefuseReason::Certificate);
+            assert!(detail.contains("enroll"), "{detail}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(refused(&agg, RefuseReason::Certificate), 1);
+    assert!(agg.running.store.lock().expect("lock").agents.is_empty());
+
+    // On an enrollment connection a report is not an enrollment request.
+    let cfg =
+        tls::enroll_client_config(&tls::ca_fingerprint(ca.cert_pem()).expect("fp")).expect("cfg");
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).expect("quic");
+    let conn = ep
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(quic)),
+            agg.running.bound.quic,
+            tls::SERVER_NAME,
+        )
+        .expect("connect")
+        .await
+        .expect("enrollment handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(&mut send, &report("a4", 1))
+        .await
+        .expect("report");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        frame::read::<pathpulse_wire::EnrollReply, _>(&mut recv, 1 << 16),
+    )
+    .await
+    .expect("answered")
+    .expect("frame");
+    assert!(
+        matches!(
+            reply,
+            Some(pathpulse_wire::EnrollReply::Refused {
+                reason: RefuseReason::Malformed,
+                ..
+            })
+        ),
+        "{reply:?}"
+    );
+    assert!(agg.running.store.lock().expect("lock").paths.is_empty());
+    agg.stop.cancel();
+}
+
+#[tokio::test]
+async fn reports_that_contradict_themselves_are_refused_as_malformed() {
+    let agg = start().await;
+    let id = identity(&agg, "a5");
+    let mut cases = Vec::new();
+    // More replies than RTT samples.
+    let ClientMsg::Report(mut r) = report("a5", 1) else {
+        unreachable!()
+    };
+    r.paths[0].received = 5;
+    cases.push((r.clone(), "RTT samples"));
+    // A path without a destination.
+    let ClientMsg::Report(mut r) = report("a5", 1) else {
+        unreachable!()
+    };
+    r.paths[0].dst = String::new();
+    cases.push((r, "destination"));
+    for (r, needle) in cases {
+        let before = refused(&agg, RefuseReason::Malformed);
+        let (_ep, conn) = connect(agg.running.bound.quic, &id).await.expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        frame::write(&mut send, &hello("a5")).await.expect("hello");
+        answer(&mut recv).await;
+        frame::write(&mut send, &ClientMsg::Report(r))
+            .await
+            .expect("report");
+        match answer(&mut recv).await {
+            Some(ServerMsg::Refused {
+                reason: RefuseReason::Malformed,
+                detail,
+            }) => assert!(detail.contains(needle), "{detail}"),
+            other => panic!("expected malformed, got {other:?}"),
+        }
+        assert_eq!(refused(&agg, RefuseReason::Malformed), before + 1);
+    }
+    assert!(agg.running.store.lock().expect("lock").paths.is_empty());
+    agg.stop.cancel();
+}
+
+#[tokio::test]
+async fn renewal_is_refused_until_due_and_only_for_the_connections_identity() {
+    let agg = start().await;
+    // A fresh one-year certificate: not due.
+    let id = identity(&agg, "a6");
+    let (_ep, conn) = connect(agg.running.bound.quic, &id).await.expect("connect");
+    let (_, csr) = tls::new_key_and_request("someone-else").expect("csr");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(
+        &mut send,
+        &ClientMsg::Renew {
+            csr_pem: csr.clone(),
+        },
+    )
+    .await
+    .expect("renew");
+    match answer(&mut recv).await {
+        Some(ServerMsg::Refused { reason, detail }) => {
+            assert_eq!(reason, RefuseReason::Malformed);
+            assert!(detail.contains("not due"), "{detail}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A certificate in its last third: renewed, for the connection's name whatever the
+    // request asked for.
+    let ca = pki::load_ca(&agg.dir.path().join("agg")).expect("ca");
+    let dir = agg.dir.path().join("a7");
+    pki::issue_agent_for(&ca, "a7", &dir, Duration::from_secs(600)).expect("issue");
+    let (_ep, conn) = connect(agg.running.bound.quic, &dir)
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(&mut send, &ClientMsg::Renew { csr_pem: csr })
+        .await
+        .expect("renew");
+    match answer(&mut recv).await {
+        Some(ServerMsg::Renewed { cert_pem }) => {
+            let der =
+                rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes()).expect("pem");
+            assert_eq!(tls::peer_agent_name(&der).expect("name"), "a7");
+        }
+        other => panic!("expected a certificate, got {other:?}"),
+    }
+    assert_eq!(agg.running.store.lock().expect("lock").renewed, 1);
+    agg.stop.cancel();
+}

@@ -495,14 +495,7 @@ struct IngestCollector {
     store: SharedStore,
 }
 
-const REFUSE_REASONS: [RefuseReason; 6] = [
-    RefuseReason::WrongIdentity,
-    RefuseReason::Malformed,
-    RefuseReason::Oversize,
-    RefuseReason::UnsupportedVersion,
-    RefuseReason::NoHello,
-    RefuseReason::Certificate,
-];
+const REFUSE_REASONS: [RefuseReason; 10] = RefuseReason::ALL;
 
 impl Collector for IngestCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -517,6 +510,40 @@ impl Collector for IngestCollector {
             let v = store.refused.get(r.as_str()).copied().unwrap_or(0);
             m.encode_family(&[("reason", r.as_str())])?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        enc.encode_descriptor(
+            "pathpulse_enrollments",
+            "Certificates issued in exchange for an enrollment token.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&store.enrolled, None)?;
+        enc.encode_descriptor(
+            "pathpulse_certificates_renewed",
+            "Agent certificates renewed before expiry.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&store.renewed, None)?;
+        let mut m = enc.encode_descriptor(
+            "pathpulse_spool_reports",
+            "Reports in the agent's spool for this aggregator at its last report (not yet acknowledged).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_gauge(&(st.spool_reports as i64))?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_spool_dropped",
+            "Reports the agent dropped for this aggregator (spool bound reached), as it reported them.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_counter::<NoLabelSet, _, u64>(&st.spool_dropped, None)?;
         }
         Ok(())
     }

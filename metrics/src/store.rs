@@ -116,6 +116,11 @@ pub struct AgentState {
     pub reports: u64,
     pub health: HealthTotals,
     pub last_scheduling_lag_us: u32,
+    /// The agent's spool for this aggregator at its last report (gauge).
+    pub spool_reports: u64,
+    /// Reports the agent dropped for this aggregator (spool bound, full queue), summed over
+    /// its sessions.
+    pub spool_dropped: u64,
     /// Labels from the agent's hello (`--site`, `--isp`).
     pub site: Option<String>,
     pub isp: Option<String>,
@@ -160,6 +165,10 @@ pub struct Store {
     pub paths: BTreeMap<PathKey, PathState>,
     pub agents: BTreeMap<Arc<str>, AgentState>,
     pub refused: BTreeMap<&'static str, u64>,
+    /// Certificates issued by enrollment.
+    pub enrolled: u64,
+    /// Certificates renewed by their agents.
+    pub renewed: u64,
     /// An agent is up while its last report is younger than this.
     pub stale_after_ms: u64,
     /// Paths not reported for this long are pruned (their series go instead of freezing).
@@ -168,12 +177,23 @@ pub struct Store {
     /// Cardinality budget: at most this many paths get per-path series (the roll-ups by
     /// site pair and ISP always cover every path). `None`: no limit.
     pub path_budget: Option<usize>,
-    /// Per agent, the last applied sequence of its most recent sessions.
-    applied: BTreeMap<Arc<str>, Vec<(u64, u64)>>,
+    /// Per agent, its most recently used sessions, least recent first.
+    applied: BTreeMap<Arc<str>, Vec<SessionState>>,
 }
 
-/// Sessions remembered per agent for de-duplication (an agent restart opens a new one).
-pub const SESSIONS_PER_AGENT: usize = 4;
+/// What is remembered of one session of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SessionState {
+    session: u64,
+    /// Last applied sequence: a report at or below it is a duplicate.
+    last_seq: u64,
+    /// Largest `spool_dropped` the session reported.
+    dropped: u32,
+}
+
+/// Sessions remembered per agent for de-duplication (every agent start opens a new one;
+/// a replay after a restart uses the earlier one). Least recently used goes first.
+pub const SESSIONS_PER_AGENT: usize = 16;
 
 /// What `apply_once` did with a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +249,7 @@ impl Store {
         agent.reports += 1;
         agent.health.add(&r.health);
         agent.last_scheduling_lag_us = r.health.max_scheduling_lag_us;
+        agent.spool_reports = u64::from(r.health.spool_reports);
         for p in &r.paths {
             let key = PathKey {
                 src: src.clone(),
@@ -278,17 +299,28 @@ impl Store {
     /// of a session increase by one; a gap (reports the agent dropped) is accepted.
     pub fn apply_once(&mut self, r: &Report, session: u64, now_ms: u64) -> Applied {
         let sessions = self.applied.entry(Arc::from(r.agent.as_str())).or_default();
-        match sessions.iter_mut().find(|(s, _)| *s == session) {
-            Some((_, last)) if r.seq <= *last => return Applied::Duplicate,
-            Some((_, last)) => *last = r.seq,
+        let mut st = match sessions.iter().position(|s| s.session == session) {
+            Some(i) if r.seq <= sessions[i].last_seq => return Applied::Duplicate,
+            Some(i) => sessions.remove(i),
             None => {
                 if sessions.len() >= SESSIONS_PER_AGENT {
                     sessions.remove(0);
                 }
-                sessions.push((session, r.seq));
+                SessionState {
+                    session,
+                    last_seq: 0,
+                    dropped: 0,
+                }
             }
-        }
+        };
+        st.last_seq = r.seq;
+        let more_dropped = r.health.spool_dropped.saturating_sub(st.dropped);
+        st.dropped = st.dropped.max(r.health.spool_dropped);
+        sessions.push(st);
         self.apply(r, now_ms);
+        if let Some(a) = self.agents.get_mut(r.agent.as_str()) {
+            a.spool_dropped += u64::from(more_dropped);
+        }
         Applied::New
     }
 
@@ -438,6 +470,32 @@ mod tests {
             Applied::New
         );
         assert_eq!(s.paths.values().next().expect("path").counters.received, 3);
+    }
+
+    #[test]
+    fn sessions_are_remembered_by_last_use_and_spool_drops_add_up() {
+        let mut s = Store::new(15_000);
+        let mut r = report(1, &[1], 0, 0);
+        r.health.spool_dropped = 3;
+        assert_eq!(s.apply_once(&r, 1, 1_000_000), Applied::New);
+        // Many newer sessions, while session 1 keeps being used (a long replay).
+        for session in 2..(SESSIONS_PER_AGENT as u64 + 5) {
+            assert_eq!(
+                s.apply_once(&report(1, &[1], 0, 0), session, 1_000_000),
+                Applied::New
+            );
+            r.seq += 1;
+            r.health.spool_dropped = 5;
+            assert_eq!(s.apply_once(&r, 1, 1_000_000), Applied::New);
+        }
+        assert_eq!(s.apply_once(&r, 1, 1_000_000), Applied::Duplicate);
+        let a = s.agents.values().next().expect("agent");
+        assert_eq!(a.spool_dropped, 5, "cumulative per session, counted once");
+        // A late report of the session with a smaller count changes nothing.
+        r.seq += 1;
+        r.health.spool_dropped = 4;
+        s.apply_once(&r, 1, 1_000_000);
+        assert_eq!(s.agents.values().next().expect("agent").spool_dropped, 5);
     }
 
     #[test]

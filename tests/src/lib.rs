@@ -127,6 +127,12 @@ impl Proc {
             .map(|s| s.code().unwrap_or(-1))
     }
 
+    /// SIGKILL and reap: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Wait up to `timeout` for the process to exit by itself; returns the exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;

@@ -16,6 +16,6 @@ pub mod tls;
 
 pub use hist::SparseHist;
 pub use message::{
-    AgentHealth, ClientMsg, Hello, HopReport, HopRole, PathReport, ProbeKind, RefuseReason, Report,
-    ServerMsg,
+    AgentHealth, ClientMsg, EnrollReply, EnrollRequest, Hello, HopReport, HopRole, PathReport,
+    ProbeKind, RefuseReason, Report, ServerMsg,
 };

@@ -37,7 +37,8 @@ impl ProbeKind {
 pub struct Hello {
     /// The agent's name; must equal the identity in its certificate.
     pub agent: String,
-    /// Random per agent process (or per spool): report sequences are unique within it.
+    /// Random per agent process: report sequences are unique within it. An agent replaying
+    /// reports of an earlier process sends a hello naming that process's session first.
     pub session: u64,
     /// Software version of the agent (`CARGO_PKG_VERSION`).
     pub software: String,
@@ -82,6 +83,12 @@ pub struct AgentHealth {
     pub rtt_monotonic_clock: u32,
     /// The agent's STAMP reflector (all zero when it does not run one).
     pub reflector: crate::stamp::ReflectorCounts,
+    /// Reports in the agent's spool for this aggregator, this one included (not yet
+    /// acknowledged when the report was made).
+    pub spool_reports: u32,
+    /// Reports this agent process dropped for this aggregator so far (spool bound reached,
+    /// or its queue full): cumulative within the session.
+    pub spool_dropped: u32,
 }
 
 /// Statistics of one path over one report interval.
@@ -175,6 +182,11 @@ impl PathReport {
 pub enum ClientMsg {
     Hello(Hello),
     Report(Report),
+    /// Ask for a new certificate for this connection's identity (sent on its own stream
+    /// when the current one nears expiry): a request signed by a new key.
+    Renew {
+        csr_pem: String,
+    },
 }
 
 /// Why the aggregator refused something. Bounded: it is a metric label.
@@ -192,6 +204,14 @@ pub enum RefuseReason {
     NoHello,
     /// TLS: certificate missing, unknown issuer, expired.
     Certificate,
+    /// The certificate was revoked (`pathpulse-aggregator cert revoke`).
+    Revoked,
+    /// Enrollment: no such token (mistyped, or made for another aggregator).
+    TokenUnknown,
+    /// Enrollment: the token was used already (tokens are one-time).
+    TokenReused,
+    /// Enrollment: the token expired.
+    TokenExpired,
 }
 
 impl RefuseReason {
@@ -203,9 +223,55 @@ impl RefuseReason {
             RefuseReason::UnsupportedVersion => "unsupported_version",
             RefuseReason::NoHello => "no_hello",
             RefuseReason::Certificate => "certificate",
+            RefuseReason::Revoked => "revoked",
+            RefuseReason::TokenUnknown => "token_unknown",
+            RefuseReason::TokenReused => "token_reused",
+            RefuseReason::TokenExpired => "token_expired",
         }
     }
+
+    /// Every reason, in declaration order (metric label values).
+    pub const ALL: [RefuseReason; 10] = [
+        RefuseReason::WrongIdentity,
+        RefuseReason::Malformed,
+        RefuseReason::Oversize,
+        RefuseReason::UnsupportedVersion,
+        RefuseReason::NoHello,
+        RefuseReason::Certificate,
+        RefuseReason::Revoked,
+        RefuseReason::TokenUnknown,
+        RefuseReason::TokenReused,
+        RefuseReason::TokenExpired,
+    ];
 }
+
+/// Agent → aggregator on an enrollment connection (ALPN [`crate::tls::ENROLL_ALPN`], no
+/// client certificate): exchange a one-time token for a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The token's secret part (the token minus its CA fingerprint).
+    pub secret: String,
+    /// The identity asked for.
+    pub name: String,
+    /// PKCS #10 request signed by the agent's own new key (the key never leaves the agent).
+    pub csr_pem: String,
+}
+
+/// Aggregator → agent: the answer to an [`EnrollRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrollReply {
+    Issued {
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Refused {
+        reason: RefuseReason,
+        detail: String,
+    },
+}
+
+/// Largest enrollment request accepted (a CSR is well under 2 KiB).
+pub const MAX_ENROLL_FRAME: u32 = 16 * 1024;
 
 /// Aggregator → agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +285,8 @@ pub enum ServerMsg {
         reason: RefuseReason,
         detail: String,
     },
+    /// Answer to [`ClientMsg::Renew`]: the new certificate, PEM.
+    Renewed { cert_pem: String },
 }
 
 /// Check the invariants the decoder cannot express: sizes of strings and lists.

@@ -20,6 +20,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
 pub const ALPN: &[u8] = b"pathpulse/1";
+/// ALPN of an enrollment connection: no client certificate, one token exchanged for one.
+pub const ENROLL_ALPN: &[u8] = b"pathpulse-enroll/1";
 /// The DNS name every aggregator server certificate carries and every agent verifies.
 pub const SERVER_NAME: &str = "pathpulse-aggregator";
 /// File stem of an agent identity (`agent.crt`, `agent.key`).
@@ -262,20 +264,30 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<IssuedCert, TlsError> {
-        validate_agent_name(name)?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "pathpulse agent");
-        params.subject_alt_names = vec![SanType::URI(
-            format!("{AGENT_URI_PREFIX}{name}").try_into()?,
-        )];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = not_before;
-        params.not_after = not_after;
-        self.sign(&params)
+        self.sign(&agent_params(name, not_before, not_after)?)
+    }
+
+    /// Sign an agent's certificate request for `name`. Only the request's public key is
+    /// used (its signature is checked); identity, usage and validity are the CA's choice.
+    /// Returns the certificate, PEM.
+    pub fn sign_agent_request(
+        &self,
+        name: &str,
+        csr_pem: &str,
+        valid_for: Duration,
+    ) -> Result<String, TlsError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| TlsError::Peer(format!("certificate request: {e}")))?;
+        let now = OffsetDateTime::now_utc();
+        let secs = valid_for.as_secs().min(i64::MAX as u64) as i64;
+        let params = agent_params(
+            name,
+            now - time::Duration::hours(1),
+            now + time::Duration::seconds(secs),
+        )?;
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
+        Ok(params.signed_by(&csr.public_key, &issuer)?.pem())
     }
 
     /// The aggregator's server certificate: [`SERVER_NAME`], localhost, loopback addresses
@@ -303,6 +315,269 @@ impl Ca {
     }
 }
 
+/// Parameters of an agent certificate: identity `name` (common name and URI SAN), client
+/// authentication only, a random serial (revocation names certificates by serial).
+fn agent_params(
+    name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, TlsError> {
+    validate_agent_name(name)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "pathpulse agent");
+    params.subject_alt_names = vec![SanType::URI(
+        format!("{AGENT_URI_PREFIX}{name}").try_into()?,
+    )];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(random_serial()?);
+    Ok(params)
+}
+
+fn random_serial() -> Result<rcgen::SerialNumber, TlsError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| TlsError::Config("no randomness".into()))?;
+    b[0] &= 0x7f; // positive
+    b[0] |= 0x01; // and no leading zero byte
+    Ok(rcgen::SerialNumber::from_slice(&b))
+}
+
+/// Lower-case hex of SHA-256 over `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The CA's fingerprint: SHA-256 of its (first) certificate's DER, lower-case hex. An
+/// enrollment token carries it, so the agent trusts only that CA's aggregator.
+pub fn ca_fingerprint(ca_pem: &str) -> Result<String, TlsError> {
+    let der = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .next()
+        .ok_or_else(|| TlsError::Config("no CA certificate".into()))?
+        .map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
+    Ok(sha256_hex(der.as_ref()))
+}
+
+/// The serial number of a certificate, lower-case hex without leading zero bytes.
+pub fn cert_serial(cert: &CertificateDer<'_>) -> Result<String, TlsError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Peer(e.to_string()))?;
+    Ok(x509
+        .serial
+        .to_bytes_be()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// As [`cert_serial`] for the first certificate of a PEM text.
+pub fn cert_serial_pem(pem: &str) -> Result<String, TlsError> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| TlsError::Peer("no certificate".into()))?
+        .map_err(|e| TlsError::Peer(e.to_string()))?;
+    cert_serial(&der)
+}
+
+/// Validity of a certificate: (not before, not after), seconds since the Unix epoch.
+pub fn cert_validity(cert: &CertificateDer<'_>) -> Result<(i64, i64), TlsError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Peer(e.to_string()))?;
+    let v = x509.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// As [`cert_validity`] for the first certificate of a PEM text.
+pub fn cert_validity_pem(pem: &str) -> Result<(i64, i64), TlsError> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| TlsError::Peer("no certificate".into()))?
+        .map_err(|e| TlsError::Peer(e.to_string()))?;
+    cert_validity(&der)
+}
+
+/// Whether the certificate (first of `cert_pem`) is for the private key `key_pem`.
+pub fn key_matches_cert(key_pem: &str, cert_pem: &str) -> bool {
+    use rcgen::PublicKeyData;
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(der.as_ref())
+        .is_ok_and(|(_, x)| x.public_key().raw == key.subject_public_key_info().as_slice())
+}
+
+/// An agent certificate is renewed in the last third of its validity.
+pub fn renewal_due((not_before, not_after): (i64, i64), now: i64) -> bool {
+    not_after - now < (not_after - not_before) / 3
+}
+
+/// A new agent key (ECDSA P-256) and a certificate request signed by it: (key PEM, CSR PEM).
+pub fn new_key_and_request(name: &str) -> Result<(String, String), TlsError> {
+    validate_agent_name(name)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// Token format version prefix.
+pub const TOKEN_PREFIX: &str = "pp1";
+
+/// An enrollment token as printed by `pathpulse-aggregator token create`:
+/// `pp1.<secret, 32 hex>.<CA fingerprint, 64 hex>`. The aggregator stores only a hash of
+/// the secret; the fingerprint pins the CA the enrolling agent will trust.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrollToken {
+    pub secret: String,
+    pub ca_fingerprint: String,
+}
+
+impl std::fmt::Debug for EnrollToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollToken")
+            .field("secret", &"<redacted>")
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .finish()
+    }
+}
+
+impl EnrollToken {
+    pub fn parse(s: &str) -> Result<EnrollToken, String> {
+        let mut parts = s.trim().split('.');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(TOKEN_PREFIX), Some(secret), Some(fp), None)
+                if secret.len() == 32
+                    && fp.len() == 64
+                    && secret
+                        .chars()
+                        .chain(fp.chars())
+                        .all(|c| c.is_ascii_hexdigit()) =>
+            {
+                Ok(EnrollToken {
+                    secret: secret.to_ascii_lowercase(),
+                    ca_fingerprint: fp.to_ascii_lowercase(),
+                })
+            }
+            _ => Err(format!(
+                "not a pathpulse enrollment token (expected {TOKEN_PREFIX}.<32 hex>.<64 hex>, as printed by `pathpulse-aggregator token create`)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for EnrollToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{TOKEN_PREFIX}.{}.{}", self.secret, self.ca_fingerprint)
+    }
+}
+
+/// Verifies the aggregator during enrollment, before the agent has the CA certificate:
+/// the server's chain must carry a CA certificate with the token's fingerprint, and the
+/// server certificate must be valid under that CA for [`SERVER_NAME`]. Not trust on first
+/// use: a man in the middle would need the CA's key.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| sha256_hex(c.as_ref()) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the aggregator's CA does not match the token's fingerprint".into(),
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("CA certificate: {e}")))?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?
+        .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Client side of an enrollment: TLS 1.3, no client certificate, the server verified
+/// against the CA whose fingerprint the token carries.
+pub fn enroll_client_config(ca_fingerprint: &str) -> Result<rustls::ClientConfig, TlsError> {
+    let verifier = PinnedCa {
+        fingerprint: ca_fingerprint.to_ascii_lowercase(),
+        provider: provider(),
+    };
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
+    Ok(cfg)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -321,19 +596,27 @@ fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Server side: TLS 1.3, client certificates required and verified against the CA.
+/// Server side: TLS 1.3; a client certificate, when presented, is verified against the
+/// CA (an invalid one fails the handshake). A connection without one may only enroll: the
+/// ingest refuses anything else from it. The CA certificate follows the server's in the
+/// chain, so an enrolling agent can check it against its token's fingerprint.
 pub fn server_config(ca_pem: &str, identity: Identity) -> Result<rustls::ServerConfig, TlsError> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+            .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut chain = identity.0;
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        chain.push(c.map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?);
+    }
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.0, identity.1)
+        .with_single_cert(chain, identity.1)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.alpn_protocols = vec![ALPN.to_vec(), ENROLL_ALPN.to_vec()];
     Ok(cfg)
 }
 
@@ -430,6 +713,60 @@ mod tests {
             .expect_err("missing")
             .to_string();
         assert!(e.contains("missing/agent.crt"), "{e}");
+    }
+
+    #[test]
+    fn certificate_requests_are_signed_with_the_cas_choice_of_identity() {
+        let ca = Ca::generate("test CA").expect("ca");
+        let (key, csr) = new_key_and_request("asked-for").expect("csr");
+        let cert = ca
+            .sign_agent_request("granted", &csr, Duration::from_secs(60))
+            .expect("sign");
+        assert!(key_matches_cert(&key, &cert));
+        let id = IssuedCert {
+            cert_pem: cert.clone(),
+            key_pem: key,
+        }
+        .identity()
+        .expect("identity");
+        assert_eq!(peer_agent_name(&id.0[0]).expect("name"), "granted");
+        assert!(client_config(ca.cert_pem(), id).is_ok());
+        assert_eq!(cert_serial_pem(&cert).expect("serial").len(), 32);
+        let (other_key, _) = new_key_and_request("x").expect("csr");
+        assert!(!key_matches_cert(&other_key, &cert));
+        assert!(
+            ca.sign_agent_request(
+                "x",
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                Duration::from_secs(1)
+            )
+            .is_err()
+        );
+        // A request whose signature does not verify.
+        let mut bad = csr.into_bytes();
+        let n = bad.len();
+        bad[n - 40] = if bad[n - 40] == b'A' { b'B' } else { b'A' };
+        let bad = String::from_utf8(bad).expect("utf-8");
+        assert!(
+            ca.sign_agent_request("x", &bad, Duration::from_secs(1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn tokens_parse_and_hide_their_secret() {
+        let t = EnrollToken::parse(&format!("pp1.{}.{}", "A".repeat(32), "b".repeat(64)))
+            .expect("token");
+        assert_eq!(t.secret, "a".repeat(32));
+        assert!(!format!("{t:?}").contains(&t.secret));
+        for bad in [
+            "",
+            "pp1",
+            "pp2.aa.bb",
+            &format!("pp1.{}.{}", "g".repeat(32), "b".repeat(64)),
+        ] {
+            assert!(EnrollToken::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

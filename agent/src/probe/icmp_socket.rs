@@ -378,26 +378,12 @@ impl IcmpSocket {
                 .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
         });
         let data = &buf[..len.min(buf.len())];
-        let data = if errqueue {
-            strip_link_header(self.family, data)
-        } else {
-            data
-        };
-        let icmp = strip_ip_header(self.family, data);
-        let Some(icmp) = icmp.filter(|i| i.len() >= 8) else {
+        let Some(p) = parse_packet(self.family, data, errqueue) else {
             return Ok(None);
         };
-        let (ty, ident, seq) = (
-            icmp[0],
-            u16::from_be_bytes([icmp[4], icmp[5]]),
-            u16::from_be_bytes([icmp[6], icmp[7]]),
-        );
+        let (ty, ident, seq, icmp_payload) = (p.ty, p.ident, p.seq, p.payload);
         if errqueue {
-            let req = match self.family {
-                Family::V4 => ECHO_REQUEST_V4,
-                Family::V6 => ECHO_REQUEST_V6,
-            };
-            return Ok(match (ty == req, stamp) {
+            return Ok(match (p.is_echo_request(self.family), stamp) {
                 (true, Some(tx_ns)) => Some(Event::TxStamp { ident, seq, tx_ns }),
                 _ => None,
             });
@@ -422,13 +408,15 @@ impl IcmpSocket {
                         })
                 }
                 Some(IpAddr::V6(s)) if self.family == Family::V6 => {
-                    surge_ping::Icmpv6Packet::decode(icmp, s).ok().map(|p| {
-                        (
-                            IpAddr::V6(p.get_real_dest()),
-                            p.get_identifier().into_u16(),
-                            p.get_sequence().into_u16(),
-                        )
-                    })
+                    surge_ping::Icmpv6Packet::decode(p.message, s)
+                        .ok()
+                        .map(|p| {
+                            (
+                                IpAddr::V6(p.get_real_dest()),
+                                p.get_identifier().into_u16(),
+                                p.get_sequence().into_u16(),
+                            )
+                        })
                 }
                 _ => None,
             };
@@ -454,13 +442,53 @@ impl IcmpSocket {
                 src,
                 ident,
                 seq,
-                payload: icmp[8..].to_vec(),
+                payload: icmp_payload.to_vec(),
                 rx_ns: stamp,
                 rx_mono,
             })),
             _ => Ok(None),
         }
     }
+}
+
+/// The ICMP header fields of a received packet (a reply, or an error-queue copy of a sent
+/// request) and what follows the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    pub ty: u8,
+    pub ident: u16,
+    pub seq: u16,
+    pub payload: &'a [u8],
+    /// The whole ICMP message, header included.
+    pub message: &'a [u8],
+}
+
+impl Parsed<'_> {
+    pub fn is_echo_request(&self, family: Family) -> bool {
+        self.ty
+            == match family {
+                Family::V4 => ECHO_REQUEST_V4,
+                Family::V6 => ECHO_REQUEST_V6,
+            }
+    }
+}
+
+/// Parse what a socket read: link and IP headers skipped where present, then the ICMP
+/// header. `None` for anything too short to be ICMP. Pure (fuzzed: `fuzz/`).
+pub fn parse_packet(family: Family, data: &[u8], errqueue: bool) -> Option<Parsed<'_>> {
+    let data = if errqueue {
+        strip_link_header(family, data)
+    } else {
+        data
+    };
+    let icmp = strip_ip_header(family, data).filter(|i| i.len() >= 8)?;
+    Some(Parsed {
+        ty: icmp[0],
+        ident: u16::from_be_bytes([icmp[4], icmp[5]]),
+        seq: u16::from_be_bytes([icmp[6], icmp[7]]),
+        payload: &icmp[8..],
+        message: icmp,
+    })
 }
 
 /// Error-queue copies of sent packets on RAW sockets start at the link-layer header (an

@@ -177,7 +177,7 @@ async fn agent(
                 ServerMsg::Refused { .. } => {
                     totals2.refused.fetch_add(1, Ordering::Relaxed);
                 }
-                ServerMsg::Welcome { .. } => {}
+                ServerMsg::Welcome { .. } | ServerMsg::Renewed { .. } => {}
             }
         }
     });

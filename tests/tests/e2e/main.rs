@@ -3,7 +3,9 @@
 mod accuracy;
 mod cli;
 mod dashboards;
+mod delivery;
 mod demo;
+mod enroll;
 mod hops;
 mod lab;
 mod loopback;

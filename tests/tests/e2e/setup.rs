@@ -19,8 +19,9 @@ pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
 }
 
 pub struct Deployment {
-    /// Held for the deployment's life (see [`shared`]).
-    _machine: std::sync::RwLockReadGuard<'static, ()>,
+    /// Held for the deployment's life (see [`shared`]); `None` for a second aggregator of
+    /// a test that holds it already (a second shared lock could wait behind a writer).
+    _machine: Option<std::sync::RwLockReadGuard<'static, ()>>,
     pub dir: tempfile::TempDir,
     pub quic: u16,
     pub http: u16,
@@ -34,12 +35,32 @@ impl Deployment {
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic, http) = (free_port(), free_port());
         let mut d = Deployment {
-            _machine: machine,
+            _machine: Some(machine),
             dir,
             quic,
             http,
             aggregator: None,
         };
+        d.start_aggregator();
+        d
+    }
+
+    /// A second aggregator with `first`'s CA, so that agents' certificates are valid at both.
+    pub fn start_sharing_ca(first: &Deployment) -> Deployment {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (quic, http) = (free_port(), free_port());
+        let mut d = Deployment {
+            _machine: None,
+            dir,
+            quic,
+            http,
+            aggregator: None,
+        };
+        let ca = d.state().join("ca");
+        std::fs::create_dir_all(&ca).expect("mkdir");
+        for f in ["ca.crt", "ca.key"] {
+            std::fs::copy(first.state().join("ca").join(f), ca.join(f)).expect("copy CA");
+        }
         d.start_aggregator();
         d
     }
