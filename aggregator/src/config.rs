@@ -8,6 +8,8 @@ use std::time::Duration;
 use pathpulse_agent::config::{ConfigError, ConfigErrors, parse_duration};
 use serde::Deserialize;
 
+use crate::alert::config::{AlertArgs, AlertConfig, AlertFile};
+
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4470";
 pub const DEFAULT_HTTP: &str = "0.0.0.0:9470";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pathpulse";
@@ -24,6 +26,8 @@ pub struct FileConfig {
     pub server_names: Option<Vec<String>>,
     pub stale_after: Option<String>,
     pub max_connections: Option<usize>,
+    /// Alert rules and receivers.
+    pub alert: Option<AlertFile>,
 }
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -43,6 +47,8 @@ pub struct RunArgs {
     /// An agent is down when no report arrived for this long, e.g. 30s.
     #[arg(long, value_name = "DUR", env = "PATHPULSE_STALE_AFTER")]
     pub stale_after: Option<String>,
+    #[command(flatten)]
+    pub alert: AlertArgs,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +59,7 @@ pub struct AggregatorConfig {
     pub server_names: Vec<String>,
     pub stale_after: Duration,
     pub max_connections: usize,
+    pub alert: AlertConfig,
 }
 
 impl AggregatorConfig {
@@ -108,6 +115,10 @@ impl AggregatorConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let alert = AlertConfig::resolve(file.alert.as_ref(), &args.alert).unwrap_or_else(|e| {
+            errs.extend(e);
+            AlertConfig::default()
+        });
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -122,6 +133,7 @@ impl AggregatorConfig {
             server_names: file.server_names.unwrap_or_default(),
             stale_after,
             max_connections,
+            alert,
         })
     }
 }

@@ -15,6 +15,8 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::Alerts;
+
 /// Streams one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 
@@ -24,6 +26,8 @@ pub struct Ingest {
     pub max_frame: u32,
     pub connections: Arc<Semaphore>,
     pub name: String,
+    /// The alert engine, told of every applied report.
+    pub alerts: Option<Arc<Alerts>>,
 }
 
 /// The QUIC server configuration from rustls's, with limits suited to report streams.
@@ -68,8 +72,9 @@ impl Ingest {
                 continue;
             };
             let (store, max_frame, name) = (self.store.clone(), self.max_frame, self.name.clone());
+            let alerts = self.alerts.clone();
             tasks.spawn(async move {
-                handle_connection(incoming, store, max_frame, name).await;
+                handle_connection(incoming, store, max_frame, name, alerts).await;
                 drop(permit);
             });
         }
@@ -88,6 +93,7 @@ async fn handle_connection(
     store: SharedStore,
     max_frame: u32,
     name: String,
+    alerts: Option<Arc<Alerts>>,
 ) {
     let peer = incoming.remote_address();
     let conn = match incoming.await {
@@ -118,6 +124,9 @@ async fn handle_connection(
         }
     };
     tracing::info!(%peer, %agent, "agent connected");
+    if let Some(a) = &alerts {
+        a.agent_address(&agent, peer.ip().to_canonical());
+    }
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -133,6 +142,7 @@ async fn handle_connection(
             max_frame,
             agent.clone(),
             name.clone(),
+            alerts.clone(),
         ));
     }
 }
@@ -151,6 +161,7 @@ async fn handle_stream(
     max_frame: u32,
     agent: String,
     name: String,
+    alerts: Option<Arc<Alerts>>,
 ) {
     let mut session = None;
     loop {
@@ -200,13 +211,15 @@ async fn handle_stream(
             (ClientMsg::Report(r), Some(sess)) => match validate_report(&r) {
                 Err(why) => (Some((RefuseReason::Malformed, why)), None),
                 Ok(()) => {
-                    let applied = store.lock().unwrap_or_else(|e| e.into_inner()).apply_once(
-                        &r,
-                        sess,
-                        wall_clock_ms(),
-                    );
+                    let now = wall_clock_ms();
+                    let applied = store
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .apply_once(&r, sess, now);
                     if applied == Applied::Duplicate {
                         tracing::debug!(%agent, seq = r.seq, "replayed report acknowledged again");
+                    } else if let Some(a) = &alerts {
+                        a.on_report(&r, now);
                     }
                     (None, Some(ServerMsg::Ack { seq: r.seq }))
                 }

@@ -36,6 +36,7 @@ pub struct Bound {
 pub struct Running {
     pub bound: Bound,
     pub store: SharedStore,
+    pub alerts: Arc<crate::alert::Alerts>,
     pub done: tokio::task::JoinHandle<()>,
 }
 
@@ -72,13 +73,19 @@ pub async fn start(
     let http = listener.local_addr().map_err(|e| fatal(e.into()))?;
 
     let store: SharedStore = Arc::new(Mutex::new(Store::new(cfg.stale_after.as_millis() as u64)));
-    let registry = Arc::new(export::registry(
-        store.clone(),
-        Role::Aggregator,
-        export::wall_clock_ms,
-    ));
+    let (alerts, alert_task) = crate::alert::start(
+        &cfg.alert,
+        &cfg.state_dir,
+        external_url(cfg, http),
+        shutdown.clone(),
+    )
+    .map_err(|e| config_err("state_dir", e.to_string()))?;
+    let mut registry = export::registry(store.clone(), Role::Aggregator, export::wall_clock_ms);
+    export::register_alerts(&mut registry, alerts.clone());
+    let registry = Arc::new(registry);
     let ready = Arc::new(AtomicBool::new(false));
-    let app = crate::http::router(registry, ready.clone());
+    let app = crate::http::router(registry, ready.clone())
+        .merge(crate::alert::api::routes(alerts.clone()));
     let ingest = Ingest {
         endpoint,
         store: store.clone(),
@@ -89,6 +96,7 @@ pub async fn start(
             .first()
             .cloned()
             .unwrap_or_else(|| "pathpulse-aggregator".into()),
+        alerts: Some(alerts.clone()),
     };
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();
@@ -110,15 +118,34 @@ pub async fn start(
                 }
             }
         });
-        let _ = tokio::join!(ingest_task, http_task, expire_task);
+        let _ = tokio::join!(ingest_task, http_task, expire_task, alert_task);
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%quic, %http, state_dir = %cfg.state_dir.display(), "aggregator running");
     Ok(Running {
         bound: Bound { quic, http },
         store,
+        alerts,
         done,
     })
+}
+
+/// Base URL for links in alerts: configured, or this host and the HTTP port.
+fn external_url(cfg: &AggregatorConfig, http: SocketAddr) -> String {
+    if let Some(u) = &cfg.alert.external_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let host = if http.ip().is_unspecified() {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+    } else if http.is_ipv6() {
+        format!("[{}]", http.ip())
+    } else {
+        http.ip().to_string()
+    };
+    format!("http://{host}:{}", http.port())
 }
 
 /// Run until `shutdown` is cancelled.

@@ -28,6 +28,7 @@ async fn start() -> Agg {
         server_names: vec![],
         stale_after: Duration::from_secs(30),
         max_connections: 16,
+        alert: Default::default(),
     };
     let stop = CancellationToken::new();
     let running = server::start(&cfg, stop.clone())
