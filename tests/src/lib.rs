@@ -2,6 +2,7 @@
 //! `/metrics`, skip loudly (or fail under `CI=true`) when a test needs root.
 
 pub mod lab;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};
@@ -234,6 +235,20 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
             return None;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Poll `f` every 10 ms until it returns `Some` or `timeout` passes (for timing tests).
+pub fn wait_for_fast<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

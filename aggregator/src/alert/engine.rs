@@ -240,6 +240,8 @@ pub struct Engine {
     paths: BTreeMap<PathKey, PathHistory>,
     agents: BTreeMap<Arc<str>, AgentInfo>,
     slots: BTreeMap<AlertKey, Slot>,
+    /// When firing alerts were restored (ms); 0 if never.
+    restored_ms: u64,
 }
 
 fn fmt_value(kind: RuleKind, v: f64) -> String {
@@ -285,6 +287,7 @@ impl Engine {
             paths: BTreeMap::new(),
             agents: BTreeMap::new(),
             slots: BTreeMap::new(),
+            restored_ms: 0,
         }
     }
 
@@ -293,12 +296,21 @@ impl Engine {
     }
 
     /// Take back alerts that were firing before a restart: they fire on without a new
-    /// notification and resolve when their condition clears.
-    pub fn restore(&mut self, alerts: Vec<Alert>) {
+    /// notification and resolve when their condition clears (or when their path sends
+    /// no data for [`FORGET_PATH_AFTER`] from now).
+    pub fn restore(&mut self, alerts: Vec<Alert>, now_ms: u64) {
+        self.restored_ms = now_ms;
         for a in alerts {
             let Some(subject) = subject_of(&a.labels) else {
                 continue;
             };
+            if let Subject::Path(p) = &subject {
+                self.paths.entry(p.clone()).or_insert_with(|| PathHistory {
+                    first_seen_ms: now_ms,
+                    last_data_ms: now_ms,
+                    ..PathHistory::default()
+                });
+            }
             let key = AlertKey {
                 alertname: Arc::from(a.alertname.as_str()),
                 subject,
@@ -620,10 +632,13 @@ impl Engine {
             .keys()
             .filter(|k| match &k.subject {
                 Subject::Path(p) => !self.paths.contains_key(p),
-                Subject::Target { dst, probe } => !self
-                    .paths
-                    .keys()
-                    .any(|p| &p.dst == dst && p.probe == *probe),
+                Subject::Target { dst, probe } => {
+                    self.restored_ms + FORGET_PATH_AFTER.as_millis() as u64 <= now_ms
+                        && !self
+                            .paths
+                            .keys()
+                            .any(|p| &p.dst == dst && p.probe == *probe)
+                }
                 Subject::Agent(_) => false,
             })
             .cloned()

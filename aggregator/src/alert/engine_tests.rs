@@ -183,7 +183,9 @@ fn restored_alerts_fire_on_silently_and_resolve() {
 
     // "Restart": a new engine takes the firing alerts back.
     let mut e = engine();
-    e.restore(saved.clone());
+    e.restore(saved.clone(), T0 + 19_000);
+    // The first tick after the restart, before any report, keeps them.
+    assert!(e.tick(T0 + 19_500).is_empty());
     assert_eq!(e.firing(), saved);
     let mut out = Vec::new();
     for s in 20..=30u64 {

@@ -171,7 +171,7 @@ pub fn start(
             "firing alerts restored from the state directory"
         );
     }
-    engine.restore(restored);
+    engine.restore(restored, wall_clock_ms());
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Alert>>();
     let receivers: Vec<Arc<Receiver>> = cfg
         .receivers
