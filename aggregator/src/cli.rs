@@ -20,6 +20,9 @@ Examples:
   # run for real
   pathpulse-aggregator run --listen 0.0.0.0:4470 --http 0.0.0.0:9470 --state-dir /var/lib/pathpulse
 
+  # with alerts to a webhook and to Alertmanager (both repeatable; default rules)
+  pathpulse-aggregator run --webhook https://hooks.example/pathpulse --alertmanager http://am:9093
+
   # issue an agent identity (copy DIR to the agent's /var/lib/pathpulse/identity)
   pathpulse-aggregator cert issue --name branch-1 --out ./branch-1-identity";
 
