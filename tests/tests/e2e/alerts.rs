@@ -13,7 +13,7 @@ use pathpulse_tests::{
 use serde_json::Value;
 
 /// Probe every 100 ms (10/s), declare a probe lost after 500 ms, report every 500 ms.
-const AGENT_TIMING: [&str; 6] = [
+pub const AGENT_TIMING: [&str; 6] = [
     "--interval",
     "100ms",
     "--timeout",
@@ -22,13 +22,14 @@ const AGENT_TIMING: [&str; 6] = [
     "500ms",
 ];
 
-struct Lab {
-    ns: Netns,
-    dir: tempfile::TempDir,
+/// A namespace with an nftables input chain for loss, and a directory for state and logs.
+pub struct Lab {
+    pub ns: Netns,
+    pub dir: tempfile::TempDir,
 }
 
 impl Lab {
-    fn new(tag: &str) -> Lab {
+    pub fn new(tag: &str) -> Lab {
         let ns = Netns::new(tag);
         let (code, out) = ns.run("nft", &["add", "table", "inet", "imp"]);
         assert_eq!(code, 0, "nft: {out}");
@@ -51,7 +52,7 @@ impl Lab {
     }
 
     /// Drop `percent` % of the echo requests to `addr`, at random.
-    fn loss(&self, addr: &str, percent: u32) {
+    pub fn loss(&self, addr: &str, percent: u32) {
         let rule = format!(
             "ip daddr {addr} icmp type echo-request numgen random mod 100 < {percent} drop"
         );
@@ -61,22 +62,29 @@ impl Lab {
         assert_eq!(code, 0, "nft: {out}");
     }
 
-    fn clear_loss(&self) {
+    pub fn clear_loss(&self) {
         let (code, out) = self.ns.run("nft", &["flush", "chain", "inet", "imp", "in"]);
         assert_eq!(code, 0, "nft: {out}");
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
     /// GET a URL from inside the namespace.
-    fn get(&self, url: &str) -> Option<Value> {
+    pub fn get(&self, url: &str) -> Option<Value> {
         let text = self.ns.enter(|| http_get(url).ok())?;
         serde_json::from_str(&text).ok()
     }
 
-    fn aggregator(&self, name: &str, state: &Path, quic: u16, http: u16, extra: &[&str]) -> Proc {
+    pub fn aggregator(
+        &self,
+        name: &str,
+        state: &Path,
+        quic: u16,
+        http: u16,
+        extra: &[&str],
+    ) -> Proc {
         let (q, h) = (format!("127.0.0.1:{quic}"), format!("127.0.0.1:{http}"));
         let mut args = vec![
             "run",
@@ -99,7 +107,7 @@ impl Lab {
         p
     }
 
-    fn agent(&self, name: &str, ca_state: &Path, quics: &[u16], targets: &[&str]) -> Proc {
+    pub fn agent(&self, name: &str, ca_state: &Path, quics: &[u16], targets: &[&str]) -> Proc {
         let state = self.path(name);
         let (code, text) = run(
             &bin("pathpulse-aggregator"),
@@ -137,7 +145,7 @@ impl Lab {
     }
 }
 
-fn is_loss(a: &Value, dst: &str, status: &str) -> bool {
+pub fn is_loss(a: &Value, dst: &str, status: &str) -> bool {
     a["labels"]["alertname"] == "PathpulseLoss"
         && a["labels"]["dst"] == dst
         && a["status"] == status
