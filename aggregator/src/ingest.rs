@@ -187,6 +187,9 @@ async fn handle_stream(
             ),
             (ClientMsg::Hello(h), _) => {
                 session = Some(h.session);
+                if let Some(a) = &alerts {
+                    a.agent_hello(&agent, h.site.as_deref(), h.isp.as_deref());
+                }
                 (
                     None,
                     Some(ServerMsg::Welcome {

@@ -208,6 +208,8 @@ struct AgentInfo {
     /// Estimated aggregator clock minus agent clock at a report's arrival, ms.
     offset_ms: Option<f64>,
     addrs: BTreeSet<IpAddr>,
+    site: Option<Arc<str>>,
+    isp: Option<Arc<str>>,
 }
 
 impl AgentInfo {
@@ -325,6 +327,29 @@ impl Engine {
         }
     }
 
+    /// An agent's site and ISP (from its hello), added as labels to its alerts:
+    /// `src_site` and `isp` on its paths, `dst_site` on paths to it, `site` and `isp` on
+    /// its agent alert.
+    pub fn agent_hello(&mut self, agent: &str, site: Option<&str>, isp: Option<&str>) {
+        let a = self.agent_mut(agent);
+        a.site = site.map(Arc::from);
+        a.isp = isp.map(Arc::from);
+    }
+
+    /// The agent a target is (by name or by an address it connected from), if exactly one.
+    fn agent_of(&self, dst: &str) -> Option<&AgentInfo> {
+        let host = target_host(dst);
+        if let Some(a) = self.agents.get(host) {
+            return Some(a);
+        }
+        let ip = host.parse::<IpAddr>().ok()?;
+        let mut it = self.agents.values().filter(|a| a.addrs.contains(&ip));
+        match (it.next(), it.next()) {
+            (Some(a), None) => Some(a),
+            _ => None,
+        }
+    }
+
     /// An agent connected from `addr` (lets "agent X down" cover paths to X's address).
     pub fn agent_address(&mut self, agent: &str, addr: IpAddr) {
         self.agent_mut(agent).addrs.insert(addr);
@@ -417,6 +442,13 @@ impl Engine {
         let slot = self.slots.entry(key.clone()).or_default();
         let t = slot.tracker.step(v.level, now_ms, raise_for, clear_for);
         let active = slot.tracker.phase != super::rules::Phase::Ok;
+        if !active && t.is_none() {
+            // Nothing to show or say: the common case, kept cheap.
+            if slot.tracker.resolved_ms.is_none() {
+                self.slots.remove(&key);
+            }
+            return None;
+        }
         let starts_ms = match slot.tracker.phase {
             super::rules::Phase::Pending { since_ms }
             | super::rules::Phase::Firing { since_ms }
@@ -468,9 +500,28 @@ impl Engine {
                     l.insert("src".into(), p.src.to_string());
                     l.insert("dst".into(), p.dst.to_string());
                     l.insert("probe".into(), p.probe.as_str().into());
+                    if let Some(a) = self.agents.get(&p.src) {
+                        if let Some(s) = &a.site {
+                            l.insert("src_site".into(), s.to_string());
+                        }
+                        if let Some(i) = &a.isp {
+                            l.insert("isp".into(), i.to_string());
+                        }
+                    }
+                    if let Some(s) = self.agent_of(&p.dst).and_then(|a| a.site.as_ref()) {
+                        l.insert("dst_site".into(), s.to_string());
+                    }
                 }
                 Subject::Agent(a) => {
                     l.insert("agent".into(), a.to_string());
+                    if let Some(info) = self.agents.get(a) {
+                        if let Some(s) = &info.site {
+                            l.insert("site".into(), s.to_string());
+                        }
+                        if let Some(i) = &info.isp {
+                            l.insert("isp".into(), i.to_string());
+                        }
+                    }
                 }
                 Subject::Target { dst, probe } => {
                     l.insert("dst".into(), dst.to_string());

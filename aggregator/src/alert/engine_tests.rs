@@ -257,3 +257,31 @@ fn an_agent_that_only_connected_is_not_down() {
     e.agent_address("x", "10.0.0.9".parse().expect("ip"));
     assert!(e.tick(T0 + 60_000).is_empty());
 }
+
+#[test]
+fn site_and_isp_from_the_hello_label_the_alerts() {
+    let mut e = engine();
+    e.agent_hello("a", Some("paris"), Some("isp-x"));
+    e.agent_hello("b", Some("lyon"), None);
+    e.agent_address("b", "10.0.0.2".parse().expect("ip"));
+    let mut out = Vec::new();
+    for s in 1..=10u64 {
+        let now = T0 + s * 1000;
+        out.extend(e.on_report(&report("a", now, &[("10.0.0.2", 5, 5)]), now));
+        out.extend(e.on_report(&report("b", now, &[("192.0.2.1", 10, 0)]), now));
+    }
+    let a = out
+        .iter()
+        .find(|a| a.alertname == "PathpulseLoss")
+        .expect("loss alert");
+    assert_eq!(a.labels["src_site"], "paris");
+    assert_eq!(a.labels["isp"], "isp-x");
+    assert_eq!(a.labels["dst_site"], "lyon", "10.0.0.2 is agent b");
+    let now = T0 + 30_000;
+    let down = e.tick(now);
+    let b = down
+        .iter()
+        .find(|a| a.alertname == "PathpulseAgentDown")
+        .expect("a and b stopped");
+    assert!(b.labels.contains_key("site"), "{b:?}");
+}

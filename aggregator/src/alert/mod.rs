@@ -83,6 +83,11 @@ impl Alerts {
         self.engine().agent_address(agent, addr);
     }
 
+    /// An agent said hello: its site and ISP label its alerts.
+    pub fn agent_hello(&self, agent: &str, site: Option<&str>, isp: Option<&str>) {
+        self.engine().agent_hello(agent, site, isp);
+    }
+
     /// Periodic evaluation (agent stale, path down).
     pub fn tick(&self, now_ms: u64) {
         let out = self.engine().tick(now_ms);

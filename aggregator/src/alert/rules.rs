@@ -217,7 +217,18 @@ pub struct RuleConfig {
 }
 
 /// Label names reserved for the subject of an alert.
-pub const RESERVED_LABELS: [&str; 6] = ["alertname", "severity", "src", "dst", "probe", "agent"];
+pub const RESERVED_LABELS: [&str; 10] = [
+    "alertname",
+    "severity",
+    "src",
+    "dst",
+    "probe",
+    "agent",
+    "src_site",
+    "dst_site",
+    "site",
+    "isp",
+];
 
 fn label_name_ok(s: &str) -> bool {
     let mut c = s.chars();

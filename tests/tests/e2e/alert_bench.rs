@@ -193,7 +193,10 @@ fn alert_benchmark_against_blackbox_exporter() {
         if t.is_none() {
             let q = lab.get("http://127.0.0.1:9090/api/v1/query?query=ALERTS");
             let am = lab.get("http://127.0.0.1:9093/api/v2/alerts");
-            println!("  tuned peer silent: Prometheus ALERTS {q:?}; Alertmanager {am:?}; webhook got {:?}", hook_tuned.received().len());
+            println!(
+                "  tuned peer silent: Prometheus ALERTS {q:?}; Alertmanager {am:?}; webhook got {:?}",
+                hook_tuned.received().len()
+            );
         }
         pp.push(p.unwrap_or(f64::NAN));
         tuned.push(t.unwrap_or(f64::NAN));
