@@ -43,6 +43,11 @@ pub enum Subject {
         dst: Arc<str>,
         probe: ProbeKind,
     },
+    /// Every path from one site to another is down (a roll-up of path-down alerts).
+    SitePair {
+        src_site: Arc<str>,
+        dst_site: Arc<str>,
+    },
 }
 
 /// One alert instance: a rule (by alertname) on a subject.
@@ -224,9 +229,6 @@ struct Slot {
     /// The alert while pending or firing (labels, last values).
     alert: Option<Alert>,
 }
-
-/// Per target: agents probing it, how many of them lost it, and one of their verdicts.
-type TargetTally = (usize, usize, Option<Verdict>);
 
 /// The engine's settings besides the rules.
 #[derive(Debug, Clone)]
@@ -527,6 +529,10 @@ impl Engine {
                     l.insert("dst".into(), dst.to_string());
                     l.insert("probe".into(), probe.as_str().into());
                 }
+                Subject::SitePair { src_site, dst_site } => {
+                    l.insert("src_site".into(), src_site.to_string());
+                    l.insert("dst_site".into(), dst_site.to_string());
+                }
             }
             l
         });
@@ -535,6 +541,9 @@ impl Engine {
             Subject::Agent(a) => format!("agent {a}"),
             Subject::Target { dst, probe } => {
                 format!("{dst} ({}) from every agent probing it", probe.as_str())
+            }
+            Subject::SitePair { src_site, dst_site } => {
+                format!("every path from site {src_site} to site {dst_site}")
             }
         };
         let value = v.value.map(|x| fmt_value(r.kind, x));
@@ -691,6 +700,10 @@ impl Engine {
                             .any(|p| &p.dst == dst && p.probe == *probe)
                 }
                 Subject::Agent(_) => false,
+                Subject::SitePair { .. } => {
+                    self.restored_ms + FORGET_PATH_AFTER.as_millis() as u64 <= now_ms
+                        && self.paths.is_empty()
+                }
             })
             .cloned()
             .collect();
@@ -719,7 +732,6 @@ impl Engine {
     ) -> Vec<Alert> {
         let r = &self.rules[rule];
         let name: Arc<str> = Arc::from(r.name.as_str());
-        let rollup: Arc<str> = Arc::from(r.rollup_name.as_str());
         let mut verdicts: Vec<(PathKey, Verdict)> = Vec::new();
         for (k, h) in &self.paths {
             let akey = AlertKey {
@@ -747,58 +759,44 @@ impl Engine {
             }
             verdicts.push((k.clone(), v));
         }
-        // Roll up per target: when every (reporting) agent probing it lost it, and there
-        // are at least two, one target alert instead of one per path.
-        let mut by_target: BTreeMap<(Arc<str>, ProbeKind), TargetTally> = BTreeMap::new();
-        for (k, v) in &verdicts {
-            if stale.contains(&k.src) {
-                continue;
-            }
-            let e = by_target
-                .entry((k.dst.clone(), k.probe))
-                .or_insert((0, 0, None));
-            e.0 += 1;
-            if v.level == Level::Raise {
-                e.1 += 1;
-                e.2.get_or_insert_with(|| v.clone());
-            }
-        }
+        // Roll up: per target, when every (reporting) agent probing it lost it; then per
+        // site pair, when every remaining path from one site to the other is down. At
+        // least two paths each: one alert instead of one per path.
+        let mut covered = vec![false; verdicts.len()];
         let mut out = Vec::new();
-        for ((dst, probe), (n, down, v)) in &by_target {
-            let rolled = *n >= 2 && n == down;
-            let key = AlertKey {
-                alertname: rollup.clone(),
-                subject: Subject::Target {
-                    dst: dst.clone(),
-                    probe: *probe,
-                },
-            };
-            let firing = self.slots.get(&key).is_some_and(|s| s.tracker.is_firing());
-            if !rolled && !firing {
-                continue;
-            }
-            let v = match (rolled, v) {
-                (true, Some(v)) => v.clone(),
-                _ => Verdict {
-                    level: if *down == 0 {
-                        Level::Clear
-                    } else {
-                        Level::Hold
-                    },
-                    value: None,
-                    threshold: None,
-                    window: Duration::ZERO,
-                },
-            };
-            out.extend(self.step(rule, key, v, now_ms));
-        }
-        for (k, mut v) in verdicts {
-            let t = (k.dst.clone(), k.probe);
-            if v.level == Level::Raise
-                && by_target
-                    .get(&t)
-                    .is_some_and(|(n, down, _)| *n >= 2 && n == down)
-            {
+        let target_rollup: Arc<str> = Arc::from(self.rules[rule].rollup_name.as_str());
+        let site_rollup: Arc<str> = Arc::from(self.rules[rule].site_rollup_name.as_str());
+        self.roll_up(
+            rule,
+            target_rollup,
+            &verdicts,
+            &mut covered,
+            stale,
+            |_, k| {
+                Some(Subject::Target {
+                    dst: k.dst.clone(),
+                    probe: k.probe,
+                })
+            },
+            now_ms,
+            &mut out,
+        );
+        self.roll_up(
+            rule,
+            site_rollup,
+            &verdicts,
+            &mut covered,
+            stale,
+            |e, k| {
+                let src_site = e.agents.get(&k.src)?.site.clone()?;
+                let dst_site = e.agent_of(&k.dst)?.site.clone()?;
+                Some(Subject::SitePair { src_site, dst_site })
+            },
+            now_ms,
+            &mut out,
+        );
+        for ((k, mut v), covered) in verdicts.into_iter().zip(covered) {
+            if v.level == Level::Raise && covered {
                 v.level = Level::Hold;
             }
             let key = AlertKey {
@@ -811,6 +809,66 @@ impl Engine {
             out.extend(self.step(rule, key, v, now_ms));
         }
         out
+    }
+
+    /// One roll-up level of path-down verdicts: paths grouped by `group_of` (skipping
+    /// covered ones and stale sources); a group of two or more paths that all raise is
+    /// one alert on the group's subject, and its paths become covered. A group alert
+    /// already firing resolves once none of its paths is down.
+    #[allow(clippy::too_many_arguments)]
+    fn roll_up(
+        &mut self,
+        rule: usize,
+        alertname: Arc<str>,
+        verdicts: &[(PathKey, Verdict)],
+        covered: &mut [bool],
+        stale: &BTreeSet<Arc<str>>,
+        group_of: impl Fn(&Engine, &PathKey) -> Option<Subject>,
+        now_ms: u64,
+        out: &mut Vec<Alert>,
+    ) {
+        let mut groups: BTreeMap<Subject, (usize, usize, Option<Verdict>, Vec<usize>)> =
+            BTreeMap::new();
+        for (i, (k, v)) in verdicts.iter().enumerate() {
+            if covered[i] || stale.contains(&k.src) {
+                continue;
+            }
+            let Some(g) = group_of(self, k) else {
+                continue;
+            };
+            let e = groups.entry(g).or_insert((0, 0, None, Vec::new()));
+            e.0 += 1;
+            e.3.push(i);
+            if v.level == Level::Raise {
+                e.1 += 1;
+                e.2.get_or_insert_with(|| v.clone());
+            }
+        }
+        for (subject, (n, down, v, members)) in groups {
+            let rolled = n >= 2 && n == down;
+            let key = AlertKey {
+                alertname: alertname.clone(),
+                subject,
+            };
+            let firing = self.slots.get(&key).is_some_and(|s| s.tracker.is_firing());
+            if rolled {
+                for i in members {
+                    covered[i] = true;
+                }
+            } else if !firing {
+                continue;
+            }
+            let v = match (rolled, v) {
+                (true, Some(v)) => v,
+                _ => Verdict {
+                    level: if down == 0 { Level::Clear } else { Level::Hold },
+                    value: None,
+                    threshold: None,
+                    window: Duration::ZERO,
+                },
+            };
+            out.extend(self.step(rule, key, v, now_ms));
+        }
     }
 
     /// Alerts pending or firing now, firing first, then by name and labels.
@@ -859,7 +917,13 @@ fn subject_of(l: &BTreeMap<String, String>) -> Option<Subject> {
             probe: probe(p)?,
         }),
         (_, _, _, Some(a)) => Some(Subject::Agent(Arc::from(a.as_str()))),
-        _ => None,
+        _ => match (l.get("src_site"), l.get("dst_site")) {
+            (Some(s), Some(d)) => Some(Subject::SitePair {
+                src_site: Arc::from(s.as_str()),
+                dst_site: Arc::from(d.as_str()),
+            }),
+            _ => None,
+        },
     }
 }
 

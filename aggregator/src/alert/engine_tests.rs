@@ -285,3 +285,54 @@ fn site_and_isp_from_the_hello_label_the_alerts() {
         .expect("a and b stopped");
     assert!(b.labels.contains_key("site"), "{b:?}");
 }
+
+#[test]
+fn a_cut_between_two_sites_is_one_alert() {
+    // p1, p2 in paris and b1 in berlin probe l1, l2 in lyon. The paris → lyon link goes
+    // down: four paths lose their replies, berlin still reaches lyon (so no target is
+    // down from every agent): one site-pair alert.
+    let mut e = engine();
+    for (a, site, ip) in [
+        ("p1", "paris", "10.1.0.1"),
+        ("p2", "paris", "10.1.0.2"),
+        ("b1", "berlin", "10.2.0.1"),
+        ("l1", "lyon", "10.3.0.1"),
+        ("l2", "lyon", "10.3.0.2"),
+    ] {
+        e.agent_hello(a, Some(site), None);
+        e.agent_address(a, ip.parse().expect("ip"));
+    }
+    let mut all = Vec::new();
+    for s in 1..=40u64 {
+        let now = T0 + s * 1000;
+        let rx = if s < 10 { 10 } else { 0 };
+        for a in ["p1", "p2"] {
+            all.extend(e.on_report(
+                &report(
+                    a,
+                    now,
+                    &[("10.3.0.1", rx, 10 - rx), ("10.3.0.2", rx, 10 - rx)],
+                ),
+                now,
+            ));
+        }
+        all.extend(e.on_report(
+            &report("b1", now, &[("10.3.0.1", 10, 0), ("10.3.0.2", 10, 0)]),
+            now,
+        ));
+        for a in ["l1", "l2"] {
+            all.extend(e.on_report(&report(a, now, &[("10.2.0.1", 10, 0)]), now));
+        }
+        all.extend(e.tick(now));
+    }
+    let down: Vec<_> = all
+        .iter()
+        .filter(|a| a.kind == "path_down")
+        .map(|a| (a.alertname.as_str(), a.labels.clone()))
+        .collect();
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert_eq!(down[0].0, "PathpulseSitePairDown");
+    assert_eq!(down[0].1["src_site"], "paris");
+    assert_eq!(down[0].1["dst_site"], "lyon");
+    assert!(!down[0].1.contains_key("src"));
+}

@@ -124,6 +124,7 @@ impl AlertSource for Alerts {
             add(&r.name, &r.severity, 0);
             if r.kind == rules::RuleKind::PathDown {
                 add(&r.rollup_name, &r.severity, 0);
+                add(&r.site_rollup_name, &r.severity, 0);
             }
         }
         for a in &firing {

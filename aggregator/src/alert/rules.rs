@@ -86,6 +86,9 @@ pub struct Rule {
     pub intervals: u32,
     /// Path down: alertname of the roll-up alert when every agent probing a target lost it.
     pub rollup_name: String,
+    /// Path down: alertname of the roll-up alert when every path from one site to another
+    /// is down (sites from the agents' hello).
+    pub site_rollup_name: String,
 }
 
 fn secs(s: u64) -> Duration {
@@ -112,6 +115,7 @@ impl Rule {
             min_probes: 10,
             intervals: 3,
             rollup_name: "PathpulseTargetDown".into(),
+            site_rollup_name: "PathpulseSitePairDown".into(),
         };
         match kind {
             RuleKind::Loss => Rule {
@@ -214,6 +218,7 @@ pub struct RuleConfig {
     pub min_probes: Option<u64>,
     pub intervals: Option<u32>,
     pub rollup_name: Option<String>,
+    pub site_rollup_name: Option<String>,
 }
 
 /// Label names reserved for the subject of an alert.
@@ -363,6 +368,9 @@ pub fn resolve_rules(
         r.intervals = c.intervals.unwrap_or(r.intervals);
         if let Some(n) = &c.rollup_name {
             r.rollup_name = n.clone();
+        }
+        if let Some(n) = &c.site_rollup_name {
+            r.site_rollup_name = n.clone();
         }
         let worse_or_equal = if r.kind.lower_is_worse() {
             r.raise <= r.clear
