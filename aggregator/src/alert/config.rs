@@ -211,3 +211,28 @@ mod tests {
         assert_eq!(c.receivers[1].url, "http://am:9093");
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    /// The `[alert]` example in README.md is a valid configuration.
+    #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```toml\n[alert]")
+            .expect("README has the [alert] example")
+            + 8;
+        let len = readme[start..].find("```").expect("closing fence");
+        #[derive(Deserialize)]
+        struct File {
+            alert: AlertFile,
+        }
+        let f: File = toml::from_str(&readme[start..start + len]).expect("README example parses");
+        let c = AlertConfig::resolve(Some(&f.alert), &AlertArgs::default()).expect("valid");
+        assert!(c.rules.iter().any(|r| r.name == "WanLatency"));
+        assert!(!c.rules.iter().any(|r| r.name == "PathpulseJitterHigh"));
+        assert_eq!(c.receivers.len(), 3);
+    }
+}
