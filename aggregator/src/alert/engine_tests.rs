@@ -336,3 +336,47 @@ fn a_cut_between_two_sites_is_one_alert() {
     assert_eq!(down[0].1["dst_site"], "lyon");
     assert!(!down[0].1.contains_key("src"));
 }
+
+#[test]
+#[ignore = "timing figure: cargo test --release -- --ignored --nocapture engine_cost"]
+fn engine_cost_per_path_report() {
+    // 1,000 paths of one agent, 10 probes per report with RTTs spread over 30 values,
+    // reports every second for 60 s (all windows full), then time 20 more reports.
+    let mut e = engine();
+    let dsts: Vec<String> = (0..1000)
+        .map(|i| format!("10.9.{}.{}", i / 250, i % 250))
+        .collect();
+    let mk = |end: u64| {
+        let mut r = report("a", end, &[]);
+        for (i, d) in dsts.iter().enumerate() {
+            let mut p = PathReport {
+                dst: d.clone(),
+                sent: 10,
+                received: 10,
+                ..PathReport::default()
+            };
+            for k in 0..10u64 {
+                p.rtt.record(1_000 + (i as u64 * 7 + k * 13) % 30 * 10);
+            }
+            p.jitter_us = Some(50);
+            r.paths.push(p);
+        }
+        r
+    };
+    for s in 1..=60u64 {
+        let now = T0 + s * 1000;
+        e.on_report(&mk(now), now);
+    }
+    let reports: Vec<Report> = (61..=80u64).map(|s| mk(T0 + s * 1000)).collect();
+    let t = std::time::Instant::now();
+    for (i, r) in reports.iter().enumerate() {
+        let now = T0 + (61 + i as u64) * 1000;
+        e.on_report(r, now);
+        e.tick(now);
+    }
+    let per = t.elapsed().as_secs_f64() / 20_000.0;
+    println!(
+        "alert engine: {:.1} µs per path-report (6 default rules, windows full)",
+        per * 1e6
+    );
+}
