@@ -50,7 +50,24 @@ rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 kill $pid; wait $pid 2>/dev/null || true
 echo "pathpulse-agent RSS: $((rss / 1024)) MiB for 10,000 targets (goal <= 40 MB; network_exporter documents 50-100 MB + 1-3 KB per target)"
 
-echo "== 3. Time to alert: pathpulse vs blackbox_exporter + Prometheus + Alertmanager (about 25 minutes)"
+echo "== 3. Accuracy against the lab's truth, pathpulse and fping/ping side by side (lab tests, root)"
+# The lab scenarios are tests (they assert the bounds); here they run for their figures.
+cargo test --locked -q -p pathpulse-tests --test e2e -- --nocapture --test-threads=1 \
+  lab_delay_quantiles lab_idle_link lab_loss_rates lab_duplicates 2>&1 |
+  sed -E 's/^test [^ ]+ \.\.\. //' |
+  grep -E "^(p0\.|per-probe|idle link|loss|jitter|RTT samples)" || true
+
+echo "== 4. Aggregator ingest: 1,000 simulated agents x 100 paths at 1 report/s over real QUIC + mTLS"
+cargo build --release --locked -q -p pathpulse-aggregator -p pathpulse-tests --bins
+agg_state="$tmp/agg"
+target/release/pathpulse-aggregator run --listen 127.0.0.1:24470 --http 127.0.0.1:29470 \
+  --state-dir "$agg_state" 2>"$tmp/agg.log" & agg=$!
+sleep 2
+target/release/pathpulse-loadgen --state-dir "$agg_state" --aggregator 127.0.0.1:24470 \
+  --agents "${LOADGEN_AGENTS:-1000}" --paths "${LOADGEN_PATHS:-100}" --duration-s 30 --pid "$agg"
+kill "$agg"; wait "$agg" 2>/dev/null || true
+
+echo "== 5. Time to alert: pathpulse vs blackbox_exporter + Prometheus + Alertmanager (about 25 minutes)"
 # The peer's exporter is needed only here.
 dpkg-query -W -f='${Status}' prometheus-blackbox-exporter 2>/dev/null | grep -q "install ok installed" || {
   apt-get update -qq

@@ -2,11 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, EXIT_CONFIG, RunArgs, load_file};
-use crate::run::RunError;
+use crate::reload::Reloader;
+use crate::run::{AgentHandles, RunError};
+use crate::systemd;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -36,6 +38,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start; boxing the flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Probe the targets and report (to aggregators, to /metrics, or both).
     Run(RunArgs),
@@ -53,14 +57,38 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: std::path::PathBuf,
     },
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+}
+
+/// `generate-assets`: man pages and completions for `cmd` into `out`.
+pub fn generate_assets(cmd: clap::Command, out: &std::path::Path) -> ExitCode {
+    match crate::assets::write(cmd, out) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: writing into {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Initialise tracing once (later calls are ignored, e.g. in tests).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
+    // Colours only on a terminal: the journal and log files get plain `key=value` text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => b.try_init(),
@@ -68,7 +96,8 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// Cancel `token` on SIGINT or SIGTERM; a second signal exits at once.
+/// Cancel `token` on SIGINT or SIGTERM (telling systemd `STOPPING=1`); a second signal
+/// exits at once.
 pub fn shutdown_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -81,10 +110,73 @@ pub fn shutdown_on_signals(token: CancellationToken) {
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("shutting down (a second signal exits at once)");
+        crate::systemd::stopping();
         token.cancel();
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         std::process::exit(130);
     });
+}
+
+/// Install the SIGHUP handler now (so an early SIGHUP is queued, not fatal); the
+/// returned stream is handed to [`reload_on_sighup`] once the agent runs.
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload is off");
+            None
+        }
+    }
+}
+
+/// On each SIGHUP, resolve the configuration again from the same flags, environment and
+/// file, and apply it; an invalid one is refused (logged) and the running one kept.
+pub async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    args: RunArgs,
+    reloader: std::sync::Arc<Reloader>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        systemd::reloading();
+        let file = args
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(no file)".into());
+        tracing::info!(config = %file, "SIGHUP: reloading the configuration");
+        match AgentConfig::resolve(&args) {
+            Ok(cfg) => {
+                reloader.apply(cfg).await;
+            }
+            Err(e) => {
+                let errors: Vec<String> =
+                    e.0.iter()
+                        .map(|e| format!("{}: {}", e.key, e.reason))
+                        .collect();
+                tracing::error!(config = %file, errors = ?errors, "reload refused: invalid configuration; the running configuration stays");
+            }
+        }
+        systemd::ready(&running_status(&reloader.running()));
+    }
+}
+
+fn running_status(cfg: &AgentConfig) -> String {
+    format!(
+        "probing {} targets, reporting to {} aggregators{}",
+        cfg.targets.len(),
+        cfg.aggregators.len(),
+        if cfg.metrics_listen.is_some() {
+            ", serving /metrics"
+        } else {
+            ""
+        }
+    )
 }
 
 pub fn main() -> ExitCode {
@@ -112,6 +204,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::GenerateAssets { out } => generate_assets(Cli::command(), &out),
         Command::Enroll { aggregator, .. } => {
             eprintln!(
                 "enroll: token enrollment is not available in this version; ask the operator of {aggregator} to run \
@@ -141,7 +234,16 @@ pub fn main() -> ExitCode {
             rt.block_on(async move {
                 let token = CancellationToken::new();
                 shutdown_on_signals(token.clone());
-                match crate::run(cfg, token).await {
+                let hup = hangups();
+                let t = token.clone();
+                let started = move |h: AgentHandles| {
+                    systemd::ready(&running_status(&h.reloader.running()));
+                    tokio::spawn(systemd::watchdog(h.liveness, t.clone()));
+                    if let Some(hup) = hup {
+                        tokio::spawn(reload_on_sighup(hup, args, h.reloader, t));
+                    }
+                };
+                match crate::run::run_with(cfg, token, started).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(RunError::Config(e)) => {
                         eprint!("{e}");

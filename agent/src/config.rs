@@ -35,6 +35,12 @@ pub struct FileConfig {
     pub site: Option<String>,
     pub isp: Option<String>,
     pub hops: Option<bool>,
+    /// Address prefixes of this agent's ISP (`["203.0.113.0/24"]`): hops inside them are
+    /// the `isp` role; without them the ISP boundary is guessed (see README).
+    pub isp_prefixes: Option<Vec<String>>,
+    pub stamp_listen: Option<Vec<String>>,
+    pub stamp_rate: Option<u32>,
+    pub stamp_key_file: Option<PathBuf>,
 }
 
 /// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
@@ -46,7 +52,7 @@ pub struct RunArgs {
     /// Agent name (its identity in certificates and the `src` label). Default: host name.
     #[arg(long, env = "PATHPULSE_NAME")]
     pub name: Option<String>,
-    /// Target to probe, repeatable: HOST, icmp:HOST, tcp:HOST:PORT.
+    /// Target to probe, repeatable: HOST, icmp:HOST, tcp:HOST:PORT, stamp:HOST[:PORT].
     #[arg(
         long = "target",
         value_name = "SPEC",
@@ -83,9 +89,25 @@ pub struct RunArgs {
     /// ISP label of this agent's uplink.
     #[arg(long, env = "PATHPULSE_ISP")]
     pub isp: Option<String>,
-    /// Turn off hop discovery toward ICMP targets (accepted now; hop discovery is not built yet).
+    /// Turn off hop discovery and per-hop metrics toward ICMP targets.
     #[arg(long, env = "PATHPULSE_NO_HOPS")]
     pub no_hops: bool,
+    /// Run a STAMP reflector (RFC 8762) on this UDP address, repeatable, e.g. 0.0.0.0:862
+    /// and [::]:862 (default: none, no reflector).
+    #[arg(
+        long = "stamp-listen",
+        value_name = "ADDR",
+        env = "PATHPULSE_STAMP_LISTEN",
+        value_delimiter = ','
+    )]
+    pub stamp_listen: Vec<String>,
+    /// Most STAMP packets per second the reflector answers per source address (and burst).
+    #[arg(long, value_name = "N", env = "PATHPULSE_STAMP_RATE")]
+    pub stamp_rate: Option<u32>,
+    /// STAMP authenticated mode (HMAC-SHA-256) for sender and reflector: a file holding the
+    /// shared key in hex (at least 32 hex digits). Default: unauthenticated.
+    #[arg(long, value_name = "FILE", env = "PATHPULSE_STAMP_KEY_FILE")]
+    pub stamp_key_file: Option<PathBuf>,
 }
 
 /// The validated configuration the agent runs with.
@@ -101,6 +123,15 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub site: Option<String>,
     pub isp: Option<String>,
+    /// Hop discovery and per-hop monitoring toward ICMP targets.
+    pub hops: bool,
+    pub isp_prefixes: Vec<crate::probe::route::Prefix>,
+    /// STAMP reflector addresses (empty: no reflector).
+    pub stamp_listen: Vec<SocketAddr>,
+    /// Reflected packets per second per source address.
+    pub stamp_rate: u32,
+    /// Shared key of STAMP authenticated mode (sender and reflector); None: unauthenticated.
+    pub stamp_key: Option<crate::probe::stamp::packet::StampKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +271,49 @@ impl AgentConfig {
                 Err(e) => c.err(&format!("targets[{i}]"), e.to_string()),
             }
         }
-        if specs.is_empty() {
+        let stamp_listen_specs = if args.stamp_listen.is_empty() {
+            file.stamp_listen.unwrap_or_default()
+        } else {
+            args.stamp_listen.clone()
+        };
+        let mut stamp_listen = Vec::new();
+        for (i, s) in stamp_listen_specs.iter().enumerate() {
+            match s.parse::<SocketAddr>() {
+                Ok(a) => stamp_listen.push(a),
+                Err(_) => c.err(
+                    &format!("stamp_listen[{i}]"),
+                    format!("`{s}` is not an address like 0.0.0.0:862 or [::]:862"),
+                ),
+            }
+        }
+        let stamp_rate = args
+            .stamp_rate
+            .or(file.stamp_rate)
+            .unwrap_or(crate::probe::stamp::reflector::DEFAULT_RATE);
+        if stamp_rate == 0 {
+            c.err("stamp_rate", "must be at least 1 packet per second");
+        }
+        let stamp_key = match args.stamp_key_file.clone().or(file.stamp_key_file) {
+            None => None,
+            Some(p) => match std::fs::read_to_string(&p) {
+                Ok(text) => match crate::probe::stamp::packet::StampKey::from_hex(&text) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        c.err("stamp_key_file", format!("{}: {e}", p.display()));
+                        None
+                    }
+                },
+                Err(e) => {
+                    c.err(
+                        "stamp_key_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                    None
+                }
+            },
+        };
+        // A reflector alone is something to do: targets are then optional.
+        if specs.is_empty() && stamp_listen_specs.is_empty() {
             c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file");
         }
         let interval = c.duration(
@@ -313,6 +386,13 @@ impl AgentConfig {
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let mut isp_prefixes = Vec::new();
+        for (i, p) in file.isp_prefixes.unwrap_or_default().iter().enumerate() {
+            match p.parse() {
+                Ok(p) => isp_prefixes.push(p),
+                Err(e) => c.err(&format!("isp_prefixes[{i}]"), e),
+            }
+        }
         if c.0.is_empty() {
             Ok(AgentConfig {
                 name,
@@ -325,6 +405,11 @@ impl AgentConfig {
                 state_dir,
                 site: args.site.clone().or(file.site),
                 isp: args.isp.clone().or(file.isp),
+                hops: !args.no_hops && file.hops.unwrap_or(true),
+                isp_prefixes,
+                stamp_listen,
+                stamp_rate,
+                stamp_key,
             })
         } else {
             Err(ConfigErrors(c.0))
@@ -382,6 +467,23 @@ mod tests {
     }
 
     #[test]
+    fn stamp_reflector_keys_are_checked_and_a_reflector_alone_needs_no_targets() {
+        let mut a = args(&[]);
+        a.stamp_listen = vec!["0.0.0.0:862".into(), "[::]:862".into()];
+        let c = AgentConfig::resolve(&a).expect("reflector only");
+        assert_eq!(c.stamp_listen.len(), 2);
+        assert_eq!(c.stamp_rate, crate::probe::stamp::reflector::DEFAULT_RATE);
+        a.stamp_listen = vec!["0.0.0.0".into()];
+        a.stamp_rate = Some(0);
+        let e = AgentConfig::resolve(&a).expect_err("bad");
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["stamp_listen[0]", "stamp_rate"], "{e}");
+        let c =
+            AgentConfig::resolve(&args(&["stamp:10.0.0.1", "stamp:10.0.0.1:8620"])).expect("two");
+        assert!(c.stamp_listen.is_empty(), "no reflector unless asked for");
+    }
+
+    #[test]
     fn nothing_to_do_is_refused() {
         let mut a = args(&["127.0.0.2"]);
         a.metrics_listen = None;
@@ -411,5 +513,16 @@ mod tests {
         .expect("valid file");
         assert_eq!(c.interval, Duration::from_millis(250));
         assert_eq!(c.targets[0].label, "127.0.0.3");
+    }
+
+    #[test]
+    fn the_shipped_example_states_the_defaults() {
+        let text = include_str!("../../packaging/agent.toml");
+        let f: FileConfig = toml::from_str(text).expect("packaging/agent.toml parses");
+        let d = |s: Option<String>| parse_duration(&s.expect("present")).expect("duration");
+        assert_eq!(d(f.interval), DEFAULT_INTERVAL);
+        assert_eq!(d(f.timeout), DEFAULT_TIMEOUT);
+        assert_eq!(d(f.report_interval), DEFAULT_REPORT_INTERVAL);
+        assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
     }
 }

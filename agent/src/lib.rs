@@ -5,17 +5,23 @@
 //! - [`schedule`]: when each probe goes out;
 //! - [`stats`], [`shared`]: per-path statistics of the current report interval;
 //! - [`uplink`]: QUIC with mutual TLS to each aggregator, acknowledged reports;
+//! - [`reload`]: new targets on SIGHUP without losing the state of those that stay;
+//! - [`systemd`]: readiness, reload, stop and watchdog notifications to the service manager;
+//! - [`assets`]: man pages and shell completions from the command line definition;
 //! - [`run`]: the agent assembled from the above; `main.rs` only parses the command line.
 
+pub mod assets;
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod probe;
+pub mod reload;
 pub mod resolve;
 pub mod run;
 pub mod schedule;
 pub mod shared;
 pub mod stats;
+pub mod systemd;
 pub mod target;
 pub mod uplink;
 

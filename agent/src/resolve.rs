@@ -31,6 +31,23 @@ impl Resolver {
         Arc::new(r)
     }
 
+    /// Track exactly these hosts' names from now on (a reload): names that stay keep
+    /// their address, new ones are unresolved until the next [`Resolver::refresh`].
+    pub fn set_hosts(&self, hosts: impl IntoIterator<Item = Host>) {
+        let want: std::collections::HashSet<String> = hosts
+            .into_iter()
+            .filter_map(|h| match h {
+                Host::Name(n) => Some(n),
+                Host::Ip(_) => None,
+            })
+            .collect();
+        let mut m = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|n, _| want.contains(n));
+        for n in want {
+            m.entry(n).or_insert(None);
+        }
+    }
+
     /// Current address of a host, `None` while a name does not resolve.
     pub fn addr(&self, h: &Host) -> Option<IpAddr> {
         match h {

@@ -6,15 +6,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pathpulse_metrics::export::{self, Role};
 use pathpulse_metrics::{SharedStore, Store};
 use pathpulse_wire::{Hello, ProbeKind, Report};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, ConfigError, ConfigErrors};
+use crate::probe::hops::{self, HopProber};
 use crate::probe::icmp::IcmpProber;
 use crate::probe::tcp::TcpProber;
+use crate::reload::{ProbePlan, Reloader};
 use crate::resolve::Resolver;
-use crate::shared::Shared;
+use crate::shared::{Shared, Taken};
 use crate::stats::PathStats;
+use crate::systemd::{BEAT_EVERY, Liveness};
 use crate::uplink::{self, Uplink, UplinkStatus};
 
 /// Directory under the state directory that holds the agent's certificate and key and
@@ -44,10 +47,15 @@ pub fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Handles a caller (the demo, tests) may keep to watch a running agent.
-#[derive(Debug, Clone, Default)]
+/// Handles a caller (the command line, the demo, tests) may keep to watch or steer a
+/// running agent.
+#[derive(Debug, Clone)]
 pub struct AgentHandles {
     pub uplinks: Vec<Arc<UplinkStatus>>,
+    /// Reload targets (SIGHUP).
+    pub reloader: Arc<Reloader>,
+    /// The main loops, for the systemd watchdog.
+    pub liveness: Arc<Liveness>,
 }
 
 /// Run the agent until `shutdown` is cancelled.
@@ -55,7 +63,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     run_with(cfg, shutdown, |_| {}).await
 }
 
-/// As [`run`], handing out [`AgentHandles`] once everything is started.
+/// As [`run`], handing out [`AgentHandles`] once everything is started (sockets bound,
+/// probers running).
 pub async fn run_with(
     cfg: AgentConfig,
     shutdown: CancellationToken,
@@ -71,10 +80,22 @@ pub async fn run_with(
     resolver.refresh().await;
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(resolver.clone().run(shutdown.clone()));
+    let (plan_tx, _) = watch::channel(ProbePlan {
+        targets: cfg.targets.iter().cloned().enumerate().collect(),
+        interval: cfg.interval,
+        timeout: cfg.timeout,
+    });
+    let reloader = Arc::new(Reloader::new(
+        cfg.clone(),
+        plan_tx,
+        shared.clone(),
+        resolver.clone(),
+    ));
+    let liveness = Liveness::new();
 
     // Identity first: a missing certificate is a configuration problem, found at start.
     let mut uplink_txs = Vec::new();
-    let mut handles = AgentHandles::default();
+    let mut uplinks = Vec::new();
     if !cfg.aggregators.is_empty() {
         let dir = cfg.state_dir.join(IDENTITY_DIR);
         let client = uplink::client_config(&dir).map_err(|e| {
@@ -91,7 +112,7 @@ pub async fn run_with(
         for a in &cfg.aggregators {
             let (tx, rx) = mpsc::channel(64);
             let status = Arc::new(UplinkStatus::default());
-            handles.uplinks.push(status.clone());
+            uplinks.push(status.clone());
             let up = Uplink {
                 aggregator: a.clone(),
                 hello: Hello {
@@ -123,6 +144,13 @@ pub async fn run_with(
                 .map_err(|e| RunError::Fatal(e.into()))?;
             // A standalone agent is up as long as it runs.
             let store = Arc::new(Mutex::new(Store::new(u64::MAX)));
+            // The agent's own labels, for localization verdicts in its own /metrics.
+            store.lock().unwrap_or_else(|e| e.into_inner()).hello(
+                &cfg.name,
+                cfg.site.clone(),
+                cfg.isp.clone(),
+                None,
+            );
             let reg = Arc::new(export::registry(
                 store.clone(),
                 Role::Agent,
@@ -143,7 +171,34 @@ pub async fn run_with(
         }
     };
 
-    // Probers.
+    // STAMP reflectors: bound now, so a busy or forbidden port is found at start.
+    for addr in &cfg.stamp_listen {
+        let socket = crate::probe::stamp::socket::StampSocket::bind(*addr).map_err(|e| {
+            config_err(
+                "stamp_listen",
+                format!(
+                    "cannot listen on UDP {addr}: {e} (port 862 needs root or CAP_NET_BIND_SERVICE)"
+                ),
+            )
+        })?;
+        tracing::info!(addr = %socket.local_addr().unwrap_or(*addr), "STAMP reflector listening");
+        let limits = crate::probe::stamp::reflector::Limits {
+            rate: cfg.stamp_rate,
+            key: cfg.stamp_key.clone(),
+            ..Default::default()
+        };
+        tasks.spawn(
+            crate::probe::stamp::reflector::ReflectorTask {
+                socket,
+                limits,
+                shared: shared.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+    }
+
+    // Probers. ICMP and TCP follow the plan, which a reload replaces; the STAMP senders
+    // and hop discovery keep the targets they started with (a reload does not reach them).
     let by_kind = |k: ProbeKind| -> Vec<_> {
         cfg.targets
             .iter()
@@ -153,39 +208,65 @@ pub async fn run_with(
             .collect()
     };
     let icmp_targets = by_kind(ProbeKind::Icmp);
-    let tcp_targets = by_kind(ProbeKind::Tcp);
-    if !icmp_targets.is_empty() {
-        match IcmpProber::open(
-            icmp_targets,
+    let stamp_targets = by_kind(ProbeKind::Stamp);
+    let stamp_running = !stamp_targets.is_empty();
+    if stamp_running {
+        let p = crate::probe::stamp::sender::StampProber::open(
+            stamp_targets,
             cfg.interval,
             cfg.timeout,
             shared.clone(),
             resolver.clone(),
-        ) {
-            Ok(p) => {
-                tasks.spawn(p.run(shutdown.clone()));
-            }
-            Err(e) if tcp_targets.is_empty() => {
-                return Err(RunError::Fatal(anyhow::anyhow!(
-                    "cannot probe with ICMP: {e}"
-                )));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "ICMP probes disabled; their paths count send errors")
-            }
-        }
+            cfg.stamp_key.clone(),
+        )
+        .map_err(|e| RunError::Fatal(anyhow::anyhow!("cannot open a UDP socket for STAMP: {e}")))?;
+        tasks.spawn(p.run(shutdown.clone()));
     }
+    if cfg.hops {
+        tasks.spawn(
+            HopProber {
+                targets: icmp_targets,
+                interval: cfg.interval.max(Duration::from_secs(1)),
+                timeout: cfg.timeout,
+                max_ttl: hops::DEFAULT_MAX_TTL,
+                isp_prefixes: cfg.isp_prefixes.clone(),
+                shared: shared.clone(),
+                resolver: resolver.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+    }
+    let has_tcp = cfg.targets.iter().any(|t| t.probe == ProbeKind::Tcp);
+    let (icmp, failed) = IcmpProber::open(
+        reloader.subscribe(),
+        shared.clone(),
+        resolver.clone(),
+        liveness.register("icmp prober"),
+    );
+    if let Some(e) = failed {
+        if !has_tcp && !stamp_running {
+            return Err(RunError::Fatal(anyhow::anyhow!(
+                "cannot probe with ICMP: {e}"
+            )));
+        }
+        tracing::error!(error = %e, "ICMP probes disabled; their paths count send errors");
+    }
+    tasks.spawn(icmp.run(shutdown.clone()));
     tasks.spawn(
         TcpProber {
-            targets: tcp_targets,
-            interval: cfg.interval,
-            timeout: cfg.timeout,
+            plan: reloader.subscribe(),
             shared: shared.clone(),
             resolver,
+            beat: liveness.register("tcp prober"),
         }
         .run(shutdown.clone()),
     );
-    started(handles);
+    let reporter = liveness.register("reporter");
+    started(AgentHandles {
+        uplinks,
+        reloader: reloader.clone(),
+        liveness,
+    });
     tracing::info!(agent = %cfg.name, targets = cfg.targets.len(), aggregators = cfg.aggregators.len(), "agent running");
 
     // Reporter: one report per interval to the local store and every uplink.
@@ -194,13 +275,20 @@ pub async fn run_with(
         cfg.report_interval,
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beat = tokio::time::interval(BEAT_EVERY);
     let (mut start_wall, mut start_mono) = (wall_ms(), Instant::now());
     loop {
+        reporter.beat();
         let stopping = tokio::select! {
             _ = shutdown.cancelled() => true,
             _ = tick.tick() => false,
+            _ = beat.tick() => continue,
         };
-        let (paths, health) = shared.take();
+        let Taken {
+            paths,
+            health,
+            retired,
+        } = shared.take();
         let now_mono = Instant::now();
         let report = Report {
             seq: 0,
@@ -218,10 +306,12 @@ pub async fn run_with(
         start_wall = wall_ms();
         start_mono = now_mono;
         if let Some(store) = &store {
-            store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .apply(&report, wall_ms());
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            store.apply(&report, wall_ms());
+            // A target removed by a reload leaves the local exposition with its last report.
+            for (dst, probe) in retired {
+                store.remove_path(&cfg.name, &dst, probe);
+            }
         }
         for (agg, tx) in &uplink_txs {
             if tx.try_send(report.clone()).is_err() {

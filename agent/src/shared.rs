@@ -1,36 +1,84 @@
 //! State the probers write and the reporter reads: per-path statistics of the current
 //! interval and the agent's own health counters. One short lock per event.
+//!
+//! Paths live in slots whose index never changes while the agent runs, so a reload can
+//! add and remove targets while probes are in flight: a removed path is *retired* (the
+//! next report carries its last interval, then the slot is freed and later events for it
+//! are ignored); an added path gets a new slot.
 
 use std::sync::{Mutex, MutexGuard};
 
-use pathpulse_wire::{AgentHealth, PathReport};
+use pathpulse_wire::{AgentHealth, PathReport, ProbeKind};
 
 use crate::probe::matcher::StrayReason;
 use crate::stats::PathStats;
 
 #[derive(Debug, Default)]
+pub struct Paths {
+    slots: Vec<Option<PathStats>>,
+    /// Slots reported one last time at the next `take`, then freed.
+    retiring: Vec<usize>,
+}
+
+#[derive(Debug, Default)]
 pub struct Shared {
-    paths: Mutex<Vec<PathStats>>,
+    paths: Mutex<Paths>,
     health: Mutex<AgentHealth>,
+}
+
+/// One report interval's worth of state, taken by the reporter.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub paths: Vec<PathReport>,
+    pub health: AgentHealth,
+    /// Paths that were retired: this was their last report.
+    pub retired: Vec<(String, ProbeKind)>,
 }
 
 impl Shared {
     pub fn new(paths: Vec<PathStats>) -> Self {
         Shared {
-            paths: Mutex::new(paths),
+            paths: Mutex::new(Paths {
+                slots: paths.into_iter().map(Some).collect(),
+                retiring: Vec::new(),
+            }),
             health: Mutex::default(),
         }
     }
 
-    /// Run `f` on path `i` (ignores an index out of range).
+    /// Run `f` on path `i` (ignores a freed slot or an index out of range).
     pub fn path(&self, i: usize, f: impl FnOnce(&mut PathStats)) {
-        if let Some(p) = self.lock_paths().get_mut(i) {
+        if let Some(Some(p)) = self.lock_paths().slots.get_mut(i) {
             f(p);
         }
     }
 
-    pub fn lock_paths(&self) -> MutexGuard<'_, Vec<PathStats>> {
+    fn lock_paths(&self) -> MutexGuard<'_, Paths> {
         self.paths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new path; returns its slot.
+    pub fn add(&self, p: PathStats) -> usize {
+        let mut g = self.lock_paths();
+        g.slots.push(Some(p));
+        g.slots.len() - 1
+    }
+
+    /// Stop counting into slot `i` after the next report (which carries its last interval).
+    pub fn retire(&self, i: usize) {
+        let mut g = self.lock_paths();
+        if g.slots.get(i).is_some_and(Option::is_some) && !g.retiring.contains(&i) {
+            g.retiring.push(i);
+        }
+    }
+
+    /// Paths with a live slot (retiring ones included).
+    pub fn len(&self) -> usize {
+        self.lock_paths().slots.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn health(&self, f: impl FnOnce(&mut AgentHealth)) {
@@ -50,14 +98,64 @@ impl Shared {
         self.health(|h| h.max_scheduling_lag_us = h.max_scheduling_lag_us.max(lag));
     }
 
-    /// End the interval: every path's report and the health counters, reset.
-    pub fn take(&self) -> (Vec<PathReport>, AgentHealth) {
-        let paths = self
-            .lock_paths()
+    /// End the interval: every path's report and the health counters, reset; retired
+    /// paths are reported once more and then freed.
+    pub fn take(&self) -> Taken {
+        let mut g = self.lock_paths();
+        let paths = g
+            .slots
             .iter_mut()
+            .flatten()
             .map(PathStats::take_report)
             .collect();
+        let retiring = std::mem::take(&mut g.retiring);
+        let mut retired = Vec::with_capacity(retiring.len());
+        for i in retiring {
+            if let Some(p) = g.slots.get_mut(i).and_then(Option::take)
+                && let Some(probe) = p.probe
+            {
+                retired.push((p.dst, probe));
+            }
+        }
+        drop(g);
         let health = std::mem::take(&mut *self.health.lock().unwrap_or_else(|e| e.into_inner()));
-        (paths, health)
+        Taken {
+            paths,
+            health,
+            retired,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retired_path_is_reported_once_more_then_ignored() {
+        let s = Shared::new(vec![
+            PathStats::new("a".into(), ProbeKind::Icmp),
+            PathStats::new("b".into(), ProbeKind::Tcp),
+        ]);
+        s.path(0, |p| p.on_sent());
+        s.path(1, |p| p.on_sent());
+        let c = s.add(PathStats::new("c".into(), ProbeKind::Icmp));
+        assert_eq!(c, 2);
+        s.retire(1);
+        s.path(1, |p| p.on_lost());
+        let t = s.take();
+        let dsts: Vec<&str> = t.paths.iter().map(|p| p.dst.as_str()).collect();
+        assert_eq!(dsts, ["a", "b", "c"]);
+        assert_eq!((t.paths[1].sent, t.paths[1].lost), (1, 1));
+        assert_eq!(t.retired, [("b".to_string(), ProbeKind::Tcp)]);
+        // Late events for the freed slot go nowhere; the others keep their slots.
+        s.path(1, |p| p.on_lost());
+        s.path(2, |p| p.on_sent());
+        let t = s.take();
+        let dsts: Vec<&str> = t.paths.iter().map(|p| p.dst.as_str()).collect();
+        assert_eq!(dsts, ["a", "c"]);
+        assert_eq!(t.paths[1].sent, 1);
+        assert!(t.retired.is_empty());
+        assert_eq!(s.len(), 2);
     }
 }

@@ -1,7 +1,19 @@
 //! Per-path statistics of the current report interval, and the jitter that carries over.
 
 use pathpulse_metrics::stats::Rfc3550Jitter;
-use pathpulse_wire::{PathReport, ProbeKind, SparseHist};
+use std::net::IpAddr;
+
+use pathpulse_wire::{HopReport, HopRole, PathReport, ProbeKind, SparseHist};
+
+/// One hop toward a target: the TTL, who answers there, its role, and the statistics of
+/// the TTL-limited probes that expired there.
+#[derive(Debug, Clone)]
+pub struct HopStats {
+    pub ttl: u8,
+    pub addr: Option<IpAddr>,
+    pub role: HopRole,
+    pub stats: PathStats,
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct PathStats {
@@ -17,11 +29,16 @@ pub struct PathStats {
     pub rtt: SparseHist,
     pub rtt_sum_us: u64,
     pub ipdv: SparseHist,
+    /// STAMP paths: per-direction counts of the interval.
+    pub directional: Option<pathpulse_wire::stamp::Directional>,
     jitter: Rfc3550Jitter,
     last_rtt_us: Option<u64>,
     /// Since start, for the in-flight count.
     total_sent: u64,
     total_decided: u64,
+    /// The hops toward this target, by TTL (empty: directly connected, or no discovery).
+    pub hops: Vec<HopStats>,
+    pub route_changes: u32,
 }
 
 impl PathStats {
@@ -75,6 +92,16 @@ impl PathStats {
         let in_flight = self.total_sent.saturating_sub(self.total_decided) as u32;
         let rtt = std::mem::take(&mut self.rtt);
         let ipdv = std::mem::take(&mut self.ipdv);
+        let hops = self
+            .hops
+            .iter_mut()
+            .map(|h| HopReport {
+                ttl: h.ttl,
+                addr: h.addr.map(|a| a.to_string()),
+                role: Some(h.role),
+                stats: h.stats.take_report(),
+            })
+            .collect();
         let r = PathReport {
             dst: self.dst.clone(),
             probe: self.probe,
@@ -90,8 +117,12 @@ impl PathStats {
             rtt_sum_us: self.rtt_sum_us,
             jitter_us: self.jitter.value_us().map(|j| j.round() as u32),
             ipdv,
+            hops,
+            route_changes: std::mem::take(&mut self.route_changes),
+            directional: self.directional.take(),
         };
         *self = PathStats {
+            hops: std::mem::take(&mut self.hops),
             dst: std::mem::take(&mut self.dst),
             probe: self.probe,
             jitter: self.jitter,
@@ -109,6 +140,7 @@ impl PathStats {
             + self.dst.capacity()
             + self.rtt.heap_bytes()
             + self.ipdv.heap_bytes()
+            + self.hops.iter().map(|h| h.stats.bytes()).sum::<usize>()
     }
 }
 

@@ -143,10 +143,22 @@ impl TargetSpec {
                     label,
                 })
             }
-            "stamp" => Err(SpecError::Unsupported {
-                spec: spec.to_string(),
-                probe: "stamp",
-            }),
+            "stamp" => {
+                // Port 862 (STAMP's) unless given; the label is the spec as written.
+                let (h, port) = split_host_port(spec, rest)?;
+                let host = parse_host(spec, h)?;
+                let label = match (&host, port) {
+                    (Host::Ip(IpAddr::V6(ip)), Some(port)) => format!("[{ip}]:{port}"),
+                    (h, Some(port)) => format!("{h}:{port}"),
+                    (h, None) => h.to_string(),
+                };
+                Ok(TargetSpec {
+                    probe: ProbeKind::Stamp,
+                    host,
+                    port,
+                    label,
+                })
+            }
             _ => Err(SpecError::Unsupported {
                 spec: spec.to_string(),
                 probe: "dns",
@@ -171,6 +183,21 @@ mod tests {
         assert_eq!((t.port, t.label.as_str()), (Some(443), "[2001:db8::1]:443"));
         let t = TargetSpec::parse("tcp:localhost:8080").expect("tcp name");
         assert_eq!(t.label, "localhost:8080");
+        let t = TargetSpec::parse("stamp:10.0.0.1").expect("stamp");
+        assert_eq!(
+            (t.probe, t.port, t.label.as_str()),
+            (ProbeKind::Stamp, None, "10.0.0.1")
+        );
+        let t = TargetSpec::parse("stamp:[2001:db8::1]:8620").expect("stamp v6 port");
+        assert_eq!(
+            (t.port, t.label.as_str()),
+            (Some(8620), "[2001:db8::1]:8620")
+        );
+        let t = TargetSpec::parse("stamp:::1").expect("stamp bare v6");
+        assert_eq!(
+            (t.host, t.port),
+            (Host::Ip("::1".parse().expect("ip")), None)
+        );
     }
 
     #[test]
@@ -181,7 +208,9 @@ mod tests {
             ("tcp:10.0.0.1:http", "port `http`"),
             ("bad host!", "neither an IP address nor a host name"),
             ("icmp:", "no host"),
-            ("stamp:10.0.0.1", "not available"),
+            ("stamp:10.0.0.1:0", "port `0`"),
+            ("stamp:", "no host"),
+            ("dns:10.0.0.1/example.net", "not available"),
             ("tcp:[::1", "missing `]`"),
         ] {
             let e = TargetSpec::parse(spec).expect_err(spec).to_string();

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use pathpulse_agent::RunError;
-use pathpulse_agent::cli::{LogFormat, init_logging, shutdown_on_signals};
+use pathpulse_agent::cli::{
+    LogFormat, generate_assets, hangups, init_logging, shutdown_on_signals,
+};
 use pathpulse_agent::config::{EXIT_CONFIG, check_name};
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +59,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +112,20 @@ fn exit_for(r: Result<(), RunError>) -> ExitCode {
     }
 }
 
+/// SIGHUP must not end the aggregator (its default action would): nothing of its
+/// configuration can be reloaded yet, so say so.
+async fn ignore_hangups(mut hup: tokio::signal::unix::Signal, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        tracing::warn!(
+            "SIGHUP: the aggregator has nothing to reload in this version; restart it to apply configuration changes"
+        );
+    }
+}
+
 fn serve(
     f: impl FnOnce(
         CancellationToken,
@@ -119,6 +141,9 @@ fn serve(
     exit_for(rt.block_on(async move {
         let token = CancellationToken::new();
         shutdown_on_signals(token.clone());
+        if let Some(hup) = hangups() {
+            tokio::spawn(ignore_hangups(hup, token.clone()));
+        }
         f(token).await
     }))
 }
@@ -131,6 +156,7 @@ pub fn main() -> ExitCode {
             Ok(cfg) => serve(|t| Box::pin(crate::server::run(cfg, t))),
             Err(e) => exit_for(Err(RunError::Config(e))),
         },
+        Command::GenerateAssets { out } => generate_assets(Cli::command(), &out),
         Command::Demo(args) => serve(|t| Box::pin(crate::demo::run(args, t))),
         Command::CheckConfig { config } => {
             match AggregatorConfig::resolve(&RunArgs {

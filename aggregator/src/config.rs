@@ -38,7 +38,7 @@ pub struct RunArgs {
     /// QUIC address agents report to.
     #[arg(long, value_name = "ADDR", env = "PATHPULSE_LISTEN")]
     pub listen: Option<String>,
-    /// HTTP address for /metrics, /healthz, /readyz.
+    /// HTTP address for /metrics, /healthz, /readyz, the page / and its /api.
     #[arg(long, value_name = "ADDR", env = "PATHPULSE_HTTP")]
     pub http: Option<String>,
     /// Directory for the CA, the server certificate and state.
@@ -173,5 +173,17 @@ mod tests {
         })
         .expect_err("unknown key");
         assert!(e.to_string().contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_states_the_defaults() {
+        let text = include_str!("../../packaging/aggregator.toml");
+        let f: FileConfig = toml::from_str(text).expect("packaging/aggregator.toml parses");
+        assert_eq!(f.listen.as_deref(), Some(DEFAULT_LISTEN));
+        assert_eq!(f.http.as_deref(), Some(DEFAULT_HTTP));
+        assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
+        let stale = parse_duration(&f.stale_after.expect("stale_after")).expect("duration");
+        assert_eq!(stale, DEFAULT_STALE_AFTER);
+        assert_eq!(f.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
     }
 }

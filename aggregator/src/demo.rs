@@ -106,10 +106,16 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             state_dir: agent_state,
             site: Some("demo".into()),
             isp: None,
+            hops: true,
+            isp_prefixes: Vec::new(),
+            stamp_listen: Vec::new(),
+            stamp_rate: pathpulse_agent::probe::stamp::reflector::DEFAULT_RATE,
+            stamp_key: None,
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }
     println!("pathpulse demo running: aggregator and agents demo-a, demo-b on this machine");
+    println!("  page:     http://{http}/ (the live mesh)");
     println!("  metrics:  http://{http}/metrics");
     println!("  health:   http://{http}/healthz");
     println!("  alerts:   http://{http}/api/alerts");

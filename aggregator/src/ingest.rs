@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pathpulse_agent::systemd::{BEAT_EVERY, Beat};
 use pathpulse_metrics::export::wall_clock_ms;
 use pathpulse_metrics::{Applied, SharedStore};
 use pathpulse_wire::frame::{self, FrameError};
@@ -22,6 +23,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 
 pub struct Ingest {
     pub endpoint: quinn::Endpoint,
+    /// Beats while the accept loop runs (systemd watchdog).
+    pub beat: Arc<Beat>,
     pub store: SharedStore,
     pub max_frame: u32,
     pub connections: Arc<Semaphore>,
@@ -61,11 +64,17 @@ fn frame_reason(e: &FrameError) -> RefuseReason {
 impl Ingest {
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = tokio_util::task::TaskTracker::new();
+        let mut beat = tokio::time::interval(BEAT_EVERY);
+        let endpoint = self.endpoint.clone();
+        let mut accept = Box::pin(endpoint.accept());
         loop {
+            self.beat.beat();
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                i = self.endpoint.accept() => match i { Some(i) => i, None => break },
+                _ = beat.tick() => continue,
+                i = &mut accept => match i { Some(i) => i, None => break },
             };
+            accept = Box::pin(endpoint.accept());
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 tracing::warn!(peer = %incoming.remote_address(), "connection limit reached; refusing");
                 incoming.refuse();
@@ -140,7 +149,7 @@ async fn handle_connection(
             recv,
             store.clone(),
             max_frame,
-            agent.clone(),
+            (agent.clone(), peer),
             name.clone(),
             alerts.clone(),
         ));
@@ -159,7 +168,7 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
     store: SharedStore,
     max_frame: u32,
-    agent: String,
+    (agent, peer): (String, std::net::SocketAddr),
     name: String,
     alerts: Option<Arc<Alerts>>,
 ) {
@@ -190,6 +199,12 @@ async fn handle_stream(
                 if let Some(a) = &alerts {
                     a.agent_hello(&agent, h.site.as_deref(), h.isp.as_deref());
                 }
+                store.lock().unwrap_or_else(|e| e.into_inner()).hello(
+                    &agent,
+                    h.site,
+                    h.isp,
+                    Some(peer.ip()),
+                );
                 (
                     None,
                     Some(ServerMsg::Welcome {

@@ -5,6 +5,7 @@
 //! - [`pki`]: the CA and the certificates it issues;
 //! - [`ingest`]: QUIC with mutual TLS, reports applied once each and acknowledged;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`ui`]: the live mesh page at `/` and its JSON API (`/api/...`);
 //! - [`server`]: the aggregator assembled; [`demo`]: aggregator plus local agents;
 //! - [`cli`]: the command line (`main.rs` only calls it).
 
@@ -15,4 +16,6 @@ pub mod demo;
 pub mod http;
 pub mod ingest;
 pub mod pki;
+pub mod remote_write;
 pub mod server;
+pub mod ui;

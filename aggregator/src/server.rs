@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pathpulse_agent::RunError;
 use pathpulse_agent::config::{ConfigError, ConfigErrors};
+use pathpulse_agent::systemd::{self, BEAT_EVERY, Liveness};
 use pathpulse_metrics::export::{self, Role};
 use pathpulse_metrics::{SharedStore, Store};
 use pathpulse_wire::frame::DEFAULT_MAX_FRAME;
@@ -37,6 +38,8 @@ pub struct Running {
     pub bound: Bound,
     pub store: SharedStore,
     pub alerts: Arc<crate::alert::Alerts>,
+    /// The main loops (ingest, store upkeep), for the systemd watchdog.
+    pub liveness: Arc<Liveness>,
     pub done: tokio::task::JoinHandle<()>,
 }
 
@@ -85,8 +88,11 @@ pub async fn start(
     let registry = Arc::new(registry);
     let ready = Arc::new(AtomicBool::new(false));
     let app = crate::http::router(registry, ready.clone())
+        .merge(crate::ui::router(store.clone(), shutdown.clone()))
         .merge(crate::alert::api::routes(alerts.clone()));
+    let liveness = Liveness::new();
     let ingest = Ingest {
+        beat: liveness.register("ingest"),
         endpoint,
         store: store.clone(),
         max_frame: DEFAULT_MAX_FRAME,
@@ -100,6 +106,7 @@ pub async fn start(
     };
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();
+    let upkeep = liveness.register("store upkeep");
     let done = tokio::spawn(async move {
         let ingest_task = tokio::spawn(ingest.run(shutdown));
         let http_task = tokio::spawn(async move {
@@ -111,11 +118,15 @@ pub async fn start(
         });
         let expire_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut beat = tokio::time::interval(BEAT_EVERY);
             loop {
                 tokio::select! {
                     _ = stop_expire.cancelled() => return,
                     _ = tick.tick() => expire_store.lock().unwrap_or_else(|e| e.into_inner()).expire(export::wall_clock_ms()),
+                    // Alive means: the store's lock can be had (ingest and scrapes need it).
+                    _ = beat.tick() => drop(expire_store.lock().unwrap_or_else(|e| e.into_inner())),
                 }
+                upkeep.beat();
             }
         });
         let _ = tokio::join!(ingest_task, http_task, expire_task, alert_task);
@@ -126,6 +137,7 @@ pub async fn start(
         bound: Bound { quic, http },
         store,
         alerts,
+        liveness,
         done,
     })
 }
@@ -148,9 +160,25 @@ fn external_url(cfg: &AggregatorConfig, http: SocketAddr) -> String {
     format!("http://{host}:{}", http.port())
 }
 
-/// Run until `shutdown` is cancelled.
+/// Run until `shutdown` is cancelled, telling systemd (when it started us) that the
+/// sockets are bound (`READY=1`) and that the loops live (watchdog).
 pub async fn run(cfg: AggregatorConfig, shutdown: CancellationToken) -> Result<(), RunError> {
-    let running = start(&cfg, shutdown).await?;
-    let _ = running.done.await;
+    let running = start(&cfg, shutdown.clone()).await?;
+    systemd::ready(&format!(
+        "agents on {} (QUIC), /metrics on {}",
+        running.bound.quic, running.bound.http
+    ));
+    tokio::spawn(systemd::watchdog(
+        running.liveness.clone(),
+        shutdown.clone(),
+    ));
+    let mut done = running.done;
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            systemd::stopping();
+            let _ = done.await;
+        }
+        _ = &mut done => {}
+    }
     Ok(())
 }

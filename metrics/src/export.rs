@@ -6,14 +6,17 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, NativeHistogram, NativeHistogramBuckets, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use pathpulse_wire::RefuseReason;
 
+use crate::localize::{HopView, Thresholds, hop_views, localize, observations};
 use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
-use crate::store::{CLASSIC_BOUNDS_US, PathKey, PathState, Store};
+use crate::store::{CLASSIC_BOUNDS_US, HopState, NATIVE_SCHEMA, PathKey, PathState, Store};
 use crate::window::{WINDOWS, WindowView};
 
 /// Quantiles exported as exact gauges from the merged HDR windows.
@@ -144,6 +147,61 @@ fn window_gauges(
     Ok(())
 }
 
+/// STAMP paths: loss per direction and one-way delay per direction, per window.
+fn directional(enc: &mut DescriptorEncoder, views: &Views) -> Result<(), std::fmt::Error> {
+    use pathpulse_wire::stamp::Directional;
+    let mut m = enc.encode_descriptor(
+        "pathpulse_directional_loss_ratio",
+        "STAMP: forward = lost before the reflector / attributed probes; reverse = reflected and lost on the way back / probes that reached the reflector.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (k, vs) in views {
+        for (w, v) in vs {
+            let Some(d) = v.dir.as_deref() else { continue };
+            let ratios = [
+                (
+                    "forward",
+                    Directional::forward_ratio(d.attributed, d.forward_lost),
+                ),
+                (
+                    "reverse",
+                    Directional::reverse_ratio(d.attributed, d.forward_lost, d.reverse_lost),
+                ),
+            ];
+            for (dir, r) in ratios {
+                if let Some(r) = r {
+                    m.encode_family(&with(path_labels(k), &[("direction", dir), ("window", w)]))?
+                        .encode_gauge(&r)?;
+                }
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_one_way_delay_seconds",
+        "STAMP: one-way delay quantile per direction over the window; only samples for which both ends said their clocks were synchronized.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (k, vs) in views {
+        for (w, v) in vs {
+            let Some(d) = v.dir.as_deref() else { continue };
+            for (dir, h) in [("forward", &d.owd_forward), ("reverse", &d.owd_reverse)] {
+                for (qs, q) in QUANTILES {
+                    if let Some(us) = h.quantile(q) {
+                        let l = with(
+                            path_labels(k),
+                            &[("direction", dir), ("quantile", qs), ("window", w)],
+                        );
+                        m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for StoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = (self.clock)();
@@ -184,8 +242,29 @@ impl Collector for StoreCollector {
                 .chain(std::iter::once(f64::INFINITY))
                 .zip(c.buckets.iter().copied())
                 .collect();
+            let (spans, deltas) = native_spans(&c.native);
+            let native = NativeHistogram {
+                schema: NATIVE_SCHEMA,
+                zero_threshold: 0.0,
+                zero_count: c.native_zero,
+                negative: NativeHistogramBuckets {
+                    spans: &[],
+                    deltas: &[],
+                },
+                positive: NativeHistogramBuckets {
+                    spans: &spans,
+                    deltas: &deltas,
+                },
+                created: None,
+            };
             m.encode_family(&path_labels(k))?
-                .encode_histogram::<NoLabelSet>(secs(c.sum_us as f64), c.count, &buckets, None)?;
+                .encode_histogram_with_native::<NoLabelSet>(
+                    secs(c.sum_us as f64),
+                    c.count,
+                    &buckets,
+                    None,
+                    native,
+                )?;
         }
 
         // Windowed views, computed once per path and window.
@@ -252,6 +331,8 @@ impl Collector for StoreCollector {
             |v, q| Some(v.hist.quantile(q)?.saturating_sub(v.hist.quantile(0.0)?)),
         )?;
 
+        directional(&mut enc, &views)?;
+
         let mut m = enc.encode_descriptor(
             "pathpulse_mos",
             "E-model MOS estimate (1..4.5) from half the window's median RTT, RFC 3550 jitter and window loss.",
@@ -271,6 +352,8 @@ impl Collector for StoreCollector {
                     .encode_gauge(&score)?;
             }
         }
+
+        encode_hops(&mut enc, &store, now)?;
 
         let mut m = enc.encode_descriptor(
             "pathpulse_agent_up",
@@ -338,6 +421,29 @@ impl Collector for StoreCollector {
                 ("monotonic", st.health.rtt_monotonic_clock),
             ] {
                 m.encode_family(&[("agent", &**a), ("clock", clock)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_stamp_reflector_reflected",
+            "STAMP test packets the agent's reflector answered.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_counter::<NoLabelSet, _, u64>(&st.health.stamp_reflected, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_stamp_reflector_dropped",
+            "Datagrams the agent's STAMP reflector dropped without answering, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            let reasons = pathpulse_wire::stamp::ReflectorCounts::default().dropped();
+            for ((reason, _), v) in reasons.iter().zip(st.health.stamp_dropped) {
+                m.encode_family(&[("agent", &**a), ("reason", reason)])?
                     .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
             }
         }
@@ -493,10 +599,11 @@ pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; chars
 /// Families that are summaries in the classic text format: exact quantiles over sliding
 /// windows, which is what a Prometheus summary is. (OpenMetrics output types them as
 /// gauges: prometheus-client cannot encode summaries.)
-const SUMMARY_FAMILIES: [&str; 3] = [
+const SUMMARY_FAMILIES: [&str; 4] = [
     "pathpulse_rtt_quantile_seconds",
     "pathpulse_ipdv_seconds",
     "pathpulse_pdv_seconds",
+    "pathpulse_one_way_delay_seconds",
 ];
 
 /// Convert the OpenMetrics text of [`encode_text`] into the classic Prometheus text
@@ -544,8 +651,175 @@ pub fn encode_text(reg: &Registry) -> String {
     out
 }
 
+/// Sparse native buckets as Prometheus wants them: spans (offset from the end of the
+/// previous span, or the first index; length) and count deltas.
+fn native_spans(buckets: &std::collections::BTreeMap<i32, u64>) -> (Vec<(i32, u32)>, Vec<i64>) {
+    let (mut spans, mut deltas): (Vec<(i32, u32)>, Vec<i64>) = (Vec::new(), Vec::new());
+    let (mut next, mut prev_count) = (None::<i32>, 0i64);
+    for (&i, &n) in buckets {
+        match next {
+            Some(e) if e == i => {
+                if let Some(last) = spans.last_mut() {
+                    last.1 += 1;
+                }
+            }
+            Some(e) => spans.push((i - e, 1)),
+            None => spans.push((i, 1)),
+        }
+        next = Some(i + 1);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        deltas.push(n - prev_count);
+        prev_count = n;
+    }
+    (spans, deltas)
+}
+
+/// The Prometheus protobuf exposition (native histograms), for scrapers that ask for it.
+pub fn encode_protobuf(registry: &Registry) -> Result<Vec<u8>, String> {
+    prometheus_client::encoding::prometheus_protobuf::encode_to_vec(registry)
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Content type of the protobuf exposition.
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
+/// Labels of one hop: `src`, `anchor` (the target as written), `hop` (TTL), `hop_addr`,
+/// `role`.
+fn hop_labels<'a>(k: &'a PathKey, ttl: &'a str, h: &'a HopState) -> Labels<'a> {
+    vec![
+        ("src", Cow::Borrowed(&*k.src)),
+        ("anchor", Cow::Borrowed(&*k.dst)),
+        ("hop", Cow::Borrowed(ttl)),
+        ("hop_addr", Cow::Borrowed(&*h.addr)),
+        ("role", Cow::Borrowed(h.role.as_str())),
+    ]
+}
+
+/// The per-hop view toward targets (hop discovery): counters, RTT quantiles and loss per
+/// window, ICMP rate limiting, route changes.
+fn encode_hops(
+    enc: &mut DescriptorEncoder,
+    store: &Store,
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    struct Hop<'a> {
+        key: &'a PathKey,
+        ttl: String,
+        view: HopView<'a>,
+    }
+    let hops: Vec<Hop> = store
+        .paths
+        .iter()
+        .flat_map(|(k, st)| {
+            hop_views(st, now).into_iter().map(move |view| Hop {
+                key: k,
+                ttl: view.ttl.to_string(),
+                view,
+            })
+        })
+        .collect();
+    for (name, help, get) in [
+        (
+            "pathpulse_hop_probes_sent",
+            "TTL-limited probes sent toward the anchor that expire at this hop.",
+            (|h: &HopState| h.counters.sent) as fn(&HopState) -> u64,
+        ),
+        (
+            "pathpulse_hop_probes_lost",
+            "TTL-limited probes this hop did not answer within the timeout.",
+            |h: &HopState| h.counters.lost,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for h in &hops {
+            m.encode_family(&hop_labels(h.key, &h.ttl, h.view.state))?
+                .encode_counter::<NoLabelSet, _, u64>(&get(h.view.state), None)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_hop_rtt_quantile_seconds",
+        "Exact RTT quantile of this hop's answers over the window (HDR, 3 significant digits).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &hops {
+        for (w, v) in &h.view.views {
+            for (qs, q) in QUANTILES {
+                if let Some(us) = v.hist.quantile(q) {
+                    let l = with(
+                        hop_labels(h.key, &h.ttl, h.view.state),
+                        &[("quantile", qs), ("window", w)],
+                    );
+                    m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                }
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_hop_loss_ratio",
+        "Share of this hop's TTL-limited probes without an answer over the window (see pathpulse_hop_icmp_ratelimited before calling it path loss).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &hops {
+        for (w, v) in &h.view.views {
+            if let Some(x) = loss_ratio(v.lost, v.received) {
+                let l = with(hop_labels(h.key, &h.ttl, h.view.state), &[("window", w)]);
+                m.encode_family(&l)?.encode_gauge(&x)?;
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_hop_icmp_ratelimited",
+        "1 when this hop's loss over 1 min does not continue at later hops or the target: the router rate-limits its ICMP answers, the path is not losing packets.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in &hops {
+        if let Some(limited) = h.view.ratelimited {
+            m.encode_family(&hop_labels(h.key, &h.ttl, h.view.state))?
+                .encode_gauge(&i64::from(limited))?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_path_changes",
+        "Times the hop list toward the anchor changed (a different router at a known TTL).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (k, st) in store.paths.iter().filter(|(_, st)| !st.hops.is_empty()) {
+        m.encode_family(&[("src", &*k.src), ("anchor", &*k.dst)])?
+            .encode_counter::<NoLabelSet, _, u64>(&st.route_changes, None)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_fault_verdict",
+        "1 per current localization verdict: where the packet loss of the last minute is (scope lan, site_uplink, isp, transit, target; suspect: the agent, site, ISP, router or target).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for v in localize(&observations(store, now), &Thresholds::default()) {
+        let labels = [
+            ("scope", v.scope.as_str()),
+            ("suspect", v.suspect.as_str()),
+            ("confidence", v.confidence.as_str()),
+        ];
+        m.encode_family(&labels)?.encode_gauge(&1i64)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn native_spans_and_deltas() {
+        let b: std::collections::BTreeMap<i32, u64> = [(-53, 2), (-52, 5), (-50, 1), (3, 4)].into();
+        let (spans, deltas) = super::native_spans(&b);
+        assert_eq!(spans, vec![(-53, 2), (1, 1), (52, 1)]);
+        assert_eq!(deltas, vec![2, 3, -4, 3]);
+        assert_eq!(super::native_spans(&Default::default()), (vec![], vec![]));
+    }
+
     use super::*;
     use pathpulse_wire::{AgentHealth, PathReport, Report};
 
@@ -625,5 +899,78 @@ mod tests {
         );
         assert!(classic.contains(&format!("pathpulse_probes_sent_total{{{labels}}} 4\n")));
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+    use pathpulse_wire::stamp::{Directional, ReflectorCounts};
+    use pathpulse_wire::{AgentHealth, PathReport, ProbeKind, Report};
+
+    #[test]
+    fn stamp_paths_export_loss_and_delay_per_direction_and_reflector_drops() {
+        let store: SharedStore = Arc::new(Mutex::new(Store::new(15_000)));
+        let mut d = Directional {
+            attributed: 100,
+            forward_lost: 10,
+            reverse_lost: 9,
+            ..Default::default()
+        };
+        d.owd_forward.record(300);
+        d.owd_reverse.record(500);
+        let mut p = PathReport {
+            dst: "10.0.0.2".into(),
+            probe: Some(ProbeKind::Stamp),
+            sent: 100,
+            lost: 19,
+            directional: Some(d),
+            ..Default::default()
+        };
+        for _ in 0..81 {
+            p.rtt.record(800);
+            p.received += 1;
+        }
+        let r = Report {
+            seq: 1,
+            agent: "a1".into(),
+            interval_start_ms: 1_000_000,
+            interval_ms: 5000,
+            paths: vec![p],
+            health: AgentHealth {
+                reflector: ReflectorCounts {
+                    reflected: 5,
+                    oversize: 2,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        };
+        store.lock().expect("lock").apply(&r, 1_005_000);
+        let text = encode_text(&registry(store, Role::Agent, || 1_010_000));
+        let l = r#"src="a1",dst="10.0.0.2",probe="stamp""#;
+        for line in [
+            format!(
+                "pathpulse_directional_loss_ratio{{{l},direction=\"forward\",window=\"1m\"}} 0.1"
+            ),
+            format!(
+                "pathpulse_directional_loss_ratio{{{l},direction=\"reverse\",window=\"1m\"}} 0.1"
+            ),
+            format!(
+                "pathpulse_one_way_delay_seconds{{{l},direction=\"forward\",quantile=\"0.5\",window=\"1m\"}} 0.0003"
+            ),
+            format!(
+                "pathpulse_one_way_delay_seconds{{{l},direction=\"reverse\",quantile=\"0.5\",window=\"1m\"}} 0.0005"
+            ),
+            "pathpulse_stamp_reflector_reflected_total{agent=\"a1\"} 5".to_string(),
+            "pathpulse_stamp_reflector_dropped_total{agent=\"a1\",reason=\"oversize\"} 2"
+                .to_string(),
+            "pathpulse_stamp_reflector_dropped_total{agent=\"a1\",reason=\"truncated\"} 0"
+                .to_string(),
+        ] {
+            assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+        }
+        let classic = openmetrics_to_prometheus(&text);
+        assert!(classic.contains("# TYPE pathpulse_one_way_delay_seconds summary\n"));
     }
 }

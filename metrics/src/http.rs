@@ -10,7 +10,8 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 
 use crate::export::{
-    OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE, encode_text, openmetrics_to_prometheus,
+    OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE, encode_protobuf,
+    encode_text, openmetrics_to_prometheus,
 };
 
 /// A router serving `GET /metrics` from `registry`: OpenMetrics when the scraper asks for
@@ -25,6 +26,17 @@ pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>)
                     .get(ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
+                // Prometheus with native histograms on asks for protobuf first.
+                if accept.contains("application/vnd.google.protobuf")
+                    && accept.contains("io.prometheus.client.MetricFamily")
+                {
+                    match encode_protobuf(&reg) {
+                        Ok(body) => {
+                            return ([(CONTENT_TYPE, PROTOBUF_CONTENT_TYPE)], body).into_response();
+                        }
+                        Err(e) => tracing::warn!(error = %e, "protobuf exposition failed; answering in text"),
+                    }
+                }
                 let text = encode_text(&reg);
                 if accept.contains("application/openmetrics-text") {
                     ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()

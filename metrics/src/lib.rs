@@ -3,6 +3,7 @@
 //! - [`stats`]: loss ratio with a Wilson interval, RFC 3550 jitter (pure functions);
 //! - [`window`]: per-path 10 s / 1 min / 5 min windows over sparse HDR histograms;
 //! - [`store`]: per-path and per-agent state that reports are applied to;
+//! - [`localize`]: where a problem is (LAN, site uplink, ISP, transit, target), pure;
 //! - [`export`]: every metric name and label set, as a prometheus-client collector.
 //!
 //! Used by the aggregator and by the agent's standalone `/metrics`, so both expose the
@@ -10,6 +11,7 @@
 
 pub mod export;
 pub mod http;
+pub mod localize;
 pub mod stats;
 pub mod store;
 pub mod window;

@@ -156,3 +156,53 @@ mod tests {
         assert_eq!(loss_ratio(1, 3), Some(0.25));
     }
 }
+
+/// Does a hop's loss come from the router rate-limiting its ICMP errors rather than from
+/// the path? Routers answer TTL-expired probes from their slow path, at a limited rate;
+/// packets that pass through them are not affected. So loss at a hop that the hops after
+/// it (and the target) do not show is the router's, not the path's. Judged on counts
+/// (lost, probes), not ratios, because hops are probed about once a second: true when the
+/// hop loses at least 10% and the lower end of its 95% Wilson interval lies above the
+/// upper end of the best later hop's.
+pub fn icmp_ratelimited(hop: (u64, u64), best_later: Option<(u64, u64)>) -> bool {
+    let (Some((lost, n)), Some((later_lost, later_n))) = (Some(hop), best_later) else {
+        return false;
+    };
+    let (Some((lo, _)), Some((_, later_hi))) = (
+        wilson_interval(lost, n, Z95),
+        wilson_interval(later_lost, later_n, Z95),
+    ) else {
+        return false;
+    };
+    lost as f64 >= 0.10 * n as f64 && lo > later_hi
+}
+
+#[cfg(test)]
+mod hop_tests {
+    use super::icmp_ratelimited;
+
+    #[test]
+    fn loss_that_does_not_continue_downstream_is_rate_limiting() {
+        assert!(
+            icmp_ratelimited((22, 45), Some((0, 45))),
+            "half at the hop, none after it"
+        );
+        assert!(
+            !icmp_ratelimited((9, 45), Some((9, 45))),
+            "the loss continues: path loss"
+        );
+        assert!(
+            !icmp_ratelimited((12, 36), Some((5, 36))),
+            "33% against 14% of 36 probes each: not significantly more"
+        );
+        assert!(
+            !icmp_ratelimited((2, 45), Some((0, 45))),
+            "too little to say"
+        );
+        assert!(
+            !icmp_ratelimited((40, 45), None),
+            "nothing after it to compare with"
+        );
+        assert!(!icmp_ratelimited((0, 0), Some((0, 45))), "no probes");
+    }
+}

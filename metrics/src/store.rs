@@ -3,9 +3,10 @@
 //! Pure: time comes in as arguments.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use pathpulse_wire::{AgentHealth, PathReport, ProbeKind, RefuseReason, Report, hist};
+use pathpulse_wire::{AgentHealth, HopRole, PathReport, ProbeKind, RefuseReason, Report, hist};
 
 use crate::window::PathWindows;
 
@@ -36,13 +37,34 @@ pub struct Counters {
     pub send_errors: u64,
 }
 
-/// Cumulative RTT histogram in classic buckets, for `pathpulse_rtt_seconds`.
+/// Schema of the native histogram of `pathpulse_rtt_seconds`: buckets grow by 2^(2^-3),
+/// about 9% (the Go client's default factor 1.1 gives the same schema).
+pub const NATIVE_SCHEMA: i32 = 3;
+
+/// Native histogram bucket (schema [`NATIVE_SCHEMA`]) holding `us` microseconds: bucket
+/// `i` covers (2^((i-1)/8), 2^(i/8)] seconds. `None` for 0 (the zero bucket).
+pub fn native_index(us: u64) -> Option<i32> {
+    if us == 0 {
+        return None;
+    }
+    let scale = f64::from(1u32 << NATIVE_SCHEMA);
+    let exact = (us as f64 / 1e6).log2() * scale;
+    // Values on a boundary belong to the bucket below (upper bounds are inclusive); the
+    // small tolerance absorbs log2's rounding at exact powers of two.
+    Some((exact - 1e-9).ceil() as i32)
+}
+
+/// Cumulative RTT histogram in classic buckets, for `pathpulse_rtt_seconds`, and the same
+/// samples in sparse native buckets (exposed when the scraper asks for protobuf).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cumulative {
     /// Non-cumulative counts per classic bucket; the last slot is `+Inf`.
     pub buckets: [u64; CLASSIC_BOUNDS_US.len() + 1],
     pub count: u64,
     pub sum_us: u64,
+    /// Native buckets: index → count (positive values only: RTTs are never negative).
+    pub native: BTreeMap<i32, u64>,
+    pub native_zero: u64,
 }
 
 impl Cumulative {
@@ -52,6 +74,12 @@ impl Cumulative {
             let b = CLASSIC_BOUNDS_US.partition_point(|&bound| bound < v);
             self.buckets[b] += u64::from(n);
             self.count += u64::from(n);
+            // The middle of the HDR bucket (its width is at most 1/1024 of the value).
+            let mid = v + (hist::highest_of(idx) - v) / 2;
+            match native_index(mid) {
+                Some(i) => *self.native.entry(i).or_default() += u64::from(n),
+                None => self.native_zero += u64::from(n),
+            }
         }
         self.sum_us += p.rtt_sum_us;
     }
@@ -64,6 +92,18 @@ pub struct PathState {
     pub windows: PathWindows,
     pub jitter_us: Option<f64>,
     pub in_flight: u64,
+    /// Hops toward this target by TTL (ICMP paths with hop discovery).
+    pub hops: BTreeMap<u8, HopState>,
+    pub route_changes: u64,
+}
+
+/// One hop toward a target: who answers at this TTL, its role, its probes.
+#[derive(Debug, Clone)]
+pub struct HopState {
+    pub addr: Arc<str>,
+    pub role: HopRole,
+    pub counters: Counters,
+    pub windows: PathWindows,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -73,6 +113,11 @@ pub struct AgentState {
     pub reports: u64,
     pub health: HealthTotals,
     pub last_scheduling_lag_us: u32,
+    /// Labels from the agent's hello (`--site`, `--isp`).
+    pub site: Option<String>,
+    pub isp: Option<String>,
+    /// Address the agent connected from (the aggregator's view: NAT shows the NAT).
+    pub addr: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,6 +129,10 @@ pub struct HealthTotals {
     pub recv_errors: u64,
     pub rtt_kernel_clock: u64,
     pub rtt_monotonic_clock: u64,
+    /// STAMP reflector: packets reflected, and dropped per reason (labels of
+    /// `ReflectorCounts::dropped`).
+    pub stamp_reflected: u64,
+    pub stamp_dropped: [u64; 6],
 }
 
 impl HealthTotals {
@@ -95,6 +144,10 @@ impl HealthTotals {
         self.recv_errors += u64::from(h.recv_errors);
         self.rtt_kernel_clock += u64::from(h.rtt_kernel_clock);
         self.rtt_monotonic_clock += u64::from(h.rtt_monotonic_clock);
+        self.stamp_reflected += u64::from(h.reflector.reflected);
+        for (t, (_, n)) in self.stamp_dropped.iter_mut().zip(h.reflector.dropped()) {
+            *t += u64::from(n);
+        }
     }
 }
 
@@ -129,6 +182,24 @@ impl Store {
         }
     }
 
+    /// Record an agent's hello: its labels and the address it connected from.
+    pub fn hello(
+        &mut self,
+        agent: &str,
+        site: Option<String>,
+        isp: Option<String>,
+        addr: Option<IpAddr>,
+    ) {
+        let key = match self.agents.get_key_value(agent) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(agent),
+        };
+        let a = self.agents.entry(key).or_default();
+        a.site = site;
+        a.isp = isp;
+        a.addr = addr;
+    }
+
     /// Apply one report (already authenticated and validated).
     pub fn apply(&mut self, r: &Report, now_ms: u64) {
         let src: Arc<str> = match self.agents.get_key_value(r.agent.as_str()) {
@@ -161,6 +232,26 @@ impl Store {
                 st.jitter_us = Some(f64::from(j));
             }
             st.in_flight = u64::from(p.in_flight);
+            st.route_changes += u64::from(p.route_changes);
+            // The hop list is the agent's current one: TTLs it no longer reports go.
+            st.hops
+                .retain(|ttl, _| p.hops.iter().any(|h| h.ttl == *ttl));
+            for h in &p.hops {
+                let hs = st.hops.entry(h.ttl).or_insert_with(|| HopState {
+                    addr: Arc::from(""),
+                    role: HopRole::Unknown,
+                    counters: Counters::default(),
+                    windows: PathWindows::default(),
+                });
+                if let Some(a) = h.addr.as_ref().filter(|a| **a != *hs.addr) {
+                    hs.addr = Arc::from(a.as_str());
+                }
+                hs.role = h.role.unwrap_or(HopRole::Unknown);
+                hs.counters.sent += u64::from(h.stats.sent);
+                hs.counters.received += u64::from(h.stats.received);
+                hs.counters.lost += u64::from(h.stats.lost);
+                hs.windows.add(r.interval_start_ms, &h.stats, now_ms);
+            }
         }
     }
 
@@ -192,10 +283,24 @@ impl Store {
             .is_some_and(|t| now_ms.saturating_sub(t) <= self.stale_after_ms)
     }
 
+    /// Forget a path and its series (its target was removed from the agent's config).
+    pub fn remove_path(&mut self, src: &str, dst: &str, probe: ProbeKind) -> bool {
+        self.paths
+            .remove(&PathKey {
+                src: Arc::from(src),
+                dst: Arc::from(dst),
+                probe,
+            })
+            .is_some()
+    }
+
     /// Drop window slots nobody can see any more (call periodically).
     pub fn expire(&mut self, now_ms: u64) {
         for st in self.paths.values_mut() {
             st.windows.expire(now_ms);
+            for h in st.hops.values_mut() {
+                h.windows.expire(now_ms);
+            }
         }
     }
 }
@@ -225,6 +330,28 @@ mod tests {
             paths: vec![p],
             health: AgentHealth::default(),
         }
+    }
+
+    #[test]
+    fn native_buckets_follow_the_schema() {
+        // Bucket i covers (2^((i-1)/8), 2^(i/8)] s: 1 s is the top of bucket 0.
+        assert_eq!(native_index(1_000_000), Some(0));
+        assert_eq!(native_index(1_000_001), Some(1));
+        assert_eq!(native_index(500_000), Some(-8));
+        assert_eq!(native_index(0), None);
+        // 10 ms: log2(0.01) * 8 = -53.15 → bucket -53, bounds 2^(-54/8)..2^(-53/8).
+        let i = native_index(10_000).expect("index");
+        let (lo, hi) = (
+            2f64.powf(f64::from(i - 1) / 8.0),
+            2f64.powf(f64::from(i) / 8.0),
+        );
+        assert!(lo < 0.01 && 0.01 <= hi, "{lo} < 0.01 <= {hi}");
+        let mut s = Store::new(15_000);
+        s.apply(&report(1, &[10_000, 10_050, 0], 0, 0), 1_005_000);
+        let c = &s.paths.values().next().expect("path").cumulative;
+        assert_eq!(c.native.values().sum::<u64>() + c.native_zero, c.count);
+        assert_eq!(c.native_zero, 1);
+        assert_eq!(c.native.get(&i), Some(&2));
     }
 
     #[test]

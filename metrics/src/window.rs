@@ -7,7 +7,47 @@
 
 use std::collections::VecDeque;
 
+use pathpulse_wire::stamp::Directional;
 use pathpulse_wire::{PathReport, SparseHist};
+
+/// STAMP's per-direction view of a slot or window (boxed in slots: most paths have none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DirView {
+    pub attributed: u64,
+    pub forward_lost: u64,
+    pub reverse_lost: u64,
+    pub owd_forward: SparseHist,
+    pub owd_reverse: SparseHist,
+}
+
+impl DirView {
+    fn add(&mut self, d: &Directional) {
+        self.attributed += u64::from(d.attributed);
+        self.forward_lost += u64::from(d.forward_lost);
+        self.reverse_lost += u64::from(d.reverse_lost);
+        self.owd_forward.merge(&d.owd_forward);
+        self.owd_reverse.merge(&d.owd_reverse);
+    }
+
+    fn merge(&mut self, o: &DirView) {
+        self.attributed += o.attributed;
+        self.forward_lost += o.forward_lost;
+        self.reverse_lost += o.reverse_lost;
+        self.owd_forward.merge(&o.owd_forward);
+        self.owd_reverse.merge(&o.owd_reverse);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.owd_forward.shrink_to_fit();
+        self.owd_reverse.shrink_to_fit();
+    }
+}
+
+fn merge_dir(into: &mut Option<Box<DirView>>, from: Option<&DirView>) {
+    if let Some(f) = from {
+        into.get_or_insert_default().merge(f);
+    }
+}
 
 /// Slot length. A report joins the slot holding its interval start.
 pub const SLOT_MS: u64 = 5_000;
@@ -35,6 +75,7 @@ pub struct Slot {
     pub ipdv: SparseHist,
     pub received: u64,
     pub lost: u64,
+    pub dir: Option<Box<DirView>>,
 }
 
 /// What one window says about a path.
@@ -44,6 +85,8 @@ pub struct WindowView {
     pub ipdv: SparseHist,
     pub received: u64,
     pub lost: u64,
+    /// STAMP paths: per direction.
+    pub dir: Option<Box<DirView>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -77,6 +120,9 @@ impl PathWindows {
         slot.ipdv.merge(&p.ipdv);
         slot.received += u64::from(p.received);
         slot.lost += u64::from(p.lost);
+        if let Some(d) = &p.directional {
+            slot.dir.get_or_insert_default().add(d);
+        }
         self.compact(now_ms);
         true
     }
@@ -102,6 +148,10 @@ impl PathWindows {
                     c.ipdv.shrink_to_fit();
                     c.received += fine.received;
                     c.lost += fine.lost;
+                    merge_dir(&mut c.dir, fine.dir.as_deref());
+                    if let Some(d) = c.dir.as_mut() {
+                        d.shrink_to_fit();
+                    }
                     c.end_ms = c.end_ms.max(fine.end_ms);
                 }
             } else {
@@ -134,6 +184,25 @@ impl PathWindows {
             .slots
             .iter()
             .filter(|s| s.end_ms > from && s.start_ms <= now_ms)
+        {
+            v.hist.merge(&s.hist);
+            v.ipdv.merge(&s.ipdv);
+            v.received += s.received;
+            v.lost += s.lost;
+            merge_dir(&mut v.dir, s.dir.as_deref());
+        }
+        v
+    }
+
+    /// Merge the slots that start in `[from_ms, to_ms)`: a closed period for sampling.
+    /// Exact for periods of whole fine slots within the last [`FINE_MS`], or of whole
+    /// coarse slots beyond.
+    pub fn range(&self, from_ms: u64, to_ms: u64) -> WindowView {
+        let mut v = WindowView::default();
+        for s in self
+            .slots
+            .iter()
+            .filter(|s| s.start_ms >= from_ms && s.start_ms < to_ms)
         {
             v.hist.merge(&s.hist);
             v.ipdv.merge(&s.ipdv);
@@ -240,6 +309,19 @@ mod tests {
             w.slots.iter().any(|s| s.coarse),
             "old data folded into a 1 min slot"
         );
+    }
+
+    #[test]
+    fn range_takes_the_slots_starting_inside_it() {
+        let mut w = PathWindows::default();
+        let now = 10_000_000u64;
+        w.add(now - 25_000, &report(&[1], 0), now);
+        w.add(now - 15_000, &report(&[2], 1), now);
+        w.add(now - 10_000, &report(&[3], 0), now);
+        w.add(now - 1_000, &report(&[4], 0), now);
+        let r = w.range(now - 20_000, now - 5_000);
+        assert_eq!((r.received, r.lost), (2, 1));
+        assert_eq!((r.hist.min(), r.hist.max()), (Some(2), Some(3)));
     }
 
     #[test]

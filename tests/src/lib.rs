@@ -1,6 +1,7 @@
 //! Test harness for pathpulse end-to-end tests: start the real binaries, read their
 //! `/metrics`, skip loudly (or fail under `CI=true`) when a test needs root.
 
+pub mod browser;
 pub mod lab;
 pub mod webhook;
 
@@ -79,11 +80,23 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(name: &str, program: &Path, args: &[&str], logdir: &Path) -> Proc {
+        Proc::start_env(name, program, args, &[], logdir)
+    }
+
+    /// As [`Proc::start`], with extra environment variables.
+    pub fn start_env(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        logdir: &Path,
+    ) -> Proc {
         let log = logdir.join(format!("{name}.log"));
         let f = std::fs::File::create(&log).expect("log file");
         let child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(f.try_clone().expect("dup"))
             .stderr(f)
             .stdin(Stdio::null())
@@ -100,6 +113,12 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Send a signal (SIGHUP to reload, SIGTERM to stop).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("kill");
+    }
+
     /// Exited already? Returns the exit code.
     pub fn exited(&mut self) -> Option<i32> {
         self.child
@@ -107,6 +126,18 @@ impl Proc {
             .ok()
             .flatten()
             .map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// Wait up to `timeout` for the process to exit by itself; returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.exited() {
+                return Some(c);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Send SIGTERM and wait up to 5 s; returns the exit code.

@@ -6,8 +6,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const MAGIC: [u8; 2] = *b"PP";
-/// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version spoken by this build. 2: path reports carry hops and STAMP's
+/// directional loss and one-way delay.
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 8;
 /// Default upper bound of a frame's payload (a report of ~10,000 paths fits easily).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;

@@ -2,6 +2,7 @@
 //!
 //! - [`message`]: hello, report, acknowledgement and refusal messages;
 //! - [`frame`]: framing with a version check and size limits;
+//! - [`stamp`]: STAMP per-direction loss and one-way delay, reflector counters;
 //! - [`hist`]: the sparse HDR histogram codec;
 //! - [`tls`]: the CA, certificates and rustls configurations for mutual TLS.
 //!
@@ -10,9 +11,11 @@
 pub mod frame;
 pub mod hist;
 pub mod message;
+pub mod stamp;
 pub mod tls;
 
 pub use hist::SparseHist;
 pub use message::{
-    AgentHealth, ClientMsg, Hello, PathReport, ProbeKind, RefuseReason, Report, ServerMsg,
+    AgentHealth, ClientMsg, Hello, HopReport, HopRole, PathReport, ProbeKind, RefuseReason, Report,
+    ServerMsg,
 };

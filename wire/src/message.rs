@@ -9,6 +9,8 @@ use crate::hist::SparseHist;
 pub const MAX_PATHS_PER_REPORT: usize = 100_000;
 /// Longest string (agent name, destination, label) accepted in a message.
 pub const MAX_NAME_LEN: usize = 255;
+/// Hops per path in a report (TTL is at most 255; traceroute's default is 30).
+pub const MAX_HOPS: usize = 64;
 
 /// Kind of probe that measured a path: the `probe` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -78,6 +80,8 @@ pub struct AgentHealth {
     /// RTT samples that fell back to the monotonic clock around the syscalls (a stamp was
     /// missing or a clock step made the kernel difference implausible).
     pub rtt_monotonic_clock: u32,
+    /// The agent's STAMP reflector (all zero when it does not run one).
+    pub reflector: crate::stamp::ReflectorCounts,
 }
 
 /// Statistics of one path over one report interval.
@@ -109,6 +113,55 @@ pub struct PathReport {
     /// |RTT difference| of consecutive replies in arrival order (RFC 5481 IPDV magnitude),
     /// microseconds.
     pub ipdv: SparseHist,
+    /// STAMP paths only: loss per direction and one-way delay.
+    pub directional: Option<crate::stamp::Directional>,
+    /// Per-hop view toward this target (ICMP targets beyond the directly connected
+    /// subnets): one entry per TTL that was probed, in TTL order.
+    pub hops: Vec<HopReport>,
+    /// Times the hop list toward this target changed in this interval.
+    pub route_changes: u32,
+}
+
+/// Where a hop sits on the way from the agent to a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum HopRole {
+    /// Private addresses behind the default gateway.
+    Lan,
+    /// The default gateway (customer premises equipment).
+    Cpe,
+    /// The ISP's first hops, up to its boundary (configured prefixes, or detected).
+    Isp,
+    /// Between the ISP and the target.
+    Transit,
+    /// The target itself.
+    Target,
+    /// No hop has answered at this TTL yet.
+    Unknown,
+}
+
+impl HopRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HopRole::Lan => "lan",
+            HopRole::Cpe => "cpe",
+            HopRole::Isp => "isp",
+            HopRole::Transit => "transit",
+            HopRole::Target => "target",
+            HopRole::Unknown => "unknown",
+        }
+    }
+}
+
+/// TTL-limited probes toward a target that expired at (or were answered by) one hop.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HopReport {
+    /// 1-based hop number (the TTL of the probes).
+    pub ttl: u8,
+    /// The address that answered at this TTL most recently.
+    pub addr: Option<String>,
+    pub role: Option<HopRole>,
+    /// sent / received / lost and the RTT histogram of this hop's probes (no `hops`).
+    pub stats: PathReport,
 }
 
 impl PathReport {
@@ -186,8 +239,26 @@ pub fn validate_report(r: &Report) -> Result<(), String> {
                 p.dst.len()
             ));
         }
+        if p.hops.len() > MAX_HOPS {
+            return Err(format!(
+                "path {}: {} hops, limit {MAX_HOPS}",
+                p.dst,
+                p.hops.len()
+            ));
+        }
+        for h in &p.hops {
+            if !h.stats.hops.is_empty()
+                || h.addr.as_ref().is_some_and(|a| a.len() > MAX_NAME_LEN)
+                || u64::from(h.stats.received) != h.stats.rtt.count()
+            {
+                return Err(format!("path {}: hop {} is malformed", p.dst, h.ttl));
+            }
+        }
         if p.ipdv.count() > u64::from(p.received) {
             return Err(format!("path {}: more IPDV samples than replies", p.dst));
+        }
+        if let Some(d) = &p.directional {
+            crate::stamp::validate(d, p.received).map_err(|e| format!("path {}: {e}", p.dst))?;
         }
         if u64::from(p.received) != p.rtt.count() {
             return Err(format!(

@@ -1,25 +1,33 @@
 //! ICMP echo prober: one socket per address family shared by all targets, one receive
 //! loop, kernel timestamps, exact matching (see `matcher`). A socket error is counted,
-//! logged once per kind, and followed by a backoff: it never spins a core.
+//! logged once per kind, and followed by a backoff: it never spins a core. The matcher
+//! keys probes by the path's slot, so a reload (a new [`ProbePlan`]) keeps in-flight
+//! probes of targets that stay.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pathpulse_wire::ProbeKind;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::probe::hops::HOP_MAGIC;
 use crate::probe::icmp_socket::{Event, Family, IcmpSocket, OpenError, SocketKind};
 use crate::probe::matcher::{Matcher, Outcome, ReplyMeta, encode_payload};
+use crate::reload::ProbePlan;
 use crate::resolve::Resolver;
 use crate::schedule::Schedule;
 use crate::shared::Shared;
+use crate::systemd::{BEAT_EVERY, Beat};
 use crate::target::{Host, TargetSpec};
 
 /// Bytes of ICMP payload (as `ping`'s default of 56).
 pub const PAYLOAD_SIZE: usize = 56;
 
 pub struct IcmpProber {
+    /// (slot in `Shared`, target): the ICMP targets of the current plan.
     targets: Vec<(usize, TargetSpec)>,
     interval: Duration,
     timeout: Duration,
@@ -27,6 +35,8 @@ pub struct IcmpProber {
     resolver: Arc<Resolver>,
     v4: Option<IcmpSocket>,
     v6: Option<IcmpSocket>,
+    plan: watch::Receiver<ProbePlan>,
+    beat: Arc<Beat>,
 }
 
 /// Wait for events on a socket that may be absent (then never ready).
@@ -41,94 +51,148 @@ async fn recv_opt(
     }
 }
 
+/// What woke the loop.
+enum Wake {
+    Stop,
+    Timer,
+    Received(std::io::Result<()>),
+    Plan(Option<ProbePlan>),
+}
+
+fn wants(targets: &[(usize, TargetSpec)], f: Family) -> bool {
+    targets.iter().any(|(_, t)| match &t.host {
+        Host::Ip(ip) => Family::of(ip) == f,
+        Host::Name(_) => true,
+    })
+}
+
+fn describe(s: &IcmpSocket) -> String {
+    let bpf = if s.filtered() { " with BPF filter" } else { "" };
+    format!("{} {:?}{bpf}", s.family(), s.kind())
+}
+
 impl IcmpProber {
-    /// Open the sockets the targets need. Fails only when no needed family can be opened.
+    /// Open the sockets the plan's ICMP targets need; with no ICMP targets it opens
+    /// nothing. The error is there when no needed family could be opened: the prober
+    /// still runs (its targets count send errors; a reload tries to open again).
     pub fn open(
-        targets: Vec<(usize, TargetSpec)>,
-        interval: Duration,
-        timeout: Duration,
+        plan: watch::Receiver<ProbePlan>,
         shared: Arc<Shared>,
         resolver: Arc<Resolver>,
-    ) -> Result<IcmpProber, OpenError> {
-        let wants = |f: Family| {
-            targets.iter().any(|(_, t)| match &t.host {
-                Host::Ip(ip) => Family::of(ip) == f,
-                Host::Name(_) => true,
-            })
-        };
-        let open = |f: Family| -> Option<Result<IcmpSocket, OpenError>> {
-            wants(f).then(|| IcmpSocket::open(f))
-        };
-        let (v4, v6) = (open(Family::V4), open(Family::V6));
-        let (mut opened, mut errors) = (Vec::new(), Vec::new());
-        let mut keep = |r: Option<Result<IcmpSocket, OpenError>>| match r {
-            Some(Ok(s)) => {
-                let bpf = if s.filtered() { " with BPF filter" } else { "" };
-                opened.push(format!("{} {:?}{bpf}", s.family(), s.kind()));
-                Some(s)
-            }
-            Some(Err(e)) => {
-                errors.push(e);
-                None
-            }
-            None => None,
-        };
-        let (v4, v6) = (keep(v4), keep(v6));
-        if v4.is_none() && v6.is_none() && !errors.is_empty() {
-            return Err(errors.swap_remove(0));
-        }
-        for e in &errors {
-            tracing::warn!(error = %e, "ICMP probes of this family disabled; they count as send errors");
-        }
-        tracing::info!(sockets = ?opened, "ICMP sockets open");
-        Ok(IcmpProber {
-            targets,
-            interval,
-            timeout,
+        beat: Arc<Beat>,
+    ) -> (IcmpProber, Option<OpenError>) {
+        let p = plan.borrow().clone();
+        let mut prober = IcmpProber {
+            targets: p.of_kind(ProbeKind::Icmp),
+            interval: p.interval,
+            timeout: p.timeout,
             shared,
             resolver,
-            v4,
-            v6,
-        })
+            v4: None,
+            v6: None,
+            plan,
+            beat,
+        };
+        let mut errors = prober.open_missing();
+        let failed = (prober.v4.is_none() && prober.v6.is_none() && !errors.is_empty())
+            .then(|| errors.swap_remove(0));
+        (prober, failed)
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
-        let token: u64 = rand::random();
-        let ident: u16 = rand::random();
-        let retention = (self.timeout * 4).max(Duration::from_secs(10));
-        let mut matcher = Matcher::new(token, ident, retention);
-        let mut sched = Schedule::new(
+    /// Open the families the targets need and that are not open yet; returns the errors
+    /// (logged: those targets count send errors).
+    fn open_missing(&mut self) -> Vec<OpenError> {
+        let (mut opened, mut errors) = (Vec::new(), Vec::new());
+        for f in [Family::V4, Family::V6] {
+            let slot = match f {
+                Family::V4 => &mut self.v4,
+                Family::V6 => &mut self.v6,
+            };
+            if slot.is_some() || !wants(&self.targets, f) {
+                continue;
+            }
+            match IcmpSocket::open(f) {
+                Ok(s) => {
+                    opened.push(describe(&s));
+                    *slot = Some(s);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !opened.is_empty() {
+            tracing::info!(sockets = ?opened, "ICMP sockets open");
+        }
+        if self.v4.is_some() || self.v6.is_some() {
+            for e in &errors {
+                tracing::warn!(error = %e, "ICMP probes of this family disabled; they count as send errors");
+            }
+        }
+        errors
+    }
+
+    /// Follow a new plan: sockets for new families, a schedule over the new targets.
+    fn replan(&mut self, p: ProbePlan) -> Schedule {
+        self.targets = p.of_kind(ProbeKind::Icmp);
+        self.interval = p.interval;
+        self.timeout = p.timeout;
+        for e in self.open_missing() {
+            if self.v4.is_none() && self.v6.is_none() {
+                tracing::warn!(error = %e, "ICMP probes disabled; their paths count send errors");
+            }
+        }
+        self.schedule()
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule::new(
             vec![self.interval; self.targets.len()],
             Instant::now(),
             rand::random(),
-        );
+        )
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let token: u64 = rand::random();
+        let ident: u16 = rand::random();
+        // From the timeout at start: a reload to a longer timeout only makes very late
+        // replies (after 4 old timeouts) count as stray rather than late.
+        let retention = (self.timeout * 4).max(Duration::from_secs(10));
+        let mut matcher = Matcher::new(token, ident, retention);
+        let mut sched = self.schedule();
         let (mut buf4, mut buf6) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         let (mut events4, mut events6) = (Vec::new(), Vec::new());
         let mut recv_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut last_send_error: Option<std::io::ErrorKind> = None;
+        let mut plan_open = true;
         loop {
+            self.beat.beat();
             let next = [sched.next_due(), matcher.next_deadline()]
                 .into_iter()
                 .flatten()
                 .min();
-            let sleep = tokio::time::sleep_until(
-                next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-                    .into(),
-            );
-            let received = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = sleep => None,
-                r = recv_opt(self.v4.as_ref(), &mut buf4, &mut events4) => Some(r),
-                r = recv_opt(self.v6.as_ref(), &mut buf6, &mut events6) => Some(r),
+            let beat_at = Instant::now() + BEAT_EVERY;
+            let sleep = tokio::time::sleep_until(next.unwrap_or(beat_at).min(beat_at).into());
+            let wake = tokio::select! {
+                _ = shutdown.cancelled() => Wake::Stop,
+                _ = sleep => Wake::Timer,
+                r = recv_opt(self.v4.as_ref(), &mut buf4, &mut events4) => Wake::Received(r),
+                r = recv_opt(self.v6.as_ref(), &mut buf6, &mut events6) => Wake::Received(r),
+                r = self.plan.changed(), if plan_open => {
+                    Wake::Plan(r.ok().map(|()| self.plan.borrow_and_update().clone()))
+                }
             };
-            match received {
-                Some(Ok(())) => {
+            match wake {
+                Wake::Stop => return,
+                Wake::Timer => {}
+                Wake::Plan(Some(p)) => sched = self.replan(p),
+                Wake::Plan(None) => plan_open = false,
+                Wake::Received(Ok(())) => {
                     recv_backoff.reset();
                     for ev in events4.drain(..).chain(events6.drain(..)) {
                         self.on_event(&mut matcher, ev);
                     }
                 }
-                Some(Err(e)) => {
+                Wake::Received(Err(e)) => {
                     self.shared.health(|h| h.recv_errors += 1);
                     let wait = recv_backoff.next_delay();
                     tracing::warn!(error = %e, backoff = ?wait, "ICMP receive failed");
@@ -137,7 +201,6 @@ impl IcmpProber {
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
-                None => {}
             }
             let now = Instant::now();
             for due in sched.pop_due(now) {
@@ -145,8 +208,8 @@ impl IcmpProber {
                 self.send(&mut matcher, due.target, &mut last_send_error)
                     .await;
             }
-            for t in matcher.expire(Instant::now()) {
-                self.shared.path(self.targets[t].0, |p| p.on_lost());
+            for slot in matcher.expire(Instant::now()) {
+                self.shared.path(slot, |p| p.on_lost());
             }
         }
     }
@@ -164,13 +227,13 @@ impl IcmpProber {
         t: usize,
         last_error: &mut Option<std::io::ErrorKind>,
     ) {
-        let (path, spec) = &self.targets[t];
+        let (slot, spec) = &self.targets[t];
         let Some(ip) = self.resolver.addr(&spec.host) else {
-            self.shared.path(*path, |p| p.on_send_error());
+            self.shared.path(*slot, |p| p.on_send_error());
             return;
         };
         let Some(sock) = self.socket(&ip) else {
-            self.shared.path(*path, |p| p.on_send_error());
+            self.shared.path(*slot, |p| p.on_send_error());
             return;
         };
         let id = matcher.allocate();
@@ -178,12 +241,12 @@ impl IcmpProber {
         let pkt = sock.echo_request(matcher.ident(), id as u16, &payload);
         match sock.send_to(&pkt, ip).await {
             Ok(sent) => {
-                matcher.sent(id, t, ip, sent, self.timeout);
-                self.shared.path(*path, |p| p.on_sent());
+                matcher.sent(id, *slot, ip, sent, self.timeout);
+                self.shared.path(*slot, |p| p.on_sent());
                 *last_error = None;
             }
             Err(e) => {
-                self.shared.path(*path, |p| p.on_send_error());
+                self.shared.path(*slot, |p| p.on_send_error());
                 self.shared.health(|h| h.send_errors += 1);
                 if *last_error != Some(e.kind()) {
                     tracing::warn!(target_addr = %ip, error = %e, "ICMP send failed (logged once until it changes)");
@@ -196,6 +259,10 @@ impl IcmpProber {
     fn on_event(&self, matcher: &mut Matcher, ev: Event) {
         match ev {
             Event::TxStamp { seq, tx_ns, .. } => matcher.tx_stamp(seq, tx_ns),
+            // ICMP errors answer the hop prober's TTL-limited probes (its own socket).
+            Event::Error { .. } => {}
+            // Replies to the hop prober's probes (its own socket counts them).
+            Event::Reply { payload, .. } if payload.starts_with(&HOP_MAGIC) => {}
             Event::Reply {
                 src,
                 ident,
@@ -230,15 +297,13 @@ impl IcmpProber {
                             }
                         });
                         let us = rtt.as_micros().min(u128::from(u64::MAX)) as u64;
-                        self.shared
-                            .path(self.targets[target].0, |p| p.on_reply(us, reordered));
+                        // Per-sample trace for accuracy investigations (off unless asked
+                        // for with RUST_LOG=pathpulse_agent::probe::icmp=trace).
+                        tracing::trace!(%src, seq, rtt_ns = rtt.as_nanos() as u64, kernel_timestamps, "rtt sample");
+                        self.shared.path(target, |p| p.on_reply(us, reordered));
                     }
-                    Outcome::Duplicate { target } => self
-                        .shared
-                        .path(self.targets[target].0, |p| p.on_duplicate()),
-                    Outcome::Late { target } => {
-                        self.shared.path(self.targets[target].0, |p| p.on_late())
-                    }
+                    Outcome::Duplicate { target } => self.shared.path(target, |p| p.on_duplicate()),
+                    Outcome::Late { target } => self.shared.path(target, |p| p.on_late()),
                     Outcome::Stray(r) => self.shared.stray(r),
                 }
             }

@@ -80,6 +80,18 @@ pub enum Event {
     },
     /// The kernel's transmit timestamp of one of our echo requests.
     TxStamp { ident: u16, seq: u16, tx_ns: i64 },
+    /// An ICMP error (time exceeded, destination unreachable) quoting an echo request:
+    /// `from` is the router that sent it, `dst`, `ident` and `seq` are the quoted
+    /// request's (RAW sockets only: DGRAM sockets do not deliver ICMP errors).
+    Error {
+        from: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        seq: u16,
+        unreachable: bool,
+        rx_ns: Option<i64>,
+        rx_mono: Instant,
+    },
 }
 
 const ECHO_REQUEST_V4: u8 = 8;
@@ -151,7 +163,7 @@ fn set_icmp6_filter(sock: &Socket, pass: &[u8]) -> io::Result<()> {
 
 /// Register the socket with tokio's reactor: readable, writable and the error queue.
 #[allow(unsafe_code)]
-fn register(sock: Socket) -> io::Result<AsyncFd<Socket>> {
+pub(crate) fn register(sock: Socket) -> io::Result<AsyncFd<Socket>> {
     // SAFETY: `socket2::Socket` owns its file descriptor: it stays open and refers to the
     // same socket for as long as the `Socket` lives, which is the `AsyncFd`'s lifetime, and
     // `as_raw_fd` always returns that descriptor (tokio's I/O-safety requirement).
@@ -164,7 +176,7 @@ fn register(sock: Socket) -> io::Result<AsyncFd<Socket>> {
     .map_err(|e| e.into_parts().1)
 }
 
-fn timespec_ns(ts: &nix::sys::time::TimeSpec) -> Option<i64> {
+pub(crate) fn timespec_ns(ts: &nix::sys::time::TimeSpec) -> Option<i64> {
     let ns = ts
         .tv_sec()
         .checked_mul(1_000_000_000)?
@@ -282,6 +294,14 @@ impl IcmpSocket {
         p
     }
 
+    /// Set the TTL (hop limit) of the packets this socket sends from now on.
+    pub fn set_ttl(&self, ttl: u8) -> io::Result<()> {
+        match self.family {
+            Family::V4 => self.fd.get_ref().set_ttl_v4(u32::from(ttl)),
+            Family::V6 => self.fd.get_ref().set_unicast_hops_v6(u32::from(ttl)),
+        }
+    }
+
     /// Send one packet; returns the monotonic time right after the syscall.
     pub async fn send_to(&self, packet: &[u8], dst: IpAddr) -> io::Result<Instant> {
         let addr = SockAddr::from(SocketAddr::new(dst, 0));
@@ -379,6 +399,49 @@ impl IcmpSocket {
             };
             return Ok(match (ty == req, stamp) {
                 (true, Some(tx_ns)) => Some(Event::TxStamp { ident, seq, tx_ns }),
+                _ => None,
+            });
+        }
+        let (time_exceeded, unreachable) = match self.family {
+            Family::V4 => (ty == 11, ty == 3),
+            Family::V6 => (ty == 3, ty == 1),
+        };
+        if time_exceeded || unreachable {
+            // surge-ping's codec reads the quoted request (IPv4 options and IPv6
+            // extension headers included).
+            let quoted = match src {
+                Some(IpAddr::V4(s)) if self.family == Family::V4 => {
+                    surge_ping::Icmpv4Packet::decode(data, socket2::Type::RAW, s, s)
+                        .ok()
+                        .map(|p| {
+                            (
+                                IpAddr::V4(p.get_real_dest()),
+                                p.get_identifier().into_u16(),
+                                p.get_sequence().into_u16(),
+                            )
+                        })
+                }
+                Some(IpAddr::V6(s)) if self.family == Family::V6 => {
+                    surge_ping::Icmpv6Packet::decode(icmp, s).ok().map(|p| {
+                        (
+                            IpAddr::V6(p.get_real_dest()),
+                            p.get_identifier().into_u16(),
+                            p.get_sequence().into_u16(),
+                        )
+                    })
+                }
+                _ => None,
+            };
+            return Ok(match (src, quoted) {
+                (Some(from), Some((dst, ident, seq))) => Some(Event::Error {
+                    from,
+                    dst,
+                    ident,
+                    seq,
+                    unreachable,
+                    rx_ns: stamp,
+                    rx_mono,
+                }),
                 _ => None,
             });
         }

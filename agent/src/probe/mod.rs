@@ -1,6 +1,9 @@
 //! Probers. Each owns its sockets and writes outcomes into [`crate::shared::Shared`].
 
+pub mod hops;
 pub mod icmp;
 pub mod icmp_socket;
 pub mod matcher;
+pub mod route;
+pub mod stamp;
 pub mod tcp;

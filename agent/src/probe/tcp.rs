@@ -7,45 +7,54 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use pathpulse_wire::ProbeKind;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::reload::ProbePlan;
 use crate::resolve::Resolver;
 use crate::schedule::Schedule;
 use crate::shared::Shared;
-use crate::target::TargetSpec;
+use crate::systemd::{BEAT_EVERY, Beat};
 
 /// Most connection attempts in progress at once.
 const MAX_CONCURRENT: usize = 1024;
 
 pub struct TcpProber {
-    /// (path index, spec)
-    pub targets: Vec<(usize, TargetSpec)>,
-    pub interval: Duration,
-    pub timeout: Duration,
+    pub plan: watch::Receiver<ProbePlan>,
     pub shared: Arc<Shared>,
     pub resolver: Arc<Resolver>,
+    pub beat: Arc<Beat>,
 }
 
 impl TcpProber {
-    pub async fn run(self, shutdown: CancellationToken) {
-        if self.targets.is_empty() {
-            return;
-        }
-        let mut sched = Schedule::new(
-            vec![self.interval; self.targets.len()],
-            Instant::now(),
-            rand::random(),
-        );
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut plan = self.plan.borrow_and_update().clone();
+        let mut targets = plan.of_kind(ProbeKind::Tcp);
+        let new_schedule =
+            |n: usize, iv: Duration| Schedule::new(vec![iv; n], Instant::now(), rand::random());
+        let mut sched = new_schedule(targets.len(), plan.interval);
         let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));
+        let mut plan_open = true;
         loop {
-            let Some(next) = sched.next_due() else { return };
+            self.beat.beat();
+            let beat_at = Instant::now() + BEAT_EVERY;
+            let wake = sched.next_due().unwrap_or(beat_at).min(beat_at);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                r = self.plan.changed(), if plan_open => match r {
+                    Ok(()) => {
+                        plan = self.plan.borrow_and_update().clone();
+                        targets = plan.of_kind(ProbeKind::Tcp);
+                        sched = new_schedule(targets.len(), plan.interval);
+                        continue;
+                    }
+                    Err(_) => plan_open = false,
+                },
             }
             for due in sched.pop_due(Instant::now()) {
-                let (path, spec) = &self.targets[due.target];
+                let (path, spec) = &targets[due.target];
                 let path = *path;
                 self.shared.lag(due.lag.as_micros() as u64);
                 let (Some(ip), Some(port)) = (self.resolver.addr(&spec.host), spec.port) else {
@@ -57,7 +66,7 @@ impl TcpProber {
                     continue;
                 };
                 self.shared.path(path, |p| p.on_sent());
-                let (shared, timeout) = (self.shared.clone(), self.timeout);
+                let (shared, timeout) = (self.shared.clone(), plan.timeout);
                 tokio::spawn(async move {
                     let start = Instant::now();
                     let res = tokio::time::timeout(

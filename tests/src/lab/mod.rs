@@ -3,6 +3,7 @@
 pub mod emu;
 pub mod impair;
 pub mod netns;
+pub mod topo;
 
 use emu::Emulator;
 use impair::Impairment;

@@ -1,6 +1,7 @@
 //! Lab tests: real packets through the TUN link emulator between network namespaces,
 //! pathpulse compared with the emulator's log (the truth) and with fping in the same run.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use pathpulse_tests::lab::impair::{Delay, Impairment, Loss};
@@ -56,30 +57,58 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-/// Round-trip times (ms) from the emulator's log: reply departure (toward A) minus request
-/// arrival (from A), per echo identifier and sequence, for requests with `ident`
-/// (or every identifier but `not_ident`).
-fn truth_rtts(link: &Link, keep: impl Fn(u16) -> bool) -> Vec<f64> {
+/// Round-trip times (ms) from the emulator's log, per echo identifier and sequence: reply
+/// departure (toward A) minus request arrival (from A).
+fn truth_by_probe(link: &Link) -> BTreeMap<u16, BTreeMap<u16, f64>> {
     use pathpulse_tests::lab::emu::Dir;
-    use std::collections::HashMap;
-    let log = link.emu.log();
     let mut req: HashMap<(u16, u16), u64> = HashMap::new();
-    let mut out = Vec::new();
-    for r in &log {
+    let mut out: BTreeMap<u16, BTreeMap<u16, f64>> = BTreeMap::new();
+    for r in &link.emu.log() {
         match (r.dir, r.echo) {
-            (Dir::Ab, Some((8, id, seq))) if !r.dropped && keep(id) => {
+            (Dir::Ab, Some((8, id, seq))) if !r.dropped => {
                 req.insert((id, seq), r.arrive_ns);
             }
             (Dir::Ba, Some((0, id, seq))) if !r.dropped => {
                 if let (Some(t0), Some(t1)) = (req.remove(&(id, seq)), r.depart_ns.first()) {
-                    out.push((*t1 - t0) as f64 / 1e6);
+                    out.entry(id)
+                        .or_default()
+                        .insert(seq, (*t1 - t0) as f64 / 1e6);
                 }
             }
             _ => {}
         }
     }
-    out.sort_by(f64::total_cmp);
     out
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Per-sample RTTs (ms) by ICMP sequence from the agent's trace log (JSON lines).
+fn agent_samples(log: &str) -> BTreeMap<u16, f64> {
+    log.lines()
+        .filter(|l| l.contains("rtt sample"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let f = &v["fields"];
+            Some((
+                u16::try_from(f["seq"].as_u64()?).ok()?,
+                f["rtt_ns"].as_u64()? as f64 / 1e6,
+            ))
+        })
+        .collect()
+}
+
+/// Absolute errors (ms) of measured samples against the truth of the same probe.
+fn abs_errors(measured: &BTreeMap<u16, f64>, truth: &BTreeMap<u16, f64>) -> Vec<f64> {
+    sorted(
+        measured
+            .iter()
+            .filter_map(|(seq, m)| truth.get(seq).map(|t| (m - t).abs()))
+            .collect(),
+    )
 }
 
 #[test]
@@ -98,10 +127,36 @@ fn lab_delay_quantiles_match_the_emulator_log_and_fping() {
     };
     let link = Link::new(delay, delay, 20);
     let dir = tempfile::tempdir().expect("tempdir");
-    // 47 ms, not fping's 50 ms: with equal periods the two probers' packets keep one phase
-    // for the whole run, and whichever lands just behind the other in the emulator's
-    // reader waits for it every time (a bias of one prober, not of its clock).
-    let _agent = agent_in(&link.a, dir.path(), ADDR_B, "47ms");
+    // The agent as `agent_in` starts it, with a trace line per RTT sample (JSON) so each of
+    // its samples can be held against the truth of the same probe. 47 ms, not fping's
+    // 50 ms: with equal periods the two probers' packets would keep one phase for the whole
+    // run, and whichever lands just behind the other in the emulator would always wait.
+    let agent_bin = bin("pathpulse-agent");
+    let metrics_listen = format!("127.0.0.1:{METRICS_PORT}");
+    let agent = link.a.spawn(
+        "agent",
+        std::path::Path::new("/usr/bin/env"),
+        &[
+            "RUST_LOG=info,pathpulse_agent::probe::icmp=trace",
+            agent_bin.to_str().expect("utf-8 path"),
+            "run",
+            "--log-format",
+            "json",
+            "--name",
+            "lab",
+            "--target",
+            ADDR_B,
+            "--interval",
+            "47ms",
+            "--timeout",
+            "1s",
+            "--report-interval",
+            "1s",
+            "--metrics-listen",
+            &metrics_listen,
+        ],
+        dir.path(),
+    );
     // fping in the same namespace, same path, same time: 800 probes 50 ms apart. `-t 1000`
     // as the agent's timeout: in count mode fping otherwise caps its timeout at the period
     // (50 ms) and calls the slowest replies of this 40 ± 10 ms path lost.
@@ -119,44 +174,41 @@ fn lab_delay_quantiles_match_the_emulator_log_and_fping() {
         kernel > 700.0 && mono <= kernel / 100.0,
         "RTT must come from kernel timestamps: {kernel} kernel, {mono} monotonic"
     );
-    let mut fping: Vec<f64> = fping_out
+    // fping -C prints one value per sequence 0..799 ("-" for no reply).
+    let fping_by_seq: BTreeMap<u16, f64> = fping_out
         .split(':')
         .nth(1)
         .unwrap_or("")
         .split_whitespace()
-        .filter_map(|v| v.parse().ok())
+        .enumerate()
+        .filter_map(|(i, v)| Some((u16::try_from(i).ok()?, v.parse().ok()?)))
         .collect();
-    fping.sort_by(f64::total_cmp);
     assert!(
-        fping.len() >= 780,
+        fping_by_seq.len() >= 780,
         "fping answered {} of 800:\n{fping_out}",
-        fping.len()
+        fping_by_seq.len()
     );
-    // Truth per prober: fping's requests carry its own identifier; the agent's the rest.
-    let all = truth_rtts(&link, |_| true);
-    assert!(all.len() > 1500, "{} echo pairs logged", all.len());
-    let mut idents: Vec<u16> = link
-        .emu
-        .log()
-        .iter()
-        .filter_map(|r| r.echo)
-        .filter(|e| e.0 == 8)
-        .map(|e| e.1)
-        .collect();
-    idents.sort();
-    idents.dedup();
-    assert_eq!(idents.len(), 2, "two probers, two identifiers: {idents:?}");
-    let (ia, ib) = (idents[0], idents[1]);
-    let (ta, tb) = (
-        truth_rtts(&link, |i| i == ia),
-        truth_rtts(&link, |i| i == ib),
+    // Truth per prober: two identifiers in the log, fping's with exactly 800 requests.
+    let truth = truth_by_probe(&link);
+    assert_eq!(
+        truth.len(),
+        2,
+        "two probers, two identifiers: {:?}",
+        truth.keys()
     );
-    // fping sent exactly 800; the agent sent more (it ran longer).
-    let (truth_fping, truth_agent) = if ta.len().abs_diff(800) < tb.len().abs_diff(800) {
-        (ta, tb)
-    } else {
-        (tb, ta)
-    };
+    let mut probers: Vec<&BTreeMap<u16, f64>> = truth.values().collect();
+    probers.sort_by_key(|t| t.len().abs_diff(800));
+    let (truth_fping, truth_agent) = (probers[0], probers[1]);
+
+    // 1. What the user sees: the exported quantiles of the 5 min window against the same
+    //    quantiles of the log. Tolerance 0.3 ms (the issue's): an HDR quantile is the top of
+    //    its 32 µs bucket at 32-64 ms, and near p99 one sample more or less above the line
+    //    moves the quantile by the gap between neighbouring samples (about 0.1 ms here).
+    let (t_agent, t_fping) = (
+        sorted(truth_agent.values().copied().collect()),
+        sorted(truth_fping.values().copied().collect()),
+    );
+    let fping_sorted = sorted(fping_by_seq.values().copied().collect());
     for (qs, q) in [("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99)] {
         let ours = value(
             &m,
@@ -165,9 +217,8 @@ fn lab_delay_quantiles_match_the_emulator_log_and_fping() {
         )
         .expect("quantile")
             * 1000.0;
-        let truth = quantile(&truth_agent, q);
-        let theirs = quantile(&fping, q);
-        let truth_f = quantile(&truth_fping, q);
+        let truth = quantile(&t_agent, q);
+        let (theirs, truth_f) = (quantile(&fping_sorted, q), quantile(&t_fping, q));
         eprintln!(
             "p{qs}: pathpulse {ours:.3} ms (truth {truth:.3}, error {:+.3}); fping {theirs:.3} ms (truth {truth_f:.3}, error {:+.3})",
             ours - truth,
@@ -177,16 +228,37 @@ fn lab_delay_quantiles_match_the_emulator_log_and_fping() {
             (ours - truth).abs() <= 0.3,
             "p{qs}: pathpulse {ours} ms vs truth {truth} ms"
         );
-        // Tolerance 0.15 ms against fping, the sum of three resolutions: fping prints 0.1 ms
-        // steps at these RTTs (±0.05 ms), an HDR quantile is the top of its 32 µs bucket at
-        // 32-64 ms (+0..0.032 ms), and the emulator's reader wakes 0.02-0.1 ms after a
-        // packet arrives, for each prober independently (measured: errors of -0.04..+0.08 ms
-        // for both, pathpulse minus fping -0.07..+0.07 ms over ten runs).
+    }
+
+    // 2. "No further from the truth than fping", probe by probe: every sample of each prober
+    //    against the logged RTT of the same probe, so the comparison is not blurred by which
+    //    samples happen to sit near a quantile. Both error distributions include the
+    //    emulator's own wake-up delay (a real-time thread, see `emu.rs`); fping's also its
+    //    user-space send stamp and its printing in 0.1 ms steps, which is what its users get.
+    let ours = agent_samples(&agent.log());
+    assert!(
+        ours.len() > 700,
+        "{} traced samples in the agent's log",
+        ours.len()
+    );
+    let (e_ours, e_fping) = (
+        abs_errors(&ours, truth_agent),
+        abs_errors(&fping_by_seq, truth_fping),
+    );
+    assert!(e_ours.len() > 700 && e_fping.len() > 700);
+    for (qs, q) in [("median", 0.5), ("p90", 0.9)] {
+        let (a, b) = (quantile(&e_ours, q), quantile(&e_fping, q));
+        eprintln!(
+            "per-probe |error| {qs}: pathpulse {:.1} µs, fping {:.1} µs, ratio {:.2} ({} and {} probes)",
+            a * 1000.0,
+            b * 1000.0,
+            a / b,
+            e_ours.len(),
+            e_fping.len()
+        );
         assert!(
-            (ours - truth).abs() <= (theirs - truth_f).abs() + 0.15,
-            "p{qs}: pathpulse error {:+.3} ms vs fping {:+.3} ms",
-            ours - truth,
-            theirs - truth_f
+            a <= b,
+            "per-probe |error| {qs}: pathpulse {a:.4} ms is further from the truth than fping {b:.4} ms"
         );
     }
 }

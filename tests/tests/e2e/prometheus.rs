@@ -2,12 +2,51 @@
 //! histogram of every path; `promtool check metrics` accepts the exposition.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pathpulse_tests::{Proc, free_port, http_get, require_program, wait_for};
+use pathpulse_tests::{Proc, free_port, http_get, parse_metrics, require_program, wait_for};
 
 use crate::setup::Deployment;
+
+/// A real Prometheus scraping `127.0.0.1:{port}` every second (job `pathpulse`), its
+/// data in `dir`; returns the process and its HTTP port.
+pub fn start(dir: &Path, port: u16) -> (Proc, u16) {
+    let prom_port = free_port();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pathpulse\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let tsdb = dir.join("tsdb");
+    let prom = Proc::start(
+        "prometheus",
+        Path::new("prometheus"),
+        &[
+            &format!("--config.file={}", cfg.display()),
+            &format!("--storage.tsdb.path={}", tsdb.display()),
+            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ],
+        dir,
+    );
+    (prom, prom_port)
+}
+
+/// Percent-encode a query-string value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 #[test]
 fn prometheus_scrapes_every_path_and_promtool_is_clean() {
@@ -22,35 +61,11 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
     let _a = d.agent("p-a", &sa, &[&target, &target2], &[]);
     let _b = d.agent("p-b", &sb, &[&target], &[]);
 
-    let prom_port = free_port();
-    let cfg = d.dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pathpulse\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            d.http
-        ),
-    )
-    .expect("write prometheus.yml");
-    let tsdb = d.dir.path().join("tsdb");
-    let _prom = Proc::start(
-        "prometheus",
-        std::path::Path::new("prometheus"),
-        &[
-            &format!("--config.file={}", cfg.display()),
-            &format!("--storage.tsdb.path={}", tsdb.display()),
-            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
-        d.dir.path(),
-    );
+    let (_prom, prom_port) = start(d.dir.path(), d.http);
     let query = "count by (src, dst, probe) (pathpulse_rtt_seconds_bucket)";
     let url = format!(
         "http://127.0.0.1:{prom_port}/api/v1/query?query={}",
-        query
-            .replace(' ', "%20")
-            .replace('(', "%28")
-            .replace(')', "%29")
-            .replace(',', "%2C")
+        urlencode(query)
     );
     let want = [
         ("p-a", format!("127.0.0.1:{}", d.http)),
@@ -106,4 +121,91 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
         out.status.success() && text.trim().is_empty(),
         "promtool check metrics complained:\n{text}\n--- exposition ---\n{exposition}"
     );
+}
+
+fn query(port: u16, q: &str) -> Option<Vec<serde_json::Value>> {
+    let url = format!(
+        "http://127.0.0.1:{port}/api/v1/query?query={}",
+        urlencode(q)
+    );
+    let body: serde_json::Value = serde_json::from_str(&http_get(&url).ok()?).ok()?;
+    body["data"]["result"].as_array().cloned()
+}
+
+/// Prometheus with native histograms on scrapes the protobuf exposition: the RTT histogram
+/// arrives as a native histogram, and `histogram_quantile` over it agrees with the exact
+/// quantile gauge within the width of one native bucket (schema 3: a factor of 2^(1/8),
+/// 9%), plus 5% for the two windows not covering exactly the same seconds.
+#[test]
+fn prometheus_native_histograms_agree_with_the_exact_quantiles() {
+    let test = "prometheus_native_histograms_agree_with_the_exact_quantiles";
+    if !require_program(test, "prometheus") {
+        return;
+    }
+    let d = Deployment::start();
+    let target = format!("tcp:127.0.0.1:{}", d.http);
+    let sa = d.issue("n-a", &d.state());
+    let _a = d.agent("n-a", &sa, &[&target], &[]);
+    let prom_port = free_port();
+    let cfg = d.dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pathpulse\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            d.http
+        ),
+    )
+    .expect("write prometheus.yml");
+    let tsdb = d.dir.path().join("tsdb-native");
+    let prom = Proc::start(
+        "prometheus",
+        std::path::Path::new("prometheus"),
+        &[
+            &format!("--config.file={}", cfg.display()),
+            &format!("--storage.tsdb.path={}", tsdb.display()),
+            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
+            "--enable-feature=native-histograms",
+        ],
+        d.dir.path(),
+    );
+    // The raw series is a native histogram (the API shows `histogram`, not `value`).
+    let native = wait_for(Duration::from_secs(60), || {
+        let r = query(prom_port, "pathpulse_rtt_seconds")?;
+        r.iter().find(|s| s["histogram"].is_array()).cloned()
+    });
+    assert!(
+        native.is_some(),
+        "no native histogram in Prometheus: {:?}\n{}",
+        query(prom_port, "pathpulse_rtt_seconds"),
+        prom.log()
+    );
+    // A minute of data in both.
+    std::thread::sleep(Duration::from_secs(30));
+    for (qs, q) in [("0.5", 0.5), ("0.9", 0.9)] {
+        let promql = format!(
+            "histogram_quantile({q}, sum by (src, dst, probe) (increase(pathpulse_rtt_seconds[1m])))"
+        );
+        let theirs: f64 = query(prom_port, &promql)
+            .and_then(|r| r.first().cloned())
+            .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("no answer to {promql}"));
+        let m = parse_metrics(&http_get(&d.url("/metrics")).expect("scrape"));
+        let ours = crate::setup::value(
+            &m,
+            "pathpulse_rtt_quantile_seconds",
+            &[("quantile", qs), ("window", "1m")],
+        )
+        .expect("exact quantile");
+        let ratio = theirs / ours;
+        eprintln!(
+            "p{qs}: native histogram_quantile {:.1} µs, exact {:.1} µs, ratio {ratio:.3}",
+            theirs * 1e6,
+            ours * 1e6
+        );
+        let bound = 2f64.powf(1.0 / 8.0) * 1.05;
+        assert!(
+            (1.0 / bound..=bound).contains(&ratio),
+            "p{qs}: native {theirs} s vs exact {ours} s"
+        );
+    }
 }

@@ -1,0 +1,342 @@
+//! Hop discovery and per-hop monitoring toward ICMP targets (an MTR-like view): TTL-limited
+//! echo requests on a RAW socket of its own, answered by each router's Time Exceeded (or
+//! Unreachable) and by the target's echo reply, matched through the quoted request
+//! (identifier, sequence and destination: never by the router's address alone).
+//!
+//! Discovery widens the TTL range round by round (1, 2, 4, 8, 16, 30) and stops at the
+//! target, so a directly connected target costs one probe and is then left alone until the
+//! next rediscovery. Afterwards every hop up to the target is probed once per interval;
+//! a router is probed at most once per interval whatever the number of targets behind it
+//! (routers rate-limit ICMP errors: Linux answers about one per second per source).
+//! A different address at a known TTL is a route change: counted and logged.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pathpulse_wire::{HopRole, ProbeKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::probe::icmp_socket::{Event, Family, IcmpSocket, SocketKind};
+use crate::probe::route::{self, Prefix, Route};
+use crate::resolve::Resolver;
+use crate::shared::Shared;
+use crate::stats::{HopStats, PathStats};
+use crate::target::TargetSpec;
+
+/// First bytes of a hop probe's payload: the main ICMP prober leaves these replies alone.
+pub const HOP_MAGIC: [u8; 4] = *b"PPh1";
+pub const DEFAULT_MAX_TTL: u8 = 30;
+/// Discovery runs again this often (and after a route change).
+pub const REDISCOVER: Duration = Duration::from_secs(300);
+const PAYLOAD_SIZE: usize = 56;
+
+pub struct HopProber {
+    /// ICMP targets: (path index, spec).
+    pub targets: Vec<(usize, TargetSpec)>,
+    /// Probe interval per hop (at least 1 s: routers' ICMP error rate limit).
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub max_ttl: u8,
+    pub isp_prefixes: Vec<Prefix>,
+    pub shared: Arc<Shared>,
+    pub resolver: Arc<Resolver>,
+}
+
+#[derive(Default)]
+struct TargetState {
+    addr: Option<IpAddr>,
+    route: Route,
+    /// TTL range of the discovery round in progress (None: discovery done).
+    discover_up_to: Option<u8>,
+    last_discovery: Option<Instant>,
+}
+
+struct InFlight {
+    target: usize,
+    ttl: u8,
+    addr: IpAddr,
+    sent_mono: Instant,
+    tx_ns: Option<i64>,
+    /// Counted in the hop's statistics (the hop was known when the probe left).
+    counted: bool,
+}
+
+fn open_raw(f: Family) -> Option<IcmpSocket> {
+    match IcmpSocket::open_kind(f, SocketKind::Raw) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(family = %f, error = %e.raw, "hop discovery off for this family: it needs a RAW ICMP socket (CAP_NET_RAW)");
+            None
+        }
+    }
+}
+
+async fn recv_opt(
+    sock: Option<&IcmpSocket>,
+    buf: &mut [u8],
+    out: &mut Vec<Event>,
+) -> std::io::Result<()> {
+    match sock {
+        Some(s) => s.recv_batch(buf, out).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl HopProber {
+    pub async fn run(self, shutdown: CancellationToken) {
+        if self.targets.is_empty() {
+            return;
+        }
+        let (v4, v6) = (open_raw(Family::V4), open_raw(Family::V6));
+        if v4.is_none() && v6.is_none() {
+            return;
+        }
+        let gateways = route::default_gateways();
+        let ident: u16 = rand::random();
+        let token: u64 = rand::random();
+        let mut states: Vec<TargetState> = self
+            .targets
+            .iter()
+            .map(|_| TargetState::default())
+            .collect();
+        let mut inflight: HashMap<u16, InFlight> = HashMap::new();
+        let mut deadlines: BinaryHeap<Reverse<(Instant, u16)>> = BinaryHeap::new();
+        let mut router_last: HashMap<IpAddr, Instant> = HashMap::new();
+        let mut seq: u16 = 0;
+        let (mut buf4, mut buf6) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        let (mut ev4, mut ev6) = (Vec::new(), Vec::new());
+        // One target per tick, round robin: the targets spread over the interval.
+        let tick_every = self.interval / self.targets.len().max(1) as u32;
+        let mut next_tick = Instant::now();
+        let mut turn = 0usize;
+        loop {
+            let wake = deadlines
+                .peek()
+                .map(|Reverse((t, _))| *t)
+                .map_or(next_tick, |d| d.min(next_tick));
+            let got = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(wake.into()) => Ok(()),
+                r = recv_opt(v4.as_ref(), &mut buf4, &mut ev4) => r,
+                r = recv_opt(v6.as_ref(), &mut buf6, &mut ev6) => r,
+            };
+            if let Err(e) = got {
+                tracing::debug!(error = %e, "hop socket receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for ev in ev4.drain(..).chain(ev6.drain(..)) {
+                let answer = match ev {
+                    Event::TxStamp {
+                        ident: i,
+                        seq: s,
+                        tx_ns,
+                    } if i == ident => {
+                        if let Some(p) = inflight.get_mut(&s) {
+                            p.tx_ns.get_or_insert(tx_ns);
+                        }
+                        None
+                    }
+                    Event::Reply {
+                        src,
+                        ident: i,
+                        seq: s,
+                        payload,
+                        rx_ns,
+                        rx_mono,
+                    } if i == ident && payload.starts_with(&HOP_MAGIC) => inflight
+                        .get(&s)
+                        .filter(|p| p.addr == src)
+                        .map(|_| (s, src, true, rx_ns, rx_mono)),
+                    Event::Error {
+                        from,
+                        dst,
+                        ident: i,
+                        seq: s,
+                        unreachable,
+                        rx_ns,
+                        rx_mono,
+                    } if i == ident => inflight
+                        .get(&s)
+                        .filter(|p| p.addr == dst)
+                        .map(|p| (s, from, unreachable || from == p.addr, rx_ns, rx_mono)),
+                    _ => None,
+                };
+                let Some((s, from, end, rx_ns, rx_mono)) = answer else {
+                    continue;
+                };
+                let Some(p) = inflight.remove(&s) else {
+                    continue;
+                };
+                let rtt = match (p.tx_ns, rx_ns) {
+                    (Some(tx), Some(rx)) if rx >= tx => Duration::from_nanos((rx - tx) as u64),
+                    _ => rx_mono.saturating_duration_since(p.sent_mono),
+                };
+                let st = &mut states[p.target];
+                let changed = st.route.answer(p.ttl, from, end);
+                let (path, spec) = &self.targets[p.target];
+                if changed {
+                    tracing::info!(target_name = %spec.label, ttl = p.ttl, now = %from, "route changed");
+                    st.discover_up_to = Some(1);
+                }
+                let roles = route::classify(&st.route.hops, p.addr, &gateways, &self.isp_prefixes);
+                let us = rtt.as_micros().min(u128::from(u64::MAX)) as u64;
+                self.shared.path(*path, |ps| {
+                    sync_hops(ps, &st.route, &roles);
+                    if changed {
+                        ps.route_changes += 1;
+                    }
+                    if p.counted {
+                        hop_stats(ps, p.ttl, |h| h.on_reply(us, false));
+                    }
+                });
+            }
+            // Timeouts: lost at that hop.
+            let now = Instant::now();
+            while let Some(Reverse((t, s))) = deadlines.peek().copied() {
+                if t > now {
+                    break;
+                }
+                deadlines.pop();
+                if let Some(p) = inflight.remove(&s).filter(|p| p.counted) {
+                    self.shared.path(self.targets[p.target].0, |ps| {
+                        hop_stats(ps, p.ttl, PathStats::on_lost)
+                    });
+                }
+            }
+            if now < next_tick {
+                continue;
+            }
+            next_tick = now + tick_every.max(Duration::from_millis(1));
+            let t = turn % self.targets.len();
+            turn = turn.wrapping_add(1);
+            let (path, spec) = &self.targets[t];
+            let Some(addr) = self.resolver.addr(&spec.host) else {
+                continue;
+            };
+            let sock = match Family::of(&addr) {
+                Family::V4 => v4.as_ref(),
+                Family::V6 => v6.as_ref(),
+            };
+            let Some(sock) = sock else { continue };
+            let st = &mut states[t];
+            let known = st.route.hops.len();
+            if st.addr != Some(addr) {
+                // New target or a new address for its name: start over.
+                *st = TargetState {
+                    addr: Some(addr),
+                    ..TargetState::default()
+                };
+                self.shared.path(*path, |ps| ps.hops.clear());
+            }
+            if st
+                .last_discovery
+                .is_none_or(|l| now.duration_since(l) >= REDISCOVER)
+            {
+                st.discover_up_to = Some(1);
+                st.last_discovery = Some(now);
+            }
+            let ttls = match (st.discover_up_to, st.route.reached) {
+                (Some(k), _) => {
+                    // Widen until the target answers; then probe up to it.
+                    let next = k.saturating_mul(2).min(self.max_ttl);
+                    st.discover_up_to = (k < self.max_ttl
+                        && st.route.reached.is_none_or(|r| r > k))
+                    .then_some(next);
+                    1..=k.min(st.route.reached.unwrap_or(self.max_ttl))
+                }
+                (None, Some(_)) if st.route.directly_connected() => continue,
+                (None, Some(_)) => st.route.probe_ttls(self.max_ttl),
+                // The target never answered (it drops ICMP): the known hops and one more.
+                (None, None) => 1..=(known as u8).saturating_add(1).min(self.max_ttl),
+            };
+            for ttl in ttls {
+                if let Some(Some(router)) = st.route.hops.get(usize::from(ttl) - 1) {
+                    if *router != addr
+                        && router_last
+                            .get(router)
+                            .is_some_and(|l| now.duration_since(*l) < self.interval.mul_f64(0.9))
+                    {
+                        continue;
+                    }
+                    router_last.insert(*router, now);
+                }
+                seq = seq.wrapping_add(1);
+                // 65,536 probes in flight: the oldest is forgotten, counted lost.
+                if let Some(old) = inflight.remove(&seq).filter(|p| p.counted) {
+                    self.shared.path(self.targets[old.target].0, |ps| {
+                        hop_stats(ps, old.ttl, PathStats::on_lost)
+                    });
+                }
+                let mut payload = Vec::with_capacity(PAYLOAD_SIZE);
+                payload.extend_from_slice(&HOP_MAGIC);
+                payload.extend_from_slice(&token.to_be_bytes());
+                payload.resize(PAYLOAD_SIZE, 0);
+                let pkt = sock.echo_request(ident, seq, &payload);
+                if sock.set_ttl(ttl).is_err() {
+                    continue;
+                }
+                let counted = usize::from(ttl) <= known;
+                match sock.send_to(&pkt, addr).await {
+                    Ok(sent_mono) => {
+                        inflight.insert(
+                            seq,
+                            InFlight {
+                                target: t,
+                                ttl,
+                                addr,
+                                sent_mono,
+                                tx_ns: None,
+                                counted,
+                            },
+                        );
+                        deadlines.push(Reverse((sent_mono + self.timeout, seq)));
+                        if counted {
+                            self.shared
+                                .path(*path, |ps| hop_stats(ps, ttl, PathStats::on_sent));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(target_addr = %addr, ttl, error = %e, "hop probe not sent")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Run `f` on the statistics of hop `ttl` of a path, if it has that hop.
+fn hop_stats(ps: &mut PathStats, ttl: u8, f: impl FnOnce(&mut PathStats)) {
+    if let Some(h) = ps.hops.iter_mut().find(|h| h.ttl == ttl) {
+        f(&mut h.stats);
+    }
+}
+
+/// Make the path's hop list follow the route: one entry per TTL up to the last known hop
+/// (none at all for a directly connected target), addresses and roles updated, the
+/// statistics of each TTL kept.
+fn sync_hops(ps: &mut PathStats, route: &Route, roles: &[HopRole]) {
+    if route.directly_connected() {
+        ps.hops.clear();
+        return;
+    }
+    ps.hops.truncate(route.hops.len());
+    for (i, addr) in route.hops.iter().enumerate() {
+        let ttl = (i + 1) as u8;
+        let role = roles.get(i).copied().unwrap_or(HopRole::Unknown);
+        match ps.hops.get_mut(i) {
+            Some(h) => {
+                h.addr = *addr;
+                h.role = role;
+            }
+            None => ps.hops.push(HopStats {
+                ttl,
+                addr: *addr,
+                role,
+                stats: PathStats::new(String::new(), ProbeKind::Icmp),
+            }),
+        }
+    }
+}

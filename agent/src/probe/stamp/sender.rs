@@ -1,0 +1,339 @@
+//! STAMP Session-Sender prober: one UDP socket per address family shared by all STAMP
+//! targets, one session (SSID) per target, kernel TX and RX stamps, the reflector's
+//! residence time removed from the RTT, loss per direction and one-way delay (see
+//! `session`). A socket error is counted and followed by a backoff: it never spins.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::clock::{self, ClockState};
+use super::packet::{NtpTimestamp, ReflectorPacket, SenderPacket, StampKey};
+use super::reflector::DEFAULT_PORT;
+use super::session::{Arrival, Outcome, SenderSession};
+use super::socket::{StampSocket, UdpEvent};
+use crate::backoff::Backoff;
+use crate::probe::icmp_socket::Family;
+use crate::probe::matcher::StrayReason;
+use crate::resolve::Resolver;
+use crate::schedule::Schedule;
+use crate::shared::Shared;
+use crate::target::{Host, TargetSpec};
+
+/// How often the kernel is asked whether the clock is synchronized.
+const CLOCK_REFRESH: Duration = Duration::from_secs(10);
+
+pub struct StampProber {
+    targets: Vec<(usize, TargetSpec)>,
+    interval: Duration,
+    timeout: Duration,
+    shared: Arc<Shared>,
+    resolver: Arc<Resolver>,
+    v4: Option<StampSocket>,
+    v6: Option<StampSocket>,
+    /// Authenticated mode (RFC 8762 §4.4) when set.
+    key: Option<StampKey>,
+}
+
+async fn recv_opt(
+    sock: Option<&StampSocket>,
+    buf: &mut [u8],
+    out: &mut Vec<UdpEvent>,
+) -> std::io::Result<()> {
+    match sock {
+        Some(s) => s.recv_batch(buf, out).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn wall_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+        .unwrap_or(0)
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+impl StampProber {
+    /// Open the sockets the targets need. Fails only when no needed family can be opened.
+    pub fn open(
+        targets: Vec<(usize, TargetSpec)>,
+        interval: Duration,
+        timeout: Duration,
+        shared: Arc<Shared>,
+        resolver: Arc<Resolver>,
+        key: Option<StampKey>,
+    ) -> std::io::Result<StampProber> {
+        let wants = |f: Family| {
+            targets.iter().any(|(_, t)| match &t.host {
+                Host::Ip(ip) => Family::of(ip) == f,
+                Host::Name(_) => true,
+            })
+        };
+        let open = |f: Family, any: SocketAddr| wants(f).then(|| StampSocket::bind(any));
+        let v4 = open(Family::V4, SocketAddr::from(([0u8; 4], 0)));
+        let v6 = open(Family::V6, SocketAddr::from(([0u16; 8], 0)));
+        let mut first_err = None;
+        let mut keep = |r: Option<std::io::Result<StampSocket>>, f: Family| match r {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                tracing::warn!(family = %f, error = %e, "STAMP probes of this family disabled; they count as send errors");
+                first_err.get_or_insert(e);
+                None
+            }
+            None => None,
+        };
+        let (v4, v6) = (keep(v4, Family::V4), keep(v6, Family::V6));
+        if let (None, None, Some(e)) = (&v4, &v6, first_err) {
+            return Err(e);
+        }
+        Ok(StampProber {
+            targets,
+            interval,
+            timeout,
+            shared,
+            resolver,
+            v4,
+            v6,
+            key,
+        })
+    }
+
+    fn socket(&self, ip: &IpAddr) -> Option<&StampSocket> {
+        match Family::of(ip) {
+            Family::V4 => self.v4.as_ref(),
+            Family::V6 => self.v6.as_ref(),
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let retention = (self.timeout * 4).max(Duration::from_secs(10));
+        // One session per target, told apart by SSID (random base, so a restarted agent
+        // opens new sessions at the reflector even on the same port).
+        let base: u16 = rand::random();
+        let mut sessions: Vec<SenderSession> = (0..self.targets.len())
+            .map(|i| SenderSession::new(base.wrapping_add(i as u16), retention))
+            .collect();
+        let by_ssid: HashMap<u16, usize> = sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.ssid, i))
+            .collect();
+        let mut deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>> = BinaryHeap::new();
+        let mut sched = Schedule::new(
+            vec![self.interval; self.targets.len()],
+            Instant::now(),
+            rand::random(),
+        );
+        let mut clock_state = clock::query();
+        let mut clock_read = Instant::now();
+        tracing::info!(
+            synchronized = clock_state.synchronized,
+            "STAMP sender: host clock"
+        );
+        let (mut buf4, mut buf6) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        let (mut ev4, mut ev6) = (Vec::new(), Vec::new());
+        let mut recv_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut last_send_error: Option<std::io::ErrorKind> = None;
+        loop {
+            let next = [
+                sched.next_due(),
+                deadlines.peek().map(|Reverse((t, _, _))| *t),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let sleep = tokio::time::sleep_until(
+                next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+                    .into(),
+            );
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sleep => None,
+                r = recv_opt(self.v4.as_ref(), &mut buf4, &mut ev4) => Some(r),
+                r = recv_opt(self.v6.as_ref(), &mut buf6, &mut ev6) => Some(r),
+            };
+            match received {
+                Some(Ok(())) => {
+                    recv_backoff.reset();
+                    for ev in ev4.drain(..).chain(ev6.drain(..)) {
+                        self.on_event(&mut sessions, &by_ssid, ev);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.shared.health(|h| h.recv_errors += 1);
+                    let wait = recv_backoff.next_delay();
+                    tracing::warn!(error = %e, backoff = ?wait, "STAMP receive failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => {}
+            }
+            let now = Instant::now();
+            if now.saturating_duration_since(clock_read) > CLOCK_REFRESH {
+                clock_state = clock::query();
+                clock_read = now;
+            }
+            for due in sched.pop_due(now) {
+                self.shared.lag(due.lag.as_micros() as u64);
+                let t = due.target;
+                if let Some(seq) = self
+                    .send(&mut sessions[t], t, clock_state, &mut last_send_error)
+                    .await
+                {
+                    deadlines.push(Reverse((Instant::now() + self.timeout, t, seq)));
+                }
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((at, t, seq))) = deadlines.peek() {
+                if at > now {
+                    break;
+                }
+                deadlines.pop();
+                if sessions[t].expire(seq, now) {
+                    self.shared.path(self.targets[t].0, |p| p.on_lost());
+                }
+                self.flush_directions(&mut sessions[t], t);
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        session: &mut SenderSession,
+        t: usize,
+        clock_state: ClockState,
+        last_error: &mut Option<std::io::ErrorKind>,
+    ) -> Option<u32> {
+        let (path, spec) = &self.targets[t];
+        let ip = self.resolver.addr(&spec.host);
+        let Some((ip, sock)) = ip.and_then(|ip| Some((ip, self.socket(&ip)?))) else {
+            self.shared.path(*path, |p| p.on_send_error());
+            return None;
+        };
+        let dst = SocketAddr::new(ip, spec.port.unwrap_or(DEFAULT_PORT));
+        let tx_wall = wall_ns();
+        let p = SenderPacket {
+            seq: session.next_seq(),
+            timestamp: NtpTimestamp::from_unix_ns(tx_wall),
+            error: clock_state.error_estimate(),
+            ssid: session.ssid,
+        };
+        let pkt = match &self.key {
+            None => p.encode().to_vec(),
+            Some(k) => p.encode_auth(k).to_vec(),
+        };
+        match sock.send_to(&pkt, dst).await {
+            Ok(sent) => {
+                let seq = session.sent(dst, sent, tx_wall);
+                self.shared.path(*path, |p| p.on_sent());
+                *last_error = None;
+                Some(seq)
+            }
+            Err(e) => {
+                self.shared.path(*path, |p| p.on_send_error());
+                self.shared.health(|h| h.send_errors += 1);
+                if *last_error != Some(e.kind()) {
+                    tracing::warn!(target_addr = %dst, error = %e, "STAMP send failed (logged once until it changes)");
+                    *last_error = Some(e.kind());
+                }
+                None
+            }
+        }
+    }
+
+    fn flush_directions(&self, session: &mut SenderSession, t: usize) {
+        let d = session.take_directions();
+        if d.attributed == 0 {
+            return;
+        }
+        self.shared.path(self.targets[t].0, |p| {
+            let dir = p.directional.get_or_insert_default();
+            dir.attributed += d.attributed;
+            dir.forward_lost += d.forward_lost;
+            dir.reverse_lost += d.reverse_lost;
+        });
+    }
+
+    fn on_event(
+        &self,
+        sessions: &mut [SenderSession],
+        by_ssid: &HashMap<u16, usize>,
+        ev: UdpEvent,
+    ) {
+        match ev {
+            UdpEvent::TxStamp { tail, tx_ns } => {
+                if let Some((ssid, seq)) = SenderPacket::peek(&tail, self.key.is_some())
+                    && let Some(&t) = by_ssid.get(&ssid)
+                {
+                    sessions[t].tx_stamp(seq, tx_ns);
+                }
+            }
+            UdpEvent::Datagram {
+                src,
+                data,
+                rx_ns,
+                rx_mono,
+                ..
+            } => {
+                let decoded = match &self.key {
+                    None => ReflectorPacket::decode(&data),
+                    Some(k) => ReflectorPacket::decode_auth(&data, k),
+                };
+                let Ok(r) = decoded else {
+                    self.shared.stray(StrayReason::NotOurs);
+                    return;
+                };
+                let Some(&t) = by_ssid.get(&r.ssid) else {
+                    self.shared.stray(StrayReason::NotOurs);
+                    return;
+                };
+                let a = Arrival {
+                    src,
+                    rx_mono,
+                    rx_kernel: rx_ns,
+                };
+                let path = self.targets[t].0;
+                match sessions[t].reply(&r, &a) {
+                    Outcome::Reply {
+                        rtt,
+                        reordered,
+                        kernel_timestamps,
+                        owd,
+                    } => {
+                        self.shared.health(|h| {
+                            if kernel_timestamps {
+                                h.rtt_kernel_clock += 1;
+                            } else {
+                                h.rtt_monotonic_clock += 1;
+                            }
+                        });
+                        tracing::trace!(%src, seq = r.sender_seq, rtt_ns = rtt.as_nanos() as u64, kernel_timestamps, "stamp rtt sample");
+                        self.shared.path(path, |p| {
+                            p.on_reply(us(rtt), reordered);
+                            if let Some((fwd, rev)) = owd {
+                                let dir = p.directional.get_or_insert_default();
+                                dir.owd_forward.record(us(fwd));
+                                dir.owd_reverse.record(us(rev));
+                            }
+                        });
+                        self.flush_directions(&mut sessions[t], t);
+                    }
+                    Outcome::Duplicate => self.shared.path(path, |p| p.on_duplicate()),
+                    Outcome::Late => self.shared.path(path, |p| p.on_late()),
+                    Outcome::WrongSource => self.shared.stray(StrayReason::WrongSource),
+                    Outcome::Unknown => self.shared.stray(StrayReason::UnknownProbe),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Reloading the targets of a running agent (SIGHUP) without losing state.
+//!
+//! The probers follow a [`ProbePlan`] (targets with the slot each reports into, interval
+//! and timeout) through a watch channel. A reload re-reads the configuration and
+//! compares target lists ([`diff`], pure): a target that stays keeps its slot, so its
+//! counters, jitter and in-flight probes carry on; a new one gets a new slot; a removed
+//! one is retired (its last interval is still reported). Keys that cannot change while
+//! running are named in a warning and keep their running value.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pathpulse_wire::ProbeKind;
+use tokio::sync::watch;
+
+use crate::config::{AgentConfig, fmt_dur};
+use crate::resolve::Resolver;
+use crate::shared::Shared;
+use crate::stats::PathStats;
+use crate::target::TargetSpec;
+
+/// What the probers run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbePlan {
+    /// (slot in [`Shared`], target)
+    pub targets: Vec<(usize, TargetSpec)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl ProbePlan {
+    /// The targets one prober handles.
+    pub fn of_kind(&self, k: ProbeKind) -> Vec<(usize, TargetSpec)> {
+        self.targets
+            .iter()
+            .filter(|(_, t)| t.probe == k)
+            .cloned()
+            .collect()
+    }
+}
+
+/// How one target list becomes another; targets are the same when probe and `dst`
+/// label are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TargetDiff {
+    /// (slot, target) that stay, in the new order.
+    pub kept: Vec<(usize, TargetSpec)>,
+    pub added: Vec<TargetSpec>,
+    /// (slot, target) that go.
+    pub removed: Vec<(usize, TargetSpec)>,
+}
+
+fn same(a: &TargetSpec, b: &TargetSpec) -> bool {
+    a.probe == b.probe && a.label == b.label
+}
+
+/// Compare the running targets with a new list.
+pub fn diff(old: &[(usize, TargetSpec)], new: &[TargetSpec]) -> TargetDiff {
+    let mut d = TargetDiff::default();
+    for t in new {
+        match old.iter().find(|(_, o)| same(o, t)) {
+            Some((slot, _)) => d.kept.push((*slot, t.clone())),
+            None => d.added.push(t.clone()),
+        }
+    }
+    d.removed = old
+        .iter()
+        .filter(|(_, o)| !new.iter().any(|t| same(o, t)))
+        .cloned()
+        .collect();
+    d
+}
+
+/// Keys whose change needs a restart, with their running and new values differing.
+pub fn restart_keys(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |k, changed: bool| {
+        if changed {
+            keys.push(k);
+        }
+    };
+    check("name", running.name != new.name);
+    check("aggregators", running.aggregators != new.aggregators);
+    check(
+        "metrics_listen",
+        running.metrics_listen != new.metrics_listen,
+    );
+    check("state_dir", running.state_dir != new.state_dir);
+    check("site", running.site != new.site);
+    check("isp", running.isp != new.isp);
+    check(
+        "report_interval",
+        running.report_interval != new.report_interval,
+    );
+    check("hops", running.hops != new.hops);
+    check("isp_prefixes", running.isp_prefixes != new.isp_prefixes);
+    check("stamp_listen", running.stamp_listen != new.stamp_listen);
+    check("stamp_rate", running.stamp_rate != new.stamp_rate);
+    check("stamp_key_file", running.stamp_key != new.stamp_key);
+    keys
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub kept: usize,
+    /// Keys that changed in the file but keep their running value until a restart.
+    pub need_restart: Vec<&'static str>,
+}
+
+/// The running agent's reloadable state.
+#[derive(Debug)]
+pub struct Reloader {
+    running: Mutex<AgentConfig>,
+    plan: watch::Sender<ProbePlan>,
+    shared: Arc<Shared>,
+    resolver: Arc<Resolver>,
+}
+
+fn describe(t: &TargetSpec) -> String {
+    format!("{}:{}", t.probe.as_str(), t.label)
+}
+
+impl Reloader {
+    pub fn new(
+        running: AgentConfig,
+        plan: watch::Sender<ProbePlan>,
+        shared: Arc<Shared>,
+        resolver: Arc<Resolver>,
+    ) -> Self {
+        Reloader {
+            running: Mutex::new(running),
+            plan,
+            shared,
+            resolver,
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<ProbePlan> {
+        self.plan.subscribe()
+    }
+
+    /// The configuration the agent runs with now.
+    pub fn running(&self) -> AgentConfig {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Apply a new (already validated) configuration: targets, interval and timeout take
+    /// effect now; other changed keys are reported and wait for a restart.
+    pub async fn apply(&self, new: AgentConfig) -> ReloadSummary {
+        let old_plan = self.plan.borrow().clone();
+        let d = diff(&old_plan.targets, &new.targets);
+        for (slot, _) in &d.removed {
+            self.shared.retire(*slot);
+        }
+        let mut targets = d.kept.clone();
+        for t in &d.added {
+            let slot = self.shared.add(PathStats::new(t.label.clone(), t.probe));
+            targets.push((slot, t.clone()));
+        }
+        // Names first, so new targets resolve before their first probe.
+        self.resolver
+            .set_hosts(targets.iter().map(|(_, t)| t.host.clone()));
+        self.resolver.refresh().await;
+        let plan = ProbePlan {
+            targets,
+            interval: new.interval,
+            timeout: new.timeout,
+        };
+        let summary = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let s = ReloadSummary {
+                added: d.added.iter().map(describe).collect(),
+                removed: d.removed.iter().map(|(_, t)| describe(t)).collect(),
+                kept: d.kept.len(),
+                need_restart: restart_keys(&running, &new),
+            };
+            if plan.interval != old_plan.interval || plan.timeout != old_plan.timeout {
+                tracing::info!(
+                    interval = %fmt_dur(plan.interval),
+                    timeout = %fmt_dur(plan.timeout),
+                    "probe timing reloaded"
+                );
+            }
+            running.targets = new.targets;
+            running.interval = new.interval;
+            running.timeout = new.timeout;
+            s
+        };
+        self.plan.send_replace(plan);
+        tracing::info!(
+            added = ?summary.added,
+            removed = ?summary.removed,
+            kept = summary.kept,
+            "targets reloaded"
+        );
+        if !summary.need_restart.is_empty() {
+            tracing::warn!(
+                keys = ?summary.need_restart,
+                "these keys changed but take effect only at the next restart"
+            );
+        }
+        summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> TargetSpec {
+        TargetSpec::parse(s).expect("spec")
+    }
+
+    #[test]
+    fn targets_that_stay_keep_their_slot() {
+        let old = vec![
+            (0, t("127.0.0.2")),
+            (1, t("tcp:127.0.0.1:80")),
+            (2, t("::1")),
+        ];
+        let d = diff(&old, &[t("::1"), t("127.0.0.3"), t("icmp:127.0.0.2")]);
+        assert_eq!(d.kept, [(2, t("::1")), (0, t("127.0.0.2"))]);
+        assert_eq!(d.added, [t("127.0.0.3")]);
+        assert_eq!(d.removed, [(1, t("tcp:127.0.0.1:80"))]);
+        // Same host, other probe kind: a different path.
+        let d = diff(&old[..1], &[t("tcp:127.0.0.2:22")]);
+        assert_eq!((d.kept.len(), d.added.len(), d.removed.len()), (0, 1, 1));
+    }
+
+    fn cfg(targets: &[&str]) -> AgentConfig {
+        AgentConfig {
+            name: "a1".into(),
+            targets: targets.iter().map(|s| t(s)).collect(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            report_interval: Duration::from_secs(5),
+            aggregators: vec![],
+            metrics_listen: Some("127.0.0.1:9469".parse().expect("addr")),
+            state_dir: "/var/lib/pathpulse".into(),
+            site: None,
+            isp: None,
+            hops: true,
+            isp_prefixes: vec![],
+            stamp_listen: vec![],
+            stamp_rate: crate::probe::stamp::reflector::DEFAULT_RATE,
+            stamp_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn apply_adds_retires_and_names_keys_that_need_a_restart() {
+        let start = cfg(&["127.0.0.2", "127.0.0.3"]);
+        let shared = Arc::new(Shared::new(
+            start
+                .targets
+                .iter()
+                .map(|t| PathStats::new(t.label.clone(), t.probe))
+                .collect(),
+        ));
+        let plan = ProbePlan {
+            targets: start.targets.iter().cloned().enumerate().collect(),
+            interval: start.interval,
+            timeout: start.timeout,
+        };
+        let (tx, mut rx) = watch::channel(plan);
+        let r = Reloader::new(start.clone(), tx, shared.clone(), Resolver::new([]));
+        shared.path(0, |p| p.on_sent());
+        let mut new = cfg(&["127.0.0.2", "127.0.0.4"]);
+        new.interval = Duration::from_millis(500);
+        new.site = Some("hq".into());
+        let s = r.apply(new).await;
+        assert_eq!(s.added, ["icmp:127.0.0.4"]);
+        assert_eq!(s.removed, ["icmp:127.0.0.3"]);
+        assert_eq!((s.kept, s.need_restart.as_slice()), (1, &["site"][..]));
+        assert!(rx.has_changed().expect("open"));
+        let plan = rx.borrow_and_update().clone();
+        assert_eq!(plan.interval, Duration::from_millis(500));
+        assert_eq!(
+            plan.targets
+                .iter()
+                .map(|(i, t)| (*i, t.label.as_str()))
+                .collect::<Vec<_>>(),
+            [(0, "127.0.0.2"), (2, "127.0.0.4")]
+        );
+        let taken = shared.take();
+        assert_eq!(taken.paths[0].sent, 1, "the kept path kept its counts");
+        assert_eq!(taken.retired.len(), 1);
+        let running = r.running();
+        assert_eq!(running.site, None, "site waits for a restart");
+        assert_eq!(running.targets.len(), 2);
+    }
+}

@@ -1,0 +1,314 @@
+//! Load generator for the aggregator's ingest (a benchmark tool, not a test): N simulated
+//! agents, each with its own certificate from the aggregator's CA, each on its own QUIC
+//! connection with mutual TLS, speaking the real protocol (hello, then one report per
+//! interval with M paths, pipelined, each acknowledged after the aggregator applied it).
+//!
+//!   pathpulse-loadgen --state-dir AGG_STATE --aggregator 127.0.0.1:4470 \
+//!       --agents 1000 --paths 100 --interval-ms 1000 --duration-s 30 [--pid AGG_PID]
+//!
+//! Prints path-reports applied per second (acknowledged reports × paths), the time from
+//! sending a report to its acknowledgement (an upper bound of receive-to-applied), and with
+//! `--pid` the aggregator's RSS and CPU over the measured interval.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use hdrhistogram::Histogram;
+use pathpulse_wire::frame::{self, DEFAULT_MAX_FRAME};
+use pathpulse_wire::message::AgentHealth;
+use pathpulse_wire::tls::{self, Ca};
+use pathpulse_wire::{ClientMsg, Hello, PathReport, ProbeKind, Report, ServerMsg};
+use rand::{Rng, SeedableRng};
+
+struct Args {
+    state_dir: PathBuf,
+    aggregator: SocketAddr,
+    agents: usize,
+    paths: usize,
+    interval: Duration,
+    duration: Duration,
+    warmup: Duration,
+    pid: Option<u32>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let num = |name: &str, default: u64| -> anyhow::Result<u64> {
+        get(name).map_or(Ok(default), |v| {
+            v.parse()
+                .with_context(|| format!("{name}: not a number: {v}"))
+        })
+    };
+    Ok(Args {
+        state_dir: get("--state-dir")
+            .map(PathBuf::from)
+            .context("--state-dir (the aggregator's) is required")?,
+        aggregator: get("--aggregator")
+            .unwrap_or_else(|| "127.0.0.1:4470".into())
+            .parse()
+            .context("--aggregator HOST:PORT")?,
+        agents: num("--agents", 1000)? as usize,
+        paths: num("--paths", 100)? as usize,
+        interval: Duration::from_millis(num("--interval-ms", 1000)?),
+        duration: Duration::from_secs(num("--duration-s", 30)?),
+        warmup: Duration::from_secs(num("--warmup-s", 5)?),
+        pid: get("--pid")
+            .map(|p| p.parse())
+            .transpose()
+            .context("--pid")?,
+    })
+}
+
+#[derive(Default)]
+struct Totals {
+    acked: AtomicU64,
+    refused: AtomicU64,
+    latency_us: Mutex<Option<Histogram<u64>>>,
+}
+
+/// One report of `paths` paths with a few RTT samples each (1 probe/s per path).
+fn report(agent: &str, seq: u64, paths: &[String], rng: &mut impl Rng) -> ClientMsg {
+    let paths = paths
+        .iter()
+        .map(|dst| {
+            let mut p = PathReport {
+                dst: dst.clone(),
+                probe: Some(ProbeKind::Icmp),
+                sent: 5,
+                received: 5,
+                ..PathReport::default()
+            };
+            let base = rng.random_range(1_000..40_000u64);
+            for _ in 0..5 {
+                let v = base + rng.random_range(0..500u64);
+                p.rtt.record(v);
+                p.rtt_sum_us += v;
+            }
+            p
+        })
+        .collect();
+    ClientMsg::Report(Report {
+        seq,
+        agent: agent.into(),
+        interval_start_ms: pathpulse_metrics::export::wall_clock_ms(),
+        interval_ms: 5000,
+        paths,
+        health: AgentHealth::default(),
+    })
+}
+
+async fn agent(
+    i: usize,
+    ep: quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    args: Arc<Args>,
+    totals: Arc<Totals>,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let name = format!("load-{i}");
+    let conn = ep
+        .connect_with(cfg, args.aggregator, tls::SERVER_NAME)?
+        .await
+        .with_context(|| format!("{name}: connect"))?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    frame::write(
+        &mut send,
+        &ClientMsg::Hello(Hello {
+            agent: name.clone(),
+            session: rand::random(),
+            software: "loadgen".into(),
+            site: Some(format!("site-{}", i % 10)),
+            isp: None,
+        }),
+    )
+    .await?;
+    match frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await? {
+        Some(ServerMsg::Welcome { .. }) => {}
+        other => bail!("{name}: no welcome: {other:?}"),
+    }
+    let sent_at: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
+    let (sent2, totals2, measure_from) = (sent_at.clone(), totals.clone(), start + args.warmup);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(msg)) = frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await {
+            match msg {
+                ServerMsg::Ack { seq } => {
+                    let now = Instant::now();
+                    let mut q = sent2.lock().unwrap_or_else(|e| e.into_inner());
+                    while let Some((s, t)) = q.pop_front() {
+                        if s == seq {
+                            if t >= measure_from {
+                                totals2.acked.fetch_add(1, Ordering::Relaxed);
+                                if let Some(h) = totals2
+                                    .latency_us
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .as_mut()
+                                {
+                                    let _ = h.record((now - t).as_micros() as u64);
+                                }
+                            }
+                            break;
+                        }
+                    }
+                }
+                ServerMsg::Refused { .. } => {
+                    totals2.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                ServerMsg::Welcome { .. } => {}
+            }
+        }
+    });
+    let paths: Vec<String> = (0..args.paths)
+        .map(|p| format!("10.{}.{}.{}", i / 250, i % 250, 1 + p % 250))
+        .collect();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64);
+    // Spread the agents over the interval, as real agents started at different times are.
+    let offset = args.interval.mul_f64(i as f64 / args.agents as f64);
+    let mut tick = tokio::time::interval_at((start + offset).into(), args.interval);
+    let end = start + args.warmup + args.duration;
+    let mut seq = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        seq += 1;
+        let msg = report(&name, seq, &paths, &mut rng);
+        let bytes = frame::encode(&msg).map_err(|e| anyhow!("encode: {e}"))?;
+        sent_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((seq, Instant::now()));
+        send.write_all(&bytes).await?;
+    }
+    // Let the last acknowledgements arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    reader.abort();
+    conn.close(0u32.into(), b"done");
+    Ok(())
+}
+
+/// (RSS in KiB, user + system CPU ticks) of a process.
+fn proc_stats(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((rss, ticks))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Arc::new(parse_args()?);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca_dir = args.state_dir.join("ca");
+    if !ca_dir.join("ca.crt").exists() {
+        bail!(
+            "no CA in {} (start the aggregator with this --state-dir first)",
+            ca_dir.display()
+        );
+    }
+    let ca = Ca::load_or_create(&ca_dir)?;
+    eprintln!("loadgen: issuing {} agent certificates", args.agents);
+    let mut configs = Vec::with_capacity(args.agents);
+    for i in 0..args.agents {
+        let cert = ca.issue_agent(&format!("load-{i}"), Duration::from_secs(3600))?;
+        let rustls_cfg = tls::client_config(ca.cert_pem(), cert.identity()?)?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg)
+            .map_err(|e| anyhow!("QUIC TLS configuration: {e}"))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        cfg.transport_config(Arc::new(transport));
+        configs.push(cfg);
+    }
+    // One runtime thread: the aggregator gets the other core.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let totals = Arc::new(Totals {
+            latency_us: Mutex::new(Some(Histogram::new(3)?)),
+            ..Totals::default()
+        });
+        let endpoints: Vec<quinn::Endpoint> = (0..8)
+            .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")))
+            .collect::<Result<_, _>>()?;
+        let start = Instant::now() + Duration::from_secs(2);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, cfg) in configs.into_iter().enumerate() {
+            tasks.spawn(agent(
+                i,
+                endpoints[i % endpoints.len()].clone(),
+                cfg,
+                args.clone(),
+                totals.clone(),
+                start,
+            ));
+        }
+        tokio::time::sleep_until((start + args.warmup).into()).await;
+        let before = args.pid.and_then(proc_stats);
+        eprintln!(
+            "loadgen: {} agents × {} paths every {:?}; measuring for {:?}",
+            args.agents, args.paths, args.interval, args.duration
+        );
+        tokio::time::sleep(args.duration).await;
+        let after = args.pid.and_then(proc_stats);
+        let acked = totals.acked.load(Ordering::Relaxed);
+        let mut failed = 0;
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("loadgen: agent failed: {e:#}");
+                }
+            }
+        }
+        let secs = args.duration.as_secs_f64();
+        let offered = args.agents as f64 * args.paths as f64 / args.interval.as_secs_f64();
+        let applied = acked as f64 * args.paths as f64 / secs;
+        println!(
+            "path-reports applied: {applied:.0}/s (offered {offered:.0}/s, ratio {:.3}); reports acknowledged: {acked}; refused: {}; agents failed: {failed}",
+            applied / offered,
+            totals.refused.load(Ordering::Relaxed)
+        );
+        if let Some(h) = totals
+            .latency_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            println!(
+                "send-to-ack: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goal: p99 < 100 ms)",
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+                h.max() as f64 / 1000.0
+            );
+        }
+        if let (Some((rss, c0)), Some((_, c1))) = (before, after) {
+            let hz = 100.0;
+            let paths = (args.agents * args.paths) as f64;
+            println!(
+                "aggregator: RSS {:.1} MiB = {:.2} KiB per active path (goal <= 8 KB); CPU {:.2} cores",
+                rss as f64 / 1024.0,
+                rss as f64 / paths,
+                (c1 - c0) as f64 / hz / secs
+            );
+        }
+        anyhow::Ok(())
+    })
+}
