@@ -185,5 +185,18 @@ mod tests {
         let stale = parse_duration(&f.stale_after.expect("stale_after")).expect("duration");
         assert_eq!(stale, DEFAULT_STALE_AFTER);
         assert_eq!(f.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
+        let alert = AlertConfig::resolve(f.alert.as_ref(), &AlertArgs::default()).expect("valid");
+        assert_eq!(alert, AlertConfig::default());
+        let a = f.alert.expect("[alert]");
+        let (q, m) = (a.queue, a.max_attempts);
+        assert_eq!(
+            (q, m),
+            (
+                Some(crate::alert::deliver::DEFAULT_QUEUE),
+                Some(crate::alert::deliver::DEFAULT_MAX_ATTEMPTS)
+            )
+        );
+        let t = parse_duration(&a.timeout.expect("timeout")).expect("duration");
+        assert_eq!(t, crate::alert::deliver::DEFAULT_TIMEOUT);
     }
 }
