@@ -80,6 +80,7 @@ pub async fn start(
         &cfg.alert,
         &cfg.state_dir,
         external_url(cfg, http),
+        Some(store.clone()),
         shutdown.clone(),
     )
     .map_err(|e| config_err("state_dir", e.to_string()))?;

@@ -9,6 +9,7 @@ use axum::http::header;
 use axum::routing::get;
 use serde_json::json;
 
+use super::deliver::rfc3339;
 use super::{AlertState, Alerts};
 
 /// The document `GET /api/alerts` answers.
@@ -18,7 +19,12 @@ pub fn document(alerts: &Alerts) -> serde_json::Value {
     json!({
         "firing": count(AlertState::Firing),
         "pending": count(AlertState::Pending),
-        "alerts": active,
+        "alerts": active.iter().map(|a| {
+            let mut v = serde_json::to_value(a).unwrap_or_default();
+            // The Alertmanager spellings too, for pages written against its API.
+            v["startsAt"] = json!(rfc3339(a.starts_at_ms));
+            v
+        }).collect::<Vec<_>>(),
         "rules": alerts.rules().iter().map(|r| json!({
             "name": r.name,
             "kind": r.kind.as_str(),

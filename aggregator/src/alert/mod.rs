@@ -4,6 +4,7 @@
 //! - [`engine`]: per-path history, evaluation as reports arrive and on a tick, alerts out;
 //! - [`deliver`]: webhooks (Alertmanager webhook format) and Alertmanager's v2 API;
 //! - [`state`]: firing alerts persisted across restarts (redb);
+//! - [`verdict`]: the localization verdict that explains an alert (its annotation);
 //! - [`api`]: `GET /api/alerts`;
 //! - [`config`]: the `[alert]` table and the `--webhook` / `--alertmanager` flags.
 //!
@@ -17,6 +18,7 @@ pub mod deliver;
 pub mod engine;
 pub mod rules;
 pub mod state;
+pub mod verdict;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -24,7 +26,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pathpulse_metrics::SharedStore;
 use pathpulse_metrics::export::{AlertSource, ReceiverCounts, wall_clock_ms};
+use pathpulse_metrics::localize::{self, Thresholds};
 use pathpulse_wire::Report;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,11 +41,18 @@ use state::AlertStateStore;
 /// How often agent-stale and path-down rules are evaluated.
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// Localization verdicts are computed at most this often (they read every path).
+const VERDICT_MAX_AGE_MS: u64 = 1_000;
+
 /// The alert engine as the rest of the aggregator sees it.
 pub struct Alerts {
     engine: Mutex<Engine>,
     events: mpsc::UnboundedSender<Vec<Alert>>,
     pub receivers: Vec<Arc<Receiver>>,
+    /// The store localization reads; `None` leaves alerts without a verdict.
+    store: Option<SharedStore>,
+    /// Last localization verdicts and when they were computed (ms).
+    verdicts: Mutex<(u64, Vec<localize::Verdict>)>,
 }
 
 impl std::fmt::Debug for Alerts {
@@ -57,7 +68,32 @@ impl Alerts {
         self.engine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn emit(&self, out: Vec<Alert>) {
+    /// Add the localization verdict explaining each alert, where there is one, as its
+    /// `verdict` annotation (fault localization judges the last minute of every path).
+    fn annotate(&self, alerts: &mut [Alert]) {
+        let Some(store) = &self.store else { return };
+        if alerts.is_empty() {
+            return;
+        }
+        let now = wall_clock_ms();
+        let mut cache = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 + VERDICT_MAX_AGE_MS <= now {
+            let obs = {
+                let st = store.lock().unwrap_or_else(|e| e.into_inner());
+                localize::observations(&st, now)
+            };
+            *cache = (now, localize::localize(&obs, &Thresholds::default()));
+        }
+        for a in alerts {
+            match verdict::annotation(&cache.1, &a.labels) {
+                Some(v) => a.annotations.insert("verdict".into(), v),
+                None => a.annotations.remove("verdict"),
+            };
+        }
+    }
+
+    fn emit(&self, mut out: Vec<Alert>) {
+        self.annotate(&mut out);
         if !out.is_empty() {
             for a in &out {
                 tracing::info!(
@@ -96,11 +132,15 @@ impl Alerts {
 
     /// Pending and firing alerts.
     pub fn active(&self) -> Vec<Alert> {
-        self.engine().active()
+        let mut v = self.engine().active();
+        self.annotate(&mut v);
+        v
     }
 
     pub fn firing(&self) -> Vec<Alert> {
-        self.engine().firing()
+        let mut v = self.engine().firing();
+        self.annotate(&mut v);
+        v
     }
 
     pub fn rules(&self) -> Vec<rules::Rule> {
@@ -112,6 +152,7 @@ impl AlertSource for Alerts {
     fn firing(&self) -> Vec<(String, String, u64)> {
         let engine = self.engine();
         let firing = engine.firing();
+        // (Counting needs no verdicts.)
         let mut out: Vec<(String, String, u64)> = Vec::new();
         let mut add = |name: &str, sev: &str, n: u64| match out
             .iter_mut()
@@ -156,15 +197,17 @@ pub enum StartError {
 }
 
 /// Start the alert engine: restore firing alerts from `state_dir`, then run the tick,
-/// the dispatcher and the receivers until `shutdown`.
+/// the dispatcher and the receivers until `shutdown`. `store` feeds the localization
+/// verdicts in the alerts' annotations.
 pub fn start(
     cfg: &AlertConfig,
     state_dir: &Path,
     external_url: String,
+    store: Option<SharedStore>,
     shutdown: CancellationToken,
 ) -> Result<(Arc<Alerts>, tokio::task::JoinHandle<()>), StartError> {
-    let store = Arc::new(AlertStateStore::open(state_dir)?);
-    let restored = store.load()?;
+    let state = Arc::new(AlertStateStore::open(state_dir)?);
+    let restored = state.load()?;
     let mut engine = Engine::new(
         cfg.rules.clone(),
         EngineConfig {
@@ -188,6 +231,8 @@ pub fn start(
         engine: Mutex::new(engine),
         events: tx,
         receivers: receivers.clone(),
+        store,
+        verdicts: Mutex::new((0, Vec::new())),
     });
     let client = deliver::client().map_err(StartError::Client)?;
     let firing_of = alerts.clone();
@@ -230,7 +275,7 @@ pub fn start(
             }
             // Persist first: a notification sent but not recorded would fire again
             // after a restart.
-            let (st, b) = (store.clone(), batch.clone());
+            let (st, b) = (state.clone(), batch.clone());
             match tokio::task::spawn_blocking(move || st.apply(&b)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot record alert state"),
@@ -247,7 +292,7 @@ pub fn start(
         while let Ok(more) = rx.try_recv() {
             rest.extend(more);
         }
-        if let Err(e) = store.apply(&rest) {
+        if let Err(e) = state.apply(&rest) {
             tracing::error!(error = %e, "cannot record alert state");
         }
     });
