@@ -16,6 +16,9 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// Probe interval per hop: routers answer about one ICMP error per second per source
+/// (Linux's default), so faster probing shows their rate limit, not the path.
+pub const DEFAULT_HOP_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pathpulse";
 /// Exit code for bad configuration (sysexits.h EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
@@ -38,6 +41,7 @@ pub struct FileConfig {
     /// Address prefixes of this agent's ISP (`["203.0.113.0/24"]`): hops inside them are
     /// the `isp` role; without them the ISP boundary is guessed (see README).
     pub isp_prefixes: Option<Vec<String>>,
+    pub hop_interval: Option<String>,
     pub stamp_listen: Option<Vec<String>>,
     pub stamp_rate: Option<u32>,
     pub stamp_key_file: Option<PathBuf>,
@@ -69,6 +73,9 @@ pub struct RunArgs {
     /// How often a report is sent to the aggregators, e.g. 5s.
     #[arg(long, value_name = "DUR", env = "PATHPULSE_REPORT_INTERVAL")]
     pub report_interval: Option<String>,
+    /// Probe interval per hop toward ICMP targets (default 1s; 100ms .. 1h).
+    #[arg(long, value_name = "DUR", env = "PATHPULSE_HOP_INTERVAL")]
+    pub hop_interval: Option<String>,
     /// Aggregator to report to, repeatable (each gets every report).
     #[arg(
         long = "aggregator",
@@ -126,6 +133,7 @@ pub struct AgentConfig {
     /// Hop discovery and per-hop monitoring toward ICMP targets.
     pub hops: bool,
     pub isp_prefixes: Vec<crate::probe::route::Prefix>,
+    pub hop_interval: Duration,
     /// STAMP reflector addresses (empty: no reflector).
     pub stamp_listen: Vec<SocketAddr>,
     /// Reflected packets per second per source address.
@@ -339,6 +347,15 @@ impl AgentConfig {
             Duration::from_millis(100),
             Duration::from_secs(300),
         );
+        let hop_interval = c.duration(
+            "hop_interval",
+            args.hop_interval
+                .as_deref()
+                .or(file.hop_interval.as_deref()),
+            DEFAULT_HOP_INTERVAL,
+            Duration::from_millis(100),
+            MAX_INTERVAL,
+        );
         let aggregators = if args.aggregators.is_empty() {
             file.aggregators.unwrap_or_default()
         } else {
@@ -407,6 +424,7 @@ impl AgentConfig {
                 isp: args.isp.clone().or(file.isp),
                 hops: !args.no_hops && file.hops.unwrap_or(true),
                 isp_prefixes,
+                hop_interval,
                 stamp_listen,
                 stamp_rate,
                 stamp_key,
@@ -524,5 +542,7 @@ mod tests {
         assert_eq!(d(f.timeout), DEFAULT_TIMEOUT);
         assert_eq!(d(f.report_interval), DEFAULT_REPORT_INTERVAL);
         assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
+        assert_eq!(f.hops, Some(true));
+        assert_eq!(d(f.hop_interval), DEFAULT_HOP_INTERVAL);
     }
 }

@@ -226,7 +226,7 @@ pub async fn run_with(
         tasks.spawn(
             HopProber {
                 targets: icmp_targets,
-                interval: cfg.interval.max(Duration::from_secs(1)),
+                interval: cfg.hop_interval,
                 timeout: cfg.timeout,
                 max_ttl: hops::DEFAULT_MAX_TTL,
                 isp_prefixes: cfg.isp_prefixes.clone(),

@@ -543,7 +543,7 @@
   function renderPath(v) {
     const t = $("path-stats");
     t.textContent = "";
-    const head = ["window", "p50", "p90", "p99", "min", "loss", "loss ≤ (95%)", "replies", "MOS"];
+    const head = ["window", "p50", "p90", "p99", "min", "loss", "loss ≤ (95%)", "replies", "MOS", "fwd / rev loss"];
     const tr = document.createElement("tr");
     head.forEach((h, i) => { const th = document.createElement("th"); th.textContent = h; if (i) th.className = "num"; tr.appendChild(th); });
     t.appendChild(tr);
@@ -551,7 +551,9 @@
       const r = document.createElement("tr");
       const vals = [w.window, ms(w.p50_us), ms(w.p90_us), ms(w.p99_us), ms(w.min_us),
         fmt("loss", w.loss), w.loss_upper === null ? "—" : fmt("loss", w.loss_upper),
-        String(w.received), w.mos === null ? "—" : w.mos.toFixed(2)];
+        String(w.received), w.mos === null ? "—" : w.mos.toFixed(2),
+        w.forward_loss === null && w.reverse_loss === null ? "—"
+          : fmt("loss", w.forward_loss) + " / " + fmt("loss", w.reverse_loss)];
       vals.forEach((x, i) => { const td = document.createElement("td"); td.textContent = x; if (i) td.className = "num"; r.appendChild(td); });
       t.appendChild(r);
     }
@@ -560,8 +562,32 @@
     cap.textContent = "RFC 3550 jitter " + ms(v.jitter_us === null ? null : Math.round(v.jitter_us)) +
       " · since start: " + v.sent + " sent, " + v.received + " received, " + v.lost + " lost";
     t.appendChild(cap);
+    renderHops(v);
     drawSmoke(v);
     drawLossJitter(v);
+  }
+  // The hop list toward the target (ICMP paths with hop discovery), last minute.
+  function renderHops(v) {
+    const t = $("path-hops");
+    if (!t) return;
+    t.textContent = "";
+    t.hidden = !v.hops.length;
+    if (!v.hops.length) return;
+    const head = ["hop", "address", "role", "p50", "loss (1 min)", "note"];
+    const tr = document.createElement("tr");
+    head.forEach((h, i) => { const th = document.createElement("th"); th.textContent = h; if (i === 3 || i === 4) th.className = "num"; tr.appendChild(th); });
+    t.appendChild(tr);
+    for (const h of v.hops) {
+      const r = document.createElement("tr");
+      const vals = [String(h.ttl), h.addr || "*", h.role, ms(h.p50_us), fmt("loss", h.loss),
+        h.ratelimited ? "rate-limits ICMP (not path loss)" : ""];
+      vals.forEach((x, i) => { const td = document.createElement("td"); td.textContent = x; if (i === 3 || i === 4) td.className = "num"; r.appendChild(td); });
+      t.appendChild(r);
+    }
+    const cap = document.createElement("caption");
+    cap.className = "muted";
+    cap.textContent = "Hops toward " + v.dst;
+    t.appendChild(cap);
   }
   function setupCanvas(c) {
     const dpr = window.devicePixelRatio || 1;

@@ -28,6 +28,23 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Alert rules and receivers.
     pub alert: Option<AlertFile>,
+    pub remote_write: Option<RemoteWriteFile>,
+    /// Cardinality budget: paths with per-path series (roll-ups always cover all).
+    pub path_budget: Option<usize>,
+    /// A path no report carried for this long is pruned (a removed target, a departed
+    /// peer); "0s" keeps paths forever.
+    pub prune_after: Option<String>,
+}
+
+/// `[remote_write]`: push every series to a Prometheus-compatible store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteFile {
+    pub url: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub queue_limit: Option<usize>,
+    pub external_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -49,6 +66,10 @@ pub struct RunArgs {
     pub stale_after: Option<String>,
     #[command(flatten)]
     pub alert: AlertArgs,
+    /// Push every series to this Prometheus remote-write URL (Mimir, Thanos Receive,
+    /// VictoriaMetrics, Prometheus with --web.enable-remote-write-receiver).
+    #[arg(long, value_name = "URL", env = "PATHPULSE_REMOTE_WRITE")]
+    pub remote_write: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,11 +81,18 @@ pub struct AggregatorConfig {
     pub stale_after: Duration,
     pub max_connections: usize,
     pub alert: AlertConfig,
+    pub remote_write: Option<crate::remote_write::RemoteWriteConfig>,
+    pub path_budget: Option<usize>,
+    /// None: paths are never pruned.
+    pub prune_after: Option<Duration>,
 }
+
+/// Paths not reported for this long are pruned.
+pub const DEFAULT_PRUNE_AFTER: Duration = Duration::from_secs(600);
 
 impl AggregatorConfig {
     pub fn resolve(args: &RunArgs) -> Result<AggregatorConfig, ConfigErrors> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| one("config", format!("cannot read {}: {e}", p.display())))?;
@@ -119,6 +147,68 @@ impl AggregatorConfig {
             errs.extend(e);
             AlertConfig::default()
         });
+        if file.path_budget == Some(0) {
+            errs.push(ConfigError {
+                key: "path_budget".into(),
+                reason: "must be at least 1 (leave it out for no limit)".into(),
+            });
+        }
+        let prune_after = match file.prune_after.as_deref().map(parse_duration) {
+            None => Some(DEFAULT_PRUNE_AFTER),
+            Some(Ok(d)) if d.is_zero() => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                errs.push(ConfigError {
+                    key: "prune_after".into(),
+                    reason: e,
+                });
+                None
+            }
+        };
+        let rw = file.remote_write.take().unwrap_or_default();
+        let remote_write = match args.remote_write.clone().or(rw.url) {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    errs.push(ConfigError {
+                        key: "remote_write.url".into(),
+                        reason: format!("`{url}` is not an http:// or https:// URL"),
+                    });
+                }
+                let mut dur = |key: &str, v: Option<String>, default: Duration| match v {
+                    None => default,
+                    Some(s) => parse_duration(&s)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .unwrap_or_else(|| {
+                            errs.push(ConfigError {
+                                key: key.into(),
+                                reason: format!("`{s}` is not a duration like 15s"),
+                            });
+                            default
+                        }),
+                };
+                let interval = dur(
+                    "remote_write.interval",
+                    rw.interval,
+                    crate::remote_write::DEFAULT_INTERVAL,
+                );
+                let timeout = dur(
+                    "remote_write.timeout",
+                    rw.timeout,
+                    crate::remote_write::DEFAULT_TIMEOUT,
+                );
+                Some(crate::remote_write::RemoteWriteConfig {
+                    url,
+                    interval,
+                    timeout,
+                    external_labels: rw.external_labels.unwrap_or_default().into_iter().collect(),
+                    queue_limit: rw
+                        .queue_limit
+                        .unwrap_or(crate::remote_write::DEFAULT_QUEUE_LIMIT),
+                })
+            }
+        };
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -134,6 +224,9 @@ impl AggregatorConfig {
             stale_after,
             max_connections,
             alert,
+            remote_write,
+            path_budget: file.path_budget,
+            prune_after,
         })
     }
 }

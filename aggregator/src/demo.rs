@@ -72,6 +72,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         stale_after: Duration::from_secs(10),
         max_connections: 64,
         alert,
+        remote_write: None,
+        path_budget: None,
+        prune_after: Some(crate::config::DEFAULT_PRUNE_AFTER),
     };
     let running = server::start(&cfg, shutdown.clone()).await?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(RunError::Fatal)?;
@@ -108,6 +111,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             isp: None,
             hops: true,
             isp_prefixes: Vec::new(),
+            hop_interval: pathpulse_agent::config::DEFAULT_HOP_INTERVAL,
             stamp_listen: Vec::new(),
             stamp_rate: pathpulse_agent::probe::stamp::reflector::DEFAULT_RATE,
             stamp_key: None,

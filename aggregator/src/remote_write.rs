@@ -309,6 +309,8 @@ impl RemoteWriter {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
+        // reqwest is built without a rustls provider of its own (quinn uses ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = match reqwest::Client::builder().timeout(self.cfg.timeout).build() {
             Ok(c) => c,
             Err(e) => {

@@ -75,7 +75,10 @@ pub async fn start(
         .map_err(|e| config_err("http", format!("cannot listen on {}: {e}", cfg.http)))?;
     let http = listener.local_addr().map_err(|e| fatal(e.into()))?;
 
-    let store: SharedStore = Arc::new(Mutex::new(Store::new(cfg.stale_after.as_millis() as u64)));
+    let mut store = Store::new(cfg.stale_after.as_millis() as u64);
+    store.path_budget = cfg.path_budget;
+    store.prune_after_ms = cfg.prune_after.map(|d| d.as_millis() as u64);
+    let store: SharedStore = Arc::new(Mutex::new(store));
     let (alerts, alert_task) = crate::alert::start(
         &cfg.alert,
         &cfg.state_dir,
@@ -86,7 +89,24 @@ pub async fn start(
     .map_err(|e| config_err("state_dir", e.to_string()))?;
     let mut registry = export::registry(store.clone(), Role::Aggregator, export::wall_clock_ms);
     export::register_alerts(&mut registry, alerts.clone());
+    let rw_stats = Arc::new(crate::remote_write::RemoteWriteStats::default());
+    if cfg.remote_write.is_some() {
+        registry.register_collector(Box::new(crate::remote_write::StatsCollector(
+            rw_stats.clone(),
+        )));
+    }
     let registry = Arc::new(registry);
+    if let Some(rw) = cfg.remote_write.clone() {
+        tracing::info!(url = %rw.url, every = ?rw.interval, "remote write on");
+        tokio::spawn(
+            crate::remote_write::RemoteWriter {
+                cfg: rw,
+                registry: registry.clone(),
+                stats: rw_stats,
+            }
+            .run(shutdown.clone()),
+        );
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let app = crate::http::router(registry, ready.clone())
         .merge(crate::ui::router(store.clone(), shutdown.clone()))

@@ -29,6 +29,9 @@ async fn start() -> Agg {
         stale_after: Duration::from_secs(30),
         max_connections: 16,
         alert: Default::default(),
+        remote_write: None,
+        path_budget: None,
+        prune_after: Some(pathpulse_aggregator::config::DEFAULT_PRUNE_AFTER),
     };
     let stop = CancellationToken::new();
     let running = server::start(&cfg, stop.clone())

@@ -44,6 +44,8 @@ pub type SharedStore = Arc<Mutex<Store>>;
 struct StoreCollector {
     store: SharedStore,
     clock: Clock,
+    /// Paths left out of scrapes by the cardinality budget, summed over scrapes.
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
@@ -207,10 +209,36 @@ impl Collector for StoreCollector {
         let now = (self.clock)();
         // A poisoned lock means a panic elsewhere; still export what is there.
         let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        // The cardinality budget: per-path series for the first paths only (in key order,
+        // so the set is stable); roll-ups below cover all of them.
+        let paths: Vec<(&PathKey, &PathState)> = store
+            .paths
+            .iter()
+            .take(store.path_budget.unwrap_or(usize::MAX))
+            .collect();
+        let over = store.paths.len() - paths.len();
+        let dropped = self
+            .dropped
+            .fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed)
+            + over as u64;
+        enc.encode_descriptor(
+            "pathpulse_paths_over_budget",
+            "Paths without per-path series at this scrape because of the cardinality budget (their site-pair and ISP roll-ups still count them).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(over as i64))?;
+        enc.encode_descriptor(
+            "pathpulse_series_dropped",
+            "Paths left out of scrapes by the cardinality budget, summed over scrapes.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
 
         for (name, help, get) in PATH_COUNTERS {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (k, st) in &store.paths {
+            for &(k, st) in &paths {
                 let l = path_labels(k);
                 m.encode_family(&l)?
                     .encode_counter::<NoLabelSet, _, u64>(&get(st), None)?;
@@ -223,7 +251,7 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (k, st) in &store.paths {
+        for &(k, st) in &paths {
             m.encode_family(&path_labels(k))?
                 .encode_gauge(&st.in_flight)?;
         }
@@ -234,7 +262,7 @@ impl Collector for StoreCollector {
             None,
             MetricType::Histogram,
         )?;
-        for (k, st) in &store.paths {
+        for &(k, st) in &paths {
             let c = &st.cumulative;
             let buckets: Vec<(f64, u64)> = CLASSIC_BOUNDS_US
                 .iter()
@@ -268,10 +296,9 @@ impl Collector for StoreCollector {
         }
 
         // Windowed views, computed once per path and window.
-        let views: Views = store
-            .paths
+        let views: Views = paths
             .iter()
-            .map(|(k, st)| (k, WINDOWS.map(|(w, ms)| (w, st.windows.view(ms, now)))))
+            .map(|&(k, st)| (k, WINDOWS.map(|(w, ms)| (w, st.windows.view(ms, now)))))
             .collect();
 
         window_quantiles(
@@ -302,7 +329,7 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (k, st) in &store.paths {
+        for &(k, st) in &paths {
             if let Some(j) = st.jitter_us {
                 let l = with(path_labels(k), &[("method", "rfc3550")]);
                 m.encode_family(&l)?.encode_gauge(&secs(j))?;
@@ -339,7 +366,7 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?;
-        for ((k, vs), st) in views.iter().zip(store.paths.values()) {
+        for ((k, vs), (_, st)) in views.iter().zip(&paths) {
             for (w, v) in vs {
                 let (Some(p50), Some(loss)) =
                     (v.hist.quantile(0.5), loss_ratio(v.lost, v.received))
@@ -353,7 +380,8 @@ impl Collector for StoreCollector {
             }
         }
 
-        encode_hops(&mut enc, &store, now)?;
+        encode_hops(&mut enc, &store, &paths, now)?;
+        encode_rollups(&mut enc, &store, now)?;
 
         let mut m = enc.encode_descriptor(
             "pathpulse_agent_up",
@@ -586,6 +614,7 @@ pub fn registry(store: SharedStore, role: Role, clock: Clock) -> Registry {
     reg.register_collector(Box::new(StoreCollector {
         store: store.clone(),
         clock,
+        dropped: Default::default(),
     }));
     if role == Role::Aggregator {
         reg.register_collector(Box::new(IngestCollector { store }));
@@ -684,6 +713,112 @@ pub fn encode_protobuf(registry: &Registry) -> Result<Vec<u8>, String> {
 pub const PROTOBUF_CONTENT_TYPE: &str =
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
+/// Windows merged over a group of paths: the histograms merged (not averaged), the
+/// counts summed.
+#[derive(Default)]
+struct Merged {
+    paths: u64,
+    views: Vec<(&'static str, WindowView)>,
+}
+
+impl Merged {
+    fn add(&mut self, st: &PathState, now: u64) {
+        if self.views.is_empty() {
+            self.views = WINDOWS
+                .iter()
+                .map(|(w, _)| (*w, WindowView::default()))
+                .collect();
+        }
+        self.paths += 1;
+        for ((_, ms), (_, v)) in WINDOWS.iter().zip(self.views.iter_mut()) {
+            let p = st.windows.view(*ms, now);
+            v.hist.merge(&p.hist);
+            v.ipdv.merge(&p.ipdv);
+            v.received += p.received;
+            v.lost += p.lost;
+        }
+    }
+}
+
+/// Roll-ups that are always exported, whatever the budget: per site pair (`src_site`,
+/// `dst_site`; `external` for destinations that are not agents) and per ISP of the source
+/// agent, from the merged window histograms of every path in the group.
+fn encode_rollups(
+    enc: &mut DescriptorEncoder,
+    store: &Store,
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    let mut pairs: std::collections::BTreeMap<(&str, &str), Merged> = Default::default();
+    let mut isps: std::collections::BTreeMap<&str, Merged> = Default::default();
+    for (k, st) in &store.paths {
+        let agent = store.agents.get(&*k.src);
+        if let Some(site) = agent.and_then(|a| a.site.as_deref()) {
+            let dst = store.site_of_dst(&k.dst).unwrap_or("external");
+            pairs.entry((site, dst)).or_default().add(st, now);
+        }
+        if let Some(isp) = agent.and_then(|a| a.isp.as_deref()) {
+            isps.entry(isp).or_default().add(st, now);
+        }
+    }
+    type Group<'a> = (Vec<(&'static str, &'a str)>, &'a Merged);
+    let groups: [(&str, Vec<Group>); 2] = [
+        (
+            "site_pair",
+            pairs
+                .iter()
+                .map(|((s, d), m)| (vec![("src_site", *s), ("dst_site", *d)], m))
+                .collect(),
+        ),
+        (
+            "isp",
+            isps.iter().map(|(i, m)| (vec![("isp", *i)], m)).collect(),
+        ),
+    ];
+    for (kind, list) in &groups {
+        let name = format!("pathpulse_{kind}_rtt_quantile_seconds");
+        let mut m = enc.encode_descriptor(
+            &name,
+            "Exact RTT quantile over the window of every path of the group, from their merged HDR histograms.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, merged) in list {
+            for (w, v) in &merged.views {
+                for (qs, q) in QUANTILES {
+                    if let Some(us) = v.hist.quantile(q) {
+                        let mut l = labels.clone();
+                        l.extend([("quantile", qs), ("window", *w)]);
+                        m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
+                    }
+                }
+            }
+        }
+        let name = format!("pathpulse_{kind}_loss_ratio");
+        let mut m = enc.encode_descriptor(
+            &name,
+            "Lost / (received + lost) over the window, summed over every path of the group.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, merged) in list {
+            for (w, v) in &merged.views {
+                if let Some(x) = loss_ratio(v.lost, v.received) {
+                    let mut l = labels.clone();
+                    l.push(("window", *w));
+                    m.encode_family(&l)?.encode_gauge(&x)?;
+                }
+            }
+        }
+        let name = format!("pathpulse_{kind}_paths");
+        let mut m = enc.encode_descriptor(&name, "Paths in the group.", None, MetricType::Gauge)?;
+        for (labels, merged) in list {
+            m.encode_family(labels)?
+                .encode_gauge(&(merged.paths as i64))?;
+        }
+    }
+    Ok(())
+}
+
 /// Labels of one hop: `src`, `anchor` (the target as written), `hop` (TTL), `hop_addr`,
 /// `role`.
 fn hop_labels<'a>(k: &'a PathKey, ttl: &'a str, h: &'a HopState) -> Labels<'a> {
@@ -701,6 +836,7 @@ fn hop_labels<'a>(k: &'a PathKey, ttl: &'a str, h: &'a HopState) -> Labels<'a> {
 fn encode_hops(
     enc: &mut DescriptorEncoder,
     store: &Store,
+    paths: &[(&PathKey, &PathState)],
     now: u64,
 ) -> Result<(), std::fmt::Error> {
     struct Hop<'a> {
@@ -708,10 +844,9 @@ fn encode_hops(
         ttl: String,
         view: HopView<'a>,
     }
-    let hops: Vec<Hop> = store
-        .paths
+    let hops: Vec<Hop> = paths
         .iter()
-        .flat_map(|(k, st)| {
+        .flat_map(|&(k, st)| {
             hop_views(st, now).into_iter().map(move |view| Hop {
                 key: k,
                 ttl: view.ttl.to_string(),
@@ -788,7 +923,7 @@ fn encode_hops(
         None,
         MetricType::Counter,
     )?;
-    for (k, st) in store.paths.iter().filter(|(_, st)| !st.hops.is_empty()) {
+    for &(k, st) in paths.iter().filter(|(_, st)| !st.hops.is_empty()) {
         m.encode_family(&[("src", &*k.src), ("anchor", &*k.dst)])?
             .encode_counter::<NoLabelSet, _, u64>(&st.route_changes, None)?;
     }
@@ -825,6 +960,84 @@ mod tests {
 
     fn clock() -> u64 {
         1_010_000
+    }
+
+    /// 200 agents in 10 sites (2 ISPs) in full mesh: 39,800 paths, a budget of 5,000.
+    #[test]
+    fn the_budget_caps_per_path_series_and_roll_ups_merge_histograms() {
+        let store: SharedStore = Arc::new(Mutex::new(Store::new(15_000)));
+        let agents: Vec<String> = (0..200).map(|i| format!("a{i:03}")).collect();
+        let site = |i: usize| format!("site-{}", i % 10);
+        let mut expect_pair = pathpulse_wire::SparseHist::default();
+        let (mut pair_lost, mut pair_n) = (0u64, 0u64);
+        {
+            let mut st = store.lock().expect("lock");
+            st.path_budget = Some(5_000);
+            for (i, a) in agents.iter().enumerate() {
+                st.hello(a, Some(site(i)), Some(format!("isp-{}", i % 2)), None);
+            }
+            for (i, a) in agents.iter().enumerate() {
+                let paths = agents
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, b)| {
+                        let mut p = PathReport {
+                            dst: b.clone(),
+                            sent: 4,
+                            lost: u32::from((i + j) % 7 == 0),
+                            ..Default::default()
+                        };
+                        for k in 0..(4 - p.lost) {
+                            let v = 1_000 + 37 * ((i * 31 + j * 17 + k as usize) % 400) as u64;
+                            p.rtt.record(v);
+                            p.rtt_sum_us += v;
+                            p.received += 1;
+                        }
+                        if site(i) == "site-0" && site(j) == "site-1" {
+                            expect_pair.merge(&p.rtt);
+                            pair_lost += u64::from(p.lost);
+                            pair_n += u64::from(p.lost + p.received);
+                        }
+                        p
+                    })
+                    .collect();
+                let r = Report {
+                    seq: 1,
+                    agent: a.clone(),
+                    interval_start_ms: 1_000_000,
+                    interval_ms: 5000,
+                    paths,
+                    health: AgentHealth::default(),
+                };
+                st.apply(&r, 1_005_000);
+            }
+            assert_eq!(st.paths.len(), 39_800);
+        }
+        let text = encode_text(&registry(store, Role::Aggregator, clock));
+        let per_path = text
+            .lines()
+            .filter(|l| l.starts_with("pathpulse_probes_sent_total{"))
+            .count();
+        assert_eq!(per_path, 5_000, "per-path series within the budget");
+        assert!(text.contains("pathpulse_paths_over_budget 34800"));
+        assert!(text.contains("pathpulse_series_dropped_total 34800"));
+        for (qs, q) in QUANTILES {
+            let want = secs(expect_pair.quantile(q).expect("samples") as f64);
+            let line = format!(
+                "pathpulse_site_pair_rtt_quantile_seconds{{src_site=\"site-0\",dst_site=\"site-1\",quantile=\"{qs}\",window=\"1m\"}} {want}"
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+        let loss = pair_lost as f64 / pair_n as f64;
+        let line = format!(
+            "pathpulse_site_pair_loss_ratio{{src_site=\"site-0\",dst_site=\"site-1\",window=\"1m\"}} {loss}"
+        );
+        assert!(text.contains(&line), "{line}");
+        assert!(
+            text.contains("pathpulse_site_pair_paths{src_site=\"site-0\",dst_site=\"site-1\"} 400")
+        );
+        assert!(text.contains("pathpulse_isp_paths{isp=\"isp-0\"} 19900"));
     }
 
     #[test]

@@ -76,13 +76,6 @@ pub fn hop_views(st: &PathState, now_ms: u64) -> Vec<HopView<'_>> {
 /// What every path of the store shows over the last minute, with the agents' site and ISP
 /// labels (a destination that is an agent, by name or address, gets its site).
 pub fn observations(store: &Store, now_ms: u64) -> Vec<PathObs> {
-    let site_of_dst = |dst: &str| {
-        store
-            .agents
-            .iter()
-            .find(|(name, a)| &***name == dst || a.addr.is_some_and(|ip| ip.to_string() == dst))
-            .and_then(|(_, a)| a.site.clone())
-    };
     store
         .paths
         .iter()
@@ -98,7 +91,7 @@ pub fn observations(store: &Store, now_ms: u64) -> Vec<PathObs> {
                 src_site: agent.and_then(|a| a.site.clone()),
                 src_isp: agent.and_then(|a| a.isp.clone()),
                 dst: k.dst.to_string(),
-                dst_site: site_of_dst(&k.dst),
+                dst_site: store.site_of_dst(&k.dst).map(str::to_string),
                 lost: v.lost,
                 received: v.received,
                 hops: hop_views(st, now_ms)

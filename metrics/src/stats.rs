@@ -2,6 +2,8 @@
 
 /// z for a two-sided 95% confidence interval.
 pub const Z95: f64 = 1.959_963_984_540_054;
+/// z for a two-sided 99% interval.
+pub const Z99: f64 = 2.575_829_303_548_901;
 
 /// Loss ratio `lost / (received + lost)`, `None` when nothing was decided.
 pub fn loss_ratio(lost: u64, received: u64) -> Option<f64> {
@@ -162,15 +164,16 @@ mod tests {
 /// packets that pass through them are not affected. So loss at a hop that the hops after
 /// it (and the target) do not show is the router's, not the path's. Judged on counts
 /// (lost, probes), not ratios, because hops are probed about once a second: true when the
-/// hop loses at least 10% and the lower end of its 95% Wilson interval lies above the
-/// upper end of the best later hop's.
+/// hop loses at least 10% and the lower end of its 99% Wilson interval lies above the
+/// upper end of the best later hop's (99%, not 95%: the best of several later hops is
+/// compared, and a false verdict hides real loss).
 pub fn icmp_ratelimited(hop: (u64, u64), best_later: Option<(u64, u64)>) -> bool {
     let (Some((lost, n)), Some((later_lost, later_n))) = (Some(hop), best_later) else {
         return false;
     };
     let (Some((lo, _)), Some((_, later_hi))) = (
-        wilson_interval(lost, n, Z95),
-        wilson_interval(later_lost, later_n, Z95),
+        wilson_interval(lost, n, Z99),
+        wilson_interval(later_lost, later_n, Z99),
     ) else {
         return false;
     };

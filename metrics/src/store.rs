@@ -92,6 +92,9 @@ pub struct PathState {
     pub windows: PathWindows,
     pub jitter_us: Option<f64>,
     pub in_flight: u64,
+    /// When a report last carried this path (wall clock, ms): paths an agent stopped
+    /// reporting (a removed target, a departed peer) are pruned after a grace period.
+    pub last_report_ms: u64,
     /// Hops toward this target by TTL (ICMP paths with hop discovery).
     pub hops: BTreeMap<u8, HopState>,
     pub route_changes: u64,
@@ -159,6 +162,12 @@ pub struct Store {
     pub refused: BTreeMap<&'static str, u64>,
     /// An agent is up while its last report is younger than this.
     pub stale_after_ms: u64,
+    /// Paths not reported for this long are pruned (their series go instead of freezing).
+    /// `None`: never.
+    pub prune_after_ms: Option<u64>,
+    /// Cardinality budget: at most this many paths get per-path series (the roll-ups by
+    /// site pair and ISP always cover every path). `None`: no limit.
+    pub path_budget: Option<usize>,
     /// Per agent, the last applied sequence of its most recent sessions.
     applied: BTreeMap<Arc<str>, Vec<(u64, u64)>>,
 }
@@ -180,6 +189,15 @@ impl Store {
             stale_after_ms,
             ..Store::default()
         }
+    }
+
+    /// The site of a destination that is an agent (by name or by the address it
+    /// connected from).
+    pub fn site_of_dst(&self, dst: &str) -> Option<&str> {
+        self.agents
+            .iter()
+            .find(|(name, a)| &***name == dst || a.addr.is_some_and(|ip| ip.to_string() == dst))
+            .and_then(|(_, a)| a.site.as_deref())
     }
 
     /// Record an agent's hello: its labels and the address it connected from.
@@ -232,6 +250,7 @@ impl Store {
                 st.jitter_us = Some(f64::from(j));
             }
             st.in_flight = u64::from(p.in_flight);
+            st.last_report_ms = st.last_report_ms.max(now_ms);
             st.route_changes += u64::from(p.route_changes);
             // The hop list is the agent's current one: TTLs it no longer reports go.
             st.hops
@@ -296,6 +315,10 @@ impl Store {
 
     /// Drop window slots nobody can see any more (call periodically).
     pub fn expire(&mut self, now_ms: u64) {
+        if let Some(grace) = self.prune_after_ms {
+            self.paths
+                .retain(|_, st| now_ms.saturating_sub(st.last_report_ms) <= grace);
+        }
         for st in self.paths.values_mut() {
             st.windows.expire(now_ms);
             for h in st.hops.values_mut() {
@@ -330,6 +353,21 @@ mod tests {
             paths: vec![p],
             health: AgentHealth::default(),
         }
+    }
+
+    #[test]
+    fn paths_no_longer_reported_are_pruned_after_the_grace_period() {
+        let mut s = Store::new(15_000);
+        s.prune_after_ms = Some(600_000);
+        s.apply(&report(1, &[100], 0, 0), 1_000_000);
+        s.expire(1_500_000);
+        assert_eq!(s.paths.len(), 1, "inside the grace period");
+        s.expire(1_600_001);
+        assert!(s.paths.is_empty(), "pruned after 10 min without a report");
+        let mut keep = Store::new(15_000);
+        keep.apply(&report(1, &[100], 0, 0), 1_000_000);
+        keep.expire(u64::MAX);
+        assert_eq!(keep.paths.len(), 1, "no grace period: kept");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! next rediscovery. Afterwards every hop up to the target is probed once per interval;
 //! a router is probed at most once per interval whatever the number of targets behind it
 //! (routers rate-limit ICMP errors: Linux answers about one per second per source).
-//! A different address at a known TTL is a route change: counted and logged.
+//! A different address at a known TTL is a route change: counted and logged. Discovery
+//! runs again every 5 minutes, after a route change, and when the target stops answering
+//! (at most every 30 s).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use pathpulse_wire::{HopRole, ProbeKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::probe::icmp::recv_opt;
 use crate::probe::icmp_socket::{Event, Family, IcmpSocket, SocketKind};
 use crate::probe::route::{self, Prefix, Route};
 use crate::resolve::Resolver;
@@ -31,6 +34,8 @@ pub const HOP_MAGIC: [u8; 4] = *b"PPh1";
 pub const DEFAULT_MAX_TTL: u8 = 30;
 /// Discovery runs again this often (and after a route change).
 pub const REDISCOVER: Duration = Duration::from_secs(300);
+/// Discovery runs again when the target stops answering, at most this often.
+pub const REDISCOVER_ON_LOSS: Duration = Duration::from_secs(30);
 const PAYLOAD_SIZE: usize = 56;
 
 pub struct HopProber {
@@ -71,17 +76,6 @@ fn open_raw(f: Family) -> Option<IcmpSocket> {
             tracing::warn!(family = %f, error = %e.raw, "hop discovery off for this family: it needs a RAW ICMP socket (CAP_NET_RAW)");
             None
         }
-    }
-}
-
-async fn recv_opt(
-    sock: Option<&IcmpSocket>,
-    buf: &mut [u8],
-    out: &mut Vec<Event>,
-) -> std::io::Result<()> {
-    match sock {
-        Some(s) => s.recv_batch(buf, out).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -204,6 +198,17 @@ impl HopProber {
                     self.shared.path(self.targets[p.target].0, |ps| {
                         hop_stats(ps, p.ttl, PathStats::on_lost)
                     });
+                    // The target stopped answering: the route may have changed. Look
+                    // again, at most every REDISCOVER_ON_LOSS.
+                    let st = &mut states[p.target];
+                    if st.route.reached == Some(p.ttl)
+                        && st
+                            .last_discovery
+                            .is_none_or(|l| now.duration_since(l) >= REDISCOVER_ON_LOSS)
+                    {
+                        st.discover_up_to = Some(1);
+                        st.last_discovery = Some(now);
+                    }
                 }
             }
             if now < next_tick {

@@ -40,7 +40,7 @@ pub struct IcmpProber {
 }
 
 /// Wait for events on a socket that may be absent (then never ready).
-async fn recv_opt(
+pub(crate) async fn recv_opt(
     sock: Option<&IcmpSocket>,
     buf: &mut [u8],
     out: &mut Vec<Event>,

@@ -224,6 +224,7 @@ pub struct PathView {
     pub received: u64,
     pub lost: u64,
     pub windows: Vec<WindowStats>,
+    pub hops: Vec<HopRow>,
     pub history: Vec<HistoryPoint>,
 }
 
@@ -240,6 +241,23 @@ pub struct WindowStats {
     pub p90_us: Option<u64>,
     pub p99_us: Option<u64>,
     pub mos: Option<f64>,
+    /// STAMP paths: loss before the reflector and on the way back (null otherwise).
+    pub forward_loss: Option<f64>,
+    pub reverse_loss: Option<f64>,
+}
+
+/// One hop toward the target (ICMP paths with hop discovery), over the last minute.
+#[derive(Debug, Serialize)]
+pub struct HopRow {
+    pub ttl: u8,
+    pub addr: String,
+    pub role: &'static str,
+    pub sent: u64,
+    pub lost: u64,
+    pub loss: Option<f64>,
+    pub p50_us: Option<u64>,
+    /// The router rate-limits its ICMP answers: its loss is not the path's.
+    pub ratelimited: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -280,6 +298,32 @@ pub fn path(store: &Store, hist: &History, key: &PathKey, now_ms: u64) -> Option
                     )),
                     _ => None,
                 },
+                forward_loss: v.dir.as_deref().and_then(|d| {
+                    pathpulse_wire::stamp::Directional::forward_ratio(d.attributed, d.forward_lost)
+                }),
+                reverse_loss: v.dir.as_deref().and_then(|d| {
+                    pathpulse_wire::stamp::Directional::reverse_ratio(
+                        d.attributed,
+                        d.forward_lost,
+                        d.reverse_lost,
+                    )
+                }),
+            }
+        })
+        .collect();
+    let hops = pathpulse_metrics::localize::hop_views(st, now_ms)
+        .into_iter()
+        .map(|h| {
+            let one_min = &h.views[1].1;
+            HopRow {
+                ttl: h.ttl,
+                addr: h.state.addr.to_string(),
+                role: h.state.role.as_str(),
+                sent: h.state.counters.sent,
+                lost: h.state.counters.lost,
+                loss: loss_ratio(one_min.lost, one_min.received),
+                p50_us: one_min.hist.quantile(0.5),
+                ratelimited: h.ratelimited,
             }
         })
         .collect();
@@ -317,6 +361,7 @@ pub fn path(store: &Store, hist: &History, key: &PathKey, now_ms: u64) -> Option
         received: st.counters.received,
         lost: st.counters.lost,
         windows,
+        hops,
         history,
     })
 }

@@ -117,10 +117,22 @@ async fn agent(
     start: Instant,
 ) -> anyhow::Result<()> {
     let name = format!("load-{i}");
-    let conn = ep
-        .connect_with(cfg, args.aggregator, tls::SERVER_NAME)?
-        .await
-        .with_context(|| format!("{name}: connect"))?;
+    // A thousand handshakes at once can time out: try again, as a real agent would.
+    let mut attempt = 0;
+    let conn = loop {
+        attempt += 1;
+        match ep
+            .connect_with(cfg.clone(), args.aggregator, tls::SERVER_NAME)?
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if attempt < 5 => {
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                let _ = e;
+            }
+            Err(e) => return Err(anyhow!("{name}: connect: {e}")),
+        }
+    };
     let (mut send, mut recv) = conn.open_bi().await?;
     frame::write(
         &mut send,

@@ -12,6 +12,7 @@ mod loopback;
 mod package;
 mod prometheus;
 mod reload;
+mod remote_write;
 mod security;
 mod setup;
 mod stamp;

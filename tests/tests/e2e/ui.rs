@@ -132,7 +132,13 @@ fn path_schema() -> Value {
         "windows": [{
             "window": "enum:10s|1m|5m", "received": "u64", "lost": "u64",
             "loss": "number?", "loss_upper": "number?", "min_us": "u64?", "p50_us": "u64?",
-            "p90_us": "u64?", "p99_us": "u64?", "mos": "number?"
+            "p90_us": "u64?", "p99_us": "u64?", "mos": "number?",
+            "forward_loss": "number?", "reverse_loss": "number?"
+        }],
+        "hops": [{
+            "ttl": "u64", "addr": "string", "role": "enum:lan|cpe|isp|transit|target|unknown",
+            "sent": "u64", "lost": "u64", "loss": "number?", "p50_us": "u64?",
+            "ratelimited": "bool?"
         }],
         "history": [{
             "t_ms": "u64", "step_ms": "u64", "received": "u64", "lost": "u64",
