@@ -157,24 +157,49 @@ impl PathHistory {
     }
 }
 
-/// A path's history seen at one instant: what the rules read.
+/// A path's history seen at one instant: what the rules read. Window statistics are
+/// computed once per window length (several rules read the same one).
 struct PathView<'a> {
     h: &'a PathHistory,
     now_ms: u64,
     /// The agent's report interval: a window is never shorter than two of them.
     interval_ms: u64,
+    cache: std::cell::RefCell<Vec<WindowStats>>,
+}
+
+impl<'a> PathView<'a> {
+    fn new(h: &'a PathHistory, now_ms: u64, interval_ms: u64) -> PathView<'a> {
+        PathView {
+            h,
+            now_ms,
+            interval_ms,
+            cache: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The entries inside `window` (newest first).
+    fn entries(&self, window: Duration) -> impl Iterator<Item = &'a Entry> {
+        let w = (window.as_millis() as u64).max(2 * self.interval_ms);
+        let from = self.now_ms.saturating_sub(w);
+        self.h
+            .entries
+            .iter()
+            .rev()
+            .take_while(move |e| e.end_ms > from)
+    }
 }
 
 impl PathInput for PathView<'_> {
     fn window(&self, window: Duration) -> WindowStats {
-        let w = (window.as_millis() as u64).max(2 * self.interval_ms);
-        let from = self.now_ms.saturating_sub(w);
+        if let Some(s) = self.cache.borrow().iter().find(|s| s.window == window) {
+            return s.clone();
+        }
         let mut s = WindowStats {
             window,
             ..WindowStats::default()
         };
         let (mut jitter_sum, mut jitter_n) = (0.0, 0u32);
-        for e in self.h.entries.iter().rev().take_while(|e| e.end_ms > from) {
+        for e in self.entries(window) {
             s.received += e.received;
             s.lost += e.lost;
             s.rtt.merge(&e.rtt);
@@ -184,7 +209,13 @@ impl PathInput for PathView<'_> {
             }
         }
         s.jitter_us = (jitter_n > 0).then(|| jitter_sum / f64::from(jitter_n));
+        self.cache.borrow_mut().push(s.clone());
         s
+    }
+
+    fn counts(&self, window: Duration) -> (u64, u64) {
+        self.entries(window)
+            .fold((0, 0), |(r, l), e| (r + e.received, l + e.lost))
     }
 
     fn baseline_p50_us(&self) -> Option<u64> {
@@ -414,23 +445,25 @@ impl Engine {
                 self.keep_ms,
                 now_ms,
             );
-            for i in 0..self.rules.len() {
-                let rule = &self.rules[i];
-                if !rule.kind.per_path() || rule.kind == RuleKind::PathDown {
-                    continue;
-                }
-                let alertname: Arc<str> = Arc::from(rule.name.as_str());
-                let akey = AlertKey {
-                    alertname,
-                    subject: Subject::Path(key.clone()),
-                };
-                let view = PathView {
-                    h: &self.paths[&key],
-                    now_ms,
-                    interval_ms,
-                };
-                let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
-                let v = evaluate_path(rule, &view, &tracker, now_ms);
+            // Every rule reads the same view (window statistics computed once), then the
+            // trackers step.
+            let view = PathView::new(&self.paths[&key], now_ms, interval_ms);
+            let verdicts: Vec<(usize, AlertKey, Verdict)> = self
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.kind.per_path() && r.kind != RuleKind::PathDown)
+                .map(|(i, rule)| {
+                    let akey = AlertKey {
+                        alertname: Arc::from(rule.name.as_str()),
+                        subject: Subject::Path(key.clone()),
+                    };
+                    let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
+                    let v = evaluate_path(rule, &view, &tracker, now_ms);
+                    (i, akey, v)
+                })
+                .collect();
+            for (i, akey, v) in verdicts {
                 out.extend(self.step(i, akey, v, now_ms));
             }
         }
@@ -740,16 +773,7 @@ impl Engine {
             };
             let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
             let interval_ms = self.agents.get(&k.src).map_or(0, |a| a.interval_ms);
-            let mut v = evaluate_path(
-                r,
-                &PathView {
-                    h,
-                    now_ms,
-                    interval_ms,
-                },
-                &tracker,
-                now_ms,
-            );
+            let mut v = evaluate_path(r, &PathView::new(h, now_ms, interval_ms), &tracker, now_ms);
             // The source stopped reporting, or the target is an agent that did: the
             // agent-down alert says it once.
             if v.level == Level::Raise

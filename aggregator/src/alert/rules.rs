@@ -434,6 +434,12 @@ pub struct WindowStats {
 pub trait PathInput {
     /// Statistics of the reports that ended within `window` before now.
     fn window(&self, window: Duration) -> WindowStats;
+    /// Only the probe counts of [`PathInput::window`] (`received`, `lost`): what loss
+    /// rules need, without merging histograms.
+    fn counts(&self, window: Duration) -> (u64, u64) {
+        let s = self.window(window);
+        (s.received, s.lost)
+    }
     /// The path's baseline: median RTT over the last hour, µs (`None` while too young).
     fn baseline_p50_us(&self) -> Option<u64>;
     /// Time since the last reply (or since the path was first seen), and whether probes
@@ -605,7 +611,17 @@ pub fn evaluate_path(
             let Some((_, clear)) = thresholds(rule, input) else {
                 return Verdict::hold(rule.clear_window);
             };
-            match value_of(rule, &input.window(rule.clear_window)) {
+            let stats = if rule.kind == RuleKind::Loss {
+                let (received, lost) = input.counts(rule.clear_window);
+                WindowStats {
+                    received,
+                    lost,
+                    ..WindowStats::default()
+                }
+            } else {
+                input.window(rule.clear_window)
+            };
+            match value_of(rule, &stats) {
                 Some(v) => Verdict {
                     level: if worse(rule, v, clear) {
                         Level::Hold
@@ -623,7 +639,12 @@ pub fn evaluate_path(
             let z = z_one_sided(rule.confidence);
             let mut held = Verdict::hold(first);
             for &w in &raise_windows {
-                let s = input.window(w);
+                let (received, lost) = input.counts(w);
+                let s = WindowStats {
+                    received,
+                    lost,
+                    ..WindowStats::default()
+                };
                 let n = s.received + s.lost;
                 if n < rule.min_probes.max(1) {
                     continue;
