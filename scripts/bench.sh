@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side figures (not a test): agent CPU per probe against fping on the same 1,000
-# loopback targets, and agent memory with 10,000 targets. Run as root (ICMP, fping -p).
+# loopback targets, agent memory with 10,000 targets, and time to alert against
+# blackbox_exporter + Prometheus + Alertmanager. Run as root (ICMP, fping -p, namespaces).
 #   scripts/bench.sh            # prints each figure, its peer's and the ratio
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,3 +66,13 @@ sleep 2
 target/release/pathpulse-loadgen --state-dir "$agg_state" --aggregator 127.0.0.1:24470 \
   --agents "${LOADGEN_AGENTS:-1000}" --paths "${LOADGEN_PATHS:-100}" --duration-s 30 --pid "$agg"
 kill "$agg"; wait "$agg" 2>/dev/null || true
+
+echo "== 5. Time to alert: pathpulse vs blackbox_exporter + Prometheus + Alertmanager (about 25 minutes)"
+# The peer's exporter is needed only here.
+dpkg-query -W -f='${Status}' prometheus-blackbox-exporter 2>/dev/null | grep -q "install ok installed" || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-blackbox-exporter >/dev/null
+}
+cargo build --workspace --bins --locked -q
+cargo test -p pathpulse-tests --test e2e --locked -q -- --ignored --nocapture --exact \
+  alert_bench::alert_benchmark_against_blackbox_exporter 2>&1 | grep -E '^(trial|common|==|pathpulse|blackbox|ratio)|panicked'

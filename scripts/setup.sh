@@ -4,7 +4,7 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-PKGS=(fping iputils-ping iproute2 nftables prometheus chromium ca-certificates)
+PKGS=(fping iputils-ping iproute2 nftables prometheus prometheus-alertmanager chromium ca-certificates)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,8 +14,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian prometheus package starts a service on :9090 where systemd runs; the tests
-# start their own on free ports, so nothing else is needed.
+# The Debian prometheus and prometheus-alertmanager packages start services (:9090, :9093)
+# where systemd runs; the tests start their own on free ports, so nothing else is needed.
 command -v cargo >/dev/null || { echo "setup: cargo (Rust 1.95) is required" >&2; exit 1; }
 # cargo-deb builds the .deb packages (scripts/package.sh; the packaging test needs it and
 # never skips under CI=true). Compiled from crates.io: about a minute, once per machine.

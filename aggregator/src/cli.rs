@@ -22,6 +22,9 @@ Examples:
   # run for real
   pathpulse-aggregator run --listen 0.0.0.0:4470 --http 0.0.0.0:9470 --state-dir /var/lib/pathpulse
 
+  # with alerts to a webhook and to Alertmanager (both repeatable; default rules)
+  pathpulse-aggregator run --webhook https://hooks.example/pathpulse --alertmanager http://am:9093
+
   # a one-time enrollment token (printed once; the agent runs `pathpulse-agent enroll`)
   pathpulse-aggregator token create --ttl 1h --state-dir /var/lib/pathpulse
 

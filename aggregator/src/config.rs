@@ -8,6 +8,8 @@ use std::time::Duration;
 use pathpulse_agent::config::{ConfigError, ConfigErrors, parse_duration};
 use serde::Deserialize;
 
+use crate::alert::config::{AlertArgs, AlertConfig, AlertFile};
+
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4470";
 pub const DEFAULT_HTTP: &str = "0.0.0.0:9470";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pathpulse";
@@ -24,6 +26,8 @@ pub struct FileConfig {
     pub server_names: Option<Vec<String>>,
     pub stale_after: Option<String>,
     pub max_connections: Option<usize>,
+    /// Alert rules and receivers.
+    pub alert: Option<AlertFile>,
     pub remote_write: Option<RemoteWriteFile>,
     /// Cardinality budget: paths with per-path series (roll-ups always cover all).
     pub path_budget: Option<usize>,
@@ -60,6 +64,8 @@ pub struct RunArgs {
     /// An agent is down when no report arrived for this long, e.g. 30s.
     #[arg(long, value_name = "DUR", env = "PATHPULSE_STALE_AFTER")]
     pub stale_after: Option<String>,
+    #[command(flatten)]
+    pub alert: AlertArgs,
     /// Push every series to this Prometheus remote-write URL (Mimir, Thanos Receive,
     /// VictoriaMetrics, Prometheus with --web.enable-remote-write-receiver).
     #[arg(long, value_name = "URL", env = "PATHPULSE_REMOTE_WRITE")]
@@ -74,6 +80,7 @@ pub struct AggregatorConfig {
     pub server_names: Vec<String>,
     pub stale_after: Duration,
     pub max_connections: usize,
+    pub alert: AlertConfig,
     pub remote_write: Option<crate::remote_write::RemoteWriteConfig>,
     pub path_budget: Option<usize>,
     /// None: paths are never pruned.
@@ -136,6 +143,10 @@ impl AggregatorConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let alert = AlertConfig::resolve(file.alert.as_ref(), &args.alert).unwrap_or_else(|e| {
+            errs.extend(e);
+            AlertConfig::default()
+        });
         if file.path_budget == Some(0) {
             errs.push(ConfigError {
                 key: "path_budget".into(),
@@ -212,6 +223,7 @@ impl AggregatorConfig {
             server_names: file.server_names.unwrap_or_default(),
             stale_after,
             max_connections,
+            alert,
             remote_write,
             path_budget: file.path_budget,
             prune_after,
@@ -266,5 +278,18 @@ mod tests {
         let stale = parse_duration(&f.stale_after.expect("stale_after")).expect("duration");
         assert_eq!(stale, DEFAULT_STALE_AFTER);
         assert_eq!(f.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
+        let alert = AlertConfig::resolve(f.alert.as_ref(), &AlertArgs::default()).expect("valid");
+        assert_eq!(alert, AlertConfig::default());
+        let a = f.alert.expect("[alert]");
+        let (q, m) = (a.queue, a.max_attempts);
+        assert_eq!(
+            (q, m),
+            (
+                Some(crate::alert::deliver::DEFAULT_QUEUE),
+                Some(crate::alert::deliver::DEFAULT_MAX_ATTEMPTS)
+            )
+        );
+        let t = parse_duration(&a.timeout.expect("timeout")).expect("duration");
+        assert_eq!(t, crate::alert::deliver::DEFAULT_TIMEOUT);
     }
 }

@@ -13,6 +13,7 @@ use pathpulse_agent::target::TargetSpec;
 use pathpulse_agent::{RunError, run::IDENTITY_DIR};
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::config::{AlertArgs, AlertConfig};
 use crate::config::AggregatorConfig;
 use crate::{pki, server};
 
@@ -32,6 +33,8 @@ pub struct DemoArgs {
     /// Stop after this long (default: run until interrupted).
     #[arg(long, value_name = "DUR")]
     pub duration: Option<String>,
+    #[command(flatten)]
+    pub alert: AlertArgs,
 }
 
 /// The IPv4 default gateway from /proc/net/route, if any.
@@ -59,6 +62,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         .tempdir()
         .map_err(|e| RunError::Fatal(e.into()))?;
     let state: PathBuf = dir.path().to_path_buf();
+    let alert = AlertConfig::resolve(None, &args.alert)
+        .map_err(|e| RunError::Config(pathpulse_agent::config::ConfigErrors(e)))?;
     let cfg = AggregatorConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         http: args.http,
@@ -66,6 +71,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         server_names: vec![],
         stale_after: Duration::from_secs(10),
         max_connections: 64,
+        alert,
         remote_write: None,
         path_budget: None,
         prune_after: Some(crate::config::DEFAULT_PRUNE_AFTER),
@@ -117,6 +123,10 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
     println!("  page:     http://{http}/ (the live mesh)");
     println!("  metrics:  http://{http}/metrics");
     println!("  health:   http://{http}/healthz");
+    println!("  alerts:   http://{http}/api/alerts");
+    for r in &running.alerts.receivers {
+        println!("  alerts go to {} ({})", r.cfg.url, r.cfg.kind.as_str());
+    }
     println!(
         "  QUIC:     {} (mutual TLS, CA in {})",
         running.bound.quic,

@@ -17,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::Alerts;
 use crate::pki::AGENT_CERT_VALIDITY;
 use crate::state::{StateDb, TokenError};
 
@@ -31,6 +32,8 @@ pub struct Ingest {
     pub max_frame: u32,
     pub connections: Arc<Semaphore>,
     pub name: String,
+    /// The alert engine, told of every applied report.
+    pub alerts: Option<Arc<Alerts>>,
     pub auth: Arc<Auth>,
 }
 
@@ -90,8 +93,9 @@ impl Ingest {
             };
             let (store, max_frame, name) = (self.store.clone(), self.max_frame, self.name.clone());
             let auth = self.auth.clone();
+            let alerts = self.alerts.clone();
             tasks.spawn(async move {
-                handle_connection(incoming, store, max_frame, name, auth).await;
+                handle_connection(incoming, store, max_frame, name, auth, alerts).await;
                 drop(permit);
             });
         }
@@ -111,6 +115,7 @@ async fn handle_connection(
     max_frame: u32,
     name: String,
     auth: Arc<Auth>,
+    alerts: Option<Arc<Alerts>>,
 ) {
     let peer = incoming.remote_address();
     let conn = match incoming.await {
@@ -182,6 +187,9 @@ async fn handle_connection(
         }
     }
     tracing::info!(%peer, %agent, "agent connected");
+    if let Some(a) = &alerts {
+        a.agent_address(&agent, peer.ip().to_canonical());
+    }
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -201,6 +209,7 @@ async fn handle_connection(
                 validity,
                 auth: auth.clone(),
                 addr: peer,
+                alerts: alerts.clone(),
             },
         ));
     }
@@ -218,6 +227,8 @@ struct Peer {
     auth: Arc<Auth>,
     /// Where the connection comes from.
     addr: std::net::SocketAddr,
+    /// The alert engine, told of every applied report.
+    alerts: Option<Arc<Alerts>>,
 }
 
 /// Answer a renewal request: a new certificate for the connection's identity, when the
@@ -355,6 +366,7 @@ async fn send_refusal(send: &mut quinn::SendStream, reason: RefuseReason, detail
 
 async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, peer: Peer) {
     let (store, max_frame, agent, name) = (&peer.store, peer.max_frame, &peer.agent, &peer.name);
+    let alerts = &peer.alerts;
     let mut session = None;
     loop {
         let msg = match frame::read::<ClientMsg, _>(&mut recv, max_frame).await {
@@ -383,6 +395,9 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
             ),
             (ClientMsg::Hello(h), _) => {
                 session = Some(h.session);
+                if let Some(a) = &alerts {
+                    a.agent_hello(agent, h.site.as_deref(), h.isp.as_deref());
+                }
                 store.lock().unwrap_or_else(|e| e.into_inner()).hello(
                     agent,
                     h.site,
@@ -413,13 +428,15 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
             (ClientMsg::Report(r), Some(sess)) => match validate_report(&r) {
                 Err(why) => (Some((RefuseReason::Malformed, why)), None),
                 Ok(()) => {
-                    let applied = store.lock().unwrap_or_else(|e| e.into_inner()).apply_once(
-                        &r,
-                        sess,
-                        wall_clock_ms(),
-                    );
+                    let now = wall_clock_ms();
+                    let applied = store
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .apply_once(&r, sess, now);
                     if applied == Applied::Duplicate {
                         tracing::debug!(%agent, seq = r.seq, "replayed report acknowledged again");
+                    } else if let Some(a) = &alerts {
+                        a.on_report(&r, now);
                     }
                     (None, Some(ServerMsg::Ack { seq: r.seq }))
                 }

@@ -1,5 +1,6 @@
 //! pathpulse-aggregator: receives agent reports and exports them.
 //!
+//! - [`alert`]: alert rules, engine, delivery to webhooks and Alertmanager, state;
 //! - [`config`]: file, flags and environment;
 //! - [`pki`]: the CA and the certificates it issues;
 //! - [`state`]: enrollment tokens, issued and revoked certificates (redb);
@@ -9,6 +10,7 @@
 //! - [`server`]: the aggregator assembled; [`demo`]: aggregator plus local agents;
 //! - [`cli`]: the command line (`main.rs` only calls it).
 
+pub mod alert;
 pub mod cli;
 pub mod config;
 pub mod demo;

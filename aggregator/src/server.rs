@@ -37,6 +37,7 @@ pub struct Bound {
 pub struct Running {
     pub bound: Bound,
     pub store: SharedStore,
+    pub alerts: Arc<crate::alert::Alerts>,
     /// The main loops (ingest, store upkeep), for the systemd watchdog.
     pub liveness: Arc<Liveness>,
     pub done: tokio::task::JoinHandle<()>,
@@ -80,7 +81,16 @@ pub async fn start(
     store.path_budget = cfg.path_budget;
     store.prune_after_ms = cfg.prune_after.map(|d| d.as_millis() as u64);
     let store: SharedStore = Arc::new(Mutex::new(store));
+    let (alerts, alert_task) = crate::alert::start(
+        &cfg.alert,
+        &cfg.state_dir,
+        external_url(cfg, http),
+        Some(store.clone()),
+        shutdown.clone(),
+    )
+    .map_err(|e| config_err("state_dir", e.to_string()))?;
     let mut registry = export::registry(store.clone(), Role::Aggregator, export::wall_clock_ms);
+    export::register_alerts(&mut registry, alerts.clone());
     let rw_stats = Arc::new(crate::remote_write::RemoteWriteStats::default());
     if cfg.remote_write.is_some() {
         registry.register_collector(Box::new(crate::remote_write::StatsCollector(
@@ -101,7 +111,8 @@ pub async fn start(
     }
     let ready = Arc::new(AtomicBool::new(false));
     let app = crate::http::router(registry, ready.clone())
-        .merge(crate::ui::router(store.clone(), shutdown.clone()));
+        .merge(crate::ui::router(store.clone(), shutdown.clone()))
+        .merge(crate::alert::api::routes(alerts.clone()));
     let liveness = Liveness::new();
     let ingest = Ingest {
         beat: liveness.register("ingest"),
@@ -115,6 +126,7 @@ pub async fn start(
             .cloned()
             .unwrap_or_else(|| "pathpulse-aggregator".into()),
         auth: Arc::new(ingest::Auth { ca, state }),
+        alerts: Some(alerts.clone()),
     };
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();
@@ -141,16 +153,35 @@ pub async fn start(
                 upkeep.beat();
             }
         });
-        let _ = tokio::join!(ingest_task, http_task, expire_task);
+        let _ = tokio::join!(ingest_task, http_task, expire_task, alert_task);
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%quic, %http, state_dir = %cfg.state_dir.display(), "aggregator running");
     Ok(Running {
         bound: Bound { quic, http },
         store,
+        alerts,
         liveness,
         done,
     })
+}
+
+/// Base URL for links in alerts: configured, or this host and the HTTP port.
+fn external_url(cfg: &AggregatorConfig, http: SocketAddr) -> String {
+    if let Some(u) = &cfg.alert.external_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let host = if http.ip().is_unspecified() {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+    } else if http.is_ipv6() {
+        format!("[{}]", http.ip())
+    } else {
+        http.ip().to_string()
+    };
+    format!("http://{host}:{}", http.port())
 }
 
 /// Run until `shutdown` is cancelled, telling systemd (when it started us) that the

@@ -28,6 +28,7 @@ async fn start() -> Agg {
         server_names: vec![],
         stale_after: Duration::from_secs(30),
         max_connections: 16,
+        alert: Default::default(),
         remote_write: None,
         path_budget: None,
         prune_after: Some(pathpulse_aggregator::config::DEFAULT_PRUNE_AFTER),

@@ -549,6 +549,85 @@ impl Collector for IngestCollector {
     }
 }
 
+/// One alert receiver's counters, for the alert self-metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverCounts {
+    pub receiver: String,
+    pub sent: u64,
+    pub failed_attempts: u64,
+    pub dropped: u64,
+    pub queued: u64,
+}
+
+/// What the aggregator's alert engine exposes, read on every scrape.
+pub trait AlertSource: Send + Sync + std::fmt::Debug + 'static {
+    /// `(alertname, severity, alerts firing)` for every rule, zeros included.
+    fn firing(&self) -> Vec<(String, String, u64)>;
+    fn receivers(&self) -> Vec<ReceiverCounts>;
+}
+
+#[derive(Debug)]
+struct AlertCollector {
+    source: Arc<dyn AlertSource>,
+}
+
+impl Collector for AlertCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut m = enc.encode_descriptor(
+            "pathpulse_alerts_firing",
+            "Alerts firing now, by rule (alertname) and severity.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, severity, n) in self.source.firing() {
+            m.encode_family(&[
+                ("alertname", name.as_str()),
+                ("severity", severity.as_str()),
+            ])?
+            .encode_gauge(&(n as i64))?;
+        }
+        let receivers = self.source.receivers();
+        let mut m = enc.encode_descriptor(
+            "pathpulse_alert_notifications",
+            "Alert notifications per receiver: delivered (sent) or given up (dropped: retries exhausted, refused, or pushed out of a full queue).",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &receivers {
+            for (result, v) in [("sent", r.sent), ("dropped", r.dropped)] {
+                m.encode_family(&[("receiver", r.receiver.as_str()), ("result", result)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_alert_send_failures",
+            "Failed attempts to deliver alert notifications (each retry counts), per receiver.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &receivers {
+            m.encode_family(&[("receiver", r.receiver.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&r.failed_attempts, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_alert_queue_length",
+            "Alert notifications waiting for delivery, per receiver.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &receivers {
+            m.encode_family(&[("receiver", r.receiver.as_str())])?
+                .encode_gauge(&(r.queued as i64))?;
+        }
+        Ok(())
+    }
+}
+
+/// Add the alert engine's metrics to an aggregator's registry.
+pub fn register_alerts(reg: &mut Registry, source: Arc<dyn AlertSource>) {
+    reg.register_collector(Box::new(AlertCollector { source }));
+}
+
 /// Which self metrics a registry carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

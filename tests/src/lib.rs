@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod lab;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};
@@ -271,6 +272,20 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
             return None;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Poll `f` every 10 ms until it returns `Some` or `timeout` passes (for timing tests).
+pub fn wait_for_fast<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -71,6 +71,22 @@ impl Netns {
         Proc::start(name, Path::new("ip"), &a, logdir)
     }
 
+    /// Run `f` on a thread that entered this namespace: sockets it opens live there (a
+    /// listener bound inside stays there when handed back to another thread).
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                f()
+            })
+            .join()
+            .expect("thread in namespace")
+        })
+    }
+
     /// Move a device (e.g. a TUN of the emulator) into this namespace, address it, bring it up.
     pub fn adopt(&self, dev: &str, cidr: &str) {
         ip(&["link", "set", dev, "netns", &self.name]);

@@ -1,0 +1,956 @@
+//! The alert engine: keeps a short per-path history of reports, evaluates the rules as
+//! each report arrives and on a periodic tick (agent stale, path down), and turns verdicts
+//! into firing and resolved alerts. Pure: reports and `now` come in, alerts go out.
+//!
+//! The engine keeps its own history rather than reading the store's windows: those are
+//! 5 s slots keyed by the agent's clock, too coarse to alert within seconds. Each report
+//! here is one entry placed on the aggregator's clock: the agent's interval end plus the
+//! estimated offset between the two clocks (the smallest seen, allowed to grow slowly),
+//! so a replayed report lands where it belongs instead of looking fresh.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pathpulse_metrics::store::PathKey;
+use pathpulse_wire::{ProbeKind, Report, SparseHist};
+use serde::{Deserialize, Serialize};
+
+use super::rules::{
+    Level, PathInput, Rule, RuleKind, Tracker, Transition, Verdict, WindowStats, evaluate_agent,
+    evaluate_path,
+};
+
+/// Minute medians kept for the latency baseline.
+const BASELINE_MINUTES: usize = 60;
+/// Minute medians needed before the baseline is used.
+const BASELINE_MIN_MINUTES: usize = 5;
+/// A path without any report for this long is forgotten, and its alerts resolve.
+pub const FORGET_PATH_AFTER: Duration = Duration::from_secs(300);
+/// How fast the estimated clock offset of an agent may grow (ms per ms): lets it follow
+/// an agent clock stepped back within minutes, while a burst of replayed reports after an
+/// outage still lands in the past.
+const OFFSET_GROWTH: f64 = 0.05;
+
+/// What an alert is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Subject {
+    Path(PathKey),
+    Agent(Arc<str>),
+    /// Every agent probing this target lost it (a roll-up of path-down alerts).
+    Target {
+        dst: Arc<str>,
+        probe: ProbeKind,
+    },
+    /// Every path from one site to another is down (a roll-up of path-down alerts).
+    SitePair {
+        src_site: Arc<str>,
+        dst_site: Arc<str>,
+    },
+}
+
+/// One alert instance: a rule (by alertname) on a subject.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AlertKey {
+    pub alertname: Arc<str>,
+    pub subject: Subject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Pending,
+    Firing,
+    Resolved,
+}
+
+/// An alert as notified, persisted and shown by `GET /api/alerts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable id of the label set (FNV-1a 64, hex): the same on every aggregator.
+    pub fingerprint: String,
+    pub state: AlertState,
+    pub alertname: String,
+    /// Rule kind: loss, latency, jitter, mos, path_down, agent_stale.
+    pub kind: String,
+    pub severity: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// When the condition was first seen (ms since the epoch).
+    pub starts_at_ms: u64,
+    /// When it resolved; `None` while pending or firing.
+    pub ends_at_ms: Option<u64>,
+    /// The value compared, in the rule kind's unit (loss ratio, ms, MOS, seconds).
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    /// The window the value is over, seconds.
+    pub window_seconds: f64,
+}
+
+fn fnv64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Fingerprint of a label set: hex FNV-1a over `name=value\n` in name order.
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let text: String = labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    format!("{:016x}", fnv64(&text))
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    end_ms: u64,
+    sent: u64,
+    received: u64,
+    lost: u64,
+    rtt: SparseHist,
+    jitter_us: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PathHistory {
+    entries: VecDeque<Entry>,
+    first_seen_ms: u64,
+    last_data_ms: u64,
+    last_reply_ms: Option<u64>,
+    sent_since_reply: u64,
+    minute: u64,
+    minute_hist: SparseHist,
+    minute_p50s: VecDeque<u64>,
+}
+
+impl PathHistory {
+    fn add(&mut self, e: Entry, keep_ms: u64, now_ms: u64) {
+        if e.received > 0 {
+            self.last_reply_ms = Some(self.last_reply_ms.unwrap_or(0).max(e.end_ms));
+            self.sent_since_reply = 0;
+        } else {
+            self.sent_since_reply += e.sent;
+        }
+        let minute = e.end_ms / 60_000;
+        if minute > self.minute {
+            if let Some(p50) = self.minute_hist.quantile(0.5) {
+                if self.minute_p50s.len() >= BASELINE_MINUTES {
+                    self.minute_p50s.pop_front();
+                }
+                self.minute_p50s.push_back(p50);
+            }
+            self.minute = minute;
+            self.minute_hist = SparseHist::default();
+        }
+        if minute == self.minute {
+            self.minute_hist.merge(&e.rtt);
+        }
+        let pos = self.entries.partition_point(|x| x.end_ms <= e.end_ms);
+        self.entries.insert(pos, e);
+        self.last_data_ms = now_ms;
+        while self
+            .entries
+            .front()
+            .is_some_and(|x| x.end_ms + keep_ms < now_ms)
+        {
+            self.entries.pop_front();
+        }
+    }
+}
+
+/// A path's history seen at one instant: what the rules read. Window statistics are
+/// computed once per window length (several rules read the same one).
+struct PathView<'a> {
+    h: &'a PathHistory,
+    now_ms: u64,
+    /// The agent's report interval: a window is never shorter than two of them.
+    interval_ms: u64,
+    cache: std::cell::RefCell<Vec<WindowStats>>,
+}
+
+impl<'a> PathView<'a> {
+    fn new(h: &'a PathHistory, now_ms: u64, interval_ms: u64) -> PathView<'a> {
+        PathView {
+            h,
+            now_ms,
+            interval_ms,
+            cache: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The entries inside `window` (newest first).
+    fn entries(&self, window: Duration) -> impl Iterator<Item = &'a Entry> {
+        let w = (window.as_millis() as u64).max(2 * self.interval_ms);
+        let from = self.now_ms.saturating_sub(w);
+        self.h
+            .entries
+            .iter()
+            .rev()
+            .take_while(move |e| e.end_ms > from)
+    }
+}
+
+impl PathInput for PathView<'_> {
+    fn window(&self, window: Duration) -> WindowStats {
+        if let Some(s) = self.cache.borrow().iter().find(|s| s.window == window) {
+            return s.clone();
+        }
+        let mut s = WindowStats {
+            window,
+            ..WindowStats::default()
+        };
+        let (mut jitter_sum, mut jitter_n) = (0.0, 0u32);
+        for e in self.entries(window) {
+            s.received += e.received;
+            s.lost += e.lost;
+            s.rtt.merge(&e.rtt);
+            if let Some(j) = e.jitter_us {
+                jitter_sum += f64::from(j);
+                jitter_n += 1;
+            }
+        }
+        s.jitter_us = (jitter_n > 0).then(|| jitter_sum / f64::from(jitter_n));
+        self.cache.borrow_mut().push(s.clone());
+        s
+    }
+
+    fn counts(&self, window: Duration) -> (u64, u64) {
+        self.entries(window)
+            .fold((0, 0), |(r, l), e| (r + e.received, l + e.lost))
+    }
+
+    fn baseline_p50_us(&self) -> Option<u64> {
+        let m = &self.h.minute_p50s;
+        if m.len() < BASELINE_MIN_MINUTES {
+            return None;
+        }
+        let mut v: Vec<u64> = m.iter().copied().collect();
+        v.sort_unstable();
+        Some(v[v.len() / 2])
+    }
+
+    fn silence(&self) -> (Duration, bool) {
+        let since = self.h.last_reply_ms.unwrap_or(self.h.first_seen_ms);
+        (
+            Duration::from_millis(self.now_ms.saturating_sub(since)),
+            self.h.sent_since_reply > 0,
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct AgentInfo {
+    last_report_ms: u64,
+    interval_ms: u64,
+    /// Estimated aggregator clock minus agent clock at a report's arrival, ms.
+    offset_ms: Option<f64>,
+    addrs: BTreeSet<IpAddr>,
+    site: Option<Arc<str>>,
+    isp: Option<Arc<str>>,
+}
+
+impl AgentInfo {
+    fn silent(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.last_report_ms))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    tracker: Tracker,
+    /// The alert while pending or firing (labels, last values).
+    alert: Option<Alert>,
+}
+
+/// The engine's settings besides the rules.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Base URL of this aggregator's pages, for links in notifications.
+    pub external_url: String,
+}
+
+pub struct Engine {
+    rules: Vec<Rule>,
+    cfg: EngineConfig,
+    keep_ms: u64,
+    paths: BTreeMap<PathKey, PathHistory>,
+    agents: BTreeMap<Arc<str>, AgentInfo>,
+    slots: BTreeMap<AlertKey, Slot>,
+    /// When firing alerts were restored (ms); 0 if never.
+    restored_ms: u64,
+}
+
+fn fmt_value(kind: RuleKind, v: f64) -> String {
+    match kind {
+        RuleKind::Loss => format!("{:.1}%", v * 100.0),
+        RuleKind::Latency | RuleKind::Jitter => format!("{v:.1} ms"),
+        RuleKind::Mos => format!("{v:.2}"),
+        RuleKind::PathDown | RuleKind::AgentStale => format!("{v:.0} s"),
+    }
+}
+
+fn fmt_secs(d: f64) -> String {
+    if d >= 1.0 {
+        format!("{d:.0}s")
+    } else {
+        format!("{:.0}ms", d * 1000.0)
+    }
+}
+
+/// The host part of a target as written (`host`, `host:port`, `[v6]:port`).
+fn target_host(dst: &str) -> &str {
+    if let Some(rest) = dst.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match dst.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => h,
+        _ => dst,
+    }
+}
+
+impl Engine {
+    pub fn new(rules: Vec<Rule>, cfg: EngineConfig) -> Engine {
+        let keep_ms = rules
+            .iter()
+            .map(|r| r.longest_window().as_millis() as u64)
+            .max()
+            .unwrap_or(0)
+            + 10_000;
+        Engine {
+            rules,
+            cfg,
+            keep_ms,
+            paths: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            restored_ms: 0,
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Take back alerts that were firing before a restart: they fire on without a new
+    /// notification and resolve when their condition clears (or when their path sends
+    /// no data for [`FORGET_PATH_AFTER`] from now).
+    pub fn restore(&mut self, alerts: Vec<Alert>, now_ms: u64) {
+        self.restored_ms = now_ms;
+        for a in alerts {
+            let Some(subject) = subject_of(&a.labels) else {
+                continue;
+            };
+            if let Subject::Path(p) = &subject {
+                self.paths.entry(p.clone()).or_insert_with(|| PathHistory {
+                    first_seen_ms: now_ms,
+                    last_data_ms: now_ms,
+                    ..PathHistory::default()
+                });
+            }
+            let key = AlertKey {
+                alertname: Arc::from(a.alertname.as_str()),
+                subject,
+            };
+            self.slots.insert(
+                key,
+                Slot {
+                    tracker: Tracker::firing_since(a.starts_at_ms),
+                    alert: Some(a),
+                },
+            );
+        }
+    }
+
+    /// An agent's site and ISP (from its hello), added as labels to its alerts:
+    /// `src_site` and `isp` on its paths, `dst_site` on paths to it, `site` and `isp` on
+    /// its agent alert.
+    pub fn agent_hello(&mut self, agent: &str, site: Option<&str>, isp: Option<&str>) {
+        let a = self.agent_mut(agent);
+        a.site = site.map(Arc::from);
+        a.isp = isp.map(Arc::from);
+    }
+
+    /// The agent a target is (by name or by an address it connected from), if exactly one.
+    fn agent_of(&self, dst: &str) -> Option<&AgentInfo> {
+        let host = target_host(dst);
+        if let Some(a) = self.agents.get(host) {
+            return Some(a);
+        }
+        let ip = host.parse::<IpAddr>().ok()?;
+        let mut it = self.agents.values().filter(|a| a.addrs.contains(&ip));
+        match (it.next(), it.next()) {
+            (Some(a), None) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// An agent connected from `addr` (lets "agent X down" cover paths to X's address).
+    pub fn agent_address(&mut self, agent: &str, addr: IpAddr) {
+        self.agent_mut(agent).addrs.insert(addr);
+    }
+
+    fn agent_mut(&mut self, agent: &str) -> &mut AgentInfo {
+        if !self.agents.contains_key(agent) {
+            self.agents.insert(Arc::from(agent), AgentInfo::default());
+        }
+        self.agents.get_mut(agent).expect("inserted above")
+    }
+
+    /// Apply a report that ingest accepted; returns the alerts that fired or resolved.
+    pub fn on_report(&mut self, r: &Report, now_ms: u64) -> Vec<Alert> {
+        let agent = self.agent_mut(&r.agent);
+        let end_agent = r.interval_start_ms + u64::from(r.interval_ms);
+        let observed = now_ms as f64 - end_agent as f64;
+        let offset = match agent.offset_ms {
+            Some(prev) => {
+                let grown =
+                    prev + OFFSET_GROWTH * now_ms.saturating_sub(agent.last_report_ms) as f64;
+                grown.min(observed)
+            }
+            None => observed,
+        };
+        agent.offset_ms = Some(offset);
+        agent.last_report_ms = now_ms;
+        agent.interval_ms = u64::from(r.interval_ms);
+        let end_ms = (end_agent as f64 + offset).clamp(0.0, now_ms as f64) as u64;
+        let interval_ms = agent.interval_ms;
+        let src: Arc<str> = self
+            .agents
+            .get_key_value(r.agent.as_str())
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| Arc::from(r.agent.as_str()));
+
+        let mut out = Vec::new();
+        for p in &r.paths {
+            let key = PathKey {
+                src: src.clone(),
+                dst: Arc::from(p.dst.as_str()),
+                probe: p.probe(),
+            };
+            let h = self
+                .paths
+                .entry(key.clone())
+                .or_insert_with(|| PathHistory {
+                    first_seen_ms: now_ms,
+                    ..PathHistory::default()
+                });
+            h.add(
+                Entry {
+                    end_ms,
+                    sent: u64::from(p.sent),
+                    received: u64::from(p.received),
+                    lost: u64::from(p.lost),
+                    rtt: p.rtt.clone(),
+                    jitter_us: p.jitter_us,
+                },
+                self.keep_ms,
+                now_ms,
+            );
+            // Every rule reads the same view (window statistics computed once), then the
+            // trackers step.
+            let view = PathView::new(&self.paths[&key], now_ms, interval_ms);
+            let verdicts: Vec<(usize, AlertKey, Verdict)> = self
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.kind.per_path() && r.kind != RuleKind::PathDown)
+                .map(|(i, rule)| {
+                    let akey = AlertKey {
+                        alertname: Arc::from(rule.name.as_str()),
+                        subject: Subject::Path(key.clone()),
+                    };
+                    let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
+                    let v = evaluate_path(rule, &view, &tracker, now_ms);
+                    (i, akey, v)
+                })
+                .collect();
+            for (i, akey, v) in verdicts {
+                out.extend(self.step(i, akey, v, now_ms));
+            }
+        }
+        out
+    }
+
+    /// Feed a verdict to an alert's tracker; returns the alert if it fired or resolved.
+    fn step(&mut self, rule: usize, key: AlertKey, v: Verdict, now_ms: u64) -> Option<Alert> {
+        let r = &self.rules[rule];
+        let (raise_for, clear_for) = (r.raise_for, r.clear_for);
+        let slot = self.slots.entry(key.clone()).or_default();
+        let t = slot.tracker.step(v.level, now_ms, raise_for, clear_for);
+        let active = slot.tracker.phase != super::rules::Phase::Ok;
+        if !active && t.is_none() {
+            // Nothing to show or say: the common case, kept cheap.
+            if slot.tracker.resolved_ms.is_none() {
+                self.slots.remove(&key);
+            }
+            return None;
+        }
+        let starts_ms = match slot.tracker.phase {
+            super::rules::Phase::Pending { since_ms }
+            | super::rules::Phase::Firing { since_ms }
+            | super::rules::Phase::Resolving { since_ms, .. } => since_ms,
+            super::rules::Phase::Ok => match t {
+                Some(Transition::Resolved { starts_ms }) => starts_ms,
+                _ => now_ms,
+            },
+        };
+        let state = if slot.tracker.is_firing() {
+            AlertState::Firing
+        } else if active {
+            AlertState::Pending
+        } else {
+            AlertState::Resolved
+        };
+        let keep_labels = slot.alert.as_ref().map(|a| a.labels.clone());
+        let alert = self.describe(rule, &key, &v, state, starts_ms, now_ms, keep_labels);
+        let slot = self.slots.get_mut(&key).expect("inserted above");
+        if active {
+            slot.alert = Some(alert.clone());
+        } else {
+            slot.alert = None;
+        }
+        if !active && slot.tracker.resolved_ms.is_none() {
+            self.slots.remove(&key);
+        }
+        t.map(|_| alert)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn describe(
+        &self,
+        rule: usize,
+        key: &AlertKey,
+        v: &Verdict,
+        state: AlertState,
+        starts_ms: u64,
+        now_ms: u64,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> Alert {
+        let r = &self.rules[rule];
+        let labels = labels.unwrap_or_else(|| {
+            let mut l = r.labels.clone();
+            l.insert("alertname".into(), key.alertname.to_string());
+            l.insert("severity".into(), r.severity.clone());
+            match &key.subject {
+                Subject::Path(p) => {
+                    l.insert("src".into(), p.src.to_string());
+                    l.insert("dst".into(), p.dst.to_string());
+                    l.insert("probe".into(), p.probe.as_str().into());
+                    if let Some(a) = self.agents.get(&p.src) {
+                        if let Some(s) = &a.site {
+                            l.insert("src_site".into(), s.to_string());
+                        }
+                        if let Some(i) = &a.isp {
+                            l.insert("isp".into(), i.to_string());
+                        }
+                    }
+                    if let Some(s) = self.agent_of(&p.dst).and_then(|a| a.site.as_ref()) {
+                        l.insert("dst_site".into(), s.to_string());
+                    }
+                }
+                Subject::Agent(a) => {
+                    l.insert("agent".into(), a.to_string());
+                    if let Some(info) = self.agents.get(a) {
+                        if let Some(s) = &info.site {
+                            l.insert("site".into(), s.to_string());
+                        }
+                        if let Some(i) = &info.isp {
+                            l.insert("isp".into(), i.to_string());
+                        }
+                    }
+                }
+                Subject::Target { dst, probe } => {
+                    l.insert("dst".into(), dst.to_string());
+                    l.insert("probe".into(), probe.as_str().into());
+                }
+                Subject::SitePair { src_site, dst_site } => {
+                    l.insert("src_site".into(), src_site.to_string());
+                    l.insert("dst_site".into(), dst_site.to_string());
+                }
+            }
+            l
+        });
+        let what = match &key.subject {
+            Subject::Path(p) => format!("{} → {} ({})", p.src, p.dst, p.probe.as_str()),
+            Subject::Agent(a) => format!("agent {a}"),
+            Subject::Target { dst, probe } => {
+                format!("{dst} ({}) from every agent probing it", probe.as_str())
+            }
+            Subject::SitePair { src_site, dst_site } => {
+                format!("every path from site {src_site} to site {dst_site}")
+            }
+        };
+        let value = v.value.map(|x| fmt_value(r.kind, x));
+        let threshold = v.threshold.map(|x| fmt_value(r.kind, x));
+        let window = fmt_secs(v.window.as_secs_f64());
+        let summary = match r.kind {
+            RuleKind::Loss => format!(
+                "loss {} over {window} on {what}",
+                value.as_deref().unwrap_or("?")
+            ),
+            RuleKind::Latency => format!(
+                "RTT p{} {} over {window} on {what}",
+                r.quantile * 100.0,
+                value.as_deref().unwrap_or("?")
+            ),
+            RuleKind::Jitter => format!(
+                "jitter {} over {window} on {what}",
+                value.as_deref().unwrap_or("?")
+            ),
+            RuleKind::Mos => format!(
+                "MOS {} over {window} on {what}",
+                value.as_deref().unwrap_or("?")
+            ),
+            RuleKind::PathDown => format!("no reply for {window} on {what}"),
+            RuleKind::AgentStale => format!("no report for {window} from {what}"),
+        };
+        let mut ann = BTreeMap::new();
+        ann.insert("summary".into(), summary);
+        if let Some(x) = value {
+            ann.insert("value".into(), x);
+        }
+        if let Some(x) = threshold {
+            ann.insert("threshold".into(), x);
+        }
+        ann.insert("window".into(), window);
+        ann.insert(
+            "link".into(),
+            format!("{}/", self.cfg.external_url.trim_end_matches('/')),
+        );
+        Alert {
+            fingerprint: fingerprint(&labels),
+            state,
+            alertname: key.alertname.to_string(),
+            kind: r.kind.as_str().into(),
+            severity: r.severity.clone(),
+            labels,
+            annotations: ann,
+            starts_at_ms: starts_ms,
+            ends_at_ms: (state == AlertState::Resolved).then_some(now_ms),
+            value: v.value,
+            threshold: v.threshold,
+            window_seconds: v.window.as_secs_f64(),
+        }
+    }
+
+    /// Agents whose reports stopped, per the first agent-stale rule (or the default).
+    fn stale_agents(&self, now_ms: u64) -> BTreeSet<Arc<str>> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.kind == RuleKind::AgentStale)
+            .cloned()
+            .unwrap_or_else(|| Rule::default_for(RuleKind::AgentStale));
+        self.agents
+            .iter()
+            .filter(|(_, a)| a.last_report_ms > 0)
+            .filter(|(_, a)| {
+                evaluate_agent(
+                    &rule,
+                    a.silent(now_ms),
+                    Duration::from_millis(a.interval_ms),
+                )
+                .level
+                    == Level::Raise
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Whether `dst` is (the address of) an agent that stopped reporting: its paths are
+    /// covered by the one "agent down" alert.
+    fn dst_is_stale_agent(&self, dst: &str, stale: &BTreeSet<Arc<str>>) -> bool {
+        let host = target_host(dst);
+        if stale.contains(host) {
+            return true;
+        }
+        let Ok(ip) = host.parse::<IpAddr>() else {
+            return false;
+        };
+        let mut owners = self.agents.iter().filter(|(_, a)| a.addrs.contains(&ip));
+        let mut any = false;
+        let all_stale = owners.all(|(n, _)| {
+            any = true;
+            stale.contains(n)
+        });
+        any && all_stale
+    }
+
+    /// Periodic evaluation: agents that stopped reporting, paths without replies (rolled
+    /// up per target), and forgetting paths nobody reports any more.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        let stale = self.stale_agents(now_ms);
+        for i in 0..self.rules.len() {
+            match self.rules[i].kind {
+                RuleKind::AgentStale => {
+                    let verdicts: Vec<(Arc<str>, Verdict)> = self
+                        .agents
+                        .iter()
+                        .filter(|(_, a)| a.last_report_ms > 0)
+                        .map(|(n, a)| {
+                            (
+                                n.clone(),
+                                evaluate_agent(
+                                    &self.rules[i],
+                                    a.silent(now_ms),
+                                    Duration::from_millis(a.interval_ms),
+                                ),
+                            )
+                        })
+                        .collect();
+                    for (n, v) in verdicts {
+                        let key = AlertKey {
+                            alertname: Arc::from(self.rules[i].name.as_str()),
+                            subject: Subject::Agent(n),
+                        };
+                        out.extend(self.step(i, key, v, now_ms));
+                    }
+                }
+                RuleKind::PathDown => out.extend(self.tick_path_down(i, &stale, now_ms)),
+                _ => {}
+            }
+        }
+        // Forget paths nobody reports; their alerts resolve.
+        let forget: Vec<PathKey> = self
+            .paths
+            .iter()
+            .filter(|(_, h)| h.last_data_ms + FORGET_PATH_AFTER.as_millis() as u64 <= now_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &forget {
+            self.paths.remove(k);
+        }
+        let orphans: Vec<AlertKey> = self
+            .slots
+            .keys()
+            .filter(|k| match &k.subject {
+                Subject::Path(p) => !self.paths.contains_key(p),
+                Subject::Target { dst, probe } => {
+                    self.restored_ms + FORGET_PATH_AFTER.as_millis() as u64 <= now_ms
+                        && !self
+                            .paths
+                            .keys()
+                            .any(|p| &p.dst == dst && p.probe == *probe)
+                }
+                Subject::Agent(_) => false,
+                Subject::SitePair { .. } => {
+                    self.restored_ms + FORGET_PATH_AFTER.as_millis() as u64 <= now_ms
+                        && self.paths.is_empty()
+                }
+            })
+            .cloned()
+            .collect();
+        for k in orphans {
+            if let Some(mut slot) = self.slots.remove(&k)
+                && slot.tracker.is_firing()
+                && let Some(mut a) = slot.alert.take()
+            {
+                a.state = AlertState::Resolved;
+                a.ends_at_ms = Some(now_ms);
+                a.annotations.insert(
+                    "summary".into(),
+                    format!("{} (no data any more)", a.annotations["summary"]),
+                );
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    fn tick_path_down(
+        &mut self,
+        rule: usize,
+        stale: &BTreeSet<Arc<str>>,
+        now_ms: u64,
+    ) -> Vec<Alert> {
+        let r = &self.rules[rule];
+        let name: Arc<str> = Arc::from(r.name.as_str());
+        let mut verdicts: Vec<(PathKey, Verdict)> = Vec::new();
+        for (k, h) in &self.paths {
+            let akey = AlertKey {
+                alertname: name.clone(),
+                subject: Subject::Path(k.clone()),
+            };
+            let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
+            let interval_ms = self.agents.get(&k.src).map_or(0, |a| a.interval_ms);
+            let mut v = evaluate_path(r, &PathView::new(h, now_ms, interval_ms), &tracker, now_ms);
+            // The source stopped reporting, or the target is an agent that did: the
+            // agent-down alert says it once.
+            if v.level == Level::Raise
+                && (stale.contains(&k.src) || self.dst_is_stale_agent(&k.dst, stale))
+            {
+                v.level = Level::Hold;
+            }
+            verdicts.push((k.clone(), v));
+        }
+        // Roll up: per target, when every (reporting) agent probing it lost it; then per
+        // site pair, when every remaining path from one site to the other is down. At
+        // least two paths each: one alert instead of one per path.
+        let mut covered = vec![false; verdicts.len()];
+        let mut out = Vec::new();
+        let target_rollup: Arc<str> = Arc::from(self.rules[rule].rollup_name.as_str());
+        let site_rollup: Arc<str> = Arc::from(self.rules[rule].site_rollup_name.as_str());
+        self.roll_up(
+            rule,
+            target_rollup,
+            &verdicts,
+            &mut covered,
+            stale,
+            |_, k| {
+                Some(Subject::Target {
+                    dst: k.dst.clone(),
+                    probe: k.probe,
+                })
+            },
+            now_ms,
+            &mut out,
+        );
+        self.roll_up(
+            rule,
+            site_rollup,
+            &verdicts,
+            &mut covered,
+            stale,
+            |e, k| {
+                let src_site = e.agents.get(&k.src)?.site.clone()?;
+                let dst_site = e.agent_of(&k.dst)?.site.clone()?;
+                Some(Subject::SitePair { src_site, dst_site })
+            },
+            now_ms,
+            &mut out,
+        );
+        for ((k, mut v), covered) in verdicts.into_iter().zip(covered) {
+            if v.level == Level::Raise && covered {
+                v.level = Level::Hold;
+            }
+            let key = AlertKey {
+                alertname: name.clone(),
+                subject: Subject::Path(k),
+            };
+            if v.level == Level::Hold && !self.slots.contains_key(&key) {
+                continue;
+            }
+            out.extend(self.step(rule, key, v, now_ms));
+        }
+        out
+    }
+
+    /// One roll-up level of path-down verdicts: paths grouped by `group_of` (skipping
+    /// covered ones and stale sources); a group of two or more paths that all raise is
+    /// one alert on the group's subject, and its paths become covered. A group alert
+    /// already firing resolves once none of its paths is down.
+    #[allow(clippy::too_many_arguments)]
+    fn roll_up(
+        &mut self,
+        rule: usize,
+        alertname: Arc<str>,
+        verdicts: &[(PathKey, Verdict)],
+        covered: &mut [bool],
+        stale: &BTreeSet<Arc<str>>,
+        group_of: impl Fn(&Engine, &PathKey) -> Option<Subject>,
+        now_ms: u64,
+        out: &mut Vec<Alert>,
+    ) {
+        let mut groups: BTreeMap<Subject, (usize, usize, Option<Verdict>, Vec<usize>)> =
+            BTreeMap::new();
+        for (i, (k, v)) in verdicts.iter().enumerate() {
+            if covered[i] || stale.contains(&k.src) {
+                continue;
+            }
+            let Some(g) = group_of(self, k) else {
+                continue;
+            };
+            let e = groups.entry(g).or_insert((0, 0, None, Vec::new()));
+            e.0 += 1;
+            e.3.push(i);
+            if v.level == Level::Raise {
+                e.1 += 1;
+                e.2.get_or_insert_with(|| v.clone());
+            }
+        }
+        for (subject, (n, down, v, members)) in groups {
+            let rolled = n >= 2 && n == down;
+            let key = AlertKey {
+                alertname: alertname.clone(),
+                subject,
+            };
+            let firing = self.slots.get(&key).is_some_and(|s| s.tracker.is_firing());
+            if rolled {
+                for i in members {
+                    covered[i] = true;
+                }
+            } else if !firing {
+                continue;
+            }
+            let v = match (rolled, v) {
+                (true, Some(v)) => v,
+                _ => Verdict {
+                    level: if down == 0 { Level::Clear } else { Level::Hold },
+                    value: None,
+                    threshold: None,
+                    window: Duration::ZERO,
+                },
+            };
+            out.extend(self.step(rule, key, v, now_ms));
+        }
+    }
+
+    /// Alerts pending or firing now, firing first, then by name and labels.
+    pub fn active(&self) -> Vec<Alert> {
+        let mut v: Vec<Alert> = self
+            .slots
+            .values()
+            .filter_map(|s| s.alert.clone())
+            .collect();
+        v.sort_by(|a, b| {
+            (a.state != AlertState::Firing, &a.alertname, &a.labels).cmp(&(
+                b.state != AlertState::Firing,
+                &b.alertname,
+                &b.labels,
+            ))
+        });
+        v
+    }
+
+    /// Firing alerts only.
+    pub fn firing(&self) -> Vec<Alert> {
+        self.active()
+            .into_iter()
+            .filter(|a| a.state == AlertState::Firing)
+            .collect()
+    }
+}
+
+/// The subject an alert's labels name (used when restoring persisted alerts).
+fn subject_of(l: &BTreeMap<String, String>) -> Option<Subject> {
+    let probe = |s: &str| match s {
+        "icmp" => Some(ProbeKind::Icmp),
+        "tcp" => Some(ProbeKind::Tcp),
+        "stamp" => Some(ProbeKind::Stamp),
+        "dns" => Some(ProbeKind::Dns),
+        _ => None,
+    };
+    match (l.get("src"), l.get("dst"), l.get("probe"), l.get("agent")) {
+        (Some(s), Some(d), Some(p), _) => Some(Subject::Path(PathKey {
+            src: Arc::from(s.as_str()),
+            dst: Arc::from(d.as_str()),
+            probe: probe(p)?,
+        })),
+        (None, Some(d), Some(p), _) => Some(Subject::Target {
+            dst: Arc::from(d.as_str()),
+            probe: probe(p)?,
+        }),
+        (_, _, _, Some(a)) => Some(Subject::Agent(Arc::from(a.as_str()))),
+        _ => match (l.get("src_site"), l.get("dst_site")) {
+            (Some(s), Some(d)) => Some(Subject::SitePair {
+                src_site: Arc::from(s.as_str()),
+                dst_site: Arc::from(d.as_str()),
+            }),
+            _ => None,
+        },
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

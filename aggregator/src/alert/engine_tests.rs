@@ -1,0 +1,382 @@
+//! Engine scenarios: reports in, alerts out.
+
+use super::*;
+use pathpulse_wire::{AgentHealth, PathReport};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn engine() -> Engine {
+    Engine::new(
+        Rule::defaults(),
+        EngineConfig {
+            external_url: "http://agg.example:9470".into(),
+        },
+    )
+}
+
+/// One report of `agent` for the second ending at `end_ms`: per target (dst, received, lost).
+fn report(agent: &str, end_ms: u64, paths: &[(&str, u32, u32)]) -> Report {
+    Report {
+        seq: end_ms / 1000,
+        agent: agent.into(),
+        interval_start_ms: end_ms - 1000,
+        interval_ms: 1000,
+        paths: paths
+            .iter()
+            .map(|&(dst, received, lost)| {
+                let mut p = PathReport {
+                    dst: dst.into(),
+                    sent: received + lost,
+                    received,
+                    lost,
+                    ..PathReport::default()
+                };
+                for _ in 0..received {
+                    p.rtt.record(1_000);
+                }
+                p
+            })
+            .collect(),
+        health: AgentHealth::default(),
+    }
+}
+
+fn names(v: &[Alert]) -> Vec<(String, AlertState)> {
+    v.iter().map(|a| (a.alertname.clone(), a.state)).collect()
+}
+
+#[test]
+fn loss_fires_with_path_values_and_resolves() {
+    let mut e = engine();
+    let mut fired = None;
+    let mut resolved = None;
+    for s in 1..=120u64 {
+        let now = T0 + s * 1000;
+        let lost = if (30..60).contains(&s) { 3 } else { 0 };
+        let mut out = e.on_report(&report("a", now, &[("192.0.2.1", 10 - lost, lost)]), now);
+        out.extend(e.tick(now));
+        for a in out.into_iter().filter(|a| a.alertname == "PathpulseLoss") {
+            match a.state {
+                AlertState::Firing if fired.is_none() => fired = Some((s, a)),
+                AlertState::Resolved => resolved = Some((s, a)),
+                st => panic!("unexpected {st:?} at {s}: {a:?}"),
+            }
+        }
+    }
+    let (s, a) = fired.expect("fired");
+    assert!((30..=34).contains(&s), "fired at {s}");
+    assert_eq!(a.alertname, "PathpulseLoss");
+    assert_eq!(a.labels["src"], "a");
+    assert_eq!(a.labels["dst"], "192.0.2.1");
+    assert_eq!(a.labels["probe"], "icmp");
+    assert_eq!(a.labels["severity"], "warning");
+    assert!(a.value.is_some_and(|v| (0.2..0.4).contains(&v)), "{a:?}");
+    assert!(a.annotations["summary"].contains("a → 192.0.2.1"), "{a:?}");
+    assert_eq!(a.annotations["link"], "http://agg.example:9470/");
+    let (s2, r) = resolved.expect("resolved");
+    assert!((60..=110).contains(&s2), "resolved at {s2}");
+    assert_eq!(r.fingerprint, a.fingerprint, "same alert");
+    assert_eq!(r.starts_at_ms, a.starts_at_ms);
+    assert_eq!(r.ends_at_ms, Some(T0 + s2 * 1000));
+    assert!(e.active().is_empty());
+}
+
+#[test]
+fn one_alert_for_an_agent_that_stops_not_one_per_path() {
+    let mut e = engine();
+    e.agent_address("b", "10.0.0.2".parse().expect("ip"));
+    let mut all = Vec::new();
+    for s in 1..=60u64 {
+        let now = T0 + s * 1000;
+        // a and c probe b's address and an external target; b reports until 20 s, and
+        // from then on nobody gets replies from b.
+        let b_up = s < 20;
+        let rx = if b_up { 10 } else { 0 };
+        for agent in ["a", "c"] {
+            all.extend(e.on_report(
+                &report(
+                    agent,
+                    now,
+                    &[("10.0.0.2", rx, 10 - rx), ("192.0.2.1", 10, 0)],
+                ),
+                now,
+            ));
+        }
+        if b_up {
+            all.extend(e.on_report(&report("b", now, &[("192.0.2.1", 10, 0)]), now));
+        }
+        all.extend(e.tick(now));
+    }
+    let firing: Vec<_> = all
+        .iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .collect();
+    let kinds: Vec<&str> = firing.iter().map(|a| a.alertname.as_str()).collect();
+    // Loss on the paths to b fires at once (100% loss is loss); path-down alerts for
+    // them do not: the agent-down alert covers them.
+    assert!(
+        firing
+            .iter()
+            .any(|a| a.alertname == "PathpulseAgentDown" && a.labels["agent"] == "b"),
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&"PathpulsePathDown") && !kinds.contains(&"PathpulseTargetDown"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "PathpulseAgentDown").count(),
+        1
+    );
+}
+
+#[test]
+fn a_target_lost_by_every_agent_is_one_alert() {
+    let mut e = engine();
+    let mut all = Vec::new();
+    for s in 1..=40u64 {
+        let now = T0 + s * 1000;
+        let rx = if s < 10 { 10 } else { 0 };
+        for agent in ["a", "c"] {
+            all.extend(e.on_report(&report(agent, now, &[("192.0.2.9", rx, 10 - rx)]), now));
+        }
+        all.extend(e.tick(now));
+    }
+    let down: Vec<_> = all
+        .iter()
+        .filter(|a| a.kind == "path_down")
+        .map(|a| (a.alertname.as_str(), a.labels.get("src").cloned()))
+        .collect();
+    assert_eq!(down, [("PathpulseTargetDown", None)], "{all:?}");
+    // One source sees it again: the roll-up resolves once none is down.
+    for s in 41..=45u64 {
+        let now = T0 + s * 1000;
+        for agent in ["a", "c"] {
+            all.extend(e.on_report(&report(agent, now, &[("192.0.2.9", 10, 0)]), now));
+        }
+        all.extend(e.tick(now));
+    }
+    assert!(
+        all.iter()
+            .any(|a| a.alertname == "PathpulseTargetDown" && a.state == AlertState::Resolved)
+    );
+}
+
+#[test]
+fn restored_alerts_fire_on_silently_and_resolve() {
+    let mut first = engine();
+    let mut fired = Vec::new();
+    for s in 1..=10u64 {
+        let now = T0 + s * 1000;
+        fired.extend(first.on_report(&report("a", now, &[("192.0.2.1", 5, 5)]), now));
+    }
+    fired.retain(|a| a.alertname == "PathpulseLoss");
+    assert_eq!(
+        names(&fired),
+        [("PathpulseLoss".to_string(), AlertState::Firing)]
+    );
+    let saved: Vec<Alert> = first
+        .firing()
+        .into_iter()
+        .filter(|a| a.alertname == "PathpulseLoss")
+        .collect();
+
+    // "Restart": a new engine takes the firing alerts back.
+    let mut e = engine();
+    e.restore(saved.clone(), T0 + 19_000);
+    // The first tick after the restart, before any report, keeps them.
+    assert!(e.tick(T0 + 19_500).is_empty());
+    assert_eq!(e.firing(), saved);
+    let mut out = Vec::new();
+    for s in 20..=30u64 {
+        let now = T0 + s * 1000;
+        out.extend(e.on_report(&report("a", now, &[("192.0.2.1", 5, 5)]), now));
+    }
+    out.retain(|a| a.alertname == "PathpulseLoss");
+    assert!(out.is_empty(), "no second firing notification: {out:?}");
+    for s in 31..=100u64 {
+        let now = T0 + s * 1000;
+        out.extend(e.on_report(&report("a", now, &[("192.0.2.1", 10, 0)]), now));
+    }
+    out.retain(|a| a.alertname == "PathpulseLoss");
+    assert_eq!(
+        names(&out),
+        [("PathpulseLoss".to_string(), AlertState::Resolved)]
+    );
+    assert_eq!(out[0].starts_at_ms, saved[0].starts_at_ms);
+}
+
+#[test]
+fn replayed_reports_do_not_look_fresh() {
+    let mut e = engine();
+    for s in 1..=30u64 {
+        let now = T0 + s * 1000;
+        assert!(
+            e.on_report(&report("a", now, &[("192.0.2.1", 10, 0)]), now)
+                .is_empty()
+        );
+    }
+    // After an outage the agent replays 20 lossy reports from long ago in one burst.
+    let now = T0 + 200_000;
+    let mut out = Vec::new();
+    for s in 100..120u64 {
+        out.extend(e.on_report(
+            &report("a", T0 + s * 1000 - 90_000, &[("192.0.2.1", 5, 5)]),
+            now,
+        ));
+    }
+    assert!(
+        out.iter().all(|a| a.alertname != "PathpulseLoss"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn labels_and_fingerprints_are_the_same_on_every_aggregator() {
+    let run = || {
+        let mut e = engine();
+        let mut out = Vec::new();
+        for s in 1..=10u64 {
+            let now = T0 + s * 1000 + 37; // a different arrival jitter changes nothing
+            out.extend(e.on_report(&report("a", now - 37, &[("192.0.2.1", 5, 5)]), now));
+        }
+        out
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a[0].labels, b[0].labels);
+    assert_eq!(a[0].fingerprint, b[0].fingerprint);
+    assert_eq!(fingerprint(&a[0].labels), a[0].fingerprint);
+    assert_eq!(target_host("[2001:db8::1]:443"), "2001:db8::1");
+    assert_eq!(target_host("example.net:443"), "example.net");
+    assert_eq!(target_host("2001:db8::1"), "2001:db8::1");
+}
+
+#[test]
+fn an_agent_that_only_connected_is_not_down() {
+    let mut e = engine();
+    e.agent_address("x", "10.0.0.9".parse().expect("ip"));
+    assert!(e.tick(T0 + 60_000).is_empty());
+}
+
+#[test]
+fn site_and_isp_from_the_hello_label_the_alerts() {
+    let mut e = engine();
+    e.agent_hello("a", Some("paris"), Some("isp-x"));
+    e.agent_hello("b", Some("lyon"), None);
+    e.agent_address("b", "10.0.0.2".parse().expect("ip"));
+    let mut out = Vec::new();
+    for s in 1..=10u64 {
+        let now = T0 + s * 1000;
+        out.extend(e.on_report(&report("a", now, &[("10.0.0.2", 5, 5)]), now));
+        out.extend(e.on_report(&report("b", now, &[("192.0.2.1", 10, 0)]), now));
+    }
+    let a = out
+        .iter()
+        .find(|a| a.alertname == "PathpulseLoss")
+        .expect("loss alert");
+    assert_eq!(a.labels["src_site"], "paris");
+    assert_eq!(a.labels["isp"], "isp-x");
+    assert_eq!(a.labels["dst_site"], "lyon", "10.0.0.2 is agent b");
+    let now = T0 + 30_000;
+    let down = e.tick(now);
+    let b = down
+        .iter()
+        .find(|a| a.alertname == "PathpulseAgentDown")
+        .expect("a and b stopped");
+    assert!(b.labels.contains_key("site"), "{b:?}");
+}
+
+#[test]
+fn a_cut_between_two_sites_is_one_alert() {
+    // p1, p2 in paris and b1 in berlin probe l1, l2 in lyon. The paris → lyon link goes
+    // down: four paths lose their replies, berlin still reaches lyon (so no target is
+    // down from every agent): one site-pair alert.
+    let mut e = engine();
+    for (a, site, ip) in [
+        ("p1", "paris", "10.1.0.1"),
+        ("p2", "paris", "10.1.0.2"),
+        ("b1", "berlin", "10.2.0.1"),
+        ("l1", "lyon", "10.3.0.1"),
+        ("l2", "lyon", "10.3.0.2"),
+    ] {
+        e.agent_hello(a, Some(site), None);
+        e.agent_address(a, ip.parse().expect("ip"));
+    }
+    let mut all = Vec::new();
+    for s in 1..=40u64 {
+        let now = T0 + s * 1000;
+        let rx = if s < 10 { 10 } else { 0 };
+        for a in ["p1", "p2"] {
+            all.extend(e.on_report(
+                &report(
+                    a,
+                    now,
+                    &[("10.3.0.1", rx, 10 - rx), ("10.3.0.2", rx, 10 - rx)],
+                ),
+                now,
+            ));
+        }
+        all.extend(e.on_report(
+            &report("b1", now, &[("10.3.0.1", 10, 0), ("10.3.0.2", 10, 0)]),
+            now,
+        ));
+        for a in ["l1", "l2"] {
+            all.extend(e.on_report(&report(a, now, &[("10.2.0.1", 10, 0)]), now));
+        }
+        all.extend(e.tick(now));
+    }
+    let down: Vec<_> = all
+        .iter()
+        .filter(|a| a.kind == "path_down")
+        .map(|a| (a.alertname.as_str(), a.labels.clone()))
+        .collect();
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert_eq!(down[0].0, "PathpulseSitePairDown");
+    assert_eq!(down[0].1["src_site"], "paris");
+    assert_eq!(down[0].1["dst_site"], "lyon");
+    assert!(!down[0].1.contains_key("src"));
+}
+
+#[test]
+#[ignore = "timing figure: cargo test --release -- --ignored --nocapture engine_cost"]
+fn engine_cost_per_path_report() {
+    // 1,000 paths of one agent, 10 probes per report with RTTs spread over 30 values,
+    // reports every second for 60 s (all windows full), then time 20 more reports.
+    let mut e = engine();
+    let dsts: Vec<String> = (0..1000)
+        .map(|i| format!("10.9.{}.{}", i / 250, i % 250))
+        .collect();
+    let mk = |end: u64| {
+        let mut r = report("a", end, &[]);
+        for (i, d) in dsts.iter().enumerate() {
+            let mut p = PathReport {
+                dst: d.clone(),
+                sent: 10,
+                received: 10,
+                ..PathReport::default()
+            };
+            for k in 0..10u64 {
+                p.rtt.record(1_000 + (i as u64 * 7 + k * 13) % 30 * 10);
+            }
+            p.jitter_us = Some(50);
+            r.paths.push(p);
+        }
+        r
+    };
+    for s in 1..=60u64 {
+        let now = T0 + s * 1000;
+        e.on_report(&mk(now), now);
+    }
+    let reports: Vec<Report> = (61..=80u64).map(|s| mk(T0 + s * 1000)).collect();
+    let t = std::time::Instant::now();
+    for (i, r) in reports.iter().enumerate() {
+        let now = T0 + (61 + i as u64) * 1000;
+        e.on_report(r, now);
+        e.tick(now);
+    }
+    let per = t.elapsed().as_secs_f64() / 20_000.0;
+    println!(
+        "alert engine: {:.1} µs per path-report (6 default rules, windows full)",
+        per * 1e6
+    );
+}

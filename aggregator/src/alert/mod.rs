@@ -1,0 +1,302 @@
+//! Real-time alerts, decided inside the aggregator as reports arrive.
+//!
+//! - [`rules`]: rules, thresholds with hysteresis, and their pure evaluation;
+//! - [`engine`]: per-path history, evaluation as reports arrive and on a tick, alerts out;
+//! - [`deliver`]: webhooks (Alertmanager webhook format) and Alertmanager's v2 API;
+//! - [`state`]: firing alerts persisted across restarts (redb);
+//! - [`verdict`]: the localization verdict that explains an alert (its annotation);
+//! - [`api`]: `GET /api/alerts`;
+//! - [`config`]: the `[alert]` table and the `--webhook` / `--alertmanager` flags.
+//!
+//! This module is the shell around them: [`Alerts`] is what ingest and HTTP hold, and
+//! [`start`] runs the tick, the dispatcher (persist, then queue to every receiver) and
+//! one task per receiver.
+
+pub mod api;
+pub mod config;
+pub mod deliver;
+pub mod engine;
+pub mod rules;
+pub mod state;
+pub mod verdict;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pathpulse_metrics::SharedStore;
+use pathpulse_metrics::export::{AlertSource, ReceiverCounts, wall_clock_ms};
+use pathpulse_metrics::localize::{self, Thresholds};
+use pathpulse_wire::Report;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::AlertConfig;
+use deliver::{DeliveryContext, Receiver};
+pub use engine::{Alert, AlertState, Engine, EngineConfig};
+use state::AlertStateStore;
+
+/// How often agent-stale and path-down rules are evaluated.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Localization verdicts are computed at most this often (they read every path).
+const VERDICT_MAX_AGE_MS: u64 = 1_000;
+
+/// The alert engine as the rest of the aggregator sees it.
+pub struct Alerts {
+    engine: Mutex<Engine>,
+    events: mpsc::UnboundedSender<Vec<Alert>>,
+    pub receivers: Vec<Arc<Receiver>>,
+    /// The store localization reads; `None` leaves alerts without a verdict.
+    store: Option<SharedStore>,
+    /// Last localization verdicts and when they were computed (ms).
+    verdicts: Mutex<(u64, Vec<localize::Verdict>)>,
+}
+
+impl std::fmt::Debug for Alerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alerts")
+            .field("receivers", &self.receivers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Alerts {
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add the localization verdict explaining each alert, where there is one, as its
+    /// `verdict` annotation (fault localization judges the last minute of every path).
+    fn annotate(&self, alerts: &mut [Alert]) {
+        let Some(store) = &self.store else { return };
+        if alerts.is_empty() {
+            return;
+        }
+        let now = wall_clock_ms();
+        let mut cache = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 + VERDICT_MAX_AGE_MS <= now {
+            let obs = {
+                let st = store.lock().unwrap_or_else(|e| e.into_inner());
+                localize::observations(&st, now)
+            };
+            *cache = (now, localize::localize(&obs, &Thresholds::default()));
+        }
+        for a in alerts {
+            match verdict::annotation(&cache.1, &a.labels) {
+                Some(v) => a.annotations.insert("verdict".into(), v),
+                None => a.annotations.remove("verdict"),
+            };
+        }
+    }
+
+    fn emit(&self, mut out: Vec<Alert>) {
+        self.annotate(&mut out);
+        if !out.is_empty() {
+            for a in &out {
+                tracing::info!(
+                    alertname = %a.alertname,
+                    state = ?a.state,
+                    summary = %a.annotations.get("summary").map_or("", String::as_str),
+                    "alert"
+                );
+            }
+            // The dispatcher only stops at shutdown; what is sent after that is moot.
+            let _ = self.events.send(out);
+        }
+    }
+
+    /// Evaluate the rules on a report ingest just applied.
+    pub fn on_report(&self, r: &Report, now_ms: u64) {
+        let out = self.engine().on_report(r, now_ms);
+        self.emit(out);
+    }
+
+    /// An agent connected from this address.
+    pub fn agent_address(&self, agent: &str, addr: IpAddr) {
+        self.engine().agent_address(agent, addr);
+    }
+
+    /// An agent said hello: its site and ISP label its alerts.
+    pub fn agent_hello(&self, agent: &str, site: Option<&str>, isp: Option<&str>) {
+        self.engine().agent_hello(agent, site, isp);
+    }
+
+    /// Periodic evaluation (agent stale, path down).
+    pub fn tick(&self, now_ms: u64) {
+        let out = self.engine().tick(now_ms);
+        self.emit(out);
+    }
+
+    /// Pending and firing alerts.
+    pub fn active(&self) -> Vec<Alert> {
+        let mut v = self.engine().active();
+        self.annotate(&mut v);
+        v
+    }
+
+    pub fn firing(&self) -> Vec<Alert> {
+        let mut v = self.engine().firing();
+        self.annotate(&mut v);
+        v
+    }
+
+    pub fn rules(&self) -> Vec<rules::Rule> {
+        self.engine().rules().to_vec()
+    }
+}
+
+impl AlertSource for Alerts {
+    fn firing(&self) -> Vec<(String, String, u64)> {
+        let engine = self.engine();
+        let firing = engine.firing();
+        // (Counting needs no verdicts.)
+        let mut out: Vec<(String, String, u64)> = Vec::new();
+        let mut add = |name: &str, sev: &str, n: u64| match out
+            .iter_mut()
+            .find(|(a, s, _)| a == name && s == sev)
+        {
+            Some(e) => e.2 += n,
+            None => out.push((name.to_string(), sev.to_string(), n)),
+        };
+        for r in engine.rules() {
+            add(&r.name, &r.severity, 0);
+            if r.kind == rules::RuleKind::PathDown {
+                add(&r.rollup_name, &r.severity, 0);
+                add(&r.site_rollup_name, &r.severity, 0);
+            }
+        }
+        for a in &firing {
+            add(&a.alertname, &a.severity, 1);
+        }
+        out
+    }
+
+    fn receivers(&self) -> Vec<ReceiverCounts> {
+        self.receivers
+            .iter()
+            .map(|r| ReceiverCounts {
+                receiver: r.cfg.name.clone(),
+                sent: r.stats.sent.load(Ordering::Relaxed),
+                failed_attempts: r.stats.failed_attempts.load(Ordering::Relaxed),
+                dropped: r.stats.dropped.load(Ordering::Relaxed),
+                queued: r.queued() as u64,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("alert receivers: HTTP client: {0:#}")]
+    Client(anyhow::Error),
+}
+
+/// Start the alert engine: restore firing alerts from `state_dir`, then run the tick,
+/// the dispatcher and the receivers until `shutdown`. `store` feeds the localization
+/// verdicts in the alerts' annotations.
+pub fn start(
+    cfg: &AlertConfig,
+    state_dir: &Path,
+    external_url: String,
+    store: Option<SharedStore>,
+    shutdown: CancellationToken,
+) -> Result<(Arc<Alerts>, tokio::task::JoinHandle<()>), StartError> {
+    let state = Arc::new(AlertStateStore::open(state_dir)?);
+    let restored = state.load()?;
+    let mut engine = Engine::new(
+        cfg.rules.clone(),
+        EngineConfig {
+            external_url: external_url.clone(),
+        },
+    );
+    if !restored.is_empty() {
+        tracing::info!(
+            alerts = restored.len(),
+            "firing alerts restored from the state directory"
+        );
+    }
+    engine.restore(restored, wall_clock_ms());
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Alert>>();
+    let receivers: Vec<Arc<Receiver>> = cfg
+        .receivers
+        .iter()
+        .map(|c| Arc::new(Receiver::new(c.clone())))
+        .collect();
+    let alerts = Arc::new(Alerts {
+        engine: Mutex::new(engine),
+        events: tx,
+        receivers: receivers.clone(),
+        store,
+        verdicts: Mutex::new((0, Vec::new())),
+    });
+    let client = deliver::client().map_err(StartError::Client)?;
+    let firing_of = alerts.clone();
+    let ctx = DeliveryContext {
+        client,
+        external_url,
+        resend_interval: cfg.resend_interval,
+        firing: Arc::new(move || firing_of.firing()),
+    };
+    let tasks = tokio_util::task::TaskTracker::new();
+    for r in &receivers {
+        tracing::info!(receiver = %r.cfg.name, url = %r.cfg.url, "alert receiver");
+        tasks.spawn(deliver::run_receiver(
+            r.clone(),
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let (ticker, stop) = (alerts.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => ticker.tick(wall_clock_ms()),
+            }
+        }
+    });
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            let batch = tokio::select! {
+                _ = stop.cancelled() => None,
+                b = rx.recv() => b,
+            };
+            let Some(mut batch) = batch else { break };
+            while let Ok(more) = rx.try_recv() {
+                batch.extend(more);
+            }
+            // Persist first: a notification sent but not recorded would fire again
+            // after a restart.
+            let (st, b) = (state.clone(), batch.clone());
+            match tokio::task::spawn_blocking(move || st.apply(&b)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot record alert state"),
+                Err(e) => tracing::error!(error = %e, "alert state task failed"),
+            }
+            for a in batch {
+                for r in &receivers {
+                    r.push(a.clone());
+                }
+            }
+        }
+        // Record what fired or resolved during shutdown.
+        let mut rest = Vec::new();
+        while let Ok(more) = rx.try_recv() {
+            rest.extend(more);
+        }
+        if let Err(e) = state.apply(&rest) {
+            tracing::error!(error = %e, "cannot record alert state");
+        }
+    });
+    tasks.close();
+    let done = tokio::spawn(async move { tasks.wait().await });
+    Ok((alerts, done))
+}
