@@ -433,12 +433,13 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .apply_once(&r, sess, now);
+                    let seq = r.seq;
                     if applied == Applied::Duplicate {
-                        tracing::debug!(%agent, seq = r.seq, "replayed report acknowledged again");
+                        tracing::debug!(%agent, seq, "replayed report acknowledged again");
                     } else if let Some(a) = &alerts {
-                        a.on_report(&r, now);
+                        a.submit(r, now);
                     }
-                    (None, Some(ServerMsg::Ack { seq: r.seq }))
+                    (None, Some(ServerMsg::Ack { seq }))
                 }
             },
         };

@@ -564,6 +564,8 @@ pub trait AlertSource: Send + Sync + std::fmt::Debug + 'static {
     /// `(alertname, severity, alerts firing)` for every rule, zeros included.
     fn firing(&self) -> Vec<(String, String, u64)>;
     fn receivers(&self) -> Vec<ReceiverCounts>;
+    /// Reports not evaluated because the engine fell behind.
+    fn skipped_reports(&self) -> u64;
 }
 
 #[derive(Debug)]
@@ -586,6 +588,15 @@ impl Collector for AlertCollector {
             ])?
             .encode_gauge(&(n as i64))?;
         }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_alert_reports_skipped",
+            "Reports the alert engine did not evaluate because its queue was full (ingest never waits for it).",
+            None,
+            MetricType::Counter,
+        )?;
+        let none: [(&str, &str); 0] = [];
+        m.encode_family(&none)?
+            .encode_counter::<NoLabelSet, _, u64>(&self.source.skipped_reports(), None)?;
         let receivers = self.source.receivers();
         let mut m = enc.encode_descriptor(
             "pathpulse_alert_notifications",

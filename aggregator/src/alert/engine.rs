@@ -26,6 +26,12 @@ use super::rules::{
 const BASELINE_MINUTES: usize = 60;
 /// Minute medians needed before the baseline is used.
 const BASELINE_MIN_MINUTES: usize = 5;
+/// Recent history kept entry by entry (one per report); older entries are folded.
+const FINE_MS: u64 = 10_000;
+/// Older history is kept in entries of this length.
+const SLOT_MS: u64 = 5_000;
+/// History kept at least (the baseline's minute medians are taken from it).
+const MIN_KEEP_MS: u64 = 70_000;
 /// A path without any report for this long is forgotten, and its alerts resolve.
 pub const FORGET_PATH_AFTER: Duration = Duration::from_secs(300);
 /// How fast the estimated clock offset of an agent may grow (ms per ms): lets it follow
@@ -107,7 +113,21 @@ struct Entry {
     received: u64,
     lost: u64,
     rtt: SparseHist,
-    jitter_us: Option<u32>,
+    /// Sum and count of the RFC 3550 jitter values of the reports in this entry (µs).
+    jitter_sum_us: f64,
+    jitter_n: u32,
+}
+
+impl Entry {
+    fn absorb(&mut self, o: Entry) {
+        self.end_ms = self.end_ms.max(o.end_ms);
+        self.sent += o.sent;
+        self.received += o.received;
+        self.lost += o.lost;
+        self.rtt.merge(&o.rtt);
+        self.jitter_sum_us += o.jitter_sum_us;
+        self.jitter_n += o.jitter_n;
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -118,7 +138,6 @@ struct PathHistory {
     last_reply_ms: Option<u64>,
     sent_since_reply: u64,
     minute: u64,
-    minute_hist: SparseHist,
     minute_p50s: VecDeque<u64>,
 }
 
@@ -130,22 +149,31 @@ impl PathHistory {
         } else {
             self.sent_since_reply += e.sent;
         }
+        // A minute closes when the first entry of a later one arrives: its median joins
+        // the baseline (its entries are still kept: the history covers more than 60 s).
         let minute = e.end_ms / 60_000;
         if minute > self.minute {
-            if let Some(p50) = self.minute_hist.quantile(0.5) {
+            let closed = self.minute;
+            let hist = SparseHist::merged(
+                self.entries
+                    .iter()
+                    .filter(|x| x.end_ms / 60_000 == closed)
+                    .map(|x| &x.rtt),
+            );
+            if let Some(p50) = hist.quantile(0.5) {
                 if self.minute_p50s.len() >= BASELINE_MINUTES {
                     self.minute_p50s.pop_front();
                 }
                 self.minute_p50s.push_back(p50);
             }
             self.minute = minute;
-            self.minute_hist = SparseHist::default();
         }
-        if minute == self.minute {
-            self.minute_hist.merge(&e.rtt);
+        if self.entries.back().is_none_or(|x| x.end_ms <= e.end_ms) {
+            self.entries.push_back(e);
+        } else {
+            let pos = self.entries.partition_point(|x| x.end_ms <= e.end_ms);
+            self.entries.insert(pos, e);
         }
-        let pos = self.entries.partition_point(|x| x.end_ms <= e.end_ms);
-        self.entries.insert(pos, e);
         self.last_data_ms = now_ms;
         while self
             .entries
@@ -153,6 +181,23 @@ impl PathHistory {
             .is_some_and(|x| x.end_ms + keep_ms < now_ms)
         {
             self.entries.pop_front();
+        }
+        self.fold(now_ms);
+    }
+
+    /// Entries older than [`FINE_MS`] are folded into one per [`SLOT_MS`] of their end:
+    /// about 25 entries per path instead of one per report (windows beyond 10 s are then
+    /// exact to 5 s).
+    fn fold(&mut self, now_ms: u64) {
+        let mut i = 1;
+        while i < self.entries.len() && self.entries[i].end_ms + FINE_MS < now_ms {
+            if self.entries[i - 1].end_ms / SLOT_MS == self.entries[i].end_ms / SLOT_MS {
+                if let Some(e) = self.entries.remove(i) {
+                    self.entries[i - 1].absorb(e);
+                }
+            } else {
+                i += 1;
+            }
         }
     }
 }
@@ -202,12 +247,10 @@ impl PathInput for PathView<'_> {
         for e in self.entries(window) {
             s.received += e.received;
             s.lost += e.lost;
-            s.rtt.merge(&e.rtt);
-            if let Some(j) = e.jitter_us {
-                jitter_sum += f64::from(j);
-                jitter_n += 1;
-            }
+            jitter_sum += e.jitter_sum_us;
+            jitter_n += e.jitter_n;
         }
+        s.rtt = SparseHist::merged(self.entries(window).map(|e| &e.rtt));
         s.jitter_us = (jitter_n > 0).then(|| jitter_sum / f64::from(jitter_n));
         self.cache.borrow_mut().push(s.clone());
         s
@@ -270,6 +313,8 @@ pub struct EngineConfig {
 
 pub struct Engine {
     rules: Vec<Rule>,
+    /// The rules' alertnames, shared by their alert keys.
+    names: Vec<Arc<str>>,
     cfg: EngineConfig,
     keep_ms: u64,
     paths: BTreeMap<PathKey, PathHistory>,
@@ -314,8 +359,10 @@ impl Engine {
             .map(|r| r.longest_window().as_millis() as u64)
             .max()
             .unwrap_or(0)
-            + 10_000;
+            .saturating_add(10_000)
+            .max(MIN_KEEP_MS);
         Engine {
+            names: rules.iter().map(|r| Arc::from(r.name.as_str())).collect(),
             rules,
             cfg,
             keep_ms,
@@ -440,7 +487,8 @@ impl Engine {
                     received: u64::from(p.received),
                     lost: u64::from(p.lost),
                     rtt: p.rtt.clone(),
-                    jitter_us: p.jitter_us,
+                    jitter_sum_us: p.jitter_us.map_or(0.0, f64::from),
+                    jitter_n: u32::from(p.jitter_us.is_some()),
                 },
                 self.keep_ms,
                 now_ms,
@@ -455,7 +503,7 @@ impl Engine {
                 .filter(|(_, r)| r.kind.per_path() && r.kind != RuleKind::PathDown)
                 .map(|(i, rule)| {
                     let akey = AlertKey {
-                        alertname: Arc::from(rule.name.as_str()),
+                        alertname: self.names[i].clone(),
                         subject: Subject::Path(key.clone()),
                     };
                     let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
@@ -472,6 +520,10 @@ impl Engine {
 
     /// Feed a verdict to an alert's tracker; returns the alert if it fired or resolved.
     fn step(&mut self, rule: usize, key: AlertKey, v: Verdict, now_ms: u64) -> Option<Alert> {
+        // Quiet and untracked: nothing to do (the common case, kept cheap).
+        if v.level != Level::Raise && !self.slots.contains_key(&key) {
+            return None;
+        }
         let r = &self.rules[rule];
         let (raise_for, clear_for) = (r.raise_for, r.clear_for);
         let slot = self.slots.entry(key.clone()).or_default();
@@ -700,7 +752,7 @@ impl Engine {
                         .collect();
                     for (n, v) in verdicts {
                         let key = AlertKey {
-                            alertname: Arc::from(self.rules[i].name.as_str()),
+                            alertname: self.names[i].clone(),
                             subject: Subject::Agent(n),
                         };
                         out.extend(self.step(i, key, v, now_ms));
@@ -764,7 +816,7 @@ impl Engine {
         now_ms: u64,
     ) -> Vec<Alert> {
         let r = &self.rules[rule];
-        let name: Arc<str> = Arc::from(r.name.as_str());
+        let name: Arc<str> = self.names[rule].clone();
         let mut verdicts: Vec<(PathKey, Verdict)> = Vec::new();
         for (k, h) in &self.paths {
             let akey = AlertKey {

@@ -338,45 +338,48 @@ fn a_cut_between_two_sites_is_one_alert() {
 }
 
 #[test]
-#[ignore = "timing figure: cargo test --release -- --ignored --nocapture engine_cost"]
-fn engine_cost_per_path_report() {
-    // 1,000 paths of one agent, 10 probes per report with RTTs spread over 30 values,
-    // reports every second for 60 s (all windows full), then time 20 more reports.
+#[ignore = "timing figure: cargo test --release -p pathpulse-aggregator -- --ignored --nocapture engine_cost"]
+fn engine_cost_at_100k_paths() {
+    // 1,000 agents × 100 paths, 5 probes per report with RTTs anywhere in 1..40 ms (the
+    // loadgen's shape), one report per agent per second for 40 s, then one more round.
     let mut e = engine();
-    let dsts: Vec<String> = (0..1000)
-        .map(|i| format!("10.9.{}.{}", i / 250, i % 250))
-        .collect();
-    let mk = |end: u64| {
-        let mut r = report("a", end, &[]);
+    let dsts: Vec<String> = (0..100).map(|i| format!("10.9.0.{i}")).collect();
+    let mk = |agent: &str, end: u64, seed: u64| {
+        let mut r = report(agent, end, &[]);
         for (i, d) in dsts.iter().enumerate() {
             let mut p = PathReport {
                 dst: d.clone(),
-                sent: 10,
-                received: 10,
+                sent: 5,
+                received: 5,
                 ..PathReport::default()
             };
-            for k in 0..10u64 {
-                p.rtt.record(1_000 + (i as u64 * 7 + k * 13) % 30 * 10);
+            let base = 1_000 + (seed * 7919 + i as u64 * 104_729) % 39_000;
+            for k in 0..5u64 {
+                p.rtt.record(base + k * 97 % 500);
             }
-            p.jitter_us = Some(50);
             r.paths.push(p);
         }
         r
     };
-    for s in 1..=60u64 {
+    let agents: Vec<String> = (0..1000).map(|i| format!("ag{i}")).collect();
+    for s in 1..=40u64 {
         let now = T0 + s * 1000;
-        e.on_report(&mk(now), now);
-    }
-    let reports: Vec<Report> = (61..=80u64).map(|s| mk(T0 + s * 1000)).collect();
-    let t = std::time::Instant::now();
-    for (i, r) in reports.iter().enumerate() {
-        let now = T0 + (61 + i as u64) * 1000;
-        e.on_report(r, now);
+        for a in &agents {
+            e.on_report(&mk(a, now, s), now);
+        }
+        let t = std::time::Instant::now();
         e.tick(now);
+        if s == 40 {
+            println!("alert engine: tick over 100k paths {:?}", t.elapsed());
+        }
     }
-    let per = t.elapsed().as_secs_f64() / 20_000.0;
+    let t = std::time::Instant::now();
+    let now = T0 + 41_000;
+    for a in &agents {
+        e.on_report(&mk(a, now, 41), now);
+    }
     println!(
-        "alert engine: {:.1} µs per path-report (6 default rules, windows full)",
-        per * 1e6
+        "alert engine: {:.2} µs per path-report (default rules, windows full)",
+        t.elapsed().as_secs_f64() / 100_000.0 * 1e6
     );
 }

@@ -40,6 +40,9 @@ use state::AlertStateStore;
 
 /// How often agent-stale and path-down rules are evaluated.
 pub const TICK: Duration = Duration::from_secs(1);
+/// Reports waiting for the alert engine's thread at most; beyond, a report is not
+/// evaluated (counted in `pathpulse_alert_reports_skipped_total`), ingest never waits.
+pub const REPORT_QUEUE: usize = 4096;
 
 /// Localization verdicts are computed at most this often (they read every path).
 const VERDICT_MAX_AGE_MS: u64 = 1_000;
@@ -53,6 +56,10 @@ pub struct Alerts {
     store: Option<SharedStore>,
     /// Last localization verdicts and when they were computed (ms).
     verdicts: Mutex<(u64, Vec<localize::Verdict>)>,
+    /// Reports for the engine's thread (see [`Alerts::submit`]).
+    reports: std::sync::mpsc::SyncSender<(Report, u64)>,
+    /// Reports not evaluated because the engine's queue was full.
+    pub skipped: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Alerts {
@@ -108,7 +115,21 @@ impl Alerts {
         }
     }
 
-    /// Evaluate the rules on a report ingest just applied.
+    /// Hand a report ingest just applied to the engine's own thread; never blocks (a full
+    /// queue skips the report for alerting and counts it).
+    pub fn submit(&self, r: Report, now_ms: u64) {
+        if self.reports.try_send((r, now_ms)).is_err() {
+            let n = self.skipped.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    skipped = n + 1,
+                    "alert engine behind: reports skipped for alerting"
+                );
+            }
+        }
+    }
+
+    /// Evaluate the rules on a report ingest just applied (on the caller's thread).
     pub fn on_report(&self, r: &Report, now_ms: u64) {
         let out = self.engine().on_report(r, now_ms);
         self.emit(out);
@@ -174,6 +195,10 @@ impl AlertSource for Alerts {
         out
     }
 
+    fn skipped_reports(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
     fn receivers(&self) -> Vec<ReceiverCounts> {
         self.receivers
             .iter()
@@ -192,7 +217,7 @@ impl AlertSource for Alerts {
 pub enum StartError {
     #[error(transparent)]
     State(#[from] state::StateError),
-    #[error("alert receivers: HTTP client: {0:#}")]
+    #[error("alert engine: {0:#}")]
     Client(anyhow::Error),
 }
 
@@ -222,6 +247,7 @@ pub fn start(
     }
     engine.restore(restored, wall_clock_ms());
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Alert>>();
+    let (report_tx, report_rx) = std::sync::mpsc::sync_channel::<(Report, u64)>(REPORT_QUEUE);
     let receivers: Vec<Arc<Receiver>> = cfg
         .receivers
         .iter()
@@ -233,6 +259,8 @@ pub fn start(
         receivers: receivers.clone(),
         store,
         verdicts: Mutex::new((0, Vec::new())),
+        reports: report_tx,
+        skipped: std::sync::atomic::AtomicU64::new(0),
     });
     let client = deliver::client().map_err(StartError::Client)?;
     let firing_of = alerts.clone();
@@ -251,16 +279,32 @@ pub fn start(
             shutdown.clone(),
         ));
     }
-    let (ticker, stop) = (alerts.clone(), shutdown.clone());
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => ticker.tick(wall_clock_ms()),
+    // The engine evaluates on its own thread: reports as they come, the tick every second.
+    // Its work (a few µs per path-report) never holds up ingest's async tasks.
+    let (engine_of, stop) = (alerts.clone(), shutdown.clone());
+    let engine_thread = std::thread::Builder::new()
+        .name("alert-engine".into())
+        .spawn(move || {
+            let mut next_tick = std::time::Instant::now();
+            while !stop.is_cancelled() {
+                let wait = next_tick.saturating_duration_since(std::time::Instant::now());
+                match report_rx.recv_timeout(wait.min(TICK)) {
+                    Ok((r, now)) => engine_of.on_report(&r, now),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                if std::time::Instant::now() >= next_tick {
+                    engine_of.tick(wall_clock_ms());
+                    next_tick += TICK;
+                    if next_tick < std::time::Instant::now() {
+                        next_tick = std::time::Instant::now() + TICK;
+                    }
+                }
             }
-        }
+        })
+        .map_err(|e| StartError::Client(e.into()))?;
+    tasks.spawn(async move {
+        let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
     });
     let stop = shutdown.clone();
     tasks.spawn(async move {
