@@ -16,7 +16,9 @@ use pathpulse_wire::RefuseReason;
 
 use crate::localize::{HopView, Thresholds, hop_views, localize, observations};
 use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
-use crate::store::{CLASSIC_BOUNDS_US, HopState, NATIVE_SCHEMA, PathKey, PathState, Store};
+use crate::store::{
+    CLASSIC_BOUNDS_US, HealthTotals, HopState, NATIVE_SCHEMA, PathKey, PathState, Store,
+};
 use crate::window::{WINDOWS, WindowView};
 
 /// Quantiles exported as exact gauges from the merged HDR windows.
@@ -105,14 +107,14 @@ const PATH_COUNTERS: [(&str, &str, CounterOf); 7] = [
 ];
 
 /// Each path's windowed views, computed once per scrape.
-type Views<'a> = Vec<(&'a PathKey, [(&'static str, WindowView); 3])>;
+type PathViews<'a> = (&'a PathKey, [(&'static str, WindowView); 3]);
 
 /// A gauge family with `quantile` and `window` labels: `us(view, q)` in microseconds.
 fn window_quantiles(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    views: &Views,
+    views: &[PathViews],
     us: impl Fn(&WindowView, f64) -> Option<u64>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -134,7 +136,7 @@ fn window_gauges(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    views: &Views,
+    views: &[PathViews],
     value: impl Fn(&WindowView) -> Option<f64>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -150,7 +152,7 @@ fn window_gauges(
 }
 
 /// STAMP paths: loss per direction and one-way delay per direction, per window.
-fn directional(enc: &mut DescriptorEncoder, views: &Views) -> Result<(), std::fmt::Error> {
+fn directional(enc: &mut DescriptorEncoder, views: &[PathViews]) -> Result<(), std::fmt::Error> {
     use pathpulse_wire::stamp::Directional;
     let mut m = enc.encode_descriptor(
         "pathpulse_directional_loss_ratio",
@@ -295,31 +297,34 @@ impl Collector for StoreCollector {
                 )?;
         }
 
-        // Windowed views, computed once per path and window.
-        let views: Views = paths
+        // Windowed views, computed once per path and window, for every path (the roll-ups
+        // need them all); the budgeted paths are the first ones.
+        let all_views: Vec<PathViews> = store
+            .paths
             .iter()
-            .map(|&(k, st)| (k, WINDOWS.map(|(w, ms)| (w, st.windows.view(ms, now)))))
+            .map(|(k, st)| (k, WINDOWS.map(|(w, ms)| (w, st.windows.view(ms, now)))))
             .collect();
+        let views = &all_views[..paths.len()];
 
         window_quantiles(
             &mut enc,
             "pathpulse_rtt_quantile_seconds",
             "Exact RTT quantile over the window, from the merged HDR histogram (3 significant digits).",
-            &views,
+            views,
             |v, q| v.hist.quantile(q),
         )?;
         window_gauges(
             &mut enc,
             "pathpulse_loss_ratio",
             "Lost / (received + lost) over the window.",
-            &views,
+            views,
             |v| loss_ratio(v.lost, v.received),
         )?;
         window_gauges(
             &mut enc,
             "pathpulse_loss_ratio_upper",
             "Upper bound of the 95% Wilson confidence interval of the loss ratio over the window.",
-            &views,
+            views,
             |v| wilson_interval(v.lost, v.lost + v.received, Z95).map(|(_, hi)| hi),
         )?;
 
@@ -340,25 +345,25 @@ impl Collector for StoreCollector {
             &mut enc,
             "pathpulse_loss_detectable_ratio",
             "Smallest loss ratio the window's probes detect with 95% confidence (about 3/n).",
-            &views,
+            views,
             |v| min_detectable_loss(v.lost + v.received, 0.95),
         )?;
         window_quantiles(
             &mut enc,
             "pathpulse_ipdv_seconds",
             "Quantile of |RTT difference| between consecutive replies over the window (RFC 5481 IPDV).",
-            &views,
+            views,
             |v, q| v.ipdv.quantile(q),
         )?;
         window_quantiles(
             &mut enc,
             "pathpulse_pdv_seconds",
             "Quantile of RTT minus the window's minimum RTT (RFC 5481 PDV).",
-            &views,
+            views,
             |v, q| Some(v.hist.quantile(q)?.saturating_sub(v.hist.quantile(0.0)?)),
         )?;
 
-        directional(&mut enc, &views)?;
+        directional(&mut enc, views)?;
 
         let mut m = enc.encode_descriptor(
             "pathpulse_mos",
@@ -381,7 +386,7 @@ impl Collector for StoreCollector {
         }
 
         encode_hops(&mut enc, &store, &paths, now)?;
-        encode_rollups(&mut enc, &store, now)?;
+        encode_rollups(&mut enc, &store, &all_views)?;
 
         let mut m = enc.encode_descriptor(
             "pathpulse_agent_up",
@@ -405,53 +410,41 @@ impl Collector for StoreCollector {
                     .encode_gauge(&(t as f64 / 1000.0))?;
             }
         }
-        let mut m = enc.encode_descriptor(
+        agent_counters(
+            &mut enc,
             "pathpulse_stray_replies",
             "Replies dropped because they answered no probe of this agent, by reason.",
-            None,
-            MetricType::Counter,
+            "reason",
+            &store,
+            |h| {
+                vec![
+                    ("not_ours", h.stray_not_ours),
+                    ("wrong_source", h.stray_wrong_source),
+                    ("unknown_probe", h.stray_unknown_probe),
+                ]
+            },
         )?;
-        for (a, st) in &store.agents {
-            let h = &st.health;
-            for (reason, v) in [
-                ("not_ours", h.stray_not_ours),
-                ("wrong_source", h.stray_wrong_source),
-                ("unknown_probe", h.stray_unknown_probe),
-            ] {
-                m.encode_family(&[("agent", &**a), ("reason", reason)])?
-                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-            }
-        }
-        let mut m = enc.encode_descriptor(
+        agent_counters(
+            &mut enc,
             "pathpulse_socket_errors",
             "Probe socket errors of the agent, by operation.",
-            None,
-            MetricType::Counter,
+            "op",
+            &store,
+            |h| vec![("send", h.send_errors), ("recv", h.recv_errors)],
         )?;
-        for (a, st) in &store.agents {
-            for (op, v) in [
-                ("send", st.health.send_errors),
-                ("recv", st.health.recv_errors),
-            ] {
-                m.encode_family(&[("agent", &**a), ("op", op)])?
-                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-            }
-        }
-        let mut m = enc.encode_descriptor(
+        agent_counters(
+            &mut enc,
             "pathpulse_rtt_samples",
             "RTT samples by the clock they came from: kernel timestamps, or the monotonic clock around the syscalls when a stamp was missing.",
-            None,
-            MetricType::Counter,
+            "clock",
+            &store,
+            |h| {
+                vec![
+                    ("kernel", h.rtt_kernel_clock),
+                    ("monotonic", h.rtt_monotonic_clock),
+                ]
+            },
         )?;
-        for (a, st) in &store.agents {
-            for (clock, v) in [
-                ("kernel", st.health.rtt_kernel_clock),
-                ("monotonic", st.health.rtt_monotonic_clock),
-            ] {
-                m.encode_family(&[("agent", &**a), ("clock", clock)])?
-                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-            }
-        }
         let mut m = enc.encode_descriptor(
             "pathpulse_stamp_reflector_reflected",
             "STAMP test packets the agent's reflector answered.",
@@ -718,6 +711,26 @@ pub fn encode_text(reg: &Registry) -> String {
     out
 }
 
+/// A counter family per agent with one more label (`label`), values from the agent's
+/// health totals.
+fn agent_counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    store: &Store,
+    values: impl Fn(&HealthTotals) -> Vec<(&'static str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (a, st) in &store.agents {
+        for (v, n) in values(&st.health) {
+            m.encode_family(&[("agent", &**a), (label, v)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    Ok(())
+}
+
 /// Sparse native buckets as Prometheus wants them: spans (offset from the end of the
 /// previous span, or the first index; length) and count deltas.
 fn native_spans(buckets: &std::collections::BTreeMap<i32, u64>) -> (Vec<(i32, u32)>, Vec<i64>) {
@@ -760,7 +773,7 @@ struct Merged {
 }
 
 impl Merged {
-    fn add(&mut self, st: &PathState, now: u64) {
+    fn add(&mut self, path: &[(&'static str, WindowView); 3]) {
         if self.views.is_empty() {
             self.views = WINDOWS
                 .iter()
@@ -768,8 +781,7 @@ impl Merged {
                 .collect();
         }
         self.paths += 1;
-        for ((_, ms), (_, v)) in WINDOWS.iter().zip(self.views.iter_mut()) {
-            let p = st.windows.view(*ms, now);
+        for ((_, p), (_, v)) in path.iter().zip(self.views.iter_mut()) {
             v.hist.merge(&p.hist);
             v.ipdv.merge(&p.ipdv);
             v.received += p.received;
@@ -784,18 +796,18 @@ impl Merged {
 fn encode_rollups(
     enc: &mut DescriptorEncoder,
     store: &Store,
-    now: u64,
+    all_views: &[PathViews],
 ) -> Result<(), std::fmt::Error> {
     let mut pairs: std::collections::BTreeMap<(&str, &str), Merged> = Default::default();
     let mut isps: std::collections::BTreeMap<&str, Merged> = Default::default();
-    for (k, st) in &store.paths {
+    for (k, views) in all_views {
         let agent = store.agents.get(&*k.src);
         if let Some(site) = agent.and_then(|a| a.site.as_deref()) {
             let dst = store.site_of_dst(&k.dst).unwrap_or("external");
-            pairs.entry((site, dst)).or_default().add(st, now);
+            pairs.entry((site, dst)).or_default().add(views);
         }
         if let Some(isp) = agent.and_then(|a| a.isp.as_deref()) {
-            isps.entry(isp).or_default().add(st, now);
+            isps.entry(isp).or_default().add(views);
         }
     }
     type Group<'a> = (Vec<(&'static str, &'a str)>, &'a Merged);

@@ -39,6 +39,13 @@ pub struct IcmpProber {
     beat: Arc<Beat>,
 }
 
+/// RTT samples of one receive batch by the clock they came from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ClockCounts {
+    kernel: u32,
+    monotonic: u32,
+}
+
 /// Wait for events on a socket that may be absent (then never ready).
 pub(crate) async fn recv_opt(
     sock: Option<&IcmpSocket>,
@@ -188,8 +195,17 @@ impl IcmpProber {
                 Wake::Plan(None) => plan_open = false,
                 Wake::Received(Ok(())) => {
                     recv_backoff.reset();
+                    // RTT samples by clock, counted per batch: one health lock, not one
+                    // per reply.
+                    let mut clocks = ClockCounts::default();
                     for ev in events4.drain(..).chain(events6.drain(..)) {
-                        self.on_event(&mut matcher, ev);
+                        self.on_event(&mut matcher, ev, &mut clocks);
+                    }
+                    if clocks != ClockCounts::default() {
+                        self.shared.health(|h| {
+                            h.rtt_kernel_clock += clocks.kernel;
+                            h.rtt_monotonic_clock += clocks.monotonic;
+                        });
                     }
                 }
                 Wake::Received(Err(e)) => {
@@ -256,7 +272,7 @@ impl IcmpProber {
         }
     }
 
-    fn on_event(&self, matcher: &mut Matcher, ev: Event) {
+    fn on_event(&self, matcher: &mut Matcher, ev: Event, clocks: &mut ClockCounts) {
         match ev {
             Event::TxStamp { seq, tx_ns, .. } => matcher.tx_stamp(seq, tx_ns),
             // ICMP errors answer the hop prober's TTL-limited probes (its own socket).
@@ -289,13 +305,11 @@ impl IcmpProber {
                         reordered,
                         kernel_timestamps,
                     } => {
-                        self.shared.health(|h| {
-                            if kernel_timestamps {
-                                h.rtt_kernel_clock += 1;
-                            } else {
-                                h.rtt_monotonic_clock += 1;
-                            }
-                        });
+                        if kernel_timestamps {
+                            clocks.kernel += 1;
+                        } else {
+                            clocks.monotonic += 1;
+                        }
                         let us = rtt.as_micros().min(u128::from(u64::MAX)) as u64;
                         // Per-sample trace for accuracy investigations (off unless asked
                         // for with RUST_LOG=pathpulse_agent::probe::icmp=trace).
