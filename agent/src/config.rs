@@ -48,6 +48,9 @@ pub struct FileConfig {
     pub stamp_listen: Option<Vec<String>>,
     pub stamp_rate: Option<u32>,
     pub stamp_key_file: Option<PathBuf>,
+    /// Mesh: addresses other agents probe this one at (default: the address the
+    /// aggregator sees its connection come from).
+    pub advertise: Option<Vec<String>>,
 }
 
 /// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
@@ -124,6 +127,15 @@ pub struct RunArgs {
     /// shared key in hex (at least 32 hex digits). Default: unauthenticated.
     #[arg(long, value_name = "FILE", env = "PATHPULSE_STAMP_KEY_FILE")]
     pub stamp_key_file: Option<PathBuf>,
+    /// Mesh: address other agents probe this one at, repeatable (default: the address the
+    /// aggregator sees this agent's connection come from; set it behind NAT).
+    #[arg(
+        long = "advertise",
+        value_name = "IP",
+        env = "PATHPULSE_ADVERTISE",
+        value_delimiter = ','
+    )]
+    pub advertise: Vec<String>,
 }
 
 /// The validated configuration the agent runs with.
@@ -150,6 +162,8 @@ pub struct AgentConfig {
     pub stamp_rate: u32,
     /// Shared key of STAMP authenticated mode (sender and reflector); None: unauthenticated.
     pub stamp_key: Option<crate::probe::stamp::packet::StampKey>,
+    /// Mesh: addresses peers probe this agent at (empty: as the aggregator sees it).
+    pub advertise: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,8 +355,11 @@ impl AgentConfig {
                 }
             },
         };
-        // A reflector alone is something to do: targets are then optional.
-        if specs.is_empty() && stamp_listen_specs.is_empty() {
+        // A reflector alone is something to do, and so is a mesh (peer lists come from the
+        // aggregators): targets are then optional.
+        let meshed = !args.aggregators.is_empty()
+            || file.aggregators.as_ref().is_some_and(|a| !a.is_empty());
+        if specs.is_empty() && stamp_listen_specs.is_empty() && !meshed {
             c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file");
         }
         let interval = c.duration(
@@ -439,6 +456,31 @@ impl AgentConfig {
                 c.err("spool_max_mib", format!("{m} is outside 1 .. 1048576"));
             }
         }
+        let advertise_specs = if args.advertise.is_empty() {
+            file.advertise.unwrap_or_default()
+        } else {
+            args.advertise.clone()
+        };
+        let mut advertise = Vec::new();
+        for (i, s) in advertise_specs.iter().enumerate() {
+            match s.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() => advertise.push(ip),
+                _ => c.err(
+                    &format!("advertise[{i}]"),
+                    format!("`{s}` is not an IP address peers can reach"),
+                ),
+            }
+        }
+        if advertise.len() > pathpulse_wire::message::MAX_ADVERTISE {
+            c.err(
+                "advertise",
+                format!(
+                    "{} addresses, at most {}",
+                    advertise.len(),
+                    pathpulse_wire::message::MAX_ADVERTISE
+                ),
+            );
+        }
         let mut isp_prefixes = Vec::new();
         for (i, p) in file.isp_prefixes.unwrap_or_default().iter().enumerate() {
             match p.parse() {
@@ -465,6 +507,7 @@ impl AgentConfig {
                 stamp_listen,
                 stamp_rate,
                 stamp_key,
+                advertise,
             })
         } else {
             Err(ConfigErrors(c.0))
@@ -546,6 +589,19 @@ mod tests {
         assert_eq!(e.0[0].key, "aggregators");
         let e = AgentConfig::resolve(&args(&[])).expect_err("no targets");
         assert_eq!(e.0[0].key, "targets");
+        // With an aggregator, peer lists are something to do.
+        let mut a = args(&[]);
+        a.aggregators = vec!["127.0.0.1:4470".into()];
+        a.advertise = vec!["192.0.2.7".into(), "0.0.0.0".into()];
+        let e = AgentConfig::resolve(&a).expect_err("bad advertise");
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "advertise[1]");
+        a.advertise.pop();
+        let c = AgentConfig::resolve(&a).expect("a mesh member without targets");
+        assert_eq!(
+            c.advertise,
+            ["192.0.2.7".parse::<std::net::IpAddr>().expect("ip")]
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod enroll;
+pub mod peers;
 pub mod probe;
 pub mod reload;
 pub mod renew;

@@ -2,6 +2,9 @@
 //! targets, one session (SSID) per target, kernel TX and RX stamps, the reflector's
 //! residence time removed from the RTT, loss per direction and one-way delay (see
 //! `session`). A socket error is counted and followed by a backoff: it never spins.
+//!
+//! The targets follow the probe plan (a reload, a peer list): a target that stays keeps
+//! its session, a new one opens a session with a new SSID, a removed one's session goes.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -9,6 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pathpulse_wire::ProbeKind;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{self, ClockState};
@@ -19,15 +24,18 @@ use super::socket::{StampSocket, UdpEvent};
 use crate::backoff::Backoff;
 use crate::probe::icmp_socket::Family;
 use crate::probe::matcher::StrayReason;
+use crate::reload::ProbePlan;
 use crate::resolve::Resolver;
 use crate::schedule::Schedule;
 use crate::shared::Shared;
-use crate::target::{Host, TargetSpec};
+use crate::target::TargetSpec;
 
 /// How often the kernel is asked whether the clock is synchronized.
 const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 
 pub struct StampProber {
+    plan: watch::Receiver<ProbePlan>,
+    /// (slot, target) of the plan's STAMP targets.
     targets: Vec<(usize, TargetSpec)>,
     interval: Duration,
     timeout: Duration,
@@ -62,22 +70,17 @@ fn us(d: Duration) -> u64 {
 }
 
 impl StampProber {
-    /// Open the sockets the targets need. Fails only when no needed family can be opened.
+    /// Open one socket per address family (targets may come later, from a reload or a
+    /// peer list). Fails only when neither family can be opened.
     pub fn open(
-        targets: Vec<(usize, TargetSpec)>,
-        interval: Duration,
-        timeout: Duration,
+        mut plan: watch::Receiver<ProbePlan>,
         shared: Arc<Shared>,
         resolver: Arc<Resolver>,
         key: Option<StampKey>,
     ) -> std::io::Result<StampProber> {
-        let wants = |f: Family| {
-            targets.iter().any(|(_, t)| match &t.host {
-                Host::Ip(ip) => Family::of(ip) == f,
-                Host::Name(_) => true,
-            })
-        };
-        let open = |f: Family, any: SocketAddr| wants(f).then(|| StampSocket::bind(any));
+        let p = plan.borrow_and_update().clone();
+        let (targets, interval, timeout) = (p.of_kind(ProbeKind::Stamp), p.interval, p.timeout);
+        let open = |_: Family, any: SocketAddr| Some(StampSocket::bind(any));
         let v4 = open(Family::V4, SocketAddr::from(([0u8; 4], 0)));
         let v6 = open(Family::V6, SocketAddr::from(([0u16; 8], 0)));
         let mut first_err = None;
@@ -95,6 +98,7 @@ impl StampProber {
             return Err(e);
         }
         Ok(StampProber {
+            plan,
             targets,
             interval,
             timeout,
@@ -113,25 +117,37 @@ impl StampProber {
         }
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Sessions for the current targets: kept ones stay, new ones get the next SSID.
+    fn sync_sessions(
+        &self,
+        sessions: &mut HashMap<usize, SenderSession>,
+        by_ssid: &mut HashMap<u16, usize>,
+        next_ssid: &mut u16,
+    ) {
         let retention = (self.timeout * 4).max(Duration::from_secs(10));
+        sessions.retain(|slot, _| self.targets.iter().any(|(s, _)| s == slot));
+        for (slot, _) in &self.targets {
+            sessions.entry(*slot).or_insert_with(|| {
+                *next_ssid = next_ssid.wrapping_add(1);
+                SenderSession::new(*next_ssid, retention)
+            });
+        }
+        *by_ssid = sessions.iter().map(|(slot, s)| (s.ssid, *slot)).collect();
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
         // One session per target, told apart by SSID (random base, so a restarted agent
         // opens new sessions at the reflector even on the same port).
-        let base: u16 = rand::random();
-        let mut sessions: Vec<SenderSession> = (0..self.targets.len())
-            .map(|i| SenderSession::new(base.wrapping_add(i as u16), retention))
-            .collect();
-        let by_ssid: HashMap<u16, usize> = sessions
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.ssid, i))
-            .collect();
+        let mut next_ssid: u16 = rand::random();
+        let mut sessions: HashMap<usize, SenderSession> = HashMap::new();
+        let mut by_ssid: HashMap<u16, usize> = HashMap::new();
+        self.sync_sessions(&mut sessions, &mut by_ssid, &mut next_ssid);
+        // (deadline, slot, sequence)
         let mut deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>> = BinaryHeap::new();
-        let mut sched = Schedule::new(
-            vec![self.interval; self.targets.len()],
-            Instant::now(),
-            rand::random(),
-        );
+        let new_schedule =
+            |n: usize, iv: Duration| Schedule::new(vec![iv; n], Instant::now(), rand::random());
+        let mut sched = new_schedule(self.targets.len(), self.interval);
+        let mut plan_open = true;
         let mut clock_state = clock::query();
         let mut clock_read = Instant::now();
         tracing::info!(
@@ -156,6 +172,20 @@ impl StampProber {
             );
             let received = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                r = self.plan.changed(), if plan_open => {
+                    match r {
+                        Ok(()) => {
+                            let p = self.plan.borrow_and_update().clone();
+                            self.targets = p.of_kind(ProbeKind::Stamp);
+                            self.interval = p.interval;
+                            self.timeout = p.timeout;
+                            self.sync_sessions(&mut sessions, &mut by_ssid, &mut next_ssid);
+                            sched = new_schedule(self.targets.len(), self.interval);
+                        }
+                        Err(_) => plan_open = false,
+                    }
+                    continue;
+                }
                 _ = sleep => None,
                 r = recv_opt(self.v4.as_ref(), &mut buf4, &mut ev4) => Some(r),
                 r = recv_opt(self.v6.as_ref(), &mut buf6, &mut ev6) => Some(r),
@@ -185,24 +215,33 @@ impl StampProber {
             }
             for due in sched.pop_due(now) {
                 self.shared.lag(due.lag.as_micros() as u64);
-                let t = due.target;
+                let Some((slot, spec)) = self.targets.get(due.target) else {
+                    continue;
+                };
+                let Some(session) = sessions.get_mut(slot) else {
+                    continue;
+                };
                 if let Some(seq) = self
-                    .send(&mut sessions[t], t, clock_state, &mut last_send_error)
+                    .send(session, *slot, spec, clock_state, &mut last_send_error)
                     .await
                 {
-                    deadlines.push(Reverse((Instant::now() + self.timeout, t, seq)));
+                    deadlines.push(Reverse((Instant::now() + self.timeout, *slot, seq)));
                 }
             }
             let now = Instant::now();
-            while let Some(&Reverse((at, t, seq))) = deadlines.peek() {
+            while let Some(&Reverse((at, slot, seq))) = deadlines.peek() {
                 if at > now {
                     break;
                 }
                 deadlines.pop();
-                if sessions[t].expire(seq, now) {
-                    self.shared.path(self.targets[t].0, |p| p.on_lost());
+                // A target removed meanwhile: its session and its path are gone.
+                let Some(session) = sessions.get_mut(&slot) else {
+                    continue;
+                };
+                if session.expire(seq, now) {
+                    self.shared.path(slot, |p| p.on_lost());
                 }
-                self.flush_directions(&mut sessions[t], t);
+                self.flush_directions(session, slot);
             }
         }
     }
@@ -210,11 +249,12 @@ impl StampProber {
     async fn send(
         &self,
         session: &mut SenderSession,
-        t: usize,
+        path: usize,
+        spec: &TargetSpec,
         clock_state: ClockState,
         last_error: &mut Option<std::io::ErrorKind>,
     ) -> Option<u32> {
-        let (path, spec) = &self.targets[t];
+        let path = &path;
         let ip = self.resolver.addr(&spec.host);
         let Some((ip, sock)) = ip.and_then(|ip| Some((ip, self.socket(&ip)?))) else {
             self.shared.path(*path, |p| p.on_send_error());
@@ -251,12 +291,12 @@ impl StampProber {
         }
     }
 
-    fn flush_directions(&self, session: &mut SenderSession, t: usize) {
+    fn flush_directions(&self, session: &mut SenderSession, slot: usize) {
         let d = session.take_directions();
         if d.attributed == 0 {
             return;
         }
-        self.shared.path(self.targets[t].0, |p| {
+        self.shared.path(slot, |p| {
             let dir = p.directional.get_or_insert_default();
             dir.attributed += d.attributed;
             dir.forward_lost += d.forward_lost;
@@ -266,16 +306,16 @@ impl StampProber {
 
     fn on_event(
         &self,
-        sessions: &mut [SenderSession],
+        sessions: &mut HashMap<usize, SenderSession>,
         by_ssid: &HashMap<u16, usize>,
         ev: UdpEvent,
     ) {
         match ev {
             UdpEvent::TxStamp { tail, tx_ns } => {
                 if let Some((ssid, seq)) = SenderPacket::peek(&tail, self.key.is_some())
-                    && let Some(&t) = by_ssid.get(&ssid)
+                    && let Some(s) = by_ssid.get(&ssid).and_then(|t| sessions.get_mut(t))
                 {
-                    sessions[t].tx_stamp(seq, tx_ns);
+                    s.tx_stamp(seq, tx_ns);
                 }
             }
             UdpEvent::Datagram {
@@ -293,7 +333,10 @@ impl StampProber {
                     self.shared.stray(StrayReason::NotOurs);
                     return;
                 };
-                let Some(&t) = by_ssid.get(&r.ssid) else {
+                let Some((path, session)) = by_ssid
+                    .get(&r.ssid)
+                    .and_then(|t| Some((*t, sessions.get_mut(t)?)))
+                else {
                     self.shared.stray(StrayReason::NotOurs);
                     return;
                 };
@@ -302,8 +345,7 @@ impl StampProber {
                     rx_mono,
                     rx_kernel: rx_ns,
                 };
-                let path = self.targets[t].0;
-                match sessions[t].reply(&r, &a) {
+                match session.reply(&r, &a) {
                     Outcome::Reply {
                         rtt,
                         reordered,
@@ -326,7 +368,7 @@ impl StampProber {
                                 dir.owd_reverse.record(us(rev));
                             }
                         });
-                        self.flush_directions(&mut sessions[t], t);
+                        self.flush_directions(session, path);
                     }
                     Outcome::Duplicate => self.shared.path(path, |p| p.on_duplicate()),
                     Outcome::Late => self.shared.path(path, |p| p.on_late()),
