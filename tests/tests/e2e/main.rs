@@ -11,6 +11,7 @@ mod enroll;
 mod hops;
 mod lab;
 mod loopback;
+mod mesh;
 mod package;
 mod prometheus;
 mod reload;
