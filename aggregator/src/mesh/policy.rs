@@ -232,6 +232,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_list_of_a_1000_agent_mesh_is_computed_quickly() {
+        // A membership change recomputes every connected agent's list.
+        let m = mesh(20, 50);
+        let start = std::time::Instant::now();
+        let l = lists(&m, Some(3));
+        let took = start.elapsed();
+        eprintln!("1000 agents, 20 sites, k = 3: every list in {took:?}");
+        assert_eq!(
+            l.values().map(BTreeSet::len).sum::<usize>(),
+            1000 * (49 + 3 * 19)
+        );
+        assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    }
+
     const PINNED: u64 = 9_562_428_243_071_582_630;
 
     #[test]
