@@ -41,6 +41,8 @@ pub struct Mesh {
     store: SharedStore,
     /// Members that left: name → when (ms since the epoch).
     departed: Mutex<BTreeMap<String, u64>>,
+    /// Connections with a push task (one peer stream per connection, however many joins).
+    pushing: Mutex<std::collections::BTreeSet<usize>>,
 }
 
 impl Mesh {
@@ -51,6 +53,7 @@ impl Mesh {
             epoch: watch::channel(0).0,
             store,
             departed: Mutex::new(BTreeMap::new()),
+            pushing: Mutex::new(Default::default()),
         })
     }
 
@@ -96,7 +99,22 @@ impl Mesh {
             .join(agent, conn.stable_id(), j.advertise, j.stamp_port);
         let Some(changed) = r else { return false };
         self.publish(changed, "agent joined", agent);
-        tokio::spawn(self.clone().push(agent.to_string(), conn.clone()));
+        let id = conn.stable_id();
+        let first = self
+            .pushing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        if first {
+            let (mesh, agent, conn) = (self.clone(), agent.to_string(), conn.clone());
+            tokio::spawn(async move {
+                mesh.clone().push(agent, conn).await;
+                mesh.pushing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            });
+        }
         true
     }
 
