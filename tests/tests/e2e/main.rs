@@ -19,5 +19,6 @@ mod security;
 mod setup;
 mod stamp;
 mod systemd;
+mod systemd_boot;
 mod topo;
 mod ui;
