@@ -352,15 +352,55 @@ fn target_host(dst: &str) -> &str {
     }
 }
 
+/// History kept per path: the longest window any rule reads, and 10 s more.
+fn keep_ms_for(rules: &[Rule]) -> u64 {
+    rules
+        .iter()
+        .map(|r| r.longest_window().as_millis() as u64)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(10_000)
+        .max(MIN_KEEP_MS)
+}
+
 impl Engine {
+    /// Replace the rules (a configuration reload) without losing state: the paths'
+    /// history stays; an alert whose rule keeps its name keeps its phase (a firing alert
+    /// fires on, from now judged by the rule as it is now, and resolves by its clear
+    /// condition); the alerts of rules that are gone resolve now and are returned, to be
+    /// notified and recorded like any other resolution.
+    pub fn set_rules(&mut self, rules: Vec<Rule>, now_ms: u64) -> Vec<Alert> {
+        let kept: BTreeSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        let gone: Vec<AlertKey> = self
+            .slots
+            .keys()
+            .filter(|k| !kept.contains(&*k.alertname))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for k in gone {
+            if let Some(mut slot) = self.slots.remove(&k)
+                && slot.tracker.is_firing()
+                && let Some(mut a) = slot.alert.take()
+            {
+                a.state = AlertState::Resolved;
+                a.ends_at_ms = Some(now_ms);
+                let summary = a.annotations.get("summary").cloned().unwrap_or_default();
+                a.annotations.insert(
+                    "summary".into(),
+                    format!("{summary} (rule removed from the configuration)"),
+                );
+                out.push(a);
+            }
+        }
+        self.keep_ms = keep_ms_for(&rules);
+        self.names = rules.iter().map(|r| Arc::from(r.name.as_str())).collect();
+        self.rules = rules;
+        out
+    }
+
     pub fn new(rules: Vec<Rule>, cfg: EngineConfig) -> Engine {
-        let keep_ms = rules
-            .iter()
-            .map(|r| r.longest_window().as_millis() as u64)
-            .max()
-            .unwrap_or(0)
-            .saturating_add(10_000)
-            .max(MIN_KEEP_MS);
+        let keep_ms = keep_ms_for(&rules);
         Engine {
             names: rules.iter().map(|r| Arc::from(r.name.as_str())).collect(),
             rules,
