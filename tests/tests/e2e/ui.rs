@@ -371,7 +371,7 @@ fn read_sse(port: u16, path: &str, n: usize) -> Vec<(String, String)> {
 const HTTP: &str = "127.0.0.1:9470";
 const QUIC: &str = "127.0.0.1:4470";
 
-fn artifacts() -> PathBuf {
+pub fn artifacts() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     // target/<profile>/deps/e2e-… → target/ui-artifacts
     let target = exe
@@ -513,7 +513,7 @@ fn cell(b: &mut Browser, page: &Page, src: &str, dst: &str) -> Value {
     )
 }
 
-fn save(dir: &Path, name: &str, png: &[u8]) -> PathBuf {
+pub fn save(dir: &Path, name: &str, png: &[u8]) -> PathBuf {
     assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
     let p = dir.join(name);
     std::fs::write(&p, png).expect("write screenshot");
