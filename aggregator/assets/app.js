@@ -649,24 +649,36 @@
   function renderPath(v) {
     const t = $("path-stats");
     t.textContent = "";
-    const head = ["window", "p50", "p90", "p99", "min", "loss", "loss ≤ (95%)", "replies", "MOS", "fwd / rev loss"];
+    // Loss per direction: STAMP paths only (a stateful reflector numbers what it reflects).
+    const directional = v.windows.some((w) => w.forward_loss !== null || w.reverse_loss !== null);
+    const head = ["window", "p50", "p90", "p99", "min", "loss", "loss ≤ (95%)", "replies", "MOS"];
+    if (directional) head.push("fwd / rev loss");
     const tr = document.createElement("tr");
-    head.forEach((h, i) => { const th = document.createElement("th"); th.textContent = h; if (i) th.className = "num"; tr.appendChild(th); });
+    head.forEach((h, i) => {
+      const th = document.createElement("th");
+      th.textContent = h;
+      if (i) th.className = "num";
+      if (i === 9) th.title = "forward: lost on the way to the reflector; reverse: reflected, then lost on the way back";
+      tr.appendChild(th);
+    });
     t.appendChild(tr);
     for (const w of v.windows) {
       const r = document.createElement("tr");
       const vals = [w.window, ms(w.p50_us), ms(w.p90_us), ms(w.p99_us), ms(w.min_us),
         fmt("loss", w.loss), w.loss_upper === null ? "—" : fmt("loss", w.loss_upper),
-        String(w.received), w.mos === null ? "—" : w.mos.toFixed(2),
-        w.forward_loss === null && w.reverse_loss === null ? "—"
-          : fmt("loss", w.forward_loss) + " / " + fmt("loss", w.reverse_loss)];
+        String(w.received), w.mos === null ? "—" : w.mos.toFixed(2)];
+      if (directional) {
+        vals.push(w.forward_loss === null && w.reverse_loss === null ? "—"
+          : fmt("loss", w.forward_loss) + " / " + fmt("loss", w.reverse_loss));
+      }
       vals.forEach((x, i) => { const td = document.createElement("td"); td.textContent = x; if (i) td.className = "num"; r.appendChild(td); });
       t.appendChild(r);
     }
     const cap = document.createElement("caption");
     cap.className = "muted";
     cap.textContent = "RFC 3550 jitter " + ms(v.jitter_us === null ? null : Math.round(v.jitter_us)) +
-      " · since start: " + v.sent + " sent, " + v.received + " received, " + v.lost + " lost";
+      " · since start: " + v.sent + " sent, " + v.received + " received, " + v.lost + " lost" +
+      (directional ? " · fwd: lost on the way to the reflector, rev: on the way back" : "");
     t.appendChild(cap);
     renderHops(v);
     drawSmoke(v);

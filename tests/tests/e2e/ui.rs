@@ -496,7 +496,7 @@ impl Lab {
 }
 
 /// The cell of src → dst as drawn: geometry, class and the canvas pixel at its sample point.
-fn cell(b: &mut Browser, page: &Page, src: &str, dst: &str) -> Value {
+pub fn cell(b: &mut Browser, page: &Page, src: &str, dst: &str) -> Value {
     b.eval(
         page,
         &format!(
