@@ -808,6 +808,7 @@
     const [t0, t1] = timeRange(v);
     const pts = v.history.filter((p) => p.t_ms + p.step_ms > t0);
     const maxLoss = Math.max(0.05, ...pts.map((p) => p.loss || 0));
+    $("lossjitter").dataset.lossPoints = String(pts.filter((p) => p.lost > 0).length);
     const maxJit = niceMax(Math.max(0.005, ...pts.map((p) => (p.jitter_us || 0) / 1000)) * 1.2);
     const X = timeAxis(ctx, w, h, t0, t1);
     const lossMax = niceMax(maxLoss * 100) / 100;

@@ -758,14 +758,16 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
     })
     .expect("a history point with the losses within 40 s");
     eprintln!("history: {}", history["history"]);
-    wait_for(Duration::from_secs(15), || {
+    // The path view refreshes every 10 s: wait until it has drawn the lossy point (not
+    // only an earlier clean one), so the screenshots show the loss.
+    wait_for(Duration::from_secs(25), || {
         let n = b.eval(
             &page,
-            "Number(document.getElementById('smoke').dataset.points || 0)",
+            "[document.getElementById('smoke').dataset.points, document.getElementById('lossjitter').dataset.lossPoints].map(Number)",
         );
-        (n.as_u64() > Some(0)).then_some(())
+        (n[0].as_u64() > Some(0) && n[1].as_u64() > Some(0)).then_some(())
     })
-    .expect("the smoke graph drew the history");
+    .expect("the smoke graph drew the history, the loss line its lossy point");
     let dir = artifacts();
     save(&dir, "mesh-light.png", &b.screenshot(&page));
     b.color_scheme(&page, "dark");

@@ -150,6 +150,24 @@ fn lab_page_shows_real_alerts_with_verdicts_hops_and_directional_stamp_loss() {
         text.starts_with(&format!("home-a → {anchor} (anchor): loss ")),
         "{f}"
     );
+    // The focused cell is ringed on the canvas (the foreground color just left of it).
+    let c = cell(&mut b, &page, "home-a", &anchor);
+    let ring = b.eval(
+        &page,
+        &format!(
+            r##"(() => {{ const cv = document.getElementById("matrix"), d = window.devicePixelRatio || 1;
+                const px = cv.getContext("2d").getImageData(Math.round(({x} - 1) * d), Math.round(({y} + {h} / 2) * d), 1, 1).data;
+                const fg = getComputedStyle(document.documentElement).getPropertyValue("--fg").trim();
+                return ["#" + [px[0], px[1], px[2]].map((v) => v.toString(16).padStart(2, "0")).join(""), fg]; }})()"##,
+            x = c["x"], y = c["y"], h = c["h"]
+        ),
+    );
+    assert_eq!(ring[0], ring[1], "focus ring around the cell: {ring}");
+    // End / Home: the row's last and first column.
+    let f = press(&mut b, &page, "End");
+    assert_eq!(f["focus"], format!("s:home-a|d:stamp:{stamp_dst}"), "{f}");
+    let f = press(&mut b, &page, "Home");
+    assert_eq!(f["focus"], icmp.as_str(), "{f}");
     assert_eq!(
         b.eval(
             &page,
