@@ -253,6 +253,26 @@ fn dashboards_are_current_schema_with_a_datasource_variable() {
                 assert_eq!(v["datasource"]["uid"], "${datasource}", "{}", d.file);
             }
         }
+        // Layout: every panel inside Grafana's 24 columns, none overlapping another.
+        let mut boxes: Vec<(String, [u64; 4])> = Vec::new();
+        for p in panels(j) {
+            let g = &p["gridPos"];
+            let b = ["x", "y", "w", "h"].map(|k| g[k].as_u64().unwrap_or(u64::MAX));
+            let title = p["title"].as_str().unwrap_or("").to_string();
+            assert!(
+                b.iter().all(|v| *v < 1000) && b[2] > 0 && b[3] > 0 && b[0] + b[2] <= 24,
+                "{}: `{title}` gridPos {g}",
+                d.file
+            );
+            for (other, o) in &boxes {
+                let apart = b[0] + b[2] <= o[0]
+                    || o[0] + o[2] <= b[0]
+                    || b[1] + b[3] <= o[1]
+                    || o[1] + o[3] <= b[1];
+                assert!(apart, "{}: `{title}` overlaps `{other}`", d.file);
+            }
+            boxes.push((title, b));
+        }
         let mut ids = BTreeSet::new();
         for p in panels(j) {
             let title = p["title"].as_str().unwrap_or("");

@@ -809,6 +809,23 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         "mesh-a collapsed into lab-1"
     );
     assert!(cell(&mut b, &page, "mesh-b", "127.0.0.2")["present"] == true);
+    // With the keyboard: the collapsed site is the first line; Enter there expands it.
+    b.eval(&page, "document.getElementById('matrix').focus()");
+    b.key(&page, "Home");
+    let f = b.eval(&page, "window.pathpulse.focused()");
+    assert_eq!(f["focus"], "g:lab-1|d:icmp:127.0.0.2", "{f}");
+    assert!(
+        f["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("group lab-1 → 127.0.0.2: worst p99 RTT")),
+        "{f}"
+    );
+    b.key(&page, "Enter");
+    assert_eq!(
+        cell(&mut b, &page, "mesh-a", "127.0.0.2")["present"],
+        true,
+        "Enter expanded lab-1"
+    );
 
     // 200 agents × 200 destinations (40,000 cells) drawn without freezing the page.
     b.eval(&page, "window.pathpulse.pause()");
