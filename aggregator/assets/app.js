@@ -420,7 +420,7 @@
   function drawFocus(ctx, L) {
     const f = document.activeElement === canvas ? focusAt(L) : null;
     const out = $("matrix-focus");
-    if (!f) { canvas.dataset.focus = ""; return; }
+    if (!f) { canvas.dataset.focus = ""; out.textContent = ""; return; }
     const { line, col, li, ci, lines } = f;
     S.focus = { line: lineKey(line), col: colKey(col) };
     const x = col.x, y = line.y, w = col.w - 1, h = line.h - 1;
@@ -429,9 +429,13 @@
     ctx.strokeRect(x + 1, y + 1, w - 2, h - 2);
     ctx.strokeStyle = css("--fg");
     ctx.strokeRect(x - 1, y - 1, w + 2, h + 2);
-    const text = describeCell(line, col) + " (row " + (li + 1) + " of " + lines.length + ", column " + (ci + 1) + " of " + L.cols.length + ")";
-    if (out.textContent !== text) out.textContent = text;
-    canvas.dataset.focus = S.focus.line + "|" + S.focus.col;
+    // Said again when the focus moves, not on every live update (once a second).
+    const key = S.focus.line + "|" + S.focus.col;
+    if (canvas.dataset.focus !== key) {
+      out.textContent = describeCell(line, col) + " (row " + (li + 1) + " of " + lines.length +
+        ", column " + (ci + 1) + " of " + L.cols.length + ")";
+    }
+    canvas.dataset.focus = key;
     // Keep the focused cell in view inside the scrolling wrapper.
     const wrap = $("matrix-wrap");
     if (x < wrap.scrollLeft + L.labelW) wrap.scrollLeft = Math.max(0, x - L.labelW);
