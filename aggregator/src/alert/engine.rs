@@ -593,7 +593,23 @@ impl Engine {
             AlertState::Resolved
         };
         let keep_labels = slot.alert.as_ref().map(|a| a.labels.clone());
-        let alert = self.describe(rule, &key, &v, state, starts_ms, now_ms, keep_labels);
+        // While an alert fires only its clear condition is evaluated; what it shows keeps
+        // the threshold it fired on (the clear one is `clear_threshold`).
+        let raised_on = slot
+            .alert
+            .as_ref()
+            .filter(|_| state == AlertState::Firing && t.is_none())
+            .map(|a| (a.threshold, a.annotations.get("threshold").cloned()));
+        let mut alert = self.describe(rule, &key, &v, state, starts_ms, now_ms, keep_labels);
+        if let Some((threshold, text)) = raised_on {
+            if let Some(clear) = alert.annotations.remove("threshold") {
+                alert.annotations.insert("clear_threshold".into(), clear);
+            }
+            if let Some(text) = text {
+                alert.annotations.insert("threshold".into(), text);
+            }
+            alert.threshold = threshold;
+        }
         let slot = self.slots.get_mut(&key).expect("inserted above");
         if active {
             slot.alert = Some(alert.clone());

@@ -467,3 +467,26 @@ fn reloaded_rules_keep_firing_alerts_and_resolve_removed_ones() {
     }
     assert!(down, "path down still fires after the reload");
 }
+
+/// A firing alert as shown (`GET /api/alerts`, the page, re-sends) keeps the threshold it
+/// fired on; the clear threshold it is now judged by is `clear_threshold`.
+#[test]
+fn a_firing_alert_shows_the_threshold_it_fired_on() {
+    let mut e = engine();
+    for s in 1..=20u64 {
+        let now = T0 + s * 1000;
+        e.on_report(&report("a", now, &[("192.0.2.1", 6, 4)]), now);
+    }
+    let firing = e.firing();
+    let a = firing
+        .iter()
+        .find(|a| a.alertname == "PathpulseLoss")
+        .unwrap_or_else(|| panic!("{:?}", names(&e.active())));
+    assert_eq!(a.threshold, Some(0.05), "{a:?}");
+    assert_eq!(a.annotations["threshold"], "5.0%");
+    assert_eq!(a.annotations["clear_threshold"], "1.0%");
+    assert!(
+        a.value.is_some_and(|v| v > 0.3),
+        "the value is current: {a:?}"
+    );
+}
