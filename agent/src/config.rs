@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::probe::hop_udp::HopProbe;
 use crate::spool::SpoolLimits;
 use crate::target::TargetSpec;
 
@@ -45,6 +46,7 @@ pub struct FileConfig {
     /// the `isp` role; without them the ISP boundary is guessed (see README).
     pub isp_prefixes: Option<Vec<String>>,
     pub hop_interval: Option<String>,
+    pub hop_probe: Option<HopProbe>,
     pub stamp_listen: Option<Vec<String>>,
     pub stamp_rate: Option<u32>,
     pub stamp_key_file: Option<PathBuf>,
@@ -82,6 +84,10 @@ pub struct RunArgs {
     /// Probe interval per hop toward ICMP targets (default 1s; 100ms .. 1h).
     #[arg(long, value_name = "DUR", env = "PATHPULSE_HOP_INTERVAL")]
     pub hop_interval: Option<String>,
+    /// Packets for hop discovery: icmp (echo requests) or udp (to port 33434); both keep
+    /// one flow per target so ECMP routers keep them on one path (default icmp).
+    #[arg(long, value_name = "KIND", env = "PATHPULSE_HOP_PROBE")]
+    pub hop_probe: Option<HopProbe>,
     /// Aggregator to report to, repeatable (each gets every report).
     #[arg(
         long = "aggregator",
@@ -156,6 +162,7 @@ pub struct AgentConfig {
     pub hops: bool,
     pub isp_prefixes: Vec<crate::probe::route::Prefix>,
     pub hop_interval: Duration,
+    pub hop_probe: HopProbe,
     /// STAMP reflector addresses (empty: no reflector).
     pub stamp_listen: Vec<SocketAddr>,
     /// Reflected packets per second per source address.
@@ -504,6 +511,7 @@ impl AgentConfig {
                 hops: !args.no_hops && file.hops.unwrap_or(true),
                 isp_prefixes,
                 hop_interval,
+                hop_probe: args.hop_probe.or(file.hop_probe).unwrap_or_default(),
                 stamp_listen,
                 stamp_rate,
                 stamp_key,

@@ -107,6 +107,7 @@ pub fn restart_keys(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static st
     check("hops", running.hops != new.hops);
     check("isp_prefixes", running.isp_prefixes != new.isp_prefixes);
     check("hop_interval", running.hop_interval != new.hop_interval);
+    check("hop_probe", running.hop_probe != new.hop_probe);
     check("stamp_listen", running.stamp_listen != new.stamp_listen);
     check("stamp_rate", running.stamp_rate != new.stamp_rate);
     check("stamp_key_file", running.stamp_key != new.stamp_key);
@@ -313,6 +314,7 @@ mod tests {
             hops: true,
             isp_prefixes: vec![],
             hop_interval: crate::config::DEFAULT_HOP_INTERVAL,
+            hop_probe: Default::default(),
             stamp_listen: vec![],
             stamp_rate: crate::probe::stamp::reflector::DEFAULT_RATE,
             stamp_key: None,

@@ -255,6 +255,7 @@ pub async fn run_with(
                 interval: cfg.hop_interval,
                 timeout: cfg.timeout,
                 max_ttl: hops::DEFAULT_MAX_TTL,
+                probe: cfg.hop_probe,
                 isp_prefixes: cfg.isp_prefixes.clone(),
                 shared: shared.clone(),
                 resolver: resolver.clone(),
