@@ -516,7 +516,6 @@ fn lab_stamp_across_a_reordering_duplicating_link_counts_exactly() {
         loss: pathpulse_tests::lab::impair::Loss::Bernoulli { p: 1.0 },
         ..Impairment::default()
     };
-    let log_len = link.emu.log().len();
     link.emu.set(Dir::Ab, cut);
     std::thread::sleep(Duration::from_secs(3));
     let m = metrics_in(&link.a, PORT);
@@ -532,9 +531,12 @@ fn lab_stamp_across_a_reordering_duplicating_link_counts_exactly() {
         .filter(|r| r.dir == Dir::Ba && r.proto == 17)
         .map(|r| r.depart_ns.len())
         .sum();
-    let requests = log[..log_len]
+    // Requests that reached B (at least one copy departed toward it): the emulator decides
+    // at arrival, so reading the log's length before the cut raced with requests arriving
+    // meanwhile; departures made are exact whenever the cut came.
+    let requests = log
         .iter()
-        .filter(|r| r.dir == Dir::Ab && r.proto == 17)
+        .filter(|r| r.dir == Dir::Ab && r.proto == 17 && !r.depart_ns.is_empty())
         .count() as f64;
     let (sent, recv, lost, dup) = (
         get("pathpulse_probes_sent_total"),
@@ -544,9 +546,9 @@ fn lab_stamp_across_a_reordering_duplicating_link_counts_exactly() {
     );
     let reordered = get("pathpulse_probes_reordered_total");
     eprintln!(
-        "sent {sent} received {recv} lost {lost} duplicates {dup} reordered {reordered}; emulator: {requests} requests before the cut, {copies} reply copies"
+        "sent {sent} received {recv} lost {lost} duplicates {dup} reordered {reordered}; emulator: {requests} requests delivered, {copies} reply copies"
     );
-    assert_eq!(recv, requests, "every request before the cut was answered");
+    assert_eq!(recv, requests, "every request that reached the reflector was answered");
     assert_eq!(
         recv + dup,
         copies as f64,
