@@ -1,6 +1,7 @@
 //! pathpulse-agent: probes paths and reports them.
 //!
-//! - [`config`], [`target`]: what to probe, from file, flags and environment;
+//! - [`config`], [`target`], [`options`]: what to probe and how, from file, flags and
+//!   environment;
 //! - [`probe`]: probers (ICMP on kernel-timestamped sockets, TCP connect) and reply matching;
 //! - [`schedule`]: when each probe goes out;
 //! - [`stats`], [`shared`]: per-path statistics of the current report interval;
@@ -17,6 +18,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod enroll;
+pub mod options;
 pub mod probe;
 pub mod reload;
 pub mod renew;

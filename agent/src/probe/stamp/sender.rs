@@ -2,6 +2,11 @@
 //! targets, one session (SSID) per target, kernel TX and RX stamps, the reflector's
 //! residence time removed from the RTT, loss per direction and one-way delay (see
 //! `session`). A socket error is counted and followed by a backoff: it never spins.
+//!
+//! Per-target options: DSCP and TTL go per packet on the shared sockets; a target with a
+//! `source`, an `interface` or `ecmp=N` gets sockets of its own (N of them, one source
+//! port each, one session per port: see `ecmp`), read by small forwarding tasks; `size`
+//! pads the test packet (the reflector answers with the same size).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -12,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{self, ClockState};
+use super::ecmp::Spread;
 use super::packet::{NtpTimestamp, ReflectorPacket, SenderPacket, StampKey};
 use super::reflector::DEFAULT_PORT;
 use super::session::{Arrival, Outcome, SenderSession};
@@ -37,6 +43,39 @@ pub struct StampProber {
     v6: Option<StampSocket>,
     /// Authenticated mode (RFC 8762 §4.4) when set.
     key: Option<StampKey>,
+    /// Flows (target, source port) and whose turn it is.
+    spread: Spread,
+    /// Per flow: its own socket, or `None` for the shared socket of its family.
+    own: Vec<Option<Arc<StampSocket>>>,
+}
+
+/// Bounded queue of event batches from the targets' own sockets.
+const OWN_QUEUE: usize = 64;
+
+/// Family a target's own sockets are opened for: of its address, its `family` option or
+/// its `source`; IPv4 otherwise.
+fn own_family(t: &TargetSpec) -> Family {
+    match &t.host {
+        Host::Ip(ip) => Family::of(ip),
+        Host::Name(_) => t
+            .options
+            .family()
+            .or(t.options.source.map(|s| Family::of(&s)))
+            .unwrap_or(Family::V4),
+    }
+}
+
+/// A target's own sockets: one per ECMP port, bound to its source (port 0: the kernel
+/// picks distinct ports).
+fn open_own(t: &TargetSpec) -> std::io::Result<Vec<Arc<StampSocket>>> {
+    let any: IpAddr = match own_family(t) {
+        Family::V4 => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        Family::V6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let bind = SocketAddr::new(t.options.source.unwrap_or(any), 0);
+    (0..t.options.ecmp.unwrap_or(1).max(1))
+        .map(|_| StampSocket::bind_with(bind, &t.options).map(Arc::new))
+        .collect()
 }
 
 async fn recv_opt(
@@ -72,9 +111,12 @@ impl StampProber {
         key: Option<StampKey>,
     ) -> std::io::Result<StampProber> {
         let wants = |f: Family| {
-            targets.iter().any(|(_, t)| match &t.host {
-                Host::Ip(ip) => Family::of(ip) == f,
-                Host::Name(_) => true,
+            targets.iter().any(|(_, t)| {
+                !t.options.needs_own_socket()
+                    && match &t.host {
+                        Host::Ip(ip) => Family::of(ip) == f,
+                        Host::Name(_) => true,
+                    }
             })
         };
         let open = |f: Family, any: SocketAddr| wants(f).then(|| StampSocket::bind(any));
@@ -94,6 +136,34 @@ impl StampProber {
         if let (None, None, Some(e)) = (&v4, &v6, first_err) {
             return Err(e);
         }
+        let spread = Spread::new(
+            &targets
+                .iter()
+                .map(|(_, t)| usize::from(t.options.ecmp.unwrap_or(1)))
+                .collect::<Vec<_>>(),
+        );
+        let mut own = vec![None; spread.flows()];
+        for (i, (_, t)) in targets.iter().enumerate() {
+            if !t.options.needs_own_socket() {
+                continue;
+            }
+            match open_own(t) {
+                Ok(socks) => {
+                    let ports: Vec<u16> = socks
+                        .iter()
+                        .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
+                        .collect();
+                    tracing::info!(target_label = %t.label, ?ports, "STAMP target sockets of its own");
+                    for (flow, sock) in spread.flows_of(i).zip(socks) {
+                        own[flow] = Some(sock);
+                    }
+                }
+                // Its probes count as send errors (no socket for its flows).
+                Err(e) => {
+                    tracing::warn!(target_label = %t.label, error = %e, "STAMP target's sockets cannot be opened")
+                }
+            }
+        }
         Ok(StampProber {
             targets,
             interval,
@@ -103,7 +173,48 @@ impl StampProber {
             v4,
             v6,
             key,
+            spread,
+            own,
         })
+    }
+
+    /// Forward what the targets' own sockets receive into one queue.
+    fn spawn_readers(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> tokio::sync::mpsc::Receiver<Vec<UdpEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(OWN_QUEUE);
+        for sock in self.own.iter().flatten() {
+            let (sock, tx, stop) = (sock.clone(), tx.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+                loop {
+                    let mut evs = Vec::new();
+                    let r = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = sock.recv_batch(&mut buf, &mut evs) => r,
+                    };
+                    match r {
+                        Ok(()) => {
+                            backoff.reset();
+                            if tx.send(evs).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let wait = backoff.next_delay();
+                            tracing::warn!(error = %e, backoff = ?wait, "STAMP receive failed");
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(wait) => {}
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        rx
     }
 
     fn socket(&self, ip: &IpAddr) -> Option<&StampSocket> {
@@ -113,12 +224,12 @@ impl StampProber {
         }
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let retention = (self.timeout * 4).max(Duration::from_secs(10));
         // One session per target, told apart by SSID (random base, so a restarted agent
         // opens new sessions at the reflector even on the same port).
         let base: u16 = rand::random();
-        let mut sessions: Vec<SenderSession> = (0..self.targets.len())
+        let mut sessions: Vec<SenderSession> = (0..self.spread.flows())
             .map(|i| SenderSession::new(base.wrapping_add(i as u16), retention))
             .collect();
         let by_ssid: HashMap<u16, usize> = sessions
@@ -126,7 +237,10 @@ impl StampProber {
             .enumerate()
             .map(|(i, s)| (s.ssid, i))
             .collect();
+        // (deadline, flow, sequence)
         let mut deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>> = BinaryHeap::new();
+        let mut own_events = self.spawn_readers(&shutdown);
+        let mut own_open = self.own.iter().any(Option::is_some);
         let mut sched = Schedule::new(
             vec![self.interval; self.targets.len()],
             Instant::now(),
@@ -159,6 +273,16 @@ impl StampProber {
                 _ = sleep => None,
                 r = recv_opt(self.v4.as_ref(), &mut buf4, &mut ev4) => Some(r),
                 r = recv_opt(self.v6.as_ref(), &mut buf6, &mut ev6) => Some(r),
+                batch = own_events.recv(), if own_open => match batch {
+                    Some(evs) => {
+                        ev4.extend(evs);
+                        Some(Ok(()))
+                    }
+                    None => {
+                        own_open = false;
+                        None
+                    }
+                },
             };
             match received {
                 Some(Ok(())) => {
@@ -185,38 +309,48 @@ impl StampProber {
             }
             for due in sched.pop_due(now) {
                 self.shared.lag(due.lag.as_micros() as u64);
-                let t = due.target;
+                let flow = self.spread.next(due.target);
                 if let Some(seq) = self
-                    .send(&mut sessions[t], t, clock_state, &mut last_send_error)
+                    .send(&mut sessions[flow], flow, clock_state, &mut last_send_error)
                     .await
                 {
-                    deadlines.push(Reverse((Instant::now() + self.timeout, t, seq)));
+                    deadlines.push(Reverse((Instant::now() + self.timeout, flow, seq)));
                 }
             }
             let now = Instant::now();
-            while let Some(&Reverse((at, t, seq))) = deadlines.peek() {
+            while let Some(&Reverse((at, flow, seq))) = deadlines.peek() {
                 if at > now {
                     break;
                 }
                 deadlines.pop();
-                if sessions[t].expire(seq, now) {
-                    self.shared.path(self.targets[t].0, |p| p.on_lost());
+                if sessions[flow].expire(seq, now) {
+                    self.shared.path(self.path_of(flow), |p| p.on_lost());
                 }
-                self.flush_directions(&mut sessions[t], t);
+                self.flush_directions(&mut sessions[flow], flow);
             }
         }
+    }
+
+    /// The `Shared` slot a flow reports into.
+    fn path_of(&self, flow: usize) -> usize {
+        self.targets[self.spread.target_of(flow)].0
     }
 
     async fn send(
         &self,
         session: &mut SenderSession,
-        t: usize,
+        flow: usize,
         clock_state: ClockState,
         last_error: &mut Option<std::io::ErrorKind>,
     ) -> Option<u32> {
-        let (path, spec) = &self.targets[t];
-        let ip = self.resolver.addr(&spec.host);
-        let Some((ip, sock)) = ip.and_then(|ip| Some((ip, self.socket(&ip)?))) else {
+        let (path, spec) = &self.targets[self.spread.target_of(flow)];
+        let ip = self.resolver.target_addr(spec);
+        let sock_for = |ip: &IpAddr| match &self.own[flow] {
+            Some(own) => Some(own.as_ref()),
+            None if spec.options.needs_own_socket() => None,
+            None => self.socket(ip),
+        };
+        let Some((ip, sock)) = ip.and_then(|ip| Some((ip, sock_for(&ip)?))) else {
             self.shared.path(*path, |p| p.on_send_error());
             return None;
         };
@@ -228,11 +362,21 @@ impl StampProber {
             error: clock_state.error_estimate(),
             ssid: session.ssid,
         };
-        let pkt = match &self.key {
+        let mut pkt = match &self.key {
             None => p.encode().to_vec(),
             Some(k) => p.encode_auth(k).to_vec(),
         };
-        match sock.send_to(&pkt, dst).await {
+        if let Some(size) = spec.options.size {
+            // `size` is the IP packet; padding is zeros (RFC 8762 leaves it to the sender).
+            let want = usize::from(size).saturating_sub(crate::options::header_len(&ip));
+            pkt.resize(pkt.len().max(want), 0);
+        }
+        let sent = if self.own[flow].is_some() {
+            sock.send_to(&pkt, dst).await
+        } else {
+            sock.send_to_with(&pkt, dst, &spec.options).await
+        };
+        match sent {
             Ok(sent) => {
                 let seq = session.sent(dst, sent, tx_wall);
                 self.shared.path(*path, |p| p.on_sent());
@@ -251,12 +395,12 @@ impl StampProber {
         }
     }
 
-    fn flush_directions(&self, session: &mut SenderSession, t: usize) {
+    fn flush_directions(&self, session: &mut SenderSession, flow: usize) {
         let d = session.take_directions();
         if d.attributed == 0 {
             return;
         }
-        self.shared.path(self.targets[t].0, |p| {
+        self.shared.path(self.path_of(flow), |p| {
             let dir = p.directional.get_or_insert_default();
             dir.attributed += d.attributed;
             dir.forward_lost += d.forward_lost;
@@ -302,7 +446,7 @@ impl StampProber {
                     rx_mono,
                     rx_kernel: rx_ns,
                 };
-                let path = self.targets[t].0;
+                let path = self.path_of(t);
                 match sessions[t].reply(&r, &a) {
                     Outcome::Reply {
                         rtt,
