@@ -7,6 +7,7 @@ mod cli;
 mod dashboards;
 mod delivery;
 mod demo;
+mod dns;
 mod enroll;
 mod hops;
 mod lab;
