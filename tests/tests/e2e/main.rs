@@ -12,6 +12,7 @@ mod enroll;
 mod hops;
 mod lab;
 mod loopback;
+mod options;
 mod package;
 mod prometheus;
 mod reload;
