@@ -8,6 +8,7 @@ mod dashboards;
 mod delivery;
 mod demo;
 mod dns;
+mod ecmp;
 mod enroll;
 mod hops;
 mod lab;
