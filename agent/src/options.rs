@@ -27,6 +27,9 @@ pub const MAX_ECMP: u8 = 64;
 /// Largest IP packet a probe may ask for (bytes, headers included).
 pub const MAX_SIZE: u16 = 65_000;
 
+/// (key, value) or (key, reason) pairs.
+type Pairs = Vec<(String, String)>;
+
 /// Which address family a target is probed over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum FamilyChoice {
@@ -301,7 +304,7 @@ pub fn resolve(
 ) -> (Vec<TargetSpec>, usize, Vec<(String, String)>) {
     let mut errs: Vec<(String, String)> = Vec::new();
     // (entry, SPEC, option pairs)
-    let mut entries: Vec<(String, String, Vec<(String, String)>)> = Vec::new();
+    let mut entries: Vec<(String, String, Pairs)> = Vec::new();
     if !flags.is_empty() {
         for piece in flags {
             for part in piece.split(',') {

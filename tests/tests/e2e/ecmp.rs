@@ -161,7 +161,7 @@ fn ecmp_spreading_shows_one_bad_path_as_partial_loss() {
         spread * PORTS
     );
     assert!(
-        single < 0.05 || single > 0.95,
+        !(0.05..=0.95).contains(&single),
         "one source port takes one path: all or nothing, got {single}"
     );
     // Round robin over 16 ports, each on one path: k/16 lost for the k ports hashed onto the
