@@ -146,3 +146,29 @@ impl Resolver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn addresses_are_kept_per_family_and_ipv4_is_preferred() {
+        let r = Resolver::new([Host::Name("localhost".into())]);
+        r.refresh().await;
+        let h = Host::Name("localhost".into());
+        let (v4, v6) = (
+            r.addr_in(&h, Some(Family::V4)),
+            r.addr_in(&h, Some(Family::V6)),
+        );
+        assert!(v4.is_none_or(|a| a.is_ipv4()), "{v4:?}");
+        assert!(v6.is_none_or(|a| a.is_ipv6()), "{v6:?}");
+        assert!(v4.is_some() || v6.is_some(), "localhost resolves");
+        assert_eq!(r.addr(&h), v4.or(v6));
+        // An address is what it is, whatever the family asked.
+        let ip = Host::Ip("192.0.2.1".parse().expect("ip"));
+        assert_eq!(
+            r.addr_in(&ip, Some(Family::V6)),
+            Some("192.0.2.1".parse().expect("ip"))
+        );
+    }
+}

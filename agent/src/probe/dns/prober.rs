@@ -265,3 +265,82 @@ impl DnsTarget {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::PathStats;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A responder on loopback answering every query (QR bit set, question echoed).
+    fn responder() -> (SocketAddr, Arc<AtomicU32>) {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let addr = sock.local_addr().expect("addr");
+        let seen = Arc::new(AtomicU32::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                count.fetch_add(1, Ordering::Relaxed);
+                buf[2] |= 0x80;
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_reload_stops_removed_targets_and_keeps_kept_ones_counting() {
+        let (addr, seen) = responder();
+        let t = TargetSpec::parse(&format!("dns:{addr}/example.test")).expect("spec");
+        let shared = Arc::new(Shared::new(vec![PathStats::new(
+            t.label.clone(),
+            ProbeKind::Dns,
+        )]));
+        let plan = ProbePlan {
+            targets: vec![(0, t.clone())],
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_millis(500),
+        };
+        let (tx, rx) = watch::channel(plan.clone());
+        let stop = CancellationToken::new();
+        let prober = DnsProber {
+            plan: rx,
+            shared: shared.clone(),
+            resolver: Resolver::new([]),
+            beat: crate::systemd::Liveness::new().register("dns"),
+        };
+        let task = tokio::spawn(prober.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // A new timeout only: the target keeps its task and counts on.
+        tx.send_replace(ProbePlan {
+            timeout: Duration::from_millis(300),
+            ..plan.clone()
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = shared.take();
+        assert!(
+            r.paths[0].received >= 15,
+            "answers: {}",
+            r.paths[0].received
+        );
+        assert_eq!((r.paths[0].lost, r.paths[0].send_errors), (0, 0));
+        // Removed: no more queries leave.
+        tx.send_replace(ProbePlan {
+            targets: vec![],
+            ..plan
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = seen.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            before,
+            "queries after removal"
+        );
+        stop.cancel();
+        task.await.expect("prober ends at shutdown");
+    }
+}
