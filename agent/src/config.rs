@@ -29,7 +29,7 @@ pub const EXIT_CONFIG: i32 = 78;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub name: Option<String>,
-    /// SPEC strings or tables `{ spec = "...", dscp = 46, ... }` (see [`crate::options`]).
+    /// SPEC strings or tables `{ spec = "...", dscp = 46, ... }` (see [`crate::target_list`]).
     pub targets: Option<Vec<toml::Value>>,
     pub interval: Option<String>,
     pub timeout: Option<String>,
@@ -285,7 +285,8 @@ impl AgentConfig {
         if let Err(e) = check_name(&name) {
             c.err("name", e);
         }
-        let (targets, written, target_errs) = crate::options::resolve(&args.targets, file.targets);
+        let (targets, written, target_errs) =
+            crate::target_list::resolve(&args.targets, file.targets);
         for (key, reason) in target_errs {
             c.err(&key, reason);
         }

@@ -1,6 +1,6 @@
 //! pathpulse-agent: probes paths and reports them.
 //!
-//! - [`config`], [`target`], [`options`]: what to probe and how, from file, flags and
+//! - [`config`], [`target`], [`options`], [`target_list`]: what to probe and how, from file, flags and
 //!   environment;
 //! - [`probe`]: probers (ICMP on kernel-timestamped sockets, TCP connect) and reply matching;
 //! - [`schedule`]: when each probe goes out;
@@ -30,6 +30,7 @@ pub mod spool;
 pub mod stats;
 pub mod systemd;
 pub mod target;
+pub mod target_list;
 pub mod uplink;
 
 pub use config::{AgentConfig, RunArgs};

@@ -5,7 +5,20 @@
 //! shows as partial loss (about the share of ports it carries) instead of all or nothing.
 //!
 //! A *flow* is one (target, source port) pair. Flows are numbered target by target; the
-//! sender keeps one session and one socket reference per flow.
+//! sender keeps one session and one socket reference per flow. Targets with `ecmp`,
+//! `source` or `interface` get sockets of their own ([`open_own`]), read by small tasks
+//! that forward into one queue ([`spawn_readers`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::socket::{StampSocket, UdpEvent};
+use crate::backoff::Backoff;
+use crate::probe::icmp_socket::Family;
+use crate::target::{Host, TargetSpec};
 
 /// Flows of all targets and whose turn it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +72,74 @@ impl Spread {
     }
 }
 
+/// Bounded queue of event batches from the targets' own sockets.
+const OWN_QUEUE: usize = 64;
+
+/// Family a target's own sockets are opened for: of its address, its `family` option or
+/// its `source`; IPv4 otherwise.
+fn own_family(t: &TargetSpec) -> Family {
+    match &t.host {
+        Host::Ip(ip) => Family::of(ip),
+        Host::Name(_) => t
+            .options
+            .family()
+            .or(t.options.source.map(|s| Family::of(&s)))
+            .unwrap_or(Family::V4),
+    }
+}
+
+/// A target's own sockets: one per ECMP port, bound to its source (port 0: the kernel
+/// picks distinct ports).
+pub fn open_own(t: &TargetSpec) -> std::io::Result<Vec<Arc<StampSocket>>> {
+    let any: IpAddr = match own_family(t) {
+        Family::V4 => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        Family::V6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let bind = SocketAddr::new(t.options.source.unwrap_or(any), 0);
+    (0..t.options.ecmp.unwrap_or(1).max(1))
+        .map(|_| StampSocket::bind_with(bind, &t.options).map(Arc::new))
+        .collect()
+}
+
+/// Forward what the targets' own sockets receive into one queue.
+pub fn spawn_readers<'a>(
+    socks: impl Iterator<Item = &'a Arc<StampSocket>>,
+    shutdown: &CancellationToken,
+) -> tokio::sync::mpsc::Receiver<Vec<UdpEvent>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(OWN_QUEUE);
+    for sock in socks {
+        let (sock, tx, stop) = (sock.clone(), tx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                let mut evs = Vec::new();
+                let r = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = sock.recv_batch(&mut buf, &mut evs) => r,
+                };
+                match r {
+                    Ok(()) => {
+                        backoff.reset();
+                        if tx.send(evs).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let wait = backoff.next_delay();
+                        tracing::warn!(error = %e, backoff = ?wait, "STAMP receive failed");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +163,28 @@ mod tests {
         let dead = [false, true, false, false, true, false, false, false];
         let lost = (0..800).filter(|_| dead[s.next(0)]).count();
         assert_eq!(lost, 200);
+    }
+
+    #[tokio::test]
+    async fn own_sockets_get_one_distinct_source_port_each_on_the_source_address() {
+        let t =
+            crate::options::parse_flag("stamp:127.0.0.1,ecmp=4,source=127.0.0.1").expect("spec");
+        let socks = open_own(&t).expect("open");
+        let addrs: Vec<SocketAddr> = socks
+            .iter()
+            .map(|s| s.local_addr().expect("addr"))
+            .collect();
+        let mut ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 4, "{addrs:?}");
+        assert!(
+            addrs.iter().all(|a| a.ip() == IpAddr::from([127, 0, 0, 1])),
+            "{addrs:?}"
+        );
+        let plain = crate::options::parse_flag("stamp:::1,interface=lo").expect("spec");
+        let socks = open_own(&plain).expect("open v6");
+        assert_eq!(socks.len(), 1);
+        assert!(socks[0].local_addr().expect("addr").is_ipv6());
     }
 }

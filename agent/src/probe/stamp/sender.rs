@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{self, ClockState};
-use super::ecmp::Spread;
+use super::ecmp::{Spread, open_own, spawn_readers};
 use super::packet::{NtpTimestamp, ReflectorPacket, SenderPacket, StampKey};
 use super::reflector::DEFAULT_PORT;
 use super::session::{Arrival, Outcome, SenderSession};
@@ -47,35 +47,6 @@ pub struct StampProber {
     spread: Spread,
     /// Per flow: its own socket, or `None` for the shared socket of its family.
     own: Vec<Option<Arc<StampSocket>>>,
-}
-
-/// Bounded queue of event batches from the targets' own sockets.
-const OWN_QUEUE: usize = 64;
-
-/// Family a target's own sockets are opened for: of its address, its `family` option or
-/// its `source`; IPv4 otherwise.
-fn own_family(t: &TargetSpec) -> Family {
-    match &t.host {
-        Host::Ip(ip) => Family::of(ip),
-        Host::Name(_) => t
-            .options
-            .family()
-            .or(t.options.source.map(|s| Family::of(&s)))
-            .unwrap_or(Family::V4),
-    }
-}
-
-/// A target's own sockets: one per ECMP port, bound to its source (port 0: the kernel
-/// picks distinct ports).
-fn open_own(t: &TargetSpec) -> std::io::Result<Vec<Arc<StampSocket>>> {
-    let any: IpAddr = match own_family(t) {
-        Family::V4 => std::net::Ipv4Addr::UNSPECIFIED.into(),
-        Family::V6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
-    };
-    let bind = SocketAddr::new(t.options.source.unwrap_or(any), 0);
-    (0..t.options.ecmp.unwrap_or(1).max(1))
-        .map(|_| StampSocket::bind_with(bind, &t.options).map(Arc::new))
-        .collect()
 }
 
 async fn recv_opt(
@@ -178,45 +149,6 @@ impl StampProber {
         })
     }
 
-    /// Forward what the targets' own sockets receive into one queue.
-    fn spawn_readers(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> tokio::sync::mpsc::Receiver<Vec<UdpEvent>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(OWN_QUEUE);
-        for sock in self.own.iter().flatten() {
-            let (sock, tx, stop) = (sock.clone(), tx.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-                loop {
-                    let mut evs = Vec::new();
-                    let r = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        r = sock.recv_batch(&mut buf, &mut evs) => r,
-                    };
-                    match r {
-                        Ok(()) => {
-                            backoff.reset();
-                            if tx.send(evs).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let wait = backoff.next_delay();
-                            tracing::warn!(error = %e, backoff = ?wait, "STAMP receive failed");
-                            tokio::select! {
-                                _ = stop.cancelled() => return,
-                                _ = tokio::time::sleep(wait) => {}
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        rx
-    }
-
     fn socket(&self, ip: &IpAddr) -> Option<&StampSocket> {
         match Family::of(ip) {
             Family::V4 => self.v4.as_ref(),
@@ -239,7 +171,7 @@ impl StampProber {
             .collect();
         // (deadline, flow, sequence)
         let mut deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>> = BinaryHeap::new();
-        let mut own_events = self.spawn_readers(&shutdown);
+        let mut own_events = spawn_readers(self.own.iter().flatten(), &shutdown);
         let mut own_open = self.own.iter().any(Option::is_some);
         let mut sched = Schedule::new(
             vec![self.interval; self.targets.len()],
