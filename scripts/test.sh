@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --bins --locked
+scripts/systemd-rootfs.sh
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log"

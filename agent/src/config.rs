@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::probe::hop_udp::HopProbe;
 use crate::spool::SpoolLimits;
 use crate::target::TargetSpec;
 
@@ -46,9 +47,13 @@ pub struct FileConfig {
     /// the `isp` role; without them the ISP boundary is guessed (see README).
     pub isp_prefixes: Option<Vec<String>>,
     pub hop_interval: Option<String>,
+    pub hop_probe: Option<HopProbe>,
     pub stamp_listen: Option<Vec<String>>,
     pub stamp_rate: Option<u32>,
     pub stamp_key_file: Option<PathBuf>,
+    /// Mesh: addresses other agents probe this one at (default: the address the
+    /// aggregator sees its connection come from).
+    pub advertise: Option<Vec<String>>,
 }
 
 /// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
@@ -83,6 +88,10 @@ pub struct RunArgs {
     /// Probe interval per hop toward ICMP targets (default 1s; 100ms .. 1h).
     #[arg(long, value_name = "DUR", env = "PATHPULSE_HOP_INTERVAL")]
     pub hop_interval: Option<String>,
+    /// Packets for hop discovery: icmp (echo requests) or udp (to port 33434); both keep
+    /// one flow per target so ECMP routers keep them on one path (default icmp).
+    #[arg(long, value_name = "KIND", env = "PATHPULSE_HOP_PROBE")]
+    pub hop_probe: Option<HopProbe>,
     /// Aggregator to report to, repeatable (each gets every report).
     #[arg(
         long = "aggregator",
@@ -128,6 +137,15 @@ pub struct RunArgs {
     /// shared key in hex (at least 32 hex digits). Default: unauthenticated.
     #[arg(long, value_name = "FILE", env = "PATHPULSE_STAMP_KEY_FILE")]
     pub stamp_key_file: Option<PathBuf>,
+    /// Mesh: address other agents probe this one at, repeatable (default: the address the
+    /// aggregator sees this agent's connection come from; set it behind NAT).
+    #[arg(
+        long = "advertise",
+        value_name = "IP",
+        env = "PATHPULSE_ADVERTISE",
+        value_delimiter = ','
+    )]
+    pub advertise: Vec<String>,
 }
 
 /// The validated configuration the agent runs with.
@@ -148,12 +166,15 @@ pub struct AgentConfig {
     pub hops: bool,
     pub isp_prefixes: Vec<crate::probe::route::Prefix>,
     pub hop_interval: Duration,
+    pub hop_probe: HopProbe,
     /// STAMP reflector addresses (empty: no reflector).
     pub stamp_listen: Vec<SocketAddr>,
     /// Reflected packets per second per source address.
     pub stamp_rate: u32,
     /// Shared key of STAMP authenticated mode (sender and reflector); None: unauthenticated.
     pub stamp_key: Option<crate::probe::stamp::packet::StampKey>,
+    /// Mesh: addresses peers probe this agent at (empty: as the aggregator sees it).
+    pub advertise: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,8 +352,11 @@ impl AgentConfig {
                 }
             },
         };
-        // A reflector alone is something to do: targets are then optional.
-        if written == 0 && stamp_listen_specs.is_empty() {
+        // A reflector alone is something to do, and so is a mesh (peer lists come from the
+        // aggregators): targets are then optional.
+        let meshed = !args.aggregators.is_empty()
+            || file.aggregators.as_ref().is_some_and(|a| !a.is_empty());
+        if written == 0 && stamp_listen_specs.is_empty() && !meshed {
             c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file");
         }
         let interval = c.duration(
@@ -429,6 +453,31 @@ impl AgentConfig {
                 c.err("spool_max_mib", format!("{m} is outside 1 .. 1048576"));
             }
         }
+        let advertise_specs = if args.advertise.is_empty() {
+            file.advertise.unwrap_or_default()
+        } else {
+            args.advertise.clone()
+        };
+        let mut advertise = Vec::new();
+        for (i, s) in advertise_specs.iter().enumerate() {
+            match s.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() => advertise.push(ip),
+                _ => c.err(
+                    &format!("advertise[{i}]"),
+                    format!("`{s}` is not an IP address peers can reach"),
+                ),
+            }
+        }
+        if advertise.len() > pathpulse_wire::message::MAX_ADVERTISE {
+            c.err(
+                "advertise",
+                format!(
+                    "{} addresses, at most {}",
+                    advertise.len(),
+                    pathpulse_wire::message::MAX_ADVERTISE
+                ),
+            );
+        }
         let mut isp_prefixes = Vec::new();
         for (i, p) in file.isp_prefixes.unwrap_or_default().iter().enumerate() {
             match p.parse() {
@@ -452,9 +501,11 @@ impl AgentConfig {
                 hops: !args.no_hops && file.hops.unwrap_or(true),
                 isp_prefixes,
                 hop_interval,
+                hop_probe: args.hop_probe.or(file.hop_probe).unwrap_or_default(),
                 stamp_listen,
                 stamp_rate,
                 stamp_key,
+                advertise,
             })
         } else {
             Err(ConfigErrors(c.0))
@@ -536,6 +587,19 @@ mod tests {
         assert_eq!(e.0[0].key, "aggregators");
         let e = AgentConfig::resolve(&args(&[])).expect_err("no targets");
         assert_eq!(e.0[0].key, "targets");
+        // With an aggregator, peer lists are something to do.
+        let mut a = args(&[]);
+        a.aggregators = vec!["127.0.0.1:4470".into()];
+        a.advertise = vec!["192.0.2.7".into(), "0.0.0.0".into()];
+        let e = AgentConfig::resolve(&a).expect_err("bad advertise");
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "advertise[1]");
+        a.advertise.pop();
+        let c = AgentConfig::resolve(&a).expect("a mesh member without targets");
+        assert_eq!(
+            c.advertise,
+            ["192.0.2.7".parse::<std::net::IpAddr>().expect("ip")]
+        );
     }
 
     #[test]

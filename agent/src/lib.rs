@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod options;
+pub mod peers;
 pub mod probe;
 pub mod reload;
 pub mod renew;

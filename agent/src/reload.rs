@@ -6,6 +6,10 @@
 //! counters, jitter and in-flight probes carry on; a new one gets a new slot; a removed
 //! one is retired (its last interval is still reported). Keys that cannot change while
 //! running are named in a warning and keep their running value.
+//!
+//! Peer lists pushed by an aggregator (mesh membership) take the same road: the plan is
+//! the configured targets followed by the peers' ([`Reloader::set_peers`]), and a reload
+//! of either keeps the other.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,9 +107,11 @@ pub fn restart_keys(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static st
     check("hops", running.hops != new.hops);
     check("isp_prefixes", running.isp_prefixes != new.isp_prefixes);
     check("hop_interval", running.hop_interval != new.hop_interval);
+    check("hop_probe", running.hop_probe != new.hop_probe);
     check("stamp_listen", running.stamp_listen != new.stamp_listen);
     check("stamp_rate", running.stamp_rate != new.stamp_rate);
     check("stamp_key_file", running.stamp_key != new.stamp_key);
+    check("advertise", running.advertise != new.advertise);
     keys
 }
 
@@ -126,6 +132,22 @@ pub struct Reloader {
     plan: watch::Sender<ProbePlan>,
     shared: Arc<Shared>,
     resolver: Arc<Resolver>,
+    /// Targets from the aggregators' peer lists.
+    peers: Mutex<Vec<TargetSpec>>,
+    /// One re-plan at a time (a SIGHUP and a peer list may come together).
+    replanning: tokio::sync::Mutex<()>,
+}
+
+/// The configured targets, then the peers' (a peer target that a configured one already
+/// names, same probe and label, is left out).
+pub fn merged(configured: &[TargetSpec], peers: &[TargetSpec]) -> Vec<TargetSpec> {
+    let mut out = configured.to_vec();
+    for p in peers {
+        if !out.iter().any(|t| same(t, p)) {
+            out.push(p.clone());
+        }
+    }
+    out
 }
 
 fn describe(t: &TargetSpec) -> String {
@@ -144,7 +166,64 @@ impl Reloader {
             plan,
             shared,
             resolver,
+            peers: Mutex::new(Vec::new()),
+            replanning: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Probe these peer targets (the whole list, replacing the last one) alongside the
+    /// configured targets. Returns the targets added and removed.
+    pub async fn set_peers(&self, peers: Vec<TargetSpec>) -> (Vec<String>, Vec<String>) {
+        let _one = self.replanning.lock().await;
+        *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers.clone();
+        let (configured, interval, timeout) = {
+            let r = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            (r.targets.clone(), r.interval, r.timeout)
+        };
+        let d = self
+            .replan(merged(&configured, &peers), interval, timeout)
+            .await;
+        (
+            d.added.iter().map(describe).collect(),
+            d.removed.iter().map(|(_, t)| describe(t)).collect(),
+        )
+    }
+
+    /// Make `targets` the plan: kept targets keep their slot, removed ones are retired,
+    /// new ones get a slot (and their names resolved before the probers see them).
+    async fn replan(
+        &self,
+        targets: Vec<TargetSpec>,
+        interval: Duration,
+        timeout: Duration,
+    ) -> TargetDiff {
+        let old_plan = self.plan.borrow().clone();
+        let d = diff(&old_plan.targets, &targets);
+        for (slot, _) in &d.removed {
+            self.shared.retire(*slot);
+        }
+        let mut planned = d.kept.clone();
+        for t in &d.added {
+            let slot = self.shared.add(PathStats::new(t.label.clone(), t.probe));
+            planned.push((slot, t.clone()));
+        }
+        // Names first, so new targets resolve before their first probe.
+        self.resolver
+            .set_hosts(planned.iter().map(|(_, t)| t.host.clone()));
+        self.resolver.refresh().await;
+        if interval != old_plan.interval || timeout != old_plan.timeout {
+            tracing::info!(
+                interval = %fmt_dur(interval),
+                timeout = %fmt_dur(timeout),
+                "probe timing reloaded"
+            );
+        }
+        self.plan.send_replace(ProbePlan {
+            targets: planned,
+            interval,
+            timeout,
+        });
+        d
     }
 
     pub fn subscribe(&self) -> watch::Receiver<ProbePlan> {
@@ -162,25 +241,11 @@ impl Reloader {
     /// Apply a new (already validated) configuration: targets, interval and timeout take
     /// effect now; other changed keys are reported and wait for a restart.
     pub async fn apply(&self, new: AgentConfig) -> ReloadSummary {
-        let old_plan = self.plan.borrow().clone();
-        let d = diff(&old_plan.targets, &new.targets);
-        for (slot, _) in &d.removed {
-            self.shared.retire(*slot);
-        }
-        let mut targets = d.kept.clone();
-        for t in &d.added {
-            let slot = self.shared.add(PathStats::new(t.label.clone(), t.probe));
-            targets.push((slot, t.clone()));
-        }
-        // Names first, so new targets resolve before their first probe.
-        self.resolver
-            .set_hosts(targets.iter().map(|(_, t)| t.host.clone()));
-        self.resolver.refresh().await;
-        let plan = ProbePlan {
-            targets,
-            interval: new.interval,
-            timeout: new.timeout,
-        };
+        let _one = self.replanning.lock().await;
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let d = self
+            .replan(merged(&new.targets, &peers), new.interval, new.timeout)
+            .await;
         let summary = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             let s = ReloadSummary {
@@ -189,19 +254,11 @@ impl Reloader {
                 kept: d.kept.len(),
                 need_restart: restart_keys(&running, &new),
             };
-            if plan.interval != old_plan.interval || plan.timeout != old_plan.timeout {
-                tracing::info!(
-                    interval = %fmt_dur(plan.interval),
-                    timeout = %fmt_dur(plan.timeout),
-                    "probe timing reloaded"
-                );
-            }
             running.targets = new.targets;
             running.interval = new.interval;
             running.timeout = new.timeout;
             s
         };
-        self.plan.send_replace(plan);
         tracing::info!(
             added = ?summary.added,
             removed = ?summary.removed,
@@ -257,9 +314,11 @@ mod tests {
             hops: true,
             isp_prefixes: vec![],
             hop_interval: crate::config::DEFAULT_HOP_INTERVAL,
+            hop_probe: Default::default(),
             stamp_listen: vec![],
             stamp_rate: crate::probe::stamp::reflector::DEFAULT_RATE,
             stamp_key: None,
+            advertise: vec![],
             spool: Default::default(),
         }
     }
@@ -305,5 +364,74 @@ mod tests {
         let running = r.running();
         assert_eq!(running.site, None, "site waits for a restart");
         assert_eq!(running.targets.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+    use crate::target::Host;
+
+    fn peer(name: &str, ip: &str) -> TargetSpec {
+        TargetSpec {
+            probe: ProbeKind::Icmp,
+            host: Host::Ip(ip.parse().expect("ip")),
+            port: None,
+            label: name.into(),
+            dns_name: None,
+            options: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_join_the_plan_and_survive_a_reload() {
+        let mut start = tests_cfg();
+        start.targets = vec![TargetSpec::parse("127.0.0.2").expect("spec")];
+        let shared = Arc::new(Shared::new(vec![PathStats::new(
+            "127.0.0.2".into(),
+            ProbeKind::Icmp,
+        )]));
+        let plan = ProbePlan {
+            targets: start.targets.iter().cloned().enumerate().collect(),
+            interval: start.interval,
+            timeout: start.timeout,
+        };
+        let (tx, rx) = watch::channel(plan);
+        let r = Reloader::new(start.clone(), tx, shared.clone(), Resolver::new([]));
+        let labels = || -> Vec<String> {
+            rx.borrow()
+                .targets
+                .iter()
+                .map(|(_, t)| t.label.clone())
+                .collect()
+        };
+        let (added, removed) = r
+            .set_peers(vec![peer("b", "10.0.0.2"), peer("c", "10.0.0.3")])
+            .await;
+        assert_eq!((added.len(), removed.len()), (2, 0));
+        assert_eq!(labels(), ["127.0.0.2", "b", "c"]);
+        // A SIGHUP with another target list keeps the peers.
+        let mut new = start.clone();
+        new.targets = vec![TargetSpec::parse("127.0.0.9").expect("spec")];
+        r.apply(new).await;
+        assert_eq!(labels(), ["b", "c", "127.0.0.9"]);
+        // A peer that left is retired; one whose address changed keeps its slot.
+        let slot_b = rx.borrow().targets[0].0;
+        let (added, removed) = r.set_peers(vec![peer("b", "10.0.0.22")]).await;
+        assert_eq!((added, removed), (vec![], vec!["icmp:c".to_string()]));
+        let p = rx.borrow().clone();
+        let b = p.targets.iter().find(|(_, t)| t.label == "b").expect("b");
+        assert_eq!((b.0, b.1.host.to_string()), (slot_b, "10.0.0.22".into()));
+        assert_eq!(r.running().targets.len(), 1, "peers are not configuration");
+    }
+
+    fn tests_cfg() -> AgentConfig {
+        AgentConfig::resolve(&crate::config::RunArgs {
+            targets: vec!["127.0.0.2".into()],
+            metrics_listen: Some("127.0.0.1:0".into()),
+            name: Some("a1".into()),
+            ..Default::default()
+        })
+        .expect("valid")
     }
 }

@@ -115,6 +115,16 @@ pub async fn run_with(
         })?;
         // A new session for every start; reports spooled by an earlier process keep theirs.
         let session: u64 = rand::random();
+        // Mesh: peer lists from the aggregators join the plan next to the targets.
+        let board = crate::peers::PeerBoard::new(cfg.name.clone(), reloader.clone());
+        let join = pathpulse_wire::Join {
+            advertise: cfg.advertise.clone(),
+            stamp_port: cfg
+                .stamp_listen
+                .first()
+                .map(|a| a.port())
+                .filter(|p| *p != 0),
+        };
         for a in &cfg.aggregators {
             let (tx, rx) = mpsc::channel(64);
             let status = Arc::new(UplinkStatus::default());
@@ -137,6 +147,7 @@ pub async fn run_with(
                 reports: rx,
                 spool,
                 status: status.clone(),
+                mesh: Some((join.clone(), board.clone())),
             };
             uplink_txs.push((a.clone(), tx, status));
             tasks.spawn(up.run(shutdown.clone()));
@@ -206,8 +217,8 @@ pub async fn run_with(
         );
     }
 
-    // Probers. ICMP and TCP follow the plan, which a reload replaces; the STAMP senders
-    // and hop discovery keep the targets they started with (a reload does not reach them).
+    // Probers. ICMP, TCP and STAMP follow the plan, which a reload or a peer list
+    // replaces; hop discovery keeps the targets it started with.
     let by_kind = |k: ProbeKind| -> Vec<_> {
         cfg.targets
             .iter()
@@ -217,19 +228,25 @@ pub async fn run_with(
             .collect()
     };
     let icmp_targets = by_kind(ProbeKind::Icmp);
-    let stamp_targets = by_kind(ProbeKind::Stamp);
-    let stamp_running = !stamp_targets.is_empty();
-    if stamp_running {
-        let p = crate::probe::stamp::sender::StampProber::open(
-            stamp_targets,
-            cfg.interval,
-            cfg.timeout,
+    let stamp_running = cfg.targets.iter().any(|t| t.probe == ProbeKind::Stamp);
+    // With aggregators, peers running a reflector may come with a peer list.
+    if stamp_running || !cfg.aggregators.is_empty() {
+        match crate::probe::stamp::sender::StampProber::open(
+            reloader.subscribe(),
             shared.clone(),
             resolver.clone(),
             cfg.stamp_key.clone(),
-        )
-        .map_err(|e| RunError::Fatal(anyhow::anyhow!("cannot open a UDP socket for STAMP: {e}")))?;
-        tasks.spawn(p.run(shutdown.clone()));
+        ) {
+            Ok(p) => {
+                tasks.spawn(p.run(shutdown.clone()));
+            }
+            Err(e) if stamp_running => {
+                return Err(RunError::Fatal(anyhow::anyhow!(
+                    "cannot open a UDP socket for STAMP: {e}"
+                )));
+            }
+            Err(e) => tracing::error!(error = %e, "STAMP toward peers disabled"),
+        }
     }
     if cfg.hops {
         tasks.spawn(
@@ -238,6 +255,7 @@ pub async fn run_with(
                 interval: cfg.hop_interval,
                 timeout: cfg.timeout,
                 max_ttl: hops::DEFAULT_MAX_TTL,
+                probe: cfg.hop_probe,
                 isp_prefixes: cfg.isp_prefixes.clone(),
                 shared: shared.clone(),
                 resolver: resolver.clone(),
@@ -368,7 +386,17 @@ impl prometheus_client::collector::Collector for UplinkCollector {
         use prometheus_client::metrics::MetricType::{Counter, Gauge};
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         type Get = fn(&UplinkStatus) -> u64;
-        let gauges: [(&str, &str, Get); 4] = [
+        let gauges: [(&str, &str, Get); 6] = [
+            (
+                "pathpulse_agent_peers",
+                "Peers in the last peer list from the aggregator (mesh membership).",
+                |s| s.peers.load(Ordering::Relaxed),
+            ),
+            (
+                "pathpulse_agent_peer_epoch",
+                "Membership epoch of the last peer list from the aggregator.",
+                |s| s.peer_epoch.load(Ordering::Relaxed),
+            ),
             (
                 "pathpulse_uplink_connected",
                 "1 while the uplink to the aggregator is connected.",

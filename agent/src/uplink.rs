@@ -6,6 +6,10 @@
 //! sent after a hello naming that session, so the aggregator, which applies each
 //! (agent, session, sequence) once, counts every report exactly once. Reconnects use
 //! jittered exponential backoff.
+//!
+//! Mesh membership (protocol 3): after the hello, a join says how peers reach this agent;
+//! the aggregator then sends peer lists on a stream it opens, applied by the
+//! [`PeerBoard`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use pathpulse_wire::{ClientMsg, Hello, Report, ServerMsg, frame, tls};
+use pathpulse_wire::{ClientMsg, Hello, Join, Report, ServerMsg, frame, tls};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::peers::PeerBoard;
 use crate::spool::{Spool, SpoolStats};
 
 /// What an uplink shows about itself.
@@ -29,6 +34,9 @@ pub struct UplinkStatus {
     /// Reports the reporter could not hand to this uplink (its queue was full).
     pub queue_dropped: AtomicU64,
     pub spool: Arc<SpoolStats>,
+    /// Peers in the last peer list from this aggregator, and its epoch.
+    pub peers: AtomicU64,
+    pub peer_epoch: AtomicU64,
 }
 
 pub struct Uplink {
@@ -42,6 +50,8 @@ pub struct Uplink {
     pub reports: mpsc::Receiver<Report>,
     pub spool: Spool,
     pub status: Arc<UplinkStatus>,
+    /// Join the aggregator's mesh with this, and apply its peer lists to the board.
+    pub mesh: Option<(Join, Arc<PeerBoard>)>,
 }
 
 /// The QUIC client configuration from the agent's identity and the aggregator's CA.
@@ -216,6 +226,9 @@ impl Uplink {
     ) -> anyhow::Result<Ended> {
         let (mut send, mut recv) = conn.open_bi().await.context("opening the report stream")?;
         frame::write(&mut send, &ClientMsg::Hello(self.hello.clone())).await?;
+        if let Some((join, _)) = &self.mesh {
+            frame::write(&mut send, &ClientMsg::Join(join.clone())).await?;
+        }
         match frame::read::<ServerMsg, _>(&mut recv, frame::DEFAULT_MAX_FRAME).await {
             Ok(Some(ServerMsg::Welcome { .. })) => {}
             Ok(Some(ServerMsg::Refused { reason, detail })) => {
@@ -270,6 +283,14 @@ impl Uplink {
             }
         });
         let _abort = AbortOnDrop(reader);
+        let _peers = self.mesh.as_ref().map(|(_, board)| {
+            AbortOnDrop(tokio::spawn(read_peers(
+                conn.clone(),
+                board.clone(),
+                self.aggregator.clone(),
+                self.status.clone(),
+            )))
+        });
         let mut st = Stream {
             send,
             session: self.hello.session,
@@ -336,6 +357,7 @@ impl Uplink {
             // The answer to a hello naming an earlier session during a replay.
             ServerMsg::Welcome { .. } => Ok(()),
             ServerMsg::Renewed { .. } => bail!("unexpected certificate on the report stream"),
+            ServerMsg::Peers { .. } => bail!("unexpected peer list on the report stream"),
             ServerMsg::Refused { reason, detail } => {
                 if let Some((session, seq)) = st.in_flight.front().copied()
                     && self.spool.discard(session, seq)
@@ -343,6 +365,38 @@ impl Uplink {
                     tracing::error!(aggregator = %self.aggregator, session, seq, reason = reason.as_str(), %detail, "report refused; removed from the spool");
                 }
                 bail!("report refused ({}): {detail}", reason.as_str())
+            }
+        }
+    }
+}
+
+/// Apply the peer lists the aggregator sends on the streams it opens (one per join).
+async fn read_peers(
+    conn: quinn::Connection,
+    board: Arc<PeerBoard>,
+    aggregator: String,
+    status: Arc<UplinkStatus>,
+) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        loop {
+            match frame::read::<ServerMsg, _>(&mut recv, frame::DEFAULT_MAX_FRAME).await {
+                Ok(Some(ServerMsg::Peers { epoch, peers })) => {
+                    if let Err(why) = pathpulse_wire::message::validate_peers(&peers) {
+                        tracing::warn!(%aggregator, epoch, error = %why, "peer list refused");
+                        continue;
+                    }
+                    status.peers.store(peers.len() as u64, Ordering::Relaxed);
+                    status.peer_epoch.store(epoch, Ordering::Relaxed);
+                    board.update(&aggregator, epoch, peers).await;
+                }
+                Ok(Some(other)) => {
+                    tracing::warn!(%aggregator, message = ?other, "unexpected message on the peer stream")
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%aggregator, error = %e, "peer stream ended");
+                    break;
+                }
             }
         }
     }

@@ -249,6 +249,7 @@
         }
       }
     }
+    drawFocus(ctx, L);
     renderWorst();
     canvas.dataset.cells = String(cells);
     canvas.dataset.withData = String(withData);
@@ -287,7 +288,8 @@
       li.appendChild(sw);
       const a = document.createElement("a");
       a.textContent = src.name + " → " + destLabel(d) + ": " + fmt(S.metric, v) + " (" + SCALES[S.metric].labels[cls] + ")";
-      a.addEventListener("click", () => openPath(src.name, d.name, d.probe));
+      a.href = "#path";
+      a.addEventListener("click", (ev) => { ev.preventDefault(); openPath(src.name, d.name, d.probe); });
       li.appendChild(a);
       li.dataset.src = src.name;
       li.dataset.dst = d.name;
@@ -374,6 +376,108 @@
     if (set.has(key)) set.delete(key); else set.add(key);
     draw();
   }
+
+  // ---- keyboard: the canvas is one tab stop (a roving focus over its cells): arrows move,
+  // Home / End go to the row's ends, PageUp / PageDown 10 rows, Enter or Space opens the
+  // path (or expands a collapsed group), Escape closes the path view. The focused cell is
+  // ringed on the canvas and described in #matrix-focus (a polite live region).
+  // S.focus: {line, col}: keys that survive redraws and live updates.
+  const lineKey = (l) => (l.agg ? "g:" + l.group.key : "s:" + S.mesh.sources[l.members[0]].name);
+  const colKey = (c) => {
+    if (c.agg) return "g:" + c.group.key;
+    const d = S.mesh.destinations[c.members[0]];
+    return "d:" + d.probe + ":" + d.name;
+  };
+  // Lines that hold cells (group headers are not, unless collapsed into one line).
+  const navLines = (L) => L.lines.filter((l) => !l.header || l.agg);
+  // Indexes of the focused cell in the current layout, or null.
+  function focusAt(L) {
+    const lines = navLines(L);
+    if (!lines.length || !L.cols.length) return null;
+    let li = S.focus ? lines.findIndex((l) => lineKey(l) === S.focus.line) : -1;
+    let ci = S.focus ? L.cols.findIndex((c) => colKey(c) === S.focus.col) : -1;
+    if (li < 0) li = 0;
+    if (ci < 0) ci = 0;
+    return { lines, li, ci, line: lines[li], col: L.cols[ci] };
+  }
+  function describeCell(line, col) {
+    const srcName = line.agg ? "group " + line.group.key : S.mesh.sources[line.members[0]].name;
+    const dstName = col.agg ? "group " + col.group.key : destLabel(S.mesh.destinations[col.members[0]]);
+    const { any, v } = valueAt(line, col);
+    let text = srcName + " → " + dstName + ": ";
+    if (!any) return text + "no path";
+    if (!line.agg && !col.agg) {
+      const c = S.mesh.cells[S.grid[line.members[0] * S.mesh.destinations.length + col.members[0]]];
+      text += "loss " + fmt("loss", c[F.loss]) + " (" + c[F.lost] + " of " + (c[F.lost] + c[F.received]) + "), p50 " +
+        fmt("p50", c[F.p50] === null ? null : c[F.p50] / 1000) + ", p99 " + fmt("p99", c[F.p99] === null ? null : c[F.p99] / 1000);
+    } else {
+      text += "worst " + (S.metric === "loss" ? "loss" : S.metric + " RTT") + " " + fmt(S.metric, v);
+    }
+    const cls = classOf(S.metric, v);
+    if (cls >= 0) text += ", class " + SCALES[S.metric].labels[cls];
+    return text;
+  }
+  function drawFocus(ctx, L) {
+    const f = document.activeElement === canvas ? focusAt(L) : null;
+    const out = $("matrix-focus");
+    if (!f) { canvas.dataset.focus = ""; out.textContent = ""; return; }
+    const { line, col, li, ci, lines } = f;
+    S.focus = { line: lineKey(line), col: colKey(col) };
+    const x = col.x, y = line.y, w = col.w - 1, h = line.h - 1;
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = css("--bg");
+    ctx.strokeRect(x + 1, y + 1, w - 2, h - 2);
+    ctx.strokeStyle = css("--fg");
+    ctx.strokeRect(x - 1, y - 1, w + 2, h + 2);
+    // Said again when the focus moves, not on every live update (once a second).
+    const key = S.focus.line + "|" + S.focus.col;
+    if (canvas.dataset.focus !== key) {
+      out.textContent = describeCell(line, col) + " (row " + (li + 1) + " of " + lines.length +
+        ", column " + (ci + 1) + " of " + L.cols.length + ")";
+    }
+    canvas.dataset.focus = key;
+    // Keep the focused cell in view inside the scrolling wrapper.
+    const wrap = $("matrix-wrap");
+    if (x < wrap.scrollLeft + L.labelW) wrap.scrollLeft = Math.max(0, x - L.labelW);
+    else if (x + col.w > wrap.scrollLeft + wrap.clientWidth) wrap.scrollLeft = x + col.w - wrap.clientWidth;
+    if (y < wrap.scrollTop + L.top) wrap.scrollTop = Math.max(0, y - L.top);
+    else if (y + line.h > wrap.scrollTop + wrap.clientHeight) wrap.scrollTop = y + line.h - wrap.clientHeight;
+  }
+  function activate(line, col) {
+    if (col.agg) { toggle(S.collapsedCols, col.group.key); return; }
+    if (line.agg) { toggle(S.collapsedRows, line.group.key); return; }
+    const si = line.members[0], di = col.members[0];
+    if (S.grid[si * S.mesh.destinations.length + di] < 0) return;
+    const d = S.mesh.destinations[di];
+    openPath(S.mesh.sources[si].name, d.name, d.probe, canvas);
+  }
+  canvas.addEventListener("keydown", (ev) => {
+    const L = S.layout;
+    const f = L && focusAt(L);
+    if (!f) return;
+    let { li, ci } = f;
+    const last = (n) => Math.max(0, n - 1);
+    switch (ev.key) {
+      case "ArrowUp": li = Math.max(0, li - 1); break;
+      case "ArrowDown": li = Math.min(last(f.lines.length), li + 1); break;
+      case "ArrowLeft": ci = Math.max(0, ci - 1); break;
+      case "ArrowRight": ci = Math.min(last(L.cols.length), ci + 1); break;
+      case "Home": ci = 0; if (ev.ctrlKey) li = 0; break;
+      case "End": ci = last(L.cols.length); if (ev.ctrlKey) li = last(f.lines.length); break;
+      case "PageUp": li = Math.max(0, li - 10); break;
+      case "PageDown": li = Math.min(last(f.lines.length), li + 10); break;
+      case "Enter": case " ": ev.preventDefault(); activate(f.line, f.col); return;
+      default: return;
+    }
+    ev.preventDefault();
+    S.focus = { line: lineKey(f.lines[li]), col: colKey(L.cols[ci]) };
+    draw();
+  });
+  canvas.addEventListener("focus", () => draw());
+  canvas.addEventListener("blur", () => draw());
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && S.path) { ev.preventDefault(); closePath(); }
+  });
 
   // ---- mesh data
   function applyMesh(m) {
@@ -487,7 +591,8 @@
         li.appendChild(document.createTextNode(" · "));
         const a = document.createElement("a");
         a.textContent = labels.src + " → " + labels.dst;
-        a.addEventListener("click", () => openPath(labels.src, labels.dst, labels.probe || "icmp"));
+        a.href = "#path";
+        a.addEventListener("click", (ev) => { ev.preventDefault(); openPath(labels.src, labels.dst, labels.probe || "icmp"); });
         li.appendChild(a);
       }
       const rest = Object.keys(labels).filter((k) => !["alertname", "severity", "src", "dst"].includes(k));
@@ -518,18 +623,23 @@
 
   // ---- path view
   let pathTimer = null;
-  function openPath(src, dst, probe) {
-    S.path = { src, dst, probe };
+  // `opener`: the element focus returns to when the view closes (else the element that
+  // had it when the view opened).
+  function openPath(src, dst, probe, opener) {
+    S.path = { src, dst, probe, opener: opener || document.activeElement };
     $("path-section").hidden = false;
     $("path-title").textContent = src + " → " + (probe === "icmp" ? dst : probe + ":" + dst);
     loadPath();
     $("path-section").scrollIntoView({ block: "nearest" });
   }
-  $("path-close").addEventListener("click", () => {
+  function closePath() {
+    const opener = S.path && S.path.opener;
     S.path = null;
     $("path-section").hidden = true;
     clearTimeout(pathTimer);
-  });
+    if (opener && opener.isConnected && opener.focus) opener.focus();
+  }
+  $("path-close").addEventListener("click", closePath);
   function loadPath() {
     clearTimeout(pathTimer);
     const p = S.path;
@@ -543,24 +653,36 @@
   function renderPath(v) {
     const t = $("path-stats");
     t.textContent = "";
-    const head = ["window", "p50", "p90", "p99", "min", "loss", "loss ≤ (95%)", "replies", "MOS", "fwd / rev loss"];
+    // Loss per direction: STAMP paths only (a stateful reflector numbers what it reflects).
+    const directional = v.windows.some((w) => w.forward_loss !== null || w.reverse_loss !== null);
+    const head = ["window", "p50", "p90", "p99", "min", "loss", "loss ≤ (95%)", "replies", "MOS"];
+    if (directional) head.push("fwd / rev loss");
     const tr = document.createElement("tr");
-    head.forEach((h, i) => { const th = document.createElement("th"); th.textContent = h; if (i) th.className = "num"; tr.appendChild(th); });
+    head.forEach((h, i) => {
+      const th = document.createElement("th");
+      th.textContent = h;
+      if (i) th.className = "num";
+      if (i === 9) th.title = "forward: lost on the way to the reflector; reverse: reflected, then lost on the way back";
+      tr.appendChild(th);
+    });
     t.appendChild(tr);
     for (const w of v.windows) {
       const r = document.createElement("tr");
       const vals = [w.window, ms(w.p50_us), ms(w.p90_us), ms(w.p99_us), ms(w.min_us),
         fmt("loss", w.loss), w.loss_upper === null ? "—" : fmt("loss", w.loss_upper),
-        String(w.received), w.mos === null ? "—" : w.mos.toFixed(2),
-        w.forward_loss === null && w.reverse_loss === null ? "—"
-          : fmt("loss", w.forward_loss) + " / " + fmt("loss", w.reverse_loss)];
+        String(w.received), w.mos === null ? "—" : w.mos.toFixed(2)];
+      if (directional) {
+        vals.push(w.forward_loss === null && w.reverse_loss === null ? "—"
+          : fmt("loss", w.forward_loss) + " / " + fmt("loss", w.reverse_loss));
+      }
       vals.forEach((x, i) => { const td = document.createElement("td"); td.textContent = x; if (i) td.className = "num"; r.appendChild(td); });
       t.appendChild(r);
     }
     const cap = document.createElement("caption");
     cap.className = "muted";
     cap.textContent = "RFC 3550 jitter " + ms(v.jitter_us === null ? null : Math.round(v.jitter_us)) +
-      " · since start: " + v.sent + " sent, " + v.received + " received, " + v.lost + " lost";
+      " · since start: " + v.sent + " sent, " + v.received + " received, " + v.lost + " lost" +
+      (directional ? " · fwd: lost on the way to the reflector, rev: on the way back" : "");
     t.appendChild(cap);
     renderHops(v);
     drawSmoke(v);
@@ -690,6 +812,7 @@
     const [t0, t1] = timeRange(v);
     const pts = v.history.filter((p) => p.t_ms + p.step_ms > t0);
     const maxLoss = Math.max(0.05, ...pts.map((p) => p.loss || 0));
+    $("lossjitter").dataset.lossPoints = String(pts.filter((p) => p.lost > 0).length);
     const maxJit = niceMax(Math.max(0.005, ...pts.map((p) => (p.jitter_us || 0) / 1000)) * 1.2);
     const X = timeAxis(ctx, w, h, t0, t1);
     const lossMax = niceMax(maxLoss * 100) / 100;
@@ -771,6 +894,15 @@
       const t0 = performance.now();
       applyMesh(mesh);
       return performance.now() - t0;
+    },
+    // The keyboard focus on the matrix: its cell keys and what #matrix-focus says.
+    focused() {
+      return {
+        active: document.activeElement === canvas,
+        focus: canvas.dataset.focus || null,
+        text: $("matrix-focus").textContent,
+        path: S.path ? { src: S.path.src, dst: S.path.dst, probe: S.path.probe } : null,
+      };
     },
     // Where the cell of src → dst is drawn, its value and class; sx, sy: a canvas pixel
     // (CSS px) showing the fill color only (away from the stripe and the text).

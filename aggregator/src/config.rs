@@ -34,6 +34,8 @@ pub struct FileConfig {
     /// A path no report carried for this long is pruned (a removed target, a departed
     /// peer); "0s" keeps paths forever.
     pub prune_after: Option<String>,
+    /// Mesh membership and peer lists.
+    pub mesh: Option<crate::mesh::MeshFile>,
 }
 
 /// `[remote_write]`: push every series to a Prometheus-compatible store.
@@ -85,6 +87,7 @@ pub struct AggregatorConfig {
     pub path_budget: Option<usize>,
     /// None: paths are never pruned.
     pub prune_after: Option<Duration>,
+    pub mesh: crate::mesh::MeshConfig,
 }
 
 /// Paths not reported for this long are pruned.
@@ -165,6 +168,10 @@ impl AggregatorConfig {
                 None
             }
         };
+        let mesh = crate::mesh::MeshConfig::resolve(file.mesh.as_ref()).unwrap_or_else(|e| {
+            errs.extend(e);
+            Default::default()
+        });
         let rw = file.remote_write.take().unwrap_or_default();
         let remote_write = match args.remote_write.clone().or(rw.url) {
             None => None,
@@ -227,6 +234,7 @@ impl AggregatorConfig {
             remote_write,
             path_budget: file.path_budget,
             prune_after,
+            mesh,
         })
     }
 }
@@ -278,6 +286,8 @@ mod tests {
         let stale = parse_duration(&f.stale_after.expect("stale_after")).expect("duration");
         assert_eq!(stale, DEFAULT_STALE_AFTER);
         assert_eq!(f.max_connections, Some(DEFAULT_MAX_CONNECTIONS));
+        let mesh = crate::mesh::MeshConfig::resolve(f.mesh.as_ref()).expect("valid [mesh]");
+        assert_eq!(mesh, crate::mesh::MeshConfig::default());
         let alert = AlertConfig::resolve(f.alert.as_ref(), &AlertArgs::default()).expect("valid");
         assert_eq!(alert, AlertConfig::default());
         let a = f.alert.expect("[alert]");

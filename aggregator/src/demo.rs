@@ -75,6 +75,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         remote_write: None,
         path_budget: None,
         prune_after: Some(crate::config::DEFAULT_PRUNE_AFTER),
+        mesh: Default::default(),
     };
     let running = server::start(&cfg, shutdown.clone()).await?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(RunError::Fatal)?;
@@ -112,9 +113,11 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             hops: true,
             isp_prefixes: Vec::new(),
             hop_interval: pathpulse_agent::config::DEFAULT_HOP_INTERVAL,
+            hop_probe: Default::default(),
             stamp_listen: Vec::new(),
             stamp_rate: pathpulse_agent::probe::stamp::reflector::DEFAULT_RATE,
             stamp_key: None,
+            advertise: vec![],
             spool: Default::default(),
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));

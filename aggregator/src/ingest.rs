@@ -11,13 +11,14 @@ use pathpulse_metrics::export::wall_clock_ms;
 use pathpulse_metrics::{Applied, SharedStore};
 use pathpulse_wire::frame::{self, FrameError};
 use pathpulse_wire::message::MAX_ENROLL_FRAME;
-use pathpulse_wire::message::validate_report;
+use pathpulse_wire::message::{validate_join, validate_report};
 use pathpulse_wire::{ClientMsg, EnrollReply, EnrollRequest, RefuseReason, ServerMsg, tls};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alerts;
+use crate::mesh::Mesh;
 use crate::pki::AGENT_CERT_VALIDITY;
 use crate::state::{StateDb, TokenError};
 
@@ -35,6 +36,8 @@ pub struct Ingest {
     /// The alert engine, told of every applied report.
     pub alerts: Option<Arc<Alerts>>,
     pub auth: Arc<Auth>,
+    /// Mesh membership (peer lists), when `[mesh]` is enabled.
+    pub mesh: Option<Arc<Mesh>>,
 }
 
 /// What the ingest needs to enroll agents and check revocations.
@@ -94,8 +97,9 @@ impl Ingest {
             let (store, max_frame, name) = (self.store.clone(), self.max_frame, self.name.clone());
             let auth = self.auth.clone();
             let alerts = self.alerts.clone();
+            let mesh = self.mesh.clone();
             tasks.spawn(async move {
-                handle_connection(incoming, store, max_frame, name, auth, alerts).await;
+                handle_connection(incoming, store, max_frame, name, auth, alerts, mesh).await;
                 drop(permit);
             });
         }
@@ -116,6 +120,7 @@ async fn handle_connection(
     name: String,
     auth: Arc<Auth>,
     alerts: Option<Arc<Alerts>>,
+    mesh: Option<Arc<Mesh>>,
 ) {
     let peer = incoming.remote_address();
     let conn = match incoming.await {
@@ -195,6 +200,9 @@ async fn handle_connection(
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(%peer, %agent, reason = %e, "agent disconnected");
+                if let Some(m) = &mesh {
+                    m.disconnected(&agent, conn.stable_id());
+                }
                 return;
             }
         };
@@ -210,6 +218,8 @@ async fn handle_connection(
                 auth: auth.clone(),
                 addr: peer,
                 alerts: alerts.clone(),
+                mesh: mesh.clone(),
+                conn: conn.clone(),
             },
         ));
     }
@@ -229,6 +239,8 @@ struct Peer {
     addr: std::net::SocketAddr,
     /// The alert engine, told of every applied report.
     alerts: Option<Arc<Alerts>>,
+    mesh: Option<Arc<Mesh>>,
+    conn: quinn::Connection,
 }
 
 /// Answer a renewal request: a new certificate for the connection's identity, when the
@@ -358,7 +370,17 @@ fn enroll(
 }
 
 async fn send_refusal(send: &mut quinn::SendStream, reason: RefuseReason, detail: String) {
-    let _ = frame::write(send, &ServerMsg::Refused { reason, detail }).await;
+    send_refusal_as(send, reason, detail, frame::PROTOCOL_VERSION).await
+}
+
+/// Refuse in the version the agent speaks, so that it can read why.
+async fn send_refusal_as(
+    send: &mut quinn::SendStream,
+    reason: RefuseReason,
+    detail: String,
+    version: u16,
+) {
+    let _ = frame::write_as(send, &ServerMsg::Refused { reason, detail }, version).await;
     let _ = send.finish();
     // Let the refusal reach the agent before the stream is dropped.
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
@@ -368,16 +390,21 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
     let (store, max_frame, agent, name) = (&peer.store, peer.max_frame, &peer.agent, &peer.name);
     let alerts = &peer.alerts;
     let mut session = None;
+    // Answers go in the version of the agent's last frame (2 or 3).
+    let mut version = frame::PROTOCOL_VERSION;
     loop {
-        let msg = match frame::read::<ClientMsg, _>(&mut recv, max_frame).await {
-            Ok(Some(m)) => m,
+        let msg = match frame::read_versioned::<ClientMsg, _>(&mut recv, max_frame).await {
+            Ok(Some((m, v))) => {
+                version = v;
+                m
+            }
             Ok(None) => return,
             Err(FrameError::Io(_)) => return, // connection lost: nothing to answer
             Err(e) => {
                 let reason = frame_reason(&e);
                 tracing::warn!(%agent, error = %e, "bad frame; closing the stream");
                 refuse(store, reason);
-                send_refusal(&mut send, reason, e.to_string()).await;
+                send_refusal_as(&mut send, reason, e.to_string(), version).await;
                 return;
             }
         };
@@ -398,6 +425,16 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                 if let Some(a) = &alerts {
                     a.agent_hello(agent, h.site.as_deref(), h.isp.as_deref());
                 }
+                if let Some(m) = &peer.mesh {
+                    let seen = peer.addr.ip();
+                    m.hello(
+                        agent,
+                        h.site.clone(),
+                        h.isp.clone(),
+                        seen,
+                        peer.conn.stable_id(),
+                    );
+                }
                 store.lock().unwrap_or_else(|e| e.into_inner()).hello(
                     agent,
                     h.site,
@@ -411,6 +448,20 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                     }),
                 )
             }
+            (ClientMsg::Join(_), None) => (
+                Some((RefuseReason::NoHello, "join before hello".to_string())),
+                None,
+            ),
+            (ClientMsg::Join(j), Some(_)) => match validate_join(&j) {
+                Err(why) => (Some((RefuseReason::Malformed, why)), None),
+                Ok(()) => {
+                    // Without `[mesh]` a join is accepted and changes nothing.
+                    if let Some(m) = &peer.mesh {
+                        m.join(agent, &peer.conn, j);
+                    }
+                    (None, None)
+                }
+            },
             (ClientMsg::Report(_), None) => (
                 Some((RefuseReason::NoHello, "report before hello".to_string())),
                 None,
@@ -446,11 +497,11 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
         if let Some((reason, detail)) = refusal {
             tracing::warn!(%agent, reason = reason.as_str(), %detail, "refused");
             refuse(store, reason);
-            send_refusal(&mut send, reason, detail).await;
+            send_refusal_as(&mut send, reason, detail, version).await;
             return;
         }
         if let Some(reply) = reply
-            && frame::write(&mut send, &reply).await.is_err()
+            && frame::write_as(&mut send, &reply, version).await.is_err()
         {
             return;
         }

@@ -5,6 +5,7 @@
 //! - [`pki`]: the CA and the certificates it issues;
 //! - [`state`]: enrollment tokens, issued and revoked certificates (redb);
 //! - [`ingest`]: QUIC with mutual TLS, reports applied once each and acknowledged;
+//! - [`mesh`]: membership and peer lists (who probes whom), pushed to the agents;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`ui`]: the live mesh page at `/` and its JSON API (`/api/...`);
 //! - [`server`]: the aggregator assembled; [`demo`]: aggregator plus local agents;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod ingest;
+pub mod mesh;
 pub mod pki;
 pub mod remote_write;
 pub mod server;

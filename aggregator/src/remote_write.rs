@@ -309,9 +309,8 @@ impl RemoteWriter {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        // reqwest is built without a rustls provider of its own (quinn uses ring).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = match reqwest::Client::builder().timeout(self.cfg.timeout).build() {
+        let timeout = self.cfg.timeout;
+        let client = match crate::http::client(|b| b.timeout(timeout)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "remote write disabled: no HTTP client");

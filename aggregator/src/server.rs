@@ -110,7 +110,13 @@ pub async fn start(
         );
     }
     let ready = Arc::new(AtomicBool::new(false));
+    let mesh = crate::mesh::Mesh::new(cfg.mesh.clone(), store.clone());
+    if cfg.mesh.enabled {
+        tracing::info!(peers_per_site = ?cfg.mesh.peers_per_site, leave_after = ?cfg.mesh.leave_after, "mesh membership on: agents get peer lists");
+        tokio::spawn(mesh.clone().run(shutdown.clone()));
+    }
     let app = crate::http::router(registry, ready.clone())
+        .merge(mesh.clone().routes())
         .merge(crate::ui::router(store.clone(), shutdown.clone()))
         .merge(crate::alert::api::routes(alerts.clone()));
     let liveness = Liveness::new();
@@ -127,6 +133,7 @@ pub async fn start(
             .unwrap_or_else(|| "pathpulse-aggregator".into()),
         auth: Arc::new(ingest::Auth { ca, state }),
         alerts: Some(alerts.clone()),
+        mesh: cfg.mesh.enabled.then_some(mesh),
     };
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();

@@ -32,6 +32,7 @@ async fn start() -> Agg {
         remote_write: None,
         path_budget: None,
         prune_after: Some(pathpulse_aggregator::config::DEFAULT_PRUNE_AFTER),
+        mesh: Default::default(),
     };
     let stop = CancellationToken::new();
     let running = server::start(&cfg, stop.clone())

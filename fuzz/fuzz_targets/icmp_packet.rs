@@ -1,12 +1,13 @@
 //! What an ICMP socket reads (replies and error-queue copies, IPv4 and IPv6, with or
 //! without link and IP headers), parsed and then matched against probes in flight. The
-//! matcher must never panic and must never count a reply for a probe that was not sent.
+//! matcher (and the UDP hop probes' quoted-header reader) must never panic and must never count a reply for a probe that was not sent.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use pathpulse_agent::probe::hop_udp::{quoted_udp, ttl_of_len, udp_len};
 use pathpulse_agent::probe::icmp_socket::{Family, parse_packet};
 use pathpulse_agent::probe::matcher::{Matcher, Outcome, ReplyMeta, decode_payload};
 
@@ -26,6 +27,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(p.payload.len() + 8 <= packet.len());
+    // An ICMP error quoting a UDP hop probe: the TTL comes back from the quoted length.
+    if let Some((_, _, _, len)) = quoted_udp(family, p.message) {
+        if let Some(ttl) = ttl_of_len(len) {
+            assert_eq!(udp_len(ttl), len);
+        }
+    }
     let _ = decode_payload(p.payload);
     let t0 = Instant::now();
     let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));

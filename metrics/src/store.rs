@@ -345,6 +345,15 @@ impl Store {
             .is_some()
     }
 
+    /// Forget every path from or toward `agent` (a member that left the mesh): their
+    /// series go at once instead of waiting for `prune_after_ms`. Returns how many.
+    pub fn remove_paths_of(&mut self, agent: &str) -> usize {
+        let before = self.paths.len();
+        self.paths
+            .retain(|k, _| &*k.src != agent && &*k.dst != agent);
+        before - self.paths.len()
+    }
+
     /// Drop window slots nobody can see any more (call periodically).
     pub fn expire(&mut self, now_ms: u64) {
         if let Some(grace) = self.prune_after_ms {

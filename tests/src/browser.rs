@@ -199,6 +199,46 @@ impl Browser {
         r["result"].get("value").cloned().unwrap_or(Value::Null)
     }
 
+    /// Press and release a key as the user would (`Input.dispatchKeyEvent`, the real
+    /// event path: focus, default actions): `Tab`, `Enter`, `Escape`, `Space`, `Home`,
+    /// `End`, `PageUp`, `PageDown` or an arrow (`ArrowLeft` ...).
+    pub fn key(&mut self, page: &Page, key: &str) {
+        let (code, vk, text) = match key {
+            "Tab" => ("Tab", 9, ""),
+            "Enter" => ("Enter", 13, "\r"),
+            "Escape" => ("Escape", 27, ""),
+            "Space" => ("Space", 32, " "),
+            "PageUp" => ("PageUp", 33, ""),
+            "PageDown" => ("PageDown", 34, ""),
+            "End" => ("End", 35, ""),
+            "Home" => ("Home", 36, ""),
+            "ArrowLeft" => ("ArrowLeft", 37, ""),
+            "ArrowUp" => ("ArrowUp", 38, ""),
+            "ArrowRight" => ("ArrowRight", 39, ""),
+            "ArrowDown" => ("ArrowDown", 40, ""),
+            other => panic!("key {other:?} is not mapped"),
+        };
+        let name = if key == "Space" { " " } else { key };
+        let down = if text.is_empty() {
+            "rawKeyDown"
+        } else {
+            "keyDown"
+        };
+        let mut ev = json!({ "type": down, "key": name, "code": code,
+            "windowsVirtualKeyCode": vk, "nativeVirtualKeyCode": vk });
+        if !text.is_empty() {
+            ev["text"] = json!(text);
+            ev["unmodifiedText"] = json!(text);
+        }
+        self.call(Some(&page.session), "Input.dispatchKeyEvent", ev);
+        self.call(
+            Some(&page.session),
+            "Input.dispatchKeyEvent",
+            json!({ "type": "keyUp", "key": name, "code": code,
+                "windowsVirtualKeyCode": vk, "nativeVirtualKeyCode": vk }),
+        );
+    }
+
     /// Emulate `prefers-color-scheme: dark` (or light).
     pub fn color_scheme(&mut self, page: &Page, scheme: &str) {
         self.call(

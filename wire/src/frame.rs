@@ -7,8 +7,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const MAGIC: [u8; 2] = *b"PP";
 /// Protocol version spoken by this build. 2: path reports carry hops and STAMP's
-/// directional loss and one-way delay.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// directional loss and one-way delay. 3: mesh membership (`ClientMsg::Join`,
+/// `ServerMsg::Peers`); version 2's messages are a subset of version 3's, encoded alike.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// Oldest version still accepted: an aggregator answers a version-2 agent in version-2
+/// frames (and never sends it a peer list).
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 8;
 /// Default upper bound of a frame's payload (a report of ~10,000 paths fits easily).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
@@ -17,7 +21,9 @@ pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 pub enum FrameError {
     #[error("not a pathpulse frame (magic {0:02x?})")]
     BadMagic([u8; 2]),
-    #[error("protocol version {got} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    #[error(
+        "protocol version {got} is not supported (this build speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})"
+    )]
     UnsupportedVersion { got: u16 },
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     Oversize { len: u32, max: u32 },
@@ -41,6 +47,12 @@ impl From<std::io::Error> for FrameError {
 
 /// Encode a message into one frame.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_as(msg, PROTOCOL_VERSION)
+}
+
+/// Encode a message into one frame of the given version (to answer an older peer in its
+/// own version; the message must be one that version has).
+pub fn encode_as<T: Serialize>(msg: &T, version: u16) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; HEADER_LEN];
     out = postcard::to_extend(msg, out)?;
     let len = u32::try_from(out.len() - HEADER_LEN).map_err(|_| FrameError::Oversize {
@@ -48,26 +60,31 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
         max: u32::MAX,
     })?;
     out[0..2].copy_from_slice(&MAGIC);
-    out[2..4].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    out[2..4].copy_from_slice(&version.to_be_bytes());
     out[4..8].copy_from_slice(&len.to_be_bytes());
     Ok(out)
 }
 
 /// Parse a frame header, returning the payload length.
 pub fn parse_header(h: &[u8; HEADER_LEN], max: u32) -> Result<u32, FrameError> {
+    parse_header_versioned(h, max).map(|(len, _)| len)
+}
+
+/// Parse a frame header, returning the payload length and the frame's version.
+pub fn parse_header_versioned(h: &[u8; HEADER_LEN], max: u32) -> Result<(u32, u16), FrameError> {
     let magic = [h[0], h[1]];
     if magic != MAGIC {
         return Err(FrameError::BadMagic(magic));
     }
     let version = u16::from_be_bytes([h[2], h[3]]);
-    if version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(FrameError::UnsupportedVersion { got: version });
     }
     let len = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
     if len > max {
         return Err(FrameError::Oversize { len, max });
     }
-    Ok(len)
+    Ok((len, version))
 }
 
 /// Decode a whole frame held in memory.
@@ -89,16 +106,25 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
 {
+    Ok(read_versioned(r, max).await?.map(|(m, _)| m))
+}
+
+/// As [`read`], with the version the peer wrote the frame in.
+pub async fn read_versioned<T, R>(r: &mut R, max: u32) -> Result<Option<(T, u16)>, FrameError>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
     let mut header = [0u8; HEADER_LEN];
     let n = r.read(&mut header[..1]).await?;
     if n == 0 {
         return Ok(None);
     }
     r.read_exact(&mut header[1..]).await?;
-    let len = parse_header(&header, max)?;
+    let (len, version) = parse_header_versioned(&header, max)?;
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload).await?;
-    Ok(Some(postcard::from_bytes(&payload)?))
+    Ok(Some((postcard::from_bytes(&payload)?, version)))
 }
 
 /// Write one frame.
@@ -107,7 +133,16 @@ where
     T: Serialize,
     W: AsyncWrite + Unpin,
 {
-    let bytes = encode(msg)?;
+    write_as(w, msg, PROTOCOL_VERSION).await
+}
+
+/// Write one frame of the given version.
+pub async fn write_as<T, W>(w: &mut W, msg: &T, version: u16) -> Result<(), FrameError>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin,
+{
+    let bytes = encode_as(msg, version)?;
     w.write_all(&bytes).await?;
     Ok(())
 }
@@ -200,6 +235,34 @@ mod tests {
         assert!(matches!(
             decode::<ClientMsg>(&garbage, DEFAULT_MAX_FRAME),
             Err(FrameError::Decode(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn version_2_frames_are_read_and_answered_in_version_2() {
+        // A version-2 agent's hello is a version-3 hello, byte for byte, but for the header.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let hello = ClientMsg::Hello(Hello {
+            agent: "old".into(),
+            session: 7,
+            software: "0.1".into(),
+            site: Some("hq".into()),
+            isp: None,
+        });
+        let mut v2 = encode(&hello).expect("encode");
+        v2[2..4].copy_from_slice(&2u16.to_be_bytes());
+        assert_eq!(v2, encode_as(&hello, 2).expect("encode v2"));
+        a.write_all(&v2).await.expect("write");
+        let got = read_versioned::<ClientMsg, _>(&mut b, DEFAULT_MAX_FRAME)
+            .await
+            .expect("read");
+        assert_eq!(got, Some((hello, 2)));
+        let mut old = [0u8; HEADER_LEN];
+        old[..2].copy_from_slice(&MAGIC);
+        old[2..4].copy_from_slice(&1u16.to_be_bytes());
+        assert!(matches!(
+            parse_header(&old, 10),
+            Err(FrameError::UnsupportedVersion { got: 1 })
         ));
     }
 

@@ -187,6 +187,37 @@ pub enum ClientMsg {
     Renew {
         csr_pem: String,
     },
+    /// Version 3, after the first hello of a connection: join the mesh (take peer lists).
+    Join(Join),
+}
+
+/// Addresses advertised per agent at most.
+pub const MAX_ADVERTISE: usize = 8;
+/// Peers in one peer list at most.
+pub const MAX_PEERS: usize = 100_000;
+
+/// How other agents reach this one for probes. An agent that sends it gets peer lists
+/// ([`ServerMsg::Peers`]) on a stream the aggregator opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    /// Addresses other agents probe, preferred first. Empty: the address the aggregator
+    /// sees the connection come from.
+    pub advertise: Vec<std::net::IpAddr>,
+    /// UDP port of this agent's STAMP reflector, when it runs one.
+    pub stamp_port: Option<u16>,
+}
+
+/// One entry of a peer list: an agent to probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The peer's agent name: the `dst` label of paths toward it.
+    pub name: String,
+    pub site: Option<String>,
+    pub isp: Option<String>,
+    /// Where to probe it, preferred first (never empty).
+    pub addrs: Vec<std::net::IpAddr>,
+    /// Its STAMP reflector's port, when it runs one.
+    pub stamp_port: Option<u16>,
 }
 
 /// Why the aggregator refused something. Bounded: it is a metric label.
@@ -287,6 +318,44 @@ pub enum ServerMsg {
     },
     /// Answer to [`ClientMsg::Renew`]: the new certificate, PEM.
     Renewed { cert_pem: String },
+    /// Version 3: the agent's whole peer list, sent on the peer stream at join and after
+    /// every change. `epoch` grows with every change of the aggregator's membership.
+    Peers { epoch: u64, peers: Vec<Peer> },
+}
+
+/// Check a join's sizes.
+pub fn validate_join(j: &Join) -> Result<(), String> {
+    if j.advertise.len() > MAX_ADVERTISE {
+        return Err(format!(
+            "{} advertised addresses, limit {MAX_ADVERTISE}",
+            j.advertise.len()
+        ));
+    }
+    if j.stamp_port == Some(0) {
+        return Err("STAMP port 0".into());
+    }
+    Ok(())
+}
+
+/// Check a peer list's sizes (the agent's side of the decoder's limits).
+pub fn validate_peers(peers: &[Peer]) -> Result<(), String> {
+    if peers.len() > MAX_PEERS {
+        return Err(format!("{} peers, limit {MAX_PEERS}", peers.len()));
+    }
+    for p in peers {
+        let long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > MAX_NAME_LEN);
+        if p.name.is_empty() || p.name.len() > MAX_NAME_LEN || long(&p.site) || long(&p.isp) {
+            return Err(format!("peer `{}`: name or label out of bounds", p.name));
+        }
+        if p.addrs.is_empty() || p.addrs.len() > MAX_ADVERTISE {
+            return Err(format!(
+                "peer `{}`: {} addresses, expected 1..={MAX_ADVERTISE}",
+                p.name,
+                p.addrs.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Check the invariants the decoder cannot express: sizes of strings and lists.

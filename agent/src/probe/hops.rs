@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use pathpulse_wire::{HopRole, ProbeKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::probe::hop_udp::{self, HopProbe, UdpProbeSocket};
 use crate::probe::icmp::recv_opt;
 use crate::probe::icmp_socket::{Event, Family, IcmpSocket, SocketKind};
 use crate::probe::route::{self, Prefix, Route};
@@ -45,6 +46,8 @@ pub struct HopProber {
     pub interval: Duration,
     pub timeout: Duration,
     pub max_ttl: u8,
+    /// ICMP echo or UDP probes (both flow-stable).
+    pub probe: HopProbe,
     pub isp_prefixes: Vec<Prefix>,
     pub shared: Arc<Shared>,
     pub resolver: Arc<Resolver>,
@@ -88,6 +91,15 @@ impl HopProber {
         if v4.is_none() && v6.is_none() {
             return;
         }
+        let (udp4, udp6) = match self.probe {
+            HopProbe::Icmp => (None, None),
+            HopProbe::Udp => (
+                v4.as_ref().and_then(|_| open_udp(Family::V4)),
+                v6.as_ref().and_then(|_| open_udp(Family::V6)),
+            ),
+        };
+        // UDP probes in flight by (target address, TTL): the quoted length names the TTL.
+        let mut udp_keys: HashMap<(IpAddr, u8), u16> = HashMap::new();
         let gateways = route::default_gateways();
         let ident: u16 = rand::random();
         let token: u64 = rand::random();
@@ -100,6 +112,9 @@ impl HopProber {
         let mut deadlines: BinaryHeap<Reverse<(Instant, u16)>> = BinaryHeap::new();
         let mut router_last: HashMap<IpAddr, Instant> = HashMap::new();
         let mut seq: u16 = 0;
+        let mut udp_head = [0u8; hop_udp::BASE_PAYLOAD];
+        udp_head[..4].copy_from_slice(&HOP_MAGIC);
+        udp_head[4..].copy_from_slice(&token.to_be_bytes());
         let (mut buf4, mut buf6) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         let (mut ev4, mut ev6) = (Vec::new(), Vec::new());
         // One target per tick, round robin: the targets spread over the interval.
@@ -156,6 +171,26 @@ impl HopProber {
                         .get(&s)
                         .filter(|p| p.addr == dst)
                         .map(|p| (s, from, unreachable || from == p.addr, rx_ns, rx_mono)),
+                    Event::UdpError {
+                        from,
+                        dst,
+                        sport,
+                        dport,
+                        len,
+                        unreachable,
+                        rx_ns,
+                        rx_mono,
+                    } if dport == hop_udp::DEFAULT_PORT
+                        && [udp4.as_ref(), udp6.as_ref()]
+                            .into_iter()
+                            .flatten()
+                            .any(|u| u.port() == sport && u.family() == Family::of(&dst)) =>
+                    {
+                        hop_udp::ttl_of_len(len)
+                            .and_then(|ttl| udp_keys.get(&(dst, ttl)).copied())
+                            .filter(|s| inflight.get(s).is_some_and(|p| p.addr == dst))
+                            .map(|s| (s, from, unreachable || from == dst, rx_ns, rx_mono))
+                    }
                     _ => None,
                 };
                 let Some((s, from, end, rx_ns, rx_mono)) = answer else {
@@ -164,6 +199,7 @@ impl HopProber {
                 let Some(p) = inflight.remove(&s) else {
                     continue;
                 };
+                forget_udp(&mut udp_keys, &p, s);
                 let rtt = match (p.tx_ns, rx_ns) {
                     (Some(tx), Some(rx)) if rx >= tx => Duration::from_nanos((rx - tx) as u64),
                     _ => rx_mono.saturating_duration_since(p.sent_mono),
@@ -194,7 +230,11 @@ impl HopProber {
                     break;
                 }
                 deadlines.pop();
-                if let Some(p) = inflight.remove(&s).filter(|p| p.counted) {
+                let p = inflight.remove(&s);
+                if let Some(p) = &p {
+                    forget_udp(&mut udp_keys, p, s);
+                }
+                if let Some(p) = p.filter(|p| p.counted) {
                     self.shared.path(self.targets[p.target].0, |ps| {
                         hop_stats(ps, p.ttl, PathStats::on_lost)
                     });
@@ -226,6 +266,13 @@ impl HopProber {
                 Family::V6 => v6.as_ref(),
             };
             let Some(sock) = sock else { continue };
+            let udp = match Family::of(&addr) {
+                Family::V4 => udp4.as_ref(),
+                Family::V6 => udp6.as_ref(),
+            };
+            if self.probe == HopProbe::Udp && udp.is_none() {
+                continue;
+            }
             let st = &mut states[t];
             let known = st.route.hops.len();
             if st.addr != Some(addr) {
@@ -270,21 +317,42 @@ impl HopProber {
                 }
                 seq = seq.wrapping_add(1);
                 // 65,536 probes in flight: the oldest is forgotten, counted lost.
-                if let Some(old) = inflight.remove(&seq).filter(|p| p.counted) {
-                    self.shared.path(self.targets[old.target].0, |ps| {
-                        hop_stats(ps, old.ttl, PathStats::on_lost)
-                    });
-                }
-                let mut payload = Vec::with_capacity(PAYLOAD_SIZE);
-                payload.extend_from_slice(&HOP_MAGIC);
-                payload.extend_from_slice(&token.to_be_bytes());
-                payload.resize(PAYLOAD_SIZE, 0);
-                let pkt = sock.echo_request(ident, seq, &payload);
-                if sock.set_ttl(ttl).is_err() {
-                    continue;
+                if let Some(old) = inflight.remove(&seq) {
+                    forget_udp(&mut udp_keys, &old, seq);
+                    if old.counted {
+                        self.shared.path(self.targets[old.target].0, |ps| {
+                            hop_stats(ps, old.ttl, PathStats::on_lost)
+                        });
+                    }
                 }
                 let counted = usize::from(ttl) <= known;
-                match sock.send_to(&pkt, addr).await {
+                let sent = match udp {
+                    Some(u) => {
+                        // A probe still in flight at this TTL is answered by no one now:
+                        // its quoted length would name the new one.
+                        if let Some(old) = udp_keys.insert((addr, ttl), seq)
+                            && let Some(o) = inflight.remove(&old).filter(|o| o.counted)
+                        {
+                            self.shared
+                                .path(*path, |ps| hop_stats(ps, o.ttl, PathStats::on_lost));
+                        }
+                        u.send(
+                            addr,
+                            hop_udp::DEFAULT_PORT,
+                            ttl,
+                            &hop_udp::payload(&udp_head, ttl),
+                        )
+                        .await
+                    }
+                    None => {
+                        let pkt = sock.echo_request(ident, seq, &echo_payload(token, seq));
+                        match sock.set_ttl(ttl) {
+                            Ok(()) => sock.send_to(&pkt, addr).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                match sent {
                     Ok(sent_mono) => {
                         inflight.insert(
                             seq,
@@ -310,6 +378,34 @@ impl HopProber {
             }
         }
     }
+}
+
+fn open_udp(f: Family) -> Option<UdpProbeSocket> {
+    UdpProbeSocket::open(f)
+        .inspect_err(
+            |e| tracing::warn!(family = %f, error = %e, "UDP hop probes off for this family"),
+        )
+        .ok()
+}
+
+/// The UDP probe `p` (sent as `seq`) is answered or gone: its (target, TTL) slot is free.
+fn forget_udp(keys: &mut HashMap<(IpAddr, u8), u16>, p: &InFlight, seq: u16) {
+    if keys.get(&(p.addr, p.ttl)) == Some(&seq) {
+        keys.remove(&(p.addr, p.ttl));
+    }
+}
+
+/// The payload of an ICMP hop probe: magic, token, then `!seq`, which keeps the ICMP
+/// checksum the same for every sequence number (one's complement: seq + !seq = 0xffff).
+/// Load balancers that hash the first bytes of the ICMP header (type, code, checksum)
+/// then keep every probe toward a target on one path: flow-stable, as Paris traceroute.
+fn echo_payload(token: u64, seq: u16) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(PAYLOAD_SIZE);
+    payload.extend_from_slice(&HOP_MAGIC);
+    payload.extend_from_slice(&token.to_be_bytes());
+    payload.extend_from_slice(&(!seq).to_be_bytes());
+    payload.resize(PAYLOAD_SIZE, 0);
+    payload
 }
 
 /// Run `f` on the statistics of hop `ttl` of a path, if it has that hop.
@@ -343,5 +439,34 @@ fn sync_hops(ps: &mut PathStats, route: &Route, roles: &[HopRole]) {
                 stats: PathStats::new(String::new(), ProbeKind::Icmp),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ICMP checksum of a hop probe does not depend on its sequence number, so a load
+    /// balancer hashing type, code and checksum keeps every probe on one path; without the
+    /// compensating word it would change with every probe.
+    #[test]
+    fn echo_probes_keep_one_checksum_whatever_the_sequence() {
+        let message = |seq: u16, payload: &[u8]| {
+            let mut m = vec![8, 0, 0, 0, 0x12, 0x34];
+            m.extend_from_slice(&seq.to_be_bytes());
+            m.extend_from_slice(payload);
+            pnet_packet::util::checksum(&m, 1)
+        };
+        let token = 0x0123_4567_89ab_cdef;
+        let sums: Vec<u16> = [0u16, 1, 2, 0x7fff, 0xfffe, 0xffff]
+            .iter()
+            .map(|&s| message(s, &echo_payload(token, s)))
+            .collect();
+        assert!(sums.iter().all(|s| *s == sums[0]), "{sums:x?}");
+        // The plain payload (what classic traceroute sends) does change it.
+        let plain = echo_payload(token, 0);
+        assert_ne!(message(1, &plain), message(2, &plain));
+        assert!(echo_payload(token, 9).starts_with(&HOP_MAGIC));
+        assert_eq!(echo_payload(token, 9).len(), PAYLOAD_SIZE);
     }
 }

@@ -280,7 +280,7 @@ impl IcmpProber {
         match ev {
             Event::TxStamp { seq, tx_ns, .. } => matcher.tx_stamp(seq, tx_ns),
             // ICMP errors answer the hop prober's TTL-limited probes (its own socket).
-            Event::Error { .. } => {}
+            Event::Error { .. } | Event::UdpError { .. } => {}
             // Replies to the hop prober's probes (its own socket counts them).
             Event::Reply { payload, .. } if payload.starts_with(&HOP_MAGIC) => {}
             Event::Reply {

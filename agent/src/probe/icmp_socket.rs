@@ -92,6 +92,18 @@ pub enum Event {
         rx_ns: Option<i64>,
         rx_mono: Instant,
     },
+    /// An ICMP error quoting a UDP datagram (a UDP hop probe): `dst`, the ports and the
+    /// UDP length are the quoted datagram's (RAW sockets only).
+    UdpError {
+        from: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+        len: u16,
+        unreachable: bool,
+        rx_ns: Option<i64>,
+        rx_mono: Instant,
+    },
 }
 
 const ECHO_REQUEST_V4: u8 = 8;
@@ -413,6 +425,21 @@ impl IcmpSocket {
             Family::V6 => (ty == 3, ty == 1),
         };
         if time_exceeded || unreachable {
+            if let (Some(from), Some((dst, sport, dport, len))) = (
+                src,
+                crate::probe::hop_udp::quoted_udp(self.family, p.message),
+            ) {
+                return Ok(Some(Event::UdpError {
+                    from,
+                    dst,
+                    sport,
+                    dport,
+                    len,
+                    unreachable,
+                    rx_ns: stamp,
+                    rx_mono,
+                }));
+            }
             // surge-ping's codec reads the quoted request (IPv4 options and IPv6
             // extension headers included).
             let quoted = match src {

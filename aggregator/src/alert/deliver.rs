@@ -328,10 +328,7 @@ pub struct DeliveryContext {
 
 /// An HTTP client for receivers (rustls with the ring provider, the system's roots).
 pub fn client() -> anyhow::Result<reqwest::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder()
-        .connect_timeout(DEFAULT_TIMEOUT)
-        .build()?)
+    Ok(crate::http::client(|b| b.connect_timeout(DEFAULT_TIMEOUT))?)
 }
 
 /// Run one receiver until shutdown.

@@ -352,15 +352,55 @@ fn target_host(dst: &str) -> &str {
     }
 }
 
+/// History kept per path: the longest window any rule reads, and 10 s more.
+fn keep_ms_for(rules: &[Rule]) -> u64 {
+    rules
+        .iter()
+        .map(|r| r.longest_window().as_millis() as u64)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(10_000)
+        .max(MIN_KEEP_MS)
+}
+
 impl Engine {
+    /// Replace the rules (a configuration reload) without losing state: the paths'
+    /// history stays; an alert whose rule keeps its name keeps its phase (a firing alert
+    /// fires on, from now judged by the rule as it is now, and resolves by its clear
+    /// condition); the alerts of rules that are gone resolve now and are returned, to be
+    /// notified and recorded like any other resolution.
+    pub fn set_rules(&mut self, rules: Vec<Rule>, now_ms: u64) -> Vec<Alert> {
+        let kept: BTreeSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        let gone: Vec<AlertKey> = self
+            .slots
+            .keys()
+            .filter(|k| !kept.contains(&*k.alertname))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for k in gone {
+            if let Some(mut slot) = self.slots.remove(&k)
+                && slot.tracker.is_firing()
+                && let Some(mut a) = slot.alert.take()
+            {
+                a.state = AlertState::Resolved;
+                a.ends_at_ms = Some(now_ms);
+                let summary = a.annotations.get("summary").cloned().unwrap_or_default();
+                a.annotations.insert(
+                    "summary".into(),
+                    format!("{summary} (rule removed from the configuration)"),
+                );
+                out.push(a);
+            }
+        }
+        self.keep_ms = keep_ms_for(&rules);
+        self.names = rules.iter().map(|r| Arc::from(r.name.as_str())).collect();
+        self.rules = rules;
+        out
+    }
+
     pub fn new(rules: Vec<Rule>, cfg: EngineConfig) -> Engine {
-        let keep_ms = rules
-            .iter()
-            .map(|r| r.longest_window().as_millis() as u64)
-            .max()
-            .unwrap_or(0)
-            .saturating_add(10_000)
-            .max(MIN_KEEP_MS);
+        let keep_ms = keep_ms_for(&rules);
         Engine {
             names: rules.iter().map(|r| Arc::from(r.name.as_str())).collect(),
             rules,
@@ -553,7 +593,23 @@ impl Engine {
             AlertState::Resolved
         };
         let keep_labels = slot.alert.as_ref().map(|a| a.labels.clone());
-        let alert = self.describe(rule, &key, &v, state, starts_ms, now_ms, keep_labels);
+        // While an alert fires only its clear condition is evaluated; what it shows keeps
+        // the threshold it fired on (the clear one is `clear_threshold`).
+        let raised_on = slot
+            .alert
+            .as_ref()
+            .filter(|_| state == AlertState::Firing && t.is_none())
+            .map(|a| (a.threshold, a.annotations.get("threshold").cloned()));
+        let mut alert = self.describe(rule, &key, &v, state, starts_ms, now_ms, keep_labels);
+        if let Some((threshold, text)) = raised_on {
+            if let Some(clear) = alert.annotations.remove("threshold") {
+                alert.annotations.insert("clear_threshold".into(), clear);
+            }
+            if let Some(text) = text {
+                alert.annotations.insert("threshold".into(), text);
+            }
+            alert.threshold = threshold;
+        }
         let slot = self.slots.get_mut(&key).expect("inserted above");
         if active {
             slot.alert = Some(alert.clone());

@@ -383,3 +383,110 @@ fn engine_cost_at_100k_paths() {
         t.elapsed().as_secs_f64() / 100_000.0 * 1e6
     );
 }
+
+/// A reload keeps what it can: a firing alert whose rule stays fires on (no second
+/// notification) and resolves by the rule as reloaded; the alert of a removed rule
+/// resolves at once; a new rule starts from the history already kept.
+#[test]
+fn reloaded_rules_keep_firing_alerts_and_resolve_removed_ones() {
+    let mut e = engine();
+    let mut now = T0;
+    // 30% loss on two paths until both PathpulseLoss alerts fire.
+    let mut fired = 0;
+    for s in 1..=10u64 {
+        now = T0 + s * 1000;
+        let r = report("a", now, &[("192.0.2.1", 7, 3), ("192.0.2.2", 7, 3)]);
+        fired += e
+            .on_report(&r, now)
+            .iter()
+            .filter(|a| a.state == AlertState::Firing)
+            .count();
+    }
+    assert_eq!(fired, 2, "{:?}", names(&e.active()));
+
+    // The same rules, the loss rule's clear threshold raised to 40%: nothing is notified
+    // by the reload itself, both alerts still fire.
+    let mut rules = Rule::defaults();
+    for r in rules.iter_mut().filter(|r| r.name == "PathpulseLoss") {
+        r.clear = 0.4;
+    }
+    assert!(e.set_rules(rules.clone(), now).is_empty());
+    assert_eq!(e.firing().len(), 2);
+    // Under the new clear threshold the same 30% loss resolves them (after clear_for).
+    let mut resolved = Vec::new();
+    for s in 11..=40u64 {
+        now = T0 + s * 1000;
+        let r = report("a", now, &[("192.0.2.1", 7, 3), ("192.0.2.2", 7, 3)]);
+        resolved.extend(
+            e.on_report(&r, now)
+                .into_iter()
+                .filter(|a| a.state == AlertState::Resolved),
+        );
+        if resolved.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        resolved.len(),
+        2,
+        "resolved by the reloaded clear threshold"
+    );
+
+    // Heavier loss fires again under the new rules; then the loss rule is removed: its
+    // alerts resolve at once, marked as such.
+    let mut e = engine();
+    for s in 1..=10u64 {
+        now = T0 + s * 1000;
+        e.on_report(&report("a", now, &[("192.0.2.1", 5, 5)]), now);
+    }
+    assert_eq!(
+        names(&e.firing()),
+        [("PathpulseLoss".into(), AlertState::Firing)]
+    );
+    let without: Vec<Rule> = Rule::defaults()
+        .into_iter()
+        .filter(|r| r.name != "PathpulseLoss")
+        .collect();
+    let out = e.set_rules(without, now);
+    assert_eq!(
+        names(&out),
+        [("PathpulseLoss".into(), AlertState::Resolved)]
+    );
+    assert_eq!(out[0].ends_at_ms, Some(now));
+    assert!(out[0].annotations["summary"].contains("rule removed"));
+    assert!(e.firing().is_empty());
+    // The other rules still work on the kept history: the path goes silent → path down.
+    let mut down = false;
+    for s in 11..=40u64 {
+        now = T0 + s * 1000;
+        let out = e.on_report(&report("a", now, &[("192.0.2.1", 0, 10)]), now);
+        down |= out
+            .iter()
+            .chain(e.tick(now).iter())
+            .any(|a| a.alertname == "PathpulsePathDown" && a.state == AlertState::Firing);
+    }
+    assert!(down, "path down still fires after the reload");
+}
+
+/// A firing alert as shown (`GET /api/alerts`, the page, re-sends) keeps the threshold it
+/// fired on; the clear threshold it is now judged by is `clear_threshold`.
+#[test]
+fn a_firing_alert_shows_the_threshold_it_fired_on() {
+    let mut e = engine();
+    for s in 1..=20u64 {
+        let now = T0 + s * 1000;
+        e.on_report(&report("a", now, &[("192.0.2.1", 6, 4)]), now);
+    }
+    let firing = e.firing();
+    let a = firing
+        .iter()
+        .find(|a| a.alertname == "PathpulseLoss")
+        .unwrap_or_else(|| panic!("{:?}", names(&e.active())));
+    assert_eq!(a.threshold, Some(0.05), "{a:?}");
+    assert_eq!(a.annotations["threshold"], "5.0%");
+    assert_eq!(a.annotations["clear_threshold"], "1.0%");
+    assert!(
+        a.value.is_some_and(|v| v > 0.3),
+        "the value is current: {a:?}"
+    );
+}

@@ -129,6 +129,21 @@ impl Alerts {
         }
     }
 
+    /// Take new rules (SIGHUP, `POST /api/reload`): see [`Engine::set_rules`]. Alerts of
+    /// removed rules resolve and are notified. Returns (rules before, rules now, alerts
+    /// resolved).
+    pub fn reload_rules(&self, rules: Vec<rules::Rule>, now_ms: u64) -> (usize, usize, usize) {
+        let (before, now, out) = {
+            let mut e = self.engine();
+            let before = e.rules().len();
+            let now = rules.len();
+            (before, now, e.set_rules(rules, now_ms))
+        };
+        let resolved = out.len();
+        self.emit(out);
+        (before, now, resolved)
+    }
+
     /// Evaluate the rules on a report ingest just applied (on the caller's thread).
     pub fn on_report(&self, r: &Report, now_ms: u64) {
         let out = self.engine().on_report(r, now_ms);

@@ -177,7 +177,8 @@ async fn agent(
                 ServerMsg::Refused { .. } => {
                     totals2.refused.fetch_add(1, Ordering::Relaxed);
                 }
-                ServerMsg::Welcome { .. } | ServerMsg::Renewed { .. } => {}
+                ServerMsg::Welcome { .. } | ServerMsg::Renewed { .. } | ServerMsg::Peers { .. } => {
+                }
             }
         }
     });

@@ -563,3 +563,156 @@ fn lab_localization_is_right_in_19_of_20_randomized_trials() {
         );
     }
 }
+
+/// Two equal-cost paths from the ISP edge to the anchor (`ta` and `tb`), the ISP router
+/// hashing UDP ports (`fib_multipath_hash_policy=1`). Datagrams with varying ports, as
+/// classic traceroute sends, take both; the agent's UDP hop probes (`--hop-probe udp`)
+/// keep one 5-tuple, so every one of them crosses the same router, hop 3 never flips and
+/// no path change is counted; the hops still get their roles.
+#[test]
+fn lab_udp_hop_probes_stay_on_one_ecmp_path() {
+    let _serial = crate::lab::lab_lock();
+    if !require_root("lab_udp_hop_probes_stay_on_one_ecmp_path") {
+        return;
+    }
+    let links = [
+        LinkSpec::veth("home", "cpe", "192.168.1"),
+        LinkSpec::veth("cpe", "isp", "203.0.113"),
+        LinkSpec::veth("isp", "ta", "198.51.100"),
+        LinkSpec::veth("isp", "tb", "198.51.101"),
+        LinkSpec::veth("ta", "anchor", "192.0.2"),
+        LinkSpec::veth("tb", "anchor", "192.0.3"),
+    ];
+    let topo = Topo::build(&["home", "cpe", "isp", "ta", "tb", "anchor"], &links, 31);
+    // The anchor too: its answers to UDP probes are ICMP errors (Port Unreachable), which
+    // Linux rate-limits like Time Exceeded.
+    for r in ["cpe", "isp", "ta", "tb", "anchor"] {
+        topo.ns(r)
+            .run("sysctl", &["-qw", "net.ipv4.icmp_ratelimit=0"]);
+    }
+    let isp = topo.ns("isp");
+    isp.run("sysctl", &["-qw", "net.ipv4.fib_multipath_hash_policy=1"]);
+    let (via_a, via_b) = (topo.addr("ta", "isp"), topo.addr("tb", "isp"));
+    isp.ip(&[
+        "route",
+        "replace",
+        "192.0.2.0/24",
+        "nexthop",
+        "via",
+        &via_a,
+        "nexthop",
+        "via",
+        &via_b,
+    ]);
+    topo.ns("tb").ip(&[
+        "route",
+        "replace",
+        "192.0.2.0/24",
+        "via",
+        &topo.addr("anchor", "tb"),
+    ]);
+    // Count, on each of the two routers, forwarded UDP toward the anchor by port range.
+    for r in ["ta", "tb"] {
+        for rule in [
+            "add table inet ecmp",
+            "add chain inet ecmp probes { type filter hook forward priority 0 ; }",
+            "add rule inet ecmp probes udp dport 33434 counter",
+            "add rule inet ecmp probes udp dport 40001-40064 counter",
+        ] {
+            let (code, out) = topo.ns(r).run("nft", &[rule]);
+            assert_eq!(code, 0, "nft {rule} in {r}: {out}");
+        }
+    }
+    let counters = |r: &str| -> (u64, u64) {
+        let (_, out) = topo
+            .ns(r)
+            .run("nft", &["list", "chain", "inet", "ecmp", "probes"]);
+        let packets: Vec<u64> = out
+            .lines()
+            .filter_map(|l| l.split("packets ").nth(1))
+            .filter_map(|x| x.split_whitespace().next()?.parse().ok())
+            .collect();
+        (packets[0], packets[1])
+    };
+    let anchor = topo.addr("anchor", "ta");
+    // Varying destination ports: the ISP router spreads them over both paths.
+    let spray =
+        format!("for p in $(seq 40001 40064); do echo x > /dev/udp/{anchor}/$p; done; true");
+    topo.ns("home").run("bash", &["-c", &spray]);
+    let (a, b) = (counters("ta").1, counters("tb").1);
+    assert!(
+        a > 0 && b > 0 && a + b == 64,
+        "the lab's ECMP spreads flows over both paths: ta {a}, tb {b} of 64"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent_in(
+        topo.ns("home"),
+        dir.path(),
+        "home",
+        &anchor,
+        &["--hop-probe", "udp", "--hop-interval", "250ms"],
+    );
+    let hop3 = |m: &[Sample]| {
+        hop(
+            m,
+            "pathpulse_hop_probes_sent_total",
+            "3",
+            &[("role", "transit")],
+        )
+        .map(|s| s.labels["hop_addr"].clone())
+    };
+    let expect = [
+        ("1", topo.addr("cpe", "home"), "cpe"),
+        ("2", topo.addr("isp", "cpe"), "isp"),
+        ("4", anchor.clone(), "target"),
+    ];
+    let found = wait_for(Duration::from_secs(20), || {
+        let m = metrics_of(topo.ns("home"), PORT);
+        let all = expect.iter().all(|(ttl, addr, role)| {
+            hop(
+                &m,
+                "pathpulse_hop_probes_sent_total",
+                ttl,
+                &[("hop_addr", addr), ("role", role)],
+            )
+            .is_some()
+        });
+        all.then(|| hop3(&m)).flatten()
+    });
+    let Some(first) = found else {
+        panic!(
+            "hops not found as {expect:?} + a transit hop 3:\n{}",
+            agent.log()
+        );
+    };
+    assert!(
+        first == via_a || first == via_b,
+        "hop 3 is one of the two routers: {first}"
+    );
+    // 20 s of probes at 4 per second per hop: all of them through one router.
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(2));
+        let m = metrics_of(topo.ns("home"), PORT);
+        assert_eq!(hop3(&m).as_deref(), Some(first.as_str()), "hop 3 flipped");
+        assert_eq!(
+            value(&m, "pathpulse_path_changes_total", &[]).unwrap_or(0.0),
+            0.0,
+            "no path change:\n{}",
+            agent.log()
+        );
+    }
+    let (a, b) = (counters("ta").0, counters("tb").0);
+    eprintln!("UDP hop probes forwarded by ta {a}, tb {b}");
+    assert!(
+        a.min(b) == 0 && a.max(b) >= 40,
+        "every UDP hop probe took one path: ta {a}, tb {b}"
+    );
+    let m = metrics_of(topo.ns("home"), PORT);
+    let sent = value(&m, "pathpulse_hop_probes_sent_total", &[("hop", "4")]).unwrap_or(0.0);
+    let lost = value(&m, "pathpulse_hop_probes_lost_total", &[("hop", "4")]).unwrap_or(0.0);
+    assert!(
+        sent >= 40.0 && lost <= 2.0,
+        "the anchor answers UDP probes (Port Unreachable): sent {sent}, lost {lost}"
+    );
+}

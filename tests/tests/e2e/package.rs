@@ -15,7 +15,7 @@ use pathpulse_tests::{bin, require_program, run};
 use crate::setup::shared;
 use crate::systemd::{exec_start, repo};
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     bin("pathpulse-agent")
         .parent()
         .and_then(Path::parent)
@@ -36,13 +36,14 @@ fn shipped_example_configs_pass_check_config() {
     }
 }
 
-#[test]
-fn debs_hold_binary_unit_config_man_pages_and_completions() {
-    let test = "debs_hold_binary_unit_config_man_pages_and_completions";
-    if !require_program(test, "cargo-deb") || !require_program(test, "dpkg-deb") {
-        return;
+/// The two .deb packages (agent, aggregator) of the debug binaries the suite built, made
+/// once per test run (scripts/package.sh --profile dev --no-build --fast).
+pub fn debs() -> (PathBuf, PathBuf) {
+    static DEBS: std::sync::Mutex<Option<(PathBuf, PathBuf)>> = std::sync::Mutex::new(None);
+    let mut made = DEBS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = made.as_ref() {
+        return d.clone();
     }
-    let _machine = shared();
     let target = target_dir();
     let out = Command::new(repo().join("scripts/package.sh"))
         .args(["--profile", "dev", "--no-build", "--fast"])
@@ -56,10 +57,9 @@ fn debs_hold_binary_unit_config_man_pages_and_completions() {
     );
     assert!(out.status.success(), "scripts/package.sh failed:\n{log}");
     let version = env!("CARGO_PKG_VERSION");
-    for b in ["agent", "aggregator"] {
-        let name = format!("pathpulse-{b}");
-        let prefix = format!("{name}_{version}-1_");
-        let deb = std::fs::read_dir(target.join("debian"))
+    let find = |b: &str| {
+        let prefix = format!("pathpulse-{b}_{version}-1_");
+        std::fs::read_dir(target.join("debian"))
             .expect("target/debian")
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| {
@@ -67,7 +67,24 @@ fn debs_hold_binary_unit_config_man_pages_and_completions() {
                     .and_then(|f| f.to_str())
                     .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".deb"))
             })
-            .unwrap_or_else(|| panic!("no {prefix}*.deb built:\n{log}"));
+            .unwrap_or_else(|| panic!("no {prefix}*.deb built:\n{log}"))
+    };
+    let d = (find("agent"), find("aggregator"));
+    *made = Some(d.clone());
+    d
+}
+
+#[test]
+fn debs_hold_binary_unit_config_man_pages_and_completions() {
+    let test = "debs_hold_binary_unit_config_man_pages_and_completions";
+    if !require_program(test, "cargo-deb") || !require_program(test, "dpkg-deb") {
+        return;
+    }
+    let _machine = shared();
+    let version = env!("CARGO_PKG_VERSION");
+    let debs = debs();
+    for (b, deb) in [("agent", &debs.0), ("aggregator", &debs.1)] {
+        let name = format!("pathpulse-{b}");
         let deb_s = deb.to_str().expect("utf-8");
         let (code, listing) = run(Path::new("dpkg"), &["-c", deb_s]);
         assert_eq!(code, 0, "dpkg -c: {listing}");

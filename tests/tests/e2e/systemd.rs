@@ -69,7 +69,11 @@ fn units_verify_and_score_at_most_2() {
         .expect("cp");
     assert!(st.success(), "copying the host's units");
     std::os::unix::fs::symlink("usr/bin", r.join("bin")).expect("symlink bin");
-    place(Path::new("/usr/bin/kill"), &r.join("usr/bin/kill"));
+    // ExecReload runs /bin/sh (a link to dash on Debian: place the file itself).
+    place(
+        &std::fs::canonicalize("/bin/sh").expect("/bin/sh"),
+        &r.join("usr/bin/sh"),
+    );
     for (unit, binary) in UNITS {
         let text = unit_text(unit);
         let exec = exec_start(&text);
@@ -152,7 +156,7 @@ fn units_say_what_the_issue_asks() {
     );
     assert_eq!(
         unit_values(&agent, "ExecReload"),
-        ["/bin/kill -HUP $MAINPID"]
+        ["/bin/sh -c 'kill -HUP $MAINPID'"]
     );
     let agg = unit_text("pathpulse-aggregator.service");
     assert_eq!(unit_values(&agg, "CapabilityBoundingSet"), [""]);

@@ -371,7 +371,7 @@ fn read_sse(port: u16, path: &str, n: usize) -> Vec<(String, String)> {
 const HTTP: &str = "127.0.0.1:9470";
 const QUIC: &str = "127.0.0.1:4470";
 
-fn artifacts() -> PathBuf {
+pub fn artifacts() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     // target/<profile>/deps/e2e-… → target/ui-artifacts
     let target = exe
@@ -496,7 +496,7 @@ impl Lab {
 }
 
 /// The cell of src → dst as drawn: geometry, class and the canvas pixel at its sample point.
-fn cell(b: &mut Browser, page: &Page, src: &str, dst: &str) -> Value {
+pub fn cell(b: &mut Browser, page: &Page, src: &str, dst: &str) -> Value {
     b.eval(
         page,
         &format!(
@@ -513,7 +513,7 @@ fn cell(b: &mut Browser, page: &Page, src: &str, dst: &str) -> Value {
     )
 }
 
-fn save(dir: &Path, name: &str, png: &[u8]) -> PathBuf {
+pub fn save(dir: &Path, name: &str, png: &[u8]) -> PathBuf {
     assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
     let p = dir.join(name);
     std::fs::write(&p, png).expect("write screenshot");
@@ -758,14 +758,16 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
     })
     .expect("a history point with the losses within 40 s");
     eprintln!("history: {}", history["history"]);
-    wait_for(Duration::from_secs(15), || {
+    // The path view refreshes every 10 s: wait until it has drawn the lossy point (not
+    // only an earlier clean one), so the screenshots show the loss.
+    wait_for(Duration::from_secs(25), || {
         let n = b.eval(
             &page,
-            "Number(document.getElementById('smoke').dataset.points || 0)",
+            "[document.getElementById('smoke').dataset.points, document.getElementById('lossjitter').dataset.lossPoints].map(Number)",
         );
-        (n.as_u64() > Some(0)).then_some(())
+        (n[0].as_u64() > Some(0) && n[1].as_u64() > Some(0)).then_some(())
     })
-    .expect("the smoke graph drew the history");
+    .expect("the smoke graph drew the history, the loss line its lossy point");
     let dir = artifacts();
     save(&dir, "mesh-light.png", &b.screenshot(&page));
     b.color_scheme(&page, "dark");
@@ -807,6 +809,23 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         "mesh-a collapsed into lab-1"
     );
     assert!(cell(&mut b, &page, "mesh-b", "127.0.0.2")["present"] == true);
+    // With the keyboard: the collapsed site is the first line; Enter there expands it.
+    b.eval(&page, "document.getElementById('matrix').focus()");
+    b.key(&page, "Home");
+    let f = b.eval(&page, "window.pathpulse.focused()");
+    assert_eq!(f["focus"], "g:lab-1|d:icmp:127.0.0.2", "{f}");
+    assert!(
+        f["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("group lab-1 → 127.0.0.2: worst p99 RTT")),
+        "{f}"
+    );
+    b.key(&page, "Enter");
+    assert_eq!(
+        cell(&mut b, &page, "mesh-a", "127.0.0.2")["present"],
+        true,
+        "Enter expanded lab-1"
+    );
 
     // 200 agents × 200 destinations (40,000 cells) drawn without freezing the page.
     b.eval(&page, "window.pathpulse.pause()");

@@ -4,8 +4,8 @@
 //! routers) then put the sessions on different equal-cost paths, so a single bad path
 //! shows as partial loss (about the share of ports it carries) instead of all or nothing.
 //!
-//! A *flow* is one (target, source port) pair. Flows are numbered target by target; the
-//! sender keeps one session and one socket reference per flow. Targets with `ecmp`,
+//! The sender keeps one session per (target, source port) and takes turns ([`Turns`]).
+//! Targets with `ecmp`,
 //! `source` or `interface` get sockets of their own ([`open_own`]), read by small tasks
 //! that forward into one queue ([`spawn_readers`]).
 
@@ -20,55 +20,32 @@ use crate::backoff::Backoff;
 use crate::probe::icmp_socket::Family;
 use crate::target::{Host, TargetSpec};
 
-/// Flows of all targets and whose turn it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Spread {
-    /// Per target: its first flow and how many it has.
-    ranges: Vec<(usize, usize)>,
-    /// Per target: the next of its flows to send from.
-    turn: Vec<usize>,
-    /// Per flow: its target.
-    target_of: Vec<usize>,
+/// Whose turn it is among one target's source ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turns {
+    ports: usize,
+    next: usize,
 }
 
-impl Spread {
-    /// `ports[t]`: how many source ports target `t` uses (0 is taken as 1).
-    pub fn new(ports: &[usize]) -> Spread {
-        let mut ranges = Vec::with_capacity(ports.len());
-        let mut target_of = Vec::new();
-        for (t, &n) in ports.iter().enumerate() {
-            let n = n.max(1);
-            ranges.push((target_of.len(), n));
-            target_of.extend(std::iter::repeat_n(t, n));
-        }
-        Spread {
-            turn: vec![0; ranges.len()],
-            ranges,
-            target_of,
+impl Turns {
+    /// `ports` source ports (0 is taken as 1).
+    pub fn new(ports: usize) -> Turns {
+        Turns {
+            ports: ports.max(1),
+            next: 0,
         }
     }
 
-    pub fn flows(&self) -> usize {
-        self.target_of.len()
+    pub fn ports(&self) -> usize {
+        self.ports
     }
 
-    pub fn target_of(&self, flow: usize) -> usize {
-        self.target_of[flow]
-    }
-
-    /// The flows of one target, in turn order.
-    pub fn flows_of(&self, target: usize) -> std::ops::Range<usize> {
-        let (first, n) = self.ranges[target];
-        first..first + n
-    }
-
-    /// The flow target `t`'s next probe goes out on; round robin over its ports, so
-    /// over any N consecutive probes each port carries exactly one.
-    pub fn next(&mut self, target: usize) -> usize {
-        let (first, n) = self.ranges[target];
-        let k = self.turn[target];
-        self.turn[target] = (k + 1) % n;
-        first + k
+    /// The port the next probe goes out from; round robin, so over any N consecutive
+    /// probes each of the N ports carries exactly one.
+    pub fn take_turn(&mut self) -> usize {
+        let k = self.next;
+        self.next = (k + 1) % self.ports;
+        k
     }
 }
 
@@ -101,14 +78,22 @@ pub fn open_own(t: &TargetSpec) -> std::io::Result<Vec<Arc<StampSocket>>> {
         .collect()
 }
 
-/// Forward what the targets' own sockets receive into one queue.
-pub fn spawn_readers<'a>(
-    socks: impl Iterator<Item = &'a Arc<StampSocket>>,
-    shutdown: &CancellationToken,
-) -> tokio::sync::mpsc::Receiver<Vec<UdpEvent>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(OWN_QUEUE);
+/// The queue the targets' own sockets' readers forward into.
+pub fn queue() -> (
+    tokio::sync::mpsc::Sender<Vec<UdpEvent>>,
+    tokio::sync::mpsc::Receiver<Vec<UdpEvent>>,
+) {
+    tokio::sync::mpsc::channel(OWN_QUEUE)
+}
+
+/// Forward what a target's own sockets receive into the queue until `stop`.
+pub fn spawn_readers(
+    socks: &[Arc<StampSocket>],
+    stop: &CancellationToken,
+    tx: &tokio::sync::mpsc::Sender<Vec<UdpEvent>>,
+) {
     for sock in socks {
-        let (sock, tx, stop) = (sock.clone(), tx.clone(), shutdown.clone());
+        let (sock, tx, stop) = (sock.clone(), tx.clone(), stop.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -137,7 +122,6 @@ pub fn spawn_readers<'a>(
             }
         });
     }
-    rx
 }
 
 #[cfg(test)]
@@ -146,22 +130,20 @@ mod tests {
 
     #[test]
     fn each_port_carries_an_equal_share_in_turn() {
-        let mut s = Spread::new(&[1, 4, 0]);
-        assert_eq!(s.flows(), 6);
-        assert_eq!(s.flows_of(1), 1..5);
-        assert_eq!((s.target_of(0), s.target_of(4), s.target_of(5)), (0, 1, 2));
-        let picks: Vec<usize> = (0..8).map(|_| s.next(1)).collect();
-        assert_eq!(picks, [1, 2, 3, 4, 1, 2, 3, 4]);
-        assert_eq!((s.next(0), s.next(0), s.next(2)), (0, 0, 5));
+        let mut t = Turns::new(4);
+        let picks: Vec<usize> = (0..8).map(|_| t.take_turn()).collect();
+        assert_eq!(picks, [0, 1, 2, 3, 0, 1, 2, 3]);
+        let mut one = Turns::new(0);
+        assert_eq!((one.ports(), one.take_turn(), one.take_turn()), (1, 0, 0));
     }
 
     /// With N ports of which k hash onto a path that loses everything, the target's
     /// loss is k/N: the expected partial loss the lab test looks for.
     #[test]
     fn one_dead_path_shows_as_its_share_of_ports() {
-        let mut s = Spread::new(&[8]);
+        let mut t = Turns::new(8);
         let dead = [false, true, false, false, true, false, false, false];
-        let lost = (0..800).filter(|_| dead[s.next(0)]).count();
+        let lost = (0..800).filter(|_| dead[t.take_turn()]).count();
         assert_eq!(lost, 200);
     }
 

@@ -3,10 +3,14 @@
 //! residence time removed from the RTT, loss per direction and one-way delay (see
 //! `session`). A socket error is counted and followed by a backoff: it never spins.
 //!
+//! The targets follow the probe plan (a reload, a peer list): a target that stays keeps
+//! its session, a new one opens a session with a new SSID, a removed one's session goes.
+//!
 //! Per-target options: DSCP and TTL go per packet on the shared sockets; a target with a
 //! `source`, an `interface` or `ecmp=N` gets sockets of its own (N of them, one source
-//! port each, one session per port: see `ecmp`), read by small forwarding tasks; `size`
-//! pads the test packet (the reflector answers with the same size).
+//! port each, one session per port, taking turns: see `ecmp`), read by small forwarding
+//! tasks; `size` pads the test packet (the reflector answers with the same size). A target
+//! whose options change is a new target (new sessions, new sockets).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -14,10 +18,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pathpulse_wire::ProbeKind;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{self, ClockState};
-use super::ecmp::{Spread, open_own, spawn_readers};
+use super::ecmp::{Turns, open_own, queue, spawn_readers};
 use super::packet::{NtpTimestamp, ReflectorPacket, SenderPacket, StampKey};
 use super::reflector::DEFAULT_PORT;
 use super::session::{Arrival, Outcome, SenderSession};
@@ -25,15 +31,18 @@ use super::socket::{StampSocket, UdpEvent};
 use crate::backoff::Backoff;
 use crate::probe::icmp_socket::Family;
 use crate::probe::matcher::StrayReason;
+use crate::reload::ProbePlan;
 use crate::resolve::Resolver;
 use crate::schedule::Schedule;
 use crate::shared::Shared;
-use crate::target::{Host, TargetSpec};
+use crate::target::TargetSpec;
 
 /// How often the kernel is asked whether the clock is synchronized.
 const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 
 pub struct StampProber {
+    plan: watch::Receiver<ProbePlan>,
+    /// (slot, target) of the plan's STAMP targets.
     targets: Vec<(usize, TargetSpec)>,
     interval: Duration,
     timeout: Duration,
@@ -43,11 +52,29 @@ pub struct StampProber {
     v6: Option<StampSocket>,
     /// Authenticated mode (RFC 8762 §4.4) when set.
     key: Option<StampKey>,
-    /// Flows (target, source port) and whose turn it is.
-    spread: Spread,
-    /// Per flow: its own socket, or `None` for the shared socket of its family.
-    own: Vec<Option<Arc<StampSocket>>>,
 }
+
+/// One target's sessions (one per source port), its own sockets if it has any, and
+/// whose turn it is.
+struct Flows {
+    spec: TargetSpec,
+    sessions: Vec<SenderSession>,
+    /// Empty: the shared socket of the family (or, for a target that needs its own,
+    /// the sockets could not be opened and its probes count as send errors).
+    socks: Vec<Arc<StampSocket>>,
+    /// Stops the readers of `socks`.
+    stop: CancellationToken,
+    turns: Turns,
+}
+
+impl Drop for Flows {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// (slot, port index) of a session.
+type FlowKey = (usize, usize);
 
 async fn recv_opt(
     sock: Option<&StampSocket>,
@@ -72,25 +99,17 @@ fn us(d: Duration) -> u64 {
 }
 
 impl StampProber {
-    /// Open the sockets the targets need. Fails only when no needed family can be opened.
+    /// Open one socket per address family (targets may come later, from a reload or a
+    /// peer list). Fails only when neither family can be opened.
     pub fn open(
-        targets: Vec<(usize, TargetSpec)>,
-        interval: Duration,
-        timeout: Duration,
+        mut plan: watch::Receiver<ProbePlan>,
         shared: Arc<Shared>,
         resolver: Arc<Resolver>,
         key: Option<StampKey>,
     ) -> std::io::Result<StampProber> {
-        let wants = |f: Family| {
-            targets.iter().any(|(_, t)| {
-                !t.options.needs_own_socket()
-                    && match &t.host {
-                        Host::Ip(ip) => Family::of(ip) == f,
-                        Host::Name(_) => true,
-                    }
-            })
-        };
-        let open = |f: Family, any: SocketAddr| wants(f).then(|| StampSocket::bind(any));
+        let p = plan.borrow_and_update().clone();
+        let (targets, interval, timeout) = (p.of_kind(ProbeKind::Stamp), p.interval, p.timeout);
+        let open = |_: Family, any: SocketAddr| Some(StampSocket::bind(any));
         let v4 = open(Family::V4, SocketAddr::from(([0u8; 4], 0)));
         let v6 = open(Family::V6, SocketAddr::from(([0u16; 8], 0)));
         let mut first_err = None;
@@ -107,35 +126,8 @@ impl StampProber {
         if let (None, None, Some(e)) = (&v4, &v6, first_err) {
             return Err(e);
         }
-        let spread = Spread::new(
-            &targets
-                .iter()
-                .map(|(_, t)| usize::from(t.options.ecmp.unwrap_or(1)))
-                .collect::<Vec<_>>(),
-        );
-        let mut own = vec![None; spread.flows()];
-        for (i, (_, t)) in targets.iter().enumerate() {
-            if !t.options.needs_own_socket() {
-                continue;
-            }
-            match open_own(t) {
-                Ok(socks) => {
-                    let ports: Vec<u16> = socks
-                        .iter()
-                        .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
-                        .collect();
-                    tracing::info!(target_label = %t.label, ?ports, "STAMP target sockets of its own");
-                    for (flow, sock) in spread.flows_of(i).zip(socks) {
-                        own[flow] = Some(sock);
-                    }
-                }
-                // Its probes count as send errors (no socket for its flows).
-                Err(e) => {
-                    tracing::warn!(target_label = %t.label, error = %e, "STAMP target's sockets cannot be opened")
-                }
-            }
-        }
         Ok(StampProber {
+            plan,
             targets,
             interval,
             timeout,
@@ -144,8 +136,6 @@ impl StampProber {
             v4,
             v6,
             key,
-            spread,
-            own,
         })
     }
 
@@ -156,28 +146,86 @@ impl StampProber {
         }
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Sessions for the current targets: kept ones stay, new ones (and ones whose options
+    /// changed) get the next SSIDs and, if they need them, sockets of their own.
+    fn sync_sessions(
+        &self,
+        flows: &mut HashMap<usize, Flows>,
+        by_ssid: &mut HashMap<u16, FlowKey>,
+        next_ssid: &mut u16,
+        own_tx: &tokio::sync::mpsc::Sender<Vec<UdpEvent>>,
+        shutdown: &CancellationToken,
+    ) {
         let retention = (self.timeout * 4).max(Duration::from_secs(10));
+        flows.retain(|slot, f| self.targets.iter().any(|(s, t)| s == slot && *t == f.spec));
+        for (slot, t) in &self.targets {
+            if flows.contains_key(slot) {
+                continue;
+            }
+            let turns = Turns::new(usize::from(t.options.ecmp.unwrap_or(1)));
+            let sessions = (0..turns.ports())
+                .map(|_| {
+                    *next_ssid = next_ssid.wrapping_add(1);
+                    SenderSession::new(*next_ssid, retention)
+                })
+                .collect();
+            let stop = shutdown.child_token();
+            let socks = if t.options.needs_own_socket() {
+                match open_own(t) {
+                    Ok(socks) => {
+                        let ports: Vec<u16> = socks
+                            .iter()
+                            .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
+                            .collect();
+                        tracing::info!(target_label = %t.label, ?ports, "STAMP target sockets of its own");
+                        spawn_readers(&socks, &stop, own_tx);
+                        socks
+                    }
+                    Err(e) => {
+                        tracing::warn!(target_label = %t.label, error = %e, "STAMP target's sockets cannot be opened; its probes count as send errors");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            flows.insert(
+                *slot,
+                Flows {
+                    spec: t.clone(),
+                    sessions,
+                    socks,
+                    stop,
+                    turns,
+                },
+            );
+        }
+        *by_ssid = flows
+            .iter()
+            .flat_map(|(slot, f)| {
+                f.sessions
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, s)| (s.ssid, (*slot, k)))
+            })
+            .collect();
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
         // One session per target, told apart by SSID (random base, so a restarted agent
         // opens new sessions at the reflector even on the same port).
-        let base: u16 = rand::random();
-        let mut sessions: Vec<SenderSession> = (0..self.spread.flows())
-            .map(|i| SenderSession::new(base.wrapping_add(i as u16), retention))
-            .collect();
-        let by_ssid: HashMap<u16, usize> = sessions
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.ssid, i))
-            .collect();
-        // (deadline, flow, sequence)
-        let mut deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>> = BinaryHeap::new();
-        let mut own_events = spawn_readers(self.own.iter().flatten(), &shutdown);
-        let mut own_open = self.own.iter().any(Option::is_some);
-        let mut sched = Schedule::new(
-            vec![self.interval; self.targets.len()],
-            Instant::now(),
-            rand::random(),
-        );
+        let mut next_ssid: u16 = rand::random();
+        let mut flows: HashMap<usize, Flows> = HashMap::new();
+        let mut by_ssid: HashMap<u16, FlowKey> = HashMap::new();
+        // What the targets' own sockets receive (the sender half stays here: never closed).
+        let (own_tx, mut own_rx) = queue();
+        self.sync_sessions(&mut flows, &mut by_ssid, &mut next_ssid, &own_tx, &shutdown);
+        // (deadline, slot, port index, sequence)
+        let mut deadlines: BinaryHeap<Reverse<(Instant, usize, usize, u32)>> = BinaryHeap::new();
+        let new_schedule =
+            |n: usize, iv: Duration| Schedule::new(vec![iv; n], Instant::now(), rand::random());
+        let mut sched = new_schedule(self.targets.len(), self.interval);
+        let mut plan_open = true;
         let mut clock_state = clock::query();
         let mut clock_read = Instant::now();
         tracing::info!(
@@ -191,7 +239,7 @@ impl StampProber {
         loop {
             let next = [
                 sched.next_due(),
-                deadlines.peek().map(|Reverse((t, _, _))| *t),
+                deadlines.peek().map(|Reverse((t, _, _, _))| *t),
             ]
             .into_iter()
             .flatten()
@@ -202,25 +250,33 @@ impl StampProber {
             );
             let received = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                r = self.plan.changed(), if plan_open => {
+                    match r {
+                        Ok(()) => {
+                            let p = self.plan.borrow_and_update().clone();
+                            self.targets = p.of_kind(ProbeKind::Stamp);
+                            self.interval = p.interval;
+                            self.timeout = p.timeout;
+                            self.sync_sessions(&mut flows, &mut by_ssid, &mut next_ssid, &own_tx, &shutdown);
+                            sched = new_schedule(self.targets.len(), self.interval);
+                        }
+                        Err(_) => plan_open = false,
+                    }
+                    continue;
+                }
                 _ = sleep => None,
                 r = recv_opt(self.v4.as_ref(), &mut buf4, &mut ev4) => Some(r),
                 r = recv_opt(self.v6.as_ref(), &mut buf6, &mut ev6) => Some(r),
-                batch = own_events.recv(), if own_open => match batch {
-                    Some(evs) => {
-                        ev4.extend(evs);
-                        Some(Ok(()))
-                    }
-                    None => {
-                        own_open = false;
-                        None
-                    }
-                },
+                Some(evs) = own_rx.recv() => {
+                    ev4.extend(evs);
+                    Some(Ok(()))
+                }
             };
             match received {
                 Some(Ok(())) => {
                     recv_backoff.reset();
                     for ev in ev4.drain(..).chain(ev6.drain(..)) {
-                        self.on_event(&mut sessions, &by_ssid, ev);
+                        self.on_event(&mut flows, &by_ssid, ev);
                     }
                 }
                 Some(Err(e)) => {
@@ -241,44 +297,63 @@ impl StampProber {
             }
             for due in sched.pop_due(now) {
                 self.shared.lag(due.lag.as_micros() as u64);
-                let flow = self.spread.next(due.target);
+                let Some((slot, spec)) = self.targets.get(due.target) else {
+                    continue;
+                };
+                let Some(f) = flows.get_mut(slot) else {
+                    continue;
+                };
+                let k = f.turns.take_turn();
+                let own = f.socks.get(k).cloned();
+                let Some(session) = f.sessions.get_mut(k) else {
+                    continue;
+                };
                 if let Some(seq) = self
-                    .send(&mut sessions[flow], flow, clock_state, &mut last_send_error)
+                    .send(
+                        session,
+                        *slot,
+                        spec,
+                        own.as_deref(),
+                        clock_state,
+                        &mut last_send_error,
+                    )
                     .await
                 {
-                    deadlines.push(Reverse((Instant::now() + self.timeout, flow, seq)));
+                    deadlines.push(Reverse((Instant::now() + self.timeout, *slot, k, seq)));
                 }
             }
             let now = Instant::now();
-            while let Some(&Reverse((at, flow, seq))) = deadlines.peek() {
+            while let Some(&Reverse((at, slot, k, seq))) = deadlines.peek() {
                 if at > now {
                     break;
                 }
                 deadlines.pop();
-                if sessions[flow].expire(seq, now) {
-                    self.shared.path(self.path_of(flow), |p| p.on_lost());
+                // A target removed meanwhile: its session and its path are gone.
+                let Some(session) = flows.get_mut(&slot).and_then(|f| f.sessions.get_mut(k)) else {
+                    continue;
+                };
+                if session.expire(seq, now) {
+                    self.shared.path(slot, |p| p.on_lost());
                 }
-                self.flush_directions(&mut sessions[flow], flow);
+                self.flush_directions(session, slot);
             }
         }
-    }
-
-    /// The `Shared` slot a flow reports into.
-    fn path_of(&self, flow: usize) -> usize {
-        self.targets[self.spread.target_of(flow)].0
     }
 
     async fn send(
         &self,
         session: &mut SenderSession,
-        flow: usize,
+        path: usize,
+        spec: &TargetSpec,
+        own: Option<&StampSocket>,
         clock_state: ClockState,
         last_error: &mut Option<std::io::ErrorKind>,
     ) -> Option<u32> {
-        let (path, spec) = &self.targets[self.spread.target_of(flow)];
+        let path = &path;
         let ip = self.resolver.target_addr(spec);
-        let sock_for = |ip: &IpAddr| match &self.own[flow] {
-            Some(own) => Some(own.as_ref()),
+        let sock_for = |ip: &IpAddr| match own {
+            Some(own) => Some(own),
+            // Its own sockets could not be opened: not the shared one either.
             None if spec.options.needs_own_socket() => None,
             None => self.socket(ip),
         };
@@ -303,10 +378,9 @@ impl StampProber {
             let want = usize::from(size).saturating_sub(crate::options::header_len(&ip));
             pkt.resize(pkt.len().max(want), 0);
         }
-        let sent = if self.own[flow].is_some() {
-            sock.send_to(&pkt, dst).await
-        } else {
-            sock.send_to_with(&pkt, dst, &spec.options).await
+        let sent = match own {
+            Some(_) => sock.send_to(&pkt, dst).await,
+            None => sock.send_to_with(&pkt, dst, &spec.options).await,
         };
         match sent {
             Ok(sent) => {
@@ -327,12 +401,12 @@ impl StampProber {
         }
     }
 
-    fn flush_directions(&self, session: &mut SenderSession, flow: usize) {
+    fn flush_directions(&self, session: &mut SenderSession, slot: usize) {
         let d = session.take_directions();
         if d.attributed == 0 {
             return;
         }
-        self.shared.path(self.path_of(flow), |p| {
+        self.shared.path(slot, |p| {
             let dir = p.directional.get_or_insert_default();
             dir.attributed += d.attributed;
             dir.forward_lost += d.forward_lost;
@@ -342,16 +416,18 @@ impl StampProber {
 
     fn on_event(
         &self,
-        sessions: &mut [SenderSession],
-        by_ssid: &HashMap<u16, usize>,
+        flows: &mut HashMap<usize, Flows>,
+        by_ssid: &HashMap<u16, FlowKey>,
         ev: UdpEvent,
     ) {
         match ev {
             UdpEvent::TxStamp { tail, tx_ns } => {
                 if let Some((ssid, seq)) = SenderPacket::peek(&tail, self.key.is_some())
-                    && let Some(&t) = by_ssid.get(&ssid)
+                    && let Some(s) = by_ssid
+                        .get(&ssid)
+                        .and_then(|(slot, k)| flows.get_mut(slot)?.sessions.get_mut(*k))
                 {
-                    sessions[t].tx_stamp(seq, tx_ns);
+                    s.tx_stamp(seq, tx_ns);
                 }
             }
             UdpEvent::Datagram {
@@ -369,7 +445,9 @@ impl StampProber {
                     self.shared.stray(StrayReason::NotOurs);
                     return;
                 };
-                let Some(&t) = by_ssid.get(&r.ssid) else {
+                let Some((path, session)) = by_ssid.get(&r.ssid).and_then(|(slot, k)| {
+                    Some((*slot, flows.get_mut(slot)?.sessions.get_mut(*k)?))
+                }) else {
                     self.shared.stray(StrayReason::NotOurs);
                     return;
                 };
@@ -378,8 +456,7 @@ impl StampProber {
                     rx_mono,
                     rx_kernel: rx_ns,
                 };
-                let path = self.path_of(t);
-                match sessions[t].reply(&r, &a) {
+                match session.reply(&r, &a) {
                     Outcome::Reply {
                         rtt,
                         reordered,
@@ -402,7 +479,7 @@ impl StampProber {
                                 dir.owd_reverse.record(us(rev));
                             }
                         });
-                        self.flush_directions(&mut sessions[t], t);
+                        self.flush_directions(session, path);
                     }
                     Outcome::Duplicate => self.shared.path(path, |p| p.on_duplicate()),
                     Outcome::Late => self.shared.path(path, |p| p.on_late()),
