@@ -30,7 +30,8 @@ pub const EXIT_CONFIG: i32 = 78;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub name: Option<String>,
-    pub targets: Option<Vec<String>>,
+    /// SPEC strings or tables `{ spec = "...", dscp = 46, ... }` (see [`crate::target_list`]).
+    pub targets: Option<Vec<toml::Value>>,
     pub interval: Option<String>,
     pub timeout: Option<String>,
     pub report_interval: Option<String>,
@@ -64,7 +65,10 @@ pub struct RunArgs {
     /// Agent name (its identity in certificates and the `src` label). Default: host name.
     #[arg(long, env = "PATHPULSE_NAME")]
     pub name: Option<String>,
-    /// Target to probe, repeatable: HOST, icmp:HOST, tcp:HOST:PORT, stamp:HOST[:PORT].
+    /// Target to probe, repeatable: HOST, icmp:HOST, tcp:HOST:PORT, stamp:HOST[:PORT],
+    /// dns:SERVER[:PORT]/NAME, each optionally followed by options, e.g.
+    /// icmp:10.0.0.2,dscp=46,size=1000 (keys: family, source, interface, dscp, ttl, size,
+    /// ecmp, label).
     #[arg(
         long = "target",
         value_name = "SPEC",
@@ -302,24 +306,10 @@ impl AgentConfig {
         if let Err(e) = check_name(&name) {
             c.err("name", e);
         }
-        let specs = if args.targets.is_empty() {
-            file.targets.unwrap_or_default()
-        } else {
-            args.targets.clone()
-        };
-        let mut targets = Vec::new();
-        for (i, s) in specs.iter().enumerate() {
-            match TargetSpec::parse(s) {
-                Ok(t)
-                    if targets
-                        .iter()
-                        .any(|o: &TargetSpec| o.label == t.label && o.probe == t.probe) =>
-                {
-                    c.err(&format!("targets[{i}]"), format!("`{s}` is listed twice"))
-                }
-                Ok(t) => targets.push(t),
-                Err(e) => c.err(&format!("targets[{i}]"), e.to_string()),
-            }
+        let (targets, written, target_errs) =
+            crate::target_list::resolve(&args.targets, file.targets);
+        for (key, reason) in target_errs {
+            c.err(&key, reason);
         }
         let stamp_listen_specs = if args.stamp_listen.is_empty() {
             file.stamp_listen.unwrap_or_default()
@@ -366,7 +356,7 @@ impl AgentConfig {
         // aggregators): targets are then optional.
         let meshed = !args.aggregators.is_empty()
             || file.aggregators.as_ref().is_some_and(|a| !a.is_empty());
-        if specs.is_empty() && stamp_listen_specs.is_empty() && !meshed {
+        if written == 0 && stamp_listen_specs.is_empty() && !meshed {
             c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file");
         }
         let interval = c.duration(

@@ -1,6 +1,7 @@
 //! pathpulse-agent: probes paths and reports them.
 //!
-//! - [`config`], [`target`]: what to probe, from file, flags and environment;
+//! - [`config`], [`target`], [`options`], [`target_list`]: what to probe and how, from file, flags and
+//!   environment;
 //! - [`probe`]: probers (ICMP on kernel-timestamped sockets, TCP connect) and reply matching;
 //! - [`schedule`]: when each probe goes out;
 //! - [`stats`], [`shared`]: per-path statistics of the current report interval;
@@ -17,6 +18,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod enroll;
+pub mod options;
 pub mod peers;
 pub mod probe;
 pub mod reload;
@@ -29,6 +31,7 @@ pub mod spool;
 pub mod stats;
 pub mod systemd;
 pub mod target;
+pub mod target_list;
 pub mod uplink;
 
 pub use config::{AgentConfig, RunArgs};

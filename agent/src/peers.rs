@@ -23,6 +23,8 @@ pub fn peer_targets(peers: &[Peer]) -> Vec<TargetSpec> {
             host: Host::Ip(*ip),
             port: None,
             label: p.name.clone(),
+            dns_name: None,
+            options: Default::default(),
         });
         if let Some(port) = p.stamp_port {
             out.push(TargetSpec {
@@ -30,6 +32,8 @@ pub fn peer_targets(peers: &[Peer]) -> Vec<TargetSpec> {
                 host: Host::Ip(*ip),
                 port: Some(port),
                 label: p.name.clone(),
+                dns_name: None,
+                options: Default::default(),
             });
         }
     }

@@ -378,6 +378,8 @@ mod peer_tests {
             host: Host::Ip(ip.parse().expect("ip")),
             port: None,
             label: name.into(),
+            dns_name: None,
+            options: Default::default(),
         }
     }
 

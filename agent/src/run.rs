@@ -263,7 +263,10 @@ pub async fn run_with(
             .run(shutdown.clone()),
         );
     }
-    let has_tcp = cfg.targets.iter().any(|t| t.probe == ProbeKind::Tcp);
+    let has_tcp = cfg
+        .targets
+        .iter()
+        .any(|t| matches!(t.probe, ProbeKind::Tcp | ProbeKind::Dns));
     let (icmp, failed) = IcmpProber::open(
         reloader.subscribe(),
         shared.clone(),
@@ -279,6 +282,15 @@ pub async fn run_with(
         tracing::error!(error = %e, "ICMP probes disabled; their paths count send errors");
     }
     tasks.spawn(icmp.run(shutdown.clone()));
+    tasks.spawn(
+        crate::probe::dns::prober::DnsProber {
+            plan: reloader.subscribe(),
+            shared: shared.clone(),
+            resolver: resolver.clone(),
+            beat: liveness.register("dns prober"),
+        }
+        .run(shutdown.clone()),
+    );
     tasks.spawn(
         TcpProber {
             plan: reloader.subscribe(),

@@ -1,5 +1,5 @@
 //! Target specifications as users write them: `HOST`, `icmp:HOST`, `tcp:HOST:PORT`,
-//! `stamp:HOST[:PORT]`, `dns:SERVER/NAME`. HOST is an IPv4 or IPv6 address (IPv6 in
+//! `stamp:HOST[:PORT]`, `dns:SERVER[:PORT]/NAME`. HOST is an IPv4 or IPv6 address (IPv6 in
 //! brackets when a port follows) or a name.
 
 use std::fmt;
@@ -22,6 +22,9 @@ impl fmt::Display for Host {
     }
 }
 
+/// Default port of DNS servers.
+pub const DNS_PORT: u16 = 53;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetSpec {
     pub probe: ProbeKind,
@@ -29,6 +32,10 @@ pub struct TargetSpec {
     pub port: Option<u16>,
     /// The `dst` label: the spec as the user wrote it, minus the `icmp:` prefix.
     pub label: String,
+    /// DNS targets: the name queried (`dns:SERVER/NAME`), lower case, no trailing dot.
+    pub dns_name: Option<String>,
+    /// Per-target options (`SPEC,key=value,...`; see [`crate::options`]).
+    pub options: crate::options::TargetOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,8 +44,6 @@ pub enum SpecError {
     Empty(String),
     #[error("target `{spec}`: {reason}")]
     Invalid { spec: String, reason: String },
-    #[error("target `{spec}`: {probe} probes are not available in this version yet")]
-    Unsupported { spec: String, probe: &'static str },
 }
 
 fn invalid(spec: &str, reason: impl Into<String>) -> SpecError {
@@ -125,6 +130,8 @@ impl TargetSpec {
                     label: host.to_string(),
                     host,
                     port: None,
+                    dns_name: None,
+                    options: Default::default(),
                 })
             }
             "tcp" => {
@@ -141,6 +148,8 @@ impl TargetSpec {
                     host,
                     port: Some(port),
                     label,
+                    dns_name: None,
+                    options: Default::default(),
                 })
             }
             "stamp" => {
@@ -157,12 +166,34 @@ impl TargetSpec {
                     host,
                     port,
                     label,
+                    dns_name: None,
+                    options: Default::default(),
                 })
             }
-            _ => Err(SpecError::Unsupported {
-                spec: spec.to_string(),
-                probe: "dns",
-            }),
+            _ => {
+                // dns:SERVER[:PORT]/NAME; port 53 unless given; the label is the rest as written.
+                let (server, name) = rest
+                    .split_once('/')
+                    .ok_or_else(|| invalid(spec, "dns targets need a name: dns:SERVER/NAME"))?;
+                let (h, port) = split_host_port(spec, server)?;
+                let host = parse_host(spec, h)?;
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                parse_host(spec, &name)
+                    .map_err(|_| invalid(spec, format!("`{name}` is not a DNS name to query")))?;
+                let server = match (&host, port) {
+                    (Host::Ip(IpAddr::V6(ip)), Some(port)) => format!("[{ip}]:{port}"),
+                    (h, Some(port)) => format!("{h}:{port}"),
+                    (h, None) => h.to_string(),
+                };
+                Ok(TargetSpec {
+                    probe: ProbeKind::Dns,
+                    host,
+                    port: Some(port.unwrap_or(DNS_PORT)),
+                    label: format!("{server}/{name}"),
+                    dns_name: Some(name),
+                    options: Default::default(),
+                })
+            }
         }
     }
 }
@@ -193,6 +224,21 @@ mod tests {
             (t.port, t.label.as_str()),
             (Some(8620), "[2001:db8::1]:8620")
         );
+        let t = TargetSpec::parse("dns:10.0.0.53:5353/Example.Test.").expect("dns");
+        assert_eq!(
+            (t.probe, t.port, t.label.as_str(), t.dns_name.as_deref()),
+            (
+                ProbeKind::Dns,
+                Some(5353),
+                "10.0.0.53:5353/example.test",
+                Some("example.test")
+            )
+        );
+        let t = TargetSpec::parse("dns:[2001:db8::53]/example.net").expect("dns v6");
+        assert_eq!(
+            (t.port, t.label.as_str()),
+            (Some(53), "2001:db8::53/example.net")
+        );
         let t = TargetSpec::parse("stamp:::1").expect("stamp bare v6");
         assert_eq!(
             (t.host, t.port),
@@ -210,7 +256,10 @@ mod tests {
             ("icmp:", "no host"),
             ("stamp:10.0.0.1:0", "port `0`"),
             ("stamp:", "no host"),
-            ("dns:10.0.0.1/example.net", "not available"),
+            ("dns:10.0.0.1", "need a name"),
+            ("dns:10.0.0.1/", "not a DNS name"),
+            ("dns:10.0.0.1/bad name!", "not a DNS name"),
+            ("dns:10.0.0.1:0/example.net", "port `0`"),
             ("tcp:[::1", "missing `]`"),
         ] {
             let e = TargetSpec::parse(spec).expect_err(spec).to_string();

@@ -244,7 +244,7 @@ impl IcmpProber {
         last_error: &mut Option<std::io::ErrorKind>,
     ) {
         let (slot, spec) = &self.targets[t];
-        let Some(ip) = self.resolver.addr(&spec.host) else {
+        let Some(ip) = self.resolver.target_addr(spec) else {
             self.shared.path(*slot, |p| p.on_send_error());
             return;
         };
@@ -253,9 +253,13 @@ impl IcmpProber {
             return;
         };
         let id = matcher.allocate();
-        let payload = encode_payload(matcher.token(), id, PAYLOAD_SIZE);
+        // `size` is the IP packet: IP and ICMP headers, then the payload.
+        let size = spec.options.size.map_or(PAYLOAD_SIZE, |s| {
+            usize::from(s).saturating_sub(crate::options::header_len(&ip))
+        });
+        let payload = encode_payload(matcher.token(), id, size);
         let pkt = sock.echo_request(matcher.ident(), id as u16, &payload);
-        match sock.send_to(&pkt, ip).await {
+        match sock.send_to_with(&pkt, ip, &spec.options).await {
             Ok(sent) => {
                 matcher.sent(id, *slot, ip, sent, self.timeout);
                 self.shared.path(*slot, |p| p.on_sent());

@@ -323,6 +323,26 @@ impl IcmpSocket {
         Ok(Instant::now())
     }
 
+    /// As [`IcmpSocket::send_to`] with a target's options (DSCP, TTL, source, interface)
+    /// as control messages on this shared socket.
+    pub async fn send_to_with(
+        &self,
+        packet: &[u8],
+        dst: IpAddr,
+        opts: &crate::options::TargetOptions,
+    ) -> io::Result<Instant> {
+        if !crate::probe::sockopt::per_packet(opts) {
+            return self.send_to(packet, dst).await;
+        }
+        let to = SocketAddr::new(dst, 0);
+        self.fd
+            .async_io(Interest::WRITABLE, |s| {
+                crate::probe::sockopt::send_with(s, packet, to, opts)
+            })
+            .await?;
+        Ok(Instant::now())
+    }
+
     /// Wait for readiness and read every reply and TX stamp waiting (up to a batch).
     /// Packets that are not echo replies are skipped here; matching happens above.
     pub async fn recv_batch(&self, buf: &mut [u8], out: &mut Vec<Event>) -> io::Result<()> {

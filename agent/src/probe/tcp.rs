@@ -17,6 +17,25 @@ use crate::schedule::Schedule;
 use crate::shared::Shared;
 use crate::systemd::{BEAT_EVERY, Beat};
 
+/// A TCP connection with the target's options (DSCP, TTL, source, interface).
+async fn connect(
+    dst: SocketAddr,
+    opts: &crate::options::TargetOptions,
+) -> std::io::Result<tokio::net::TcpStream> {
+    if !crate::probe::sockopt::per_packet(opts) {
+        return tokio::net::TcpStream::connect(dst).await;
+    }
+    let domain = socket2::Domain::for_address(dst);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    crate::probe::sockopt::apply(&sock, dst.is_ipv6(), opts)?;
+    if let Some(src) = opts.source {
+        sock.bind(&SocketAddr::new(src, 0).into())?;
+    }
+    let sock = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
+    sock.connect(dst).await
+}
+
 /// Most connection attempts in progress at once.
 const MAX_CONCURRENT: usize = 1024;
 
@@ -57,7 +76,7 @@ impl TcpProber {
                 let (path, spec) = &targets[due.target];
                 let path = *path;
                 self.shared.lag(due.lag.as_micros() as u64);
-                let (Some(ip), Some(port)) = (self.resolver.addr(&spec.host), spec.port) else {
+                let (Some(ip), Some(port)) = (self.resolver.target_addr(spec), spec.port) else {
                     self.shared.path(path, |p| p.on_send_error());
                     continue;
                 };
@@ -67,13 +86,12 @@ impl TcpProber {
                 };
                 self.shared.path(path, |p| p.on_sent());
                 let (shared, timeout) = (self.shared.clone(), plan.timeout);
+                let opts = spec.options.clone();
                 tokio::spawn(async move {
                     let start = Instant::now();
-                    let res = tokio::time::timeout(
-                        timeout,
-                        tokio::net::TcpStream::connect(SocketAddr::new(ip, port)),
-                    )
-                    .await;
+                    let res =
+                        tokio::time::timeout(timeout, connect(SocketAddr::new(ip, port), &opts))
+                            .await;
                     let rtt = start.elapsed();
                     match res {
                         Ok(Ok(_stream)) => {

@@ -4,6 +4,7 @@
 //! synchronized.
 
 pub mod clock;
+pub mod ecmp;
 pub mod packet;
 pub mod reflector;
 pub mod sender;

@@ -5,6 +5,12 @@
 //!
 //! The targets follow the probe plan (a reload, a peer list): a target that stays keeps
 //! its session, a new one opens a session with a new SSID, a removed one's session goes.
+//!
+//! Per-target options: DSCP and TTL go per packet on the shared sockets; a target with a
+//! `source`, an `interface` or `ecmp=N` gets sockets of its own (N of them, one source
+//! port each, one session per port, taking turns: see `ecmp`), read by small forwarding
+//! tasks; `size` pads the test packet (the reflector answers with the same size). A target
+//! whose options change is a new target (new sessions, new sockets).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -17,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{self, ClockState};
+use super::ecmp::{Turns, open_own, queue, spawn_readers};
 use super::packet::{NtpTimestamp, ReflectorPacket, SenderPacket, StampKey};
 use super::reflector::DEFAULT_PORT;
 use super::session::{Arrival, Outcome, SenderSession};
@@ -46,6 +53,28 @@ pub struct StampProber {
     /// Authenticated mode (RFC 8762 §4.4) when set.
     key: Option<StampKey>,
 }
+
+/// One target's sessions (one per source port), its own sockets if it has any, and
+/// whose turn it is.
+struct Flows {
+    spec: TargetSpec,
+    sessions: Vec<SenderSession>,
+    /// Empty: the shared socket of the family (or, for a target that needs its own,
+    /// the sockets could not be opened and its probes count as send errors).
+    socks: Vec<Arc<StampSocket>>,
+    /// Stops the readers of `socks`.
+    stop: CancellationToken,
+    turns: Turns,
+}
+
+impl Drop for Flows {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// (slot, port index) of a session.
+type FlowKey = (usize, usize);
 
 async fn recv_opt(
     sock: Option<&StampSocket>,
@@ -117,33 +146,82 @@ impl StampProber {
         }
     }
 
-    /// Sessions for the current targets: kept ones stay, new ones get the next SSID.
+    /// Sessions for the current targets: kept ones stay, new ones (and ones whose options
+    /// changed) get the next SSIDs and, if they need them, sockets of their own.
     fn sync_sessions(
         &self,
-        sessions: &mut HashMap<usize, SenderSession>,
-        by_ssid: &mut HashMap<u16, usize>,
+        flows: &mut HashMap<usize, Flows>,
+        by_ssid: &mut HashMap<u16, FlowKey>,
         next_ssid: &mut u16,
+        own_tx: &tokio::sync::mpsc::Sender<Vec<UdpEvent>>,
+        shutdown: &CancellationToken,
     ) {
         let retention = (self.timeout * 4).max(Duration::from_secs(10));
-        sessions.retain(|slot, _| self.targets.iter().any(|(s, _)| s == slot));
-        for (slot, _) in &self.targets {
-            sessions.entry(*slot).or_insert_with(|| {
-                *next_ssid = next_ssid.wrapping_add(1);
-                SenderSession::new(*next_ssid, retention)
-            });
+        flows.retain(|slot, f| self.targets.iter().any(|(s, t)| s == slot && *t == f.spec));
+        for (slot, t) in &self.targets {
+            if flows.contains_key(slot) {
+                continue;
+            }
+            let turns = Turns::new(usize::from(t.options.ecmp.unwrap_or(1)));
+            let sessions = (0..turns.ports())
+                .map(|_| {
+                    *next_ssid = next_ssid.wrapping_add(1);
+                    SenderSession::new(*next_ssid, retention)
+                })
+                .collect();
+            let stop = shutdown.child_token();
+            let socks = if t.options.needs_own_socket() {
+                match open_own(t) {
+                    Ok(socks) => {
+                        let ports: Vec<u16> = socks
+                            .iter()
+                            .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
+                            .collect();
+                        tracing::info!(target_label = %t.label, ?ports, "STAMP target sockets of its own");
+                        spawn_readers(&socks, &stop, own_tx);
+                        socks
+                    }
+                    Err(e) => {
+                        tracing::warn!(target_label = %t.label, error = %e, "STAMP target's sockets cannot be opened; its probes count as send errors");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            flows.insert(
+                *slot,
+                Flows {
+                    spec: t.clone(),
+                    sessions,
+                    socks,
+                    stop,
+                    turns,
+                },
+            );
         }
-        *by_ssid = sessions.iter().map(|(slot, s)| (s.ssid, *slot)).collect();
+        *by_ssid = flows
+            .iter()
+            .flat_map(|(slot, f)| {
+                f.sessions
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, s)| (s.ssid, (*slot, k)))
+            })
+            .collect();
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
         // One session per target, told apart by SSID (random base, so a restarted agent
         // opens new sessions at the reflector even on the same port).
         let mut next_ssid: u16 = rand::random();
-        let mut sessions: HashMap<usize, SenderSession> = HashMap::new();
-        let mut by_ssid: HashMap<u16, usize> = HashMap::new();
-        self.sync_sessions(&mut sessions, &mut by_ssid, &mut next_ssid);
-        // (deadline, slot, sequence)
-        let mut deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>> = BinaryHeap::new();
+        let mut flows: HashMap<usize, Flows> = HashMap::new();
+        let mut by_ssid: HashMap<u16, FlowKey> = HashMap::new();
+        // What the targets' own sockets receive (the sender half stays here: never closed).
+        let (own_tx, mut own_rx) = queue();
+        self.sync_sessions(&mut flows, &mut by_ssid, &mut next_ssid, &own_tx, &shutdown);
+        // (deadline, slot, port index, sequence)
+        let mut deadlines: BinaryHeap<Reverse<(Instant, usize, usize, u32)>> = BinaryHeap::new();
         let new_schedule =
             |n: usize, iv: Duration| Schedule::new(vec![iv; n], Instant::now(), rand::random());
         let mut sched = new_schedule(self.targets.len(), self.interval);
@@ -161,7 +239,7 @@ impl StampProber {
         loop {
             let next = [
                 sched.next_due(),
-                deadlines.peek().map(|Reverse((t, _, _))| *t),
+                deadlines.peek().map(|Reverse((t, _, _, _))| *t),
             ]
             .into_iter()
             .flatten()
@@ -179,7 +257,7 @@ impl StampProber {
                             self.targets = p.of_kind(ProbeKind::Stamp);
                             self.interval = p.interval;
                             self.timeout = p.timeout;
-                            self.sync_sessions(&mut sessions, &mut by_ssid, &mut next_ssid);
+                            self.sync_sessions(&mut flows, &mut by_ssid, &mut next_ssid, &own_tx, &shutdown);
                             sched = new_schedule(self.targets.len(), self.interval);
                         }
                         Err(_) => plan_open = false,
@@ -189,12 +267,16 @@ impl StampProber {
                 _ = sleep => None,
                 r = recv_opt(self.v4.as_ref(), &mut buf4, &mut ev4) => Some(r),
                 r = recv_opt(self.v6.as_ref(), &mut buf6, &mut ev6) => Some(r),
+                Some(evs) = own_rx.recv() => {
+                    ev4.extend(evs);
+                    Some(Ok(()))
+                }
             };
             match received {
                 Some(Ok(())) => {
                     recv_backoff.reset();
                     for ev in ev4.drain(..).chain(ev6.drain(..)) {
-                        self.on_event(&mut sessions, &by_ssid, ev);
+                        self.on_event(&mut flows, &by_ssid, ev);
                     }
                 }
                 Some(Err(e)) => {
@@ -218,24 +300,36 @@ impl StampProber {
                 let Some((slot, spec)) = self.targets.get(due.target) else {
                     continue;
                 };
-                let Some(session) = sessions.get_mut(slot) else {
+                let Some(f) = flows.get_mut(slot) else {
+                    continue;
+                };
+                let k = f.turns.take_turn();
+                let own = f.socks.get(k).cloned();
+                let Some(session) = f.sessions.get_mut(k) else {
                     continue;
                 };
                 if let Some(seq) = self
-                    .send(session, *slot, spec, clock_state, &mut last_send_error)
+                    .send(
+                        session,
+                        *slot,
+                        spec,
+                        own.as_deref(),
+                        clock_state,
+                        &mut last_send_error,
+                    )
                     .await
                 {
-                    deadlines.push(Reverse((Instant::now() + self.timeout, *slot, seq)));
+                    deadlines.push(Reverse((Instant::now() + self.timeout, *slot, k, seq)));
                 }
             }
             let now = Instant::now();
-            while let Some(&Reverse((at, slot, seq))) = deadlines.peek() {
+            while let Some(&Reverse((at, slot, k, seq))) = deadlines.peek() {
                 if at > now {
                     break;
                 }
                 deadlines.pop();
                 // A target removed meanwhile: its session and its path are gone.
-                let Some(session) = sessions.get_mut(&slot) else {
+                let Some(session) = flows.get_mut(&slot).and_then(|f| f.sessions.get_mut(k)) else {
                     continue;
                 };
                 if session.expire(seq, now) {
@@ -251,12 +345,19 @@ impl StampProber {
         session: &mut SenderSession,
         path: usize,
         spec: &TargetSpec,
+        own: Option<&StampSocket>,
         clock_state: ClockState,
         last_error: &mut Option<std::io::ErrorKind>,
     ) -> Option<u32> {
         let path = &path;
-        let ip = self.resolver.addr(&spec.host);
-        let Some((ip, sock)) = ip.and_then(|ip| Some((ip, self.socket(&ip)?))) else {
+        let ip = self.resolver.target_addr(spec);
+        let sock_for = |ip: &IpAddr| match own {
+            Some(own) => Some(own),
+            // Its own sockets could not be opened: not the shared one either.
+            None if spec.options.needs_own_socket() => None,
+            None => self.socket(ip),
+        };
+        let Some((ip, sock)) = ip.and_then(|ip| Some((ip, sock_for(&ip)?))) else {
             self.shared.path(*path, |p| p.on_send_error());
             return None;
         };
@@ -268,11 +369,20 @@ impl StampProber {
             error: clock_state.error_estimate(),
             ssid: session.ssid,
         };
-        let pkt = match &self.key {
+        let mut pkt = match &self.key {
             None => p.encode().to_vec(),
             Some(k) => p.encode_auth(k).to_vec(),
         };
-        match sock.send_to(&pkt, dst).await {
+        if let Some(size) = spec.options.size {
+            // `size` is the IP packet; padding is zeros (RFC 8762 leaves it to the sender).
+            let want = usize::from(size).saturating_sub(crate::options::header_len(&ip));
+            pkt.resize(pkt.len().max(want), 0);
+        }
+        let sent = match own {
+            Some(_) => sock.send_to(&pkt, dst).await,
+            None => sock.send_to_with(&pkt, dst, &spec.options).await,
+        };
+        match sent {
             Ok(sent) => {
                 let seq = session.sent(dst, sent, tx_wall);
                 self.shared.path(*path, |p| p.on_sent());
@@ -306,14 +416,16 @@ impl StampProber {
 
     fn on_event(
         &self,
-        sessions: &mut HashMap<usize, SenderSession>,
-        by_ssid: &HashMap<u16, usize>,
+        flows: &mut HashMap<usize, Flows>,
+        by_ssid: &HashMap<u16, FlowKey>,
         ev: UdpEvent,
     ) {
         match ev {
             UdpEvent::TxStamp { tail, tx_ns } => {
                 if let Some((ssid, seq)) = SenderPacket::peek(&tail, self.key.is_some())
-                    && let Some(s) = by_ssid.get(&ssid).and_then(|t| sessions.get_mut(t))
+                    && let Some(s) = by_ssid
+                        .get(&ssid)
+                        .and_then(|(slot, k)| flows.get_mut(slot)?.sessions.get_mut(*k))
                 {
                     s.tx_stamp(seq, tx_ns);
                 }
@@ -333,10 +445,9 @@ impl StampProber {
                     self.shared.stray(StrayReason::NotOurs);
                     return;
                 };
-                let Some((path, session)) = by_ssid
-                    .get(&r.ssid)
-                    .and_then(|t| Some((*t, sessions.get_mut(t)?)))
-                else {
+                let Some((path, session)) = by_ssid.get(&r.ssid).and_then(|(slot, k)| {
+                    Some((*slot, flows.get_mut(slot)?.sessions.get_mut(*k)?))
+                }) else {
                     self.shared.stray(StrayReason::NotOurs);
                     return;
                 };

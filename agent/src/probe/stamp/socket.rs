@@ -1,4 +1,4 @@
-//! UDP sockets for STAMP with kernel timestamps (the same `SO_TIMESTAMPING` set-up as the
+//! UDP sockets for STAMP (and the DNS probe) with kernel timestamps (the same `SO_TIMESTAMPING` set-up as the
 //! ICMP sockets, see `icmp_socket`): RX stamps arrive with each datagram, TX stamps on the
 //! error queue with a copy of the sent packet, whose last 44 bytes are the STAMP packet
 //! (matched by SSID and sequence). The received TTL / hop limit comes with each datagram
@@ -16,7 +16,10 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::packet::{AUTH_PACKET_LEN, PACKET_LEN};
+use super::packet::AUTH_PACKET_LEN;
+#[cfg(test)]
+use super::packet::PACKET_LEN;
+use crate::options::TargetOptions;
 use crate::probe::icmp_socket::{register, timespec_ns};
 
 /// Events handled per readiness before yielding to other tasks.
@@ -56,6 +59,12 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 impl StampSocket {
     /// A non-blocking, timestamping UDP socket bound to `bind` (port 0: any).
     pub fn bind(bind: SocketAddr) -> io::Result<StampSocket> {
+        Self::bind_with(bind, &TargetOptions::default())
+    }
+
+    /// As [`StampSocket::bind`], with a target's options (DSCP, TTL, interface) set on the
+    /// socket; a `source` option is the caller's `bind` address.
+    pub fn bind_with(bind: SocketAddr, opts: &TargetOptions) -> io::Result<StampSocket> {
         let domain = if bind.is_ipv4() {
             Domain::IPV4
         } else {
@@ -75,6 +84,7 @@ impl StampSocket {
             setsockopt(&sock, sockopt::Ipv6RecvHopLimit, &true)?;
             sock.set_unicast_hops_v6(SEND_TTL)?;
         }
+        crate::probe::sockopt::apply(&sock, bind.is_ipv6(), opts)?;
         sock.bind(&bind.into())?;
         Ok(StampSocket {
             fd: register(sock)?,
@@ -94,6 +104,25 @@ impl StampSocket {
         let addr = SockAddr::from(dst);
         self.fd
             .async_io(Interest::WRITABLE, |s| s.send_to(packet, &addr))
+            .await?;
+        Ok(Instant::now())
+    }
+
+    /// As [`StampSocket::send_to`] with a target's options as control messages (a socket
+    /// shared by targets with different options).
+    pub async fn send_to_with(
+        &self,
+        packet: &[u8],
+        dst: SocketAddr,
+        opts: &TargetOptions,
+    ) -> io::Result<Instant> {
+        if !crate::probe::sockopt::per_packet(opts) {
+            return self.send_to(packet, dst).await;
+        }
+        self.fd
+            .async_io(Interest::WRITABLE, |s| {
+                crate::probe::sockopt::send_with(s, packet, dst, opts)
+            })
             .await?;
         Ok(Instant::now())
     }
@@ -187,7 +216,8 @@ fn recv_one(fd: i32, buf: &mut [u8], errqueue: bool) -> io::Result<Option<UdpEve
     });
     if errqueue {
         return Ok(match stamp {
-            Some(tx_ns) if is_tx_stamp && len >= PACKET_LEN => Some(UdpEvent::TxStamp {
+            // Any length: STAMP matches the tail by SSID and sequence, DNS by the query.
+            Some(tx_ns) if is_tx_stamp && len > 0 => Some(UdpEvent::TxStamp {
                 tail: buf[len.saturating_sub(AUTH_PACKET_LEN)..len].to_vec(),
                 tx_ns,
             }),
