@@ -12,7 +12,7 @@ use crate::probe::icmp_socket::Family;
 use crate::target::{Host, TargetSpec};
 
 /// Option keys, in the order the README lists them.
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 9] = [
     "family",
     "source",
     "interface",
@@ -21,6 +21,7 @@ pub const KEYS: [&str; 8] = [
     "size",
     "ecmp",
     "label",
+    "hops",
 ];
 /// Most source ports one target spreads its probes over.
 pub const MAX_ECMP: u8 = 64;
@@ -56,6 +57,9 @@ pub struct TargetOptions {
     pub ecmp: Option<u8>,
     /// The `dst` label, instead of the SPEC as written.
     pub label: Option<String>,
+    /// ICMP: hop discovery toward this target (default: on unless `--no-hops`; mesh peers
+    /// inside the agent's own site get `off`).
+    pub hops: Option<bool>,
 }
 
 fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
@@ -129,6 +133,13 @@ impl TargetOptions {
             "ttl" => self.ttl = Some(number(v, 1u8, 255)?),
             "size" => self.size = Some(number(v, 1u16, MAX_SIZE)?),
             "ecmp" => self.ecmp = Some(number(v, 1u8, MAX_ECMP)?),
+            "hops" => {
+                self.hops = Some(match v {
+                    "on" | "true" | "yes" => true,
+                    "off" | "false" | "no" => false,
+                    _ => return Err(format!("`{v}` is not on or off")),
+                })
+            }
             "label" => {
                 if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) {
                     return Err("must be 1..200 printable characters".into());
@@ -198,6 +209,12 @@ impl TargetOptions {
                     }
                 }
             }
+        }
+        if self.hops.is_some() && t.probe != ProbeKind::Icmp {
+            errs.push((
+                "hops",
+                format!("hop discovery runs toward ICMP targets, not {kind}"),
+            ));
         }
         if self.ecmp.is_some() && t.probe != ProbeKind::Stamp {
             errs.push((
@@ -301,6 +318,9 @@ mod tests {
     #[test]
     fn flag_options_parse_and_plain_specs_keep_working() {
         let t = parse_flag("icmp:10.0.0.2,dscp=46,size=1000,ttl=9").expect("valid");
+        assert_eq!(t.options.hops, None);
+        let off = parse_flag("icmp:192.0.2.7,hops=off").expect("valid");
+        assert_eq!(off.options.hops, Some(false));
         assert_eq!(
             (
                 t.options.dscp,
@@ -338,6 +358,8 @@ mod tests {
             ),
             ("stamp:10.0.0.2,ecmp=65", "ecmp", "1..=64"),
             ("icmp:10.0.0.2,dscp", "dscp", "not a number"),
+            ("icmp:10.0.0.2,hops=maybe", "hops", "not on or off"),
+            ("tcp:10.0.0.2:80,hops=off", "hops", "toward ICMP targets"),
         ] {
             let e = errs(text);
             assert!(

@@ -116,7 +116,8 @@ pub async fn run_with(
         // A new session for every start; reports spooled by an earlier process keep theirs.
         let session: u64 = rand::random();
         // Mesh: peer lists from the aggregators join the plan next to the targets.
-        let board = crate::peers::PeerBoard::new(cfg.name.clone(), reloader.clone());
+        let board =
+            crate::peers::PeerBoard::new(cfg.name.clone(), cfg.site.clone(), reloader.clone());
         let join = pathpulse_wire::Join {
             advertise: cfg.advertise.clone(),
             stamp_port: cfg
@@ -217,17 +218,8 @@ pub async fn run_with(
         );
     }
 
-    // Probers. ICMP, TCP and STAMP follow the plan, which a reload or a peer list
-    // replaces; hop discovery keeps the targets it started with.
-    let by_kind = |k: ProbeKind| -> Vec<_> {
-        cfg.targets
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.probe == k)
-            .map(|(i, t)| (i, t.clone()))
-            .collect()
-    };
-    let icmp_targets = by_kind(ProbeKind::Icmp);
+    // Probers. ICMP, TCP, STAMP, DNS and hop discovery follow the plan, which a reload or
+    // a peer list replaces.
     let stamp_running = cfg.targets.iter().any(|t| t.probe == ProbeKind::Stamp);
     // With aggregators, peers running a reflector may come with a peer list.
     if stamp_running || !cfg.aggregators.is_empty() {
@@ -251,7 +243,7 @@ pub async fn run_with(
     if cfg.hops {
         tasks.spawn(
             HopProber {
-                targets: icmp_targets,
+                plan: reloader.subscribe(),
                 interval: cfg.hop_interval,
                 timeout: cfg.timeout,
                 max_ttl: hops::DEFAULT_MAX_TTL,

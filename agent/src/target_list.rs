@@ -53,10 +53,11 @@ pub fn resolve(
                         let text = match v {
                             toml::Value::String(s) => s,
                             toml::Value::Integer(n) => n.to_string(),
+                            toml::Value::Boolean(b) => b.to_string(),
                             other => {
                                 errs.push((
                                     format!("{key}.{k}"),
-                                    format!("`{other}` is neither a string nor a number"),
+                                    format!("`{other}` is not a string, a number or a boolean"),
                                 ));
                                 continue;
                             }

@@ -19,16 +19,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pathpulse_wire::{HopRole, ProbeKind};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::probe::hop_udp::{self, HopProbe, UdpProbeSocket};
 use crate::probe::icmp::recv_opt;
 use crate::probe::icmp_socket::{Event, Family, IcmpSocket, SocketKind};
 use crate::probe::route::{self, Prefix, Route};
+use crate::reload::ProbePlan;
 use crate::resolve::Resolver;
 use crate::shared::Shared;
 use crate::stats::{HopStats, PathStats};
-use crate::target::TargetSpec;
+use crate::target::{Host, TargetSpec};
 
 /// First bytes of a hop probe's payload: the main ICMP prober leaves these replies alone.
 pub const HOP_MAGIC: [u8; 4] = *b"PPh1";
@@ -40,8 +42,9 @@ pub const REDISCOVER_ON_LOSS: Duration = Duration::from_secs(30);
 const PAYLOAD_SIZE: usize = 56;
 
 pub struct HopProber {
-    /// ICMP targets: (path index, spec).
-    pub targets: Vec<(usize, TargetSpec)>,
+    /// The probe plan (configured targets and mesh peers): its ICMP targets that
+    /// [`hop_targets`] keeps get hop discovery, following every reload.
+    pub plan: watch::Receiver<ProbePlan>,
     /// Probe interval per hop (at least 1 s: routers' ICMP error rate limit).
     pub interval: Duration,
     pub timeout: Duration,
@@ -63,6 +66,7 @@ struct TargetState {
 }
 
 struct InFlight {
+    /// The target's slot in [`Shared`].
     target: usize,
     ttl: u8,
     addr: IpAddr,
@@ -82,10 +86,30 @@ fn open_raw(f: Family) -> Option<IcmpSocket> {
     }
 }
 
+/// The ICMP targets of a plan that get hop discovery: all but loopback addresses (always
+/// directly connected) and targets with `hops=off` (mesh peers inside the agent's own
+/// site are given that option).
+pub fn hop_targets(plan: &ProbePlan) -> Vec<(usize, TargetSpec)> {
+    plan.of_kind(ProbeKind::Icmp)
+        .into_iter()
+        .filter(|(_, t)| t.options.hops != Some(false))
+        .filter(|(_, t)| !matches!(t.host, Host::Ip(ip) if ip.is_loopback()))
+        .collect()
+}
+
 impl HopProber {
-    pub async fn run(self, shutdown: CancellationToken) {
-        if self.targets.is_empty() {
-            return;
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut targets = hop_targets(&self.plan.borrow_and_update());
+        // The RAW sockets are opened once there is something to discover (they wake for
+        // every ICMP reply on the host).
+        while targets.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.plan.changed() => match r {
+                    Ok(()) => targets = hop_targets(&self.plan.borrow_and_update()),
+                    Err(_) => return,
+                },
+            }
         }
         let (v4, v6) = (open_raw(Family::V4), open_raw(Family::V6));
         if v4.is_none() && v6.is_none() {
@@ -98,16 +122,14 @@ impl HopProber {
                 v6.as_ref().and_then(|_| open_udp(Family::V6)),
             ),
         };
+        let mut plan_open = true;
         // UDP probes in flight by (target address, TTL): the quoted length names the TTL.
         let mut udp_keys: HashMap<(IpAddr, u8), u16> = HashMap::new();
         let gateways = route::default_gateways();
         let ident: u16 = rand::random();
         let token: u64 = rand::random();
-        let mut states: Vec<TargetState> = self
-            .targets
-            .iter()
-            .map(|_| TargetState::default())
-            .collect();
+        // By slot: a reload keeps the routes of the targets that stay.
+        let mut states: HashMap<usize, TargetState> = HashMap::new();
         let mut inflight: HashMap<u16, InFlight> = HashMap::new();
         let mut deadlines: BinaryHeap<Reverse<(Instant, u16)>> = BinaryHeap::new();
         let mut router_last: HashMap<IpAddr, Instant> = HashMap::new();
@@ -118,7 +140,7 @@ impl HopProber {
         let (mut buf4, mut buf6) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         let (mut ev4, mut ev6) = (Vec::new(), Vec::new());
         // One target per tick, round robin: the targets spread over the interval.
-        let tick_every = self.interval / self.targets.len().max(1) as u32;
+        let mut tick_every = self.interval / targets.len().max(1) as u32;
         let mut next_tick = Instant::now();
         let mut turn = 0usize;
         loop {
@@ -128,6 +150,18 @@ impl HopProber {
                 .map_or(next_tick, |d| d.min(next_tick));
             let got = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                r = self.plan.changed(), if plan_open => {
+                    match r {
+                        Ok(()) => {
+                            targets = hop_targets(&self.plan.borrow_and_update());
+                            states.retain(|slot, _| targets.iter().any(|(s, _)| s == slot));
+                            tick_every = self.interval / targets.len().max(1) as u32;
+                            tracing::debug!(targets = targets.len(), "hop discovery follows the plan");
+                        }
+                        Err(_) => plan_open = false,
+                    }
+                    Ok(())
+                }
                 _ = tokio::time::sleep_until(wake.into()) => Ok(()),
                 r = recv_opt(v4.as_ref(), &mut buf4, &mut ev4) => r,
                 r = recv_opt(v6.as_ref(), &mut buf6, &mut ev6) => r,
@@ -204,11 +238,18 @@ impl HopProber {
                     (Some(tx), Some(rx)) if rx >= tx => Duration::from_nanos((rx - tx) as u64),
                     _ => rx_mono.saturating_duration_since(p.sent_mono),
                 };
-                let st = &mut states[p.target];
+                // A target removed by a reload meanwhile: nothing to record.
+                let Some(st) = states.get_mut(&p.target) else {
+                    continue;
+                };
                 let changed = st.route.answer(p.ttl, from, end);
-                let (path, spec) = &self.targets[p.target];
+                let path = &p.target;
                 if changed {
-                    tracing::info!(target_name = %spec.label, ttl = p.ttl, now = %from, "route changed");
+                    let label = targets
+                        .iter()
+                        .find(|(s, _)| s == path)
+                        .map_or("", |(_, t)| t.label.as_str());
+                    tracing::info!(target_name = %label, ttl = p.ttl, now = %from, "route changed");
                     st.discover_up_to = Some(1);
                 }
                 let roles = route::classify(&st.route.hops, p.addr, &gateways, &self.isp_prefixes);
@@ -234,13 +275,13 @@ impl HopProber {
                 if let Some(p) = &p {
                     forget_udp(&mut udp_keys, p, s);
                 }
-                if let Some(p) = p.filter(|p| p.counted) {
-                    self.shared.path(self.targets[p.target].0, |ps| {
-                        hop_stats(ps, p.ttl, PathStats::on_lost)
-                    });
+                if let Some(p) = p.filter(|p| p.counted)
+                    && let Some(st) = states.get_mut(&p.target)
+                {
+                    self.shared
+                        .path(p.target, |ps| hop_stats(ps, p.ttl, PathStats::on_lost));
                     // The target stopped answering: the route may have changed. Look
                     // again, at most every REDISCOVER_ON_LOSS.
-                    let st = &mut states[p.target];
                     if st.route.reached == Some(p.ttl)
                         && st
                             .last_discovery
@@ -255,9 +296,13 @@ impl HopProber {
                 continue;
             }
             next_tick = now + tick_every.max(Duration::from_millis(1));
-            let t = turn % self.targets.len();
+            if targets.is_empty() {
+                next_tick = now + self.interval;
+                continue;
+            }
+            let t = turn % targets.len();
             turn = turn.wrapping_add(1);
-            let (path, spec) = &self.targets[t];
+            let (path, spec) = &targets[t];
             let Some(addr) = self.resolver.target_addr(spec) else {
                 continue;
             };
@@ -273,7 +318,7 @@ impl HopProber {
             if self.probe == HopProbe::Udp && udp.is_none() {
                 continue;
             }
-            let st = &mut states[t];
+            let st = states.entry(*path).or_default();
             let known = st.route.hops.len();
             if st.addr != Some(addr) {
                 // New target or a new address for its name: start over.
@@ -319,10 +364,9 @@ impl HopProber {
                 // 65,536 probes in flight: the oldest is forgotten, counted lost.
                 if let Some(old) = inflight.remove(&seq) {
                     forget_udp(&mut udp_keys, &old, seq);
-                    if old.counted {
-                        self.shared.path(self.targets[old.target].0, |ps| {
-                            hop_stats(ps, old.ttl, PathStats::on_lost)
-                        });
+                    if old.counted && targets.iter().any(|(s, _)| *s == old.target) {
+                        self.shared
+                            .path(old.target, |ps| hop_stats(ps, old.ttl, PathStats::on_lost));
                     }
                 }
                 let counted = usize::from(ttl) <= known;
@@ -357,7 +401,7 @@ impl HopProber {
                         inflight.insert(
                             seq,
                             InFlight {
-                                target: t,
+                                target: *path,
                                 ttl,
                                 addr,
                                 sent_mono,

@@ -92,6 +92,7 @@ fn start_agent(
     state: &std::path::Path,
     name: &str,
     site: &str,
+    hops: bool,
 ) -> Proc {
     let agent_state = dir.join(name);
     let (code, out) = pathpulse_tests::run(
@@ -109,7 +110,11 @@ fn start_agent(
     );
     assert_eq!(code, 0, "cert issue: {out}");
     let aggregator = format!("{}:{QUIC}", topo.addr("core", name));
-    let args = [
+    let (stamp, metrics_listen) = (
+        format!("0.0.0.0:{STAMP_PORT}"),
+        format!("127.0.0.1:{AGENT_METRICS}"),
+    );
+    let mut args = vec![
         "run",
         "--name",
         name,
@@ -123,16 +128,18 @@ fn start_agent(
         "1s",
         "--report-interval",
         "2s",
-        "--no-hops",
         "--stamp-listen",
-        &format!("0.0.0.0:{STAMP_PORT}"),
+        &stamp,
         "--aggregator",
         &aggregator,
         "--metrics-listen",
-        &format!("127.0.0.1:{AGENT_METRICS}"),
+        &metrics_listen,
         "--state-dir",
         agent_state.to_str().expect("utf-8"),
     ];
+    if !hops {
+        args.push("--no-hops");
+    }
     topo.ns(name)
         .spawn(name, &bin("pathpulse-agent"), &args, dir)
 }
@@ -175,9 +182,10 @@ fn lab_mesh_agents_find_each_other_through_the_aggregator() {
         agg.log()
     );
     let mut agents = vec![
-        start_agent(&topo, dir.path(), &state, "e1", "site-a"),
-        start_agent(&topo, dir.path(), &state, "e2", "site-a"),
-        start_agent(&topo, dir.path(), &state, "e3", "site-b"),
+        // e1 with hop discovery: toward e3 (another site), not toward e2 (its own).
+        start_agent(&topo, dir.path(), &state, "e1", "site-a", true),
+        start_agent(&topo, dir.path(), &state, "e2", "site-a", false),
+        start_agent(&topo, dir.path(), &state, "e3", "site-b", false),
     ];
 
     // 1. No target by hand: every agent measures every other, ICMP and STAMP.
@@ -217,9 +225,44 @@ fn lab_mesh_agents_find_each_other_through_the_aggregator() {
         );
     }
 
+    // Hop discovery follows the peer list: e1 found the core router and e3 behind it,
+    // and left e2, in its own site, alone.
+    let hop_anchors = |m: &[Sample]| -> BTreeSet<String> {
+        m.iter()
+            .filter(|s| s.name == "pathpulse_hop_probes_sent_total")
+            .filter_map(|s| s.labels.get("anchor").cloned())
+            .collect()
+    };
+    let found = wait_for(Duration::from_secs(20), || {
+        let m = metrics(topo.ns("e1"), AGENT_METRICS);
+        let core_then_e3 = pathpulse_tests::select(
+            &m,
+            "pathpulse_hop_probes_sent_total",
+            &[("anchor", "e3"), ("hop", "2")],
+        )
+        .len()
+            == 1;
+        core_then_e3.then(|| hop_anchors(&m))
+    });
+    let Some(anchors) = found else {
+        panic!("no hop view from e1 toward e3:\n{}", agents[0].log());
+    };
+    assert_eq!(
+        anchors,
+        BTreeSet::from(["e3".to_string()]),
+        "hops toward the other site only"
+    );
+
     // 2. A newcomer is in every peer list within one report interval, then measured.
     let spawned = Instant::now();
-    agents.push(start_agent(&topo, dir.path(), &state, "e4", "site-b"));
+    agents.push(start_agent(
+        &topo,
+        dir.path(),
+        &state,
+        "e4",
+        "site-b",
+        false,
+    ));
     let joined = wait_for(Duration::from_secs(20), || {
         members(&topo)
             .iter()

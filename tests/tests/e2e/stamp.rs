@@ -548,7 +548,10 @@ fn lab_stamp_across_a_reordering_duplicating_link_counts_exactly() {
     eprintln!(
         "sent {sent} received {recv} lost {lost} duplicates {dup} reordered {reordered}; emulator: {requests} requests delivered, {copies} reply copies"
     );
-    assert_eq!(recv, requests, "every request that reached the reflector was answered");
+    assert_eq!(
+        recv, requests,
+        "every request that reached the reflector was answered"
+    );
     assert_eq!(
         recv + dup,
         copies as f64,
