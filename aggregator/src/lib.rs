@@ -19,6 +19,7 @@ pub mod http;
 pub mod ingest;
 pub mod mesh;
 pub mod pki;
+pub mod reload;
 pub mod remote_write;
 pub mod server;
 pub mod state;
