@@ -20,6 +20,7 @@ use crate::shared::{Shared, Taken};
 use crate::spool::{self, SPOOL_DIR, Spool};
 use crate::stats::PathStats;
 use crate::systemd::{BEAT_EVERY, Liveness};
+use crate::target::Host;
 use crate::uplink::{self, Uplink, UplinkStatus};
 
 /// Directory under the state directory that holds the agent's certificate and key and
@@ -231,10 +232,16 @@ pub async fn run_with(
         .map_err(|e| RunError::Fatal(anyhow::anyhow!("cannot open a UDP socket for STAMP: {e}")))?;
         tasks.spawn(p.run(shutdown.clone()));
     }
-    if cfg.hops {
+    // Loopback targets are always directly connected: no hop discovery for them (nor its
+    // RAW sockets, which would wake for every echo reply on the host).
+    let hop_targets: Vec<_> = icmp_targets
+        .into_iter()
+        .filter(|(_, t)| !matches!(t.host, Host::Ip(ip) if ip.is_loopback()))
+        .collect();
+    if cfg.hops && !hop_targets.is_empty() {
         tasks.spawn(
             HopProber {
-                targets: icmp_targets,
+                targets: hop_targets,
                 interval: cfg.hop_interval,
                 timeout: cfg.timeout,
                 max_ttl: hops::DEFAULT_MAX_TTL,

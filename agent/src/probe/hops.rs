@@ -218,7 +218,7 @@ impl HopProber {
             let t = turn % self.targets.len();
             turn = turn.wrapping_add(1);
             let (path, spec) = &self.targets[t];
-            let Some(addr) = self.resolver.addr(&spec.host) else {
+            let Some(addr) = self.resolver.addr(&spec.host).filter(|a| !a.is_loopback()) else {
                 continue;
             };
             let sock = match Family::of(&addr) {
