@@ -1,5 +1,5 @@
-//! `/metrics` render time and size for about 100,000 series: a store holding 2,200 paths
-//! (100 agents × 22 targets) with full 5 min windows, rendered as the HTTP handler does
+//! `/metrics` render time and size for about 100,000 series: a store holding 1,300 paths
+//! (100 agents × 13 targets, about 79 series each) with full 5 min windows, rendered as the HTTP handler does
 //! (OpenMetrics text, then the classic text format curl and promtool get).
 //! `cargo bench -p pathpulse-metrics --bench exposition` (prints series and bytes first)
 
@@ -13,7 +13,7 @@ use pathpulse_metrics::{SharedStore, Store};
 use pathpulse_wire::{AgentHealth, PathReport, ProbeKind, Report};
 
 const AGENTS: usize = 100;
-const TARGETS: usize = 22;
+const TARGETS: usize = 13;
 const T0: u64 = 1_700_000_000_000;
 /// 5 s reports for 6 minutes: every window full.
 const REPORTS: u64 = 72;

@@ -72,15 +72,8 @@ impl Slot {
         }
     }
 
-    /// Append this slot's RTT and IPDV buckets (for a view: [`SparseHist::from_pairs`]).
-    pub fn extend_pairs(&self, rtt: &mut Vec<(u32, u32)>, ipdv: &mut Vec<(u32, u32)>) {
-        let (r, i) = self.pairs();
-        rtt.extend(r);
-        ipdv.extend(i);
-    }
-
     /// The RTT and IPDV buckets, in index order.
-    fn pairs(&self) -> (Pairs<'_>, Pairs<'_>) {
+    pub fn pairs(&self) -> (Pairs<'_>, Pairs<'_>) {
         let mut rtt = Pairs::new(&self.hists);
         // Skip to the IPDV section: past the RTT pairs and their terminator.
         let mut rest = Pairs::new(&self.hists);
@@ -140,7 +133,7 @@ fn put(out: &mut Vec<u8>, mut v: u32) {
 }
 
 /// Reads (index, count) pairs until a zero count or `end`.
-struct Pairs<'a> {
+pub(crate) struct Pairs<'a> {
     bytes: &'a [u8],
     pos: usize,
     end: usize,
@@ -200,9 +193,11 @@ mod tests {
     }
 
     fn unpack(s: &Slot) -> (SparseHist, SparseHist) {
-        let (mut r, mut i) = (Vec::new(), Vec::new());
-        s.extend_pairs(&mut r, &mut i);
-        (SparseHist::from_pairs(r), SparseHist::from_pairs(i))
+        let (r, i) = s.pairs();
+        (
+            SparseHist::from_pairs(r.collect()),
+            SparseHist::from_pairs(i.collect()),
+        )
     }
 
     #[test]

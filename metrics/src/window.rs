@@ -8,7 +8,9 @@
 use pathpulse_wire::stamp::Directional;
 use pathpulse_wire::{PathReport, SparseHist};
 
-use crate::slot::Slot;
+use pathpulse_wire::hist::MergeSorted;
+
+use crate::slot::{Pairs, Slot};
 
 /// STAMP's per-direction view of a slot or window (boxed in slots: most paths have none).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -162,13 +164,23 @@ impl PathWindows {
 
     fn merge(&self, take: impl Fn(&Slot) -> bool) -> WindowView {
         let mut v = WindowView::default();
-        let (mut rtt, mut ipdv) = (Vec::new(), Vec::new());
+        let (mut rtt, mut ipdv, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        // Each slot's buckets are sorted: merge them in one pass per slot (callgrind: a
+        // sort of all the slots' buckets cost about twice as much for a 5 min view).
+        let mut merge_into = |acc: &mut Vec<(u32, u32)>, add: Pairs<'_>| {
+            scratch.clear();
+            scratch.extend(MergeSorted::new(acc.iter().copied(), add));
+            std::mem::swap(acc, &mut scratch);
+        };
         for s in self.slots.iter().filter(|s| take(s)) {
-            s.extend_pairs(&mut rtt, &mut ipdv);
+            let (r, i) = s.pairs();
+            merge_into(&mut rtt, r);
+            merge_into(&mut ipdv, i);
             v.received += u64::from(s.received);
             v.lost += u64::from(s.lost);
             merge_dir(&mut v.dir, s.dir.as_deref());
         }
+        // Already sorted and unique: `from_pairs` only checks that.
         v.hist = SparseHist::from_pairs(rtt);
         v.ipdv = SparseHist::from_pairs(ipdv);
         v
