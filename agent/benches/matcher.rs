@@ -41,7 +41,7 @@ fn benches(c: &mut Criterion) {
             });
             assert!(matches!(out, Outcome::Reply { .. }), "{out:?}");
         }
-        if id % 100 == 0 {
+        if id.is_multiple_of(100) {
             m.expire(*now);
         }
     };

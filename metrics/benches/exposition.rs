@@ -41,7 +41,7 @@ fn store() -> SharedStore {
                         dst: format!("agent-{:03}", (a + t + 1) % AGENTS),
                         probe: Some(ProbeKind::Icmp),
                         sent: 5,
-                        lost: u32::from((a + t + k as usize) % 50 == 0),
+                        lost: u32::from((a + t + k as usize).is_multiple_of(50)),
                         jitter_us: Some(120),
                         ..Default::default()
                     };

@@ -165,8 +165,8 @@ impl PathWindows {
     fn merge(&self, take: impl Fn(&Slot) -> bool) -> WindowView {
         let mut v = WindowView::default();
         let (mut rtt, mut ipdv, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
-        // Each slot's buckets are sorted: merge them in one pass per slot (callgrind: a
-        // sort of all the slots' buckets cost about twice as much for a 5 min view).
+        // Each slot's buckets are sorted: merge them in one pass per slot, into two buffers
+        // reused for the whole view.
         let mut merge_into = |acc: &mut Vec<(u32, u32)>, add: Pairs<'_>| {
             scratch.clear();
             scratch.extend(MergeSorted::new(acc.iter().copied(), add));
