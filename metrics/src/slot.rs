@@ -8,6 +8,8 @@
 //! Layout of `hists`: the RTT buckets as (index delta, count) varint pairs, then a `0, 0`
 //! pair (a count is never 0), then the IPDV buckets the same way. Empty: no allocation.
 
+use std::cell::RefCell;
+
 use pathpulse_wire::SparseHist;
 use pathpulse_wire::hist::MergeSorted;
 
@@ -48,11 +50,15 @@ impl Slot {
         if rtt.is_empty() && ipdv.is_empty() {
             return;
         }
-        let (mine_rtt, mine_ipdv) = self.pairs();
-        self.hists = pack(
-            MergeSorted::new(mine_rtt, rtt.buckets().iter().copied()),
-            MergeSorted::new(mine_ipdv, ipdv.buckets().iter().copied()),
-        );
+        SCRATCH.with_borrow_mut(|out| {
+            let (mine_rtt, mine_ipdv) = self.pairs();
+            pack(
+                out,
+                MergeSorted::new(mine_rtt, rtt.buckets().iter().copied()),
+                MergeSorted::new(mine_ipdv, ipdv.buckets().iter().copied()),
+            );
+            self.store(out);
+        });
     }
 
     /// Fold another slot's data (counts, histograms, directions) into this one.
@@ -60,15 +66,30 @@ impl Slot {
         self.received = self.received.saturating_add(other.received);
         self.lost = self.lost.saturating_add(other.lost);
         if !other.hists.is_empty() {
-            let (a_rtt, a_ipdv) = self.pairs();
-            let (b_rtt, b_ipdv) = other.pairs();
-            self.hists = pack(
-                MergeSorted::new(a_rtt, b_rtt),
-                MergeSorted::new(a_ipdv, b_ipdv),
-            );
+            SCRATCH.with_borrow_mut(|out| {
+                let (a_rtt, a_ipdv) = self.pairs();
+                let (b_rtt, b_ipdv) = other.pairs();
+                pack(
+                    out,
+                    MergeSorted::new(a_rtt, b_rtt),
+                    MergeSorted::new(a_ipdv, b_ipdv),
+                );
+                self.store(out);
+            });
         }
         if let Some(d) = other.dir.as_deref() {
             self.dir.get_or_insert_default().merge(d);
+        }
+    }
+
+    /// Keep `packed` as the slot's histograms: in place when the length did not change
+    /// (only counts grew), else one allocation of the exact size (growing a `Vec` and
+    /// shrinking it leaves small free chunks between long-lived ones).
+    fn store(&mut self, packed: &[u8]) {
+        if packed.len() == self.hists.len() {
+            self.hists.copy_from_slice(packed);
+        } else {
+            self.hists = Box::from(packed);
         }
     }
 
@@ -98,12 +119,18 @@ impl Slot {
     }
 }
 
-/// Pack two sorted bucket sequences into the slot layout.
+thread_local! {
+    /// Where slots are packed before their bytes are copied out.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Pack two sorted bucket sequences into the slot layout, into `out`.
 fn pack(
+    out: &mut Vec<u8>,
     rtt: impl Iterator<Item = (u32, u32)>,
     ipdv: impl Iterator<Item = (u32, u32)>,
-) -> Box<[u8]> {
-    let mut out = Vec::with_capacity(32);
+) {
+    out.clear();
     let put_all = |out: &mut Vec<u8>, it: &mut dyn Iterator<Item = (u32, u32)>| {
         let mut prev = 0;
         for (idx, n) in it {
@@ -112,15 +139,14 @@ fn pack(
             prev = idx;
         }
     };
-    put_all(&mut out, &mut rtt.filter(|b| b.1 > 0));
+    put_all(out, &mut rtt.filter(|b| b.1 > 0));
     let rtt_end = out.len();
     out.extend_from_slice(&[0, 0]);
-    put_all(&mut out, &mut ipdv.filter(|b| b.1 > 0));
+    put_all(out, &mut ipdv.filter(|b| b.1 > 0));
     if out.len() == rtt_end + 2 {
         // No IPDV: the terminator is not needed either.
         out.truncate(rtt_end);
     }
-    out.into_boxed_slice()
 }
 
 /// LEB128 varint.
