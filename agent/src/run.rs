@@ -240,6 +240,8 @@ pub async fn run_with(
             Err(e) => tracing::error!(error = %e, "STAMP toward peers disabled"),
         }
     }
+    // Hop discovery: loopback targets and same-site peers are left out (`hops::hop_targets`);
+    // with nothing to discover it waits for the plan without opening its RAW sockets.
     if cfg.hops {
         tasks.spawn(
             HopProber {

@@ -12,6 +12,7 @@
 pub mod export;
 pub mod http;
 pub mod localize;
+mod slot;
 pub mod stats;
 pub mod store;
 pub mod window;

@@ -1,14 +1,16 @@
-//! Per-path time windows: a ring of slots, each a sparse histogram plus counts, merged on
-//! demand into the 10 s, 1 min and 5 min views. Pure: `now` is an argument.
+//! Per-path time windows: slots of counts and packed histograms ([`crate::slot`]), merged
+//! on demand into the 10 s, 1 min and 5 min views. Pure: `now` is an argument.
 //!
 //! Memory is tiered: the last [`FINE_MS`] are kept in 5 s slots (so the 10 s and 1 min
 //! windows are exact to a slot), older data is folded into 1 min slots (so the 5 min
 //! window covers 5 to 6 minutes). That is 18 slots per path instead of 60.
 
-use std::collections::VecDeque;
-
 use pathpulse_wire::stamp::Directional;
 use pathpulse_wire::{PathReport, SparseHist};
+
+use pathpulse_wire::hist::MergeSorted;
+
+use crate::slot::{Pairs, Slot};
 
 /// STAMP's per-direction view of a slot or window (boxed in slots: most paths have none).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -29,7 +31,7 @@ impl DirView {
         self.owd_reverse.merge(&d.owd_reverse);
     }
 
-    fn merge(&mut self, o: &DirView) {
+    pub(crate) fn merge(&mut self, o: &DirView) {
         self.attributed += o.attributed;
         self.forward_lost += o.forward_lost;
         self.reverse_lost += o.reverse_lost;
@@ -37,7 +39,7 @@ impl DirView {
         self.owd_reverse.merge(&o.owd_reverse);
     }
 
-    fn shrink_to_fit(&mut self) {
+    pub(crate) fn shrink_to_fit(&mut self) {
         self.owd_forward.shrink_to_fit();
         self.owd_reverse.shrink_to_fit();
     }
@@ -63,21 +65,6 @@ pub const MAX_WINDOW_MS: u64 = 300_000;
 /// kept out of the windows (its counters still count).
 pub const MAX_FUTURE_MS: u64 = 60_000;
 
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Slot {
-    pub start_ms: u64,
-    /// End of the data in the slot: `start + SLOT_MS` for a fine slot; for a 1 min slot,
-    /// the end of the last fine slot folded into it (so it never reaches into a window
-    /// its data is not in).
-    pub end_ms: u64,
-    pub coarse: bool,
-    pub hist: SparseHist,
-    pub ipdv: SparseHist,
-    pub received: u64,
-    pub lost: u64,
-    pub dir: Option<Box<DirView>>,
-}
-
 /// What one window says about a path.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WindowView {
@@ -91,7 +78,9 @@ pub struct WindowView {
 
 #[derive(Debug, Clone, Default)]
 pub struct PathWindows {
-    slots: VecDeque<Slot>,
+    /// In start order; the capacity is kept at the longest length reached (one more slot
+    /// at a time), not doubled.
+    slots: Vec<Slot>,
 }
 
 impl PathWindows {
@@ -106,20 +95,11 @@ impl PathWindows {
         let start = interval_start_ms - interval_start_ms % SLOT_MS;
         let pos = self.slots.partition_point(|s| s.start_ms < start);
         if self.slots.get(pos).is_none_or(|s| s.start_ms != start) {
-            self.slots.insert(
-                pos,
-                Slot {
-                    start_ms: start,
-                    end_ms: start + SLOT_MS,
-                    ..Slot::default()
-                },
-            );
+            self.slots.reserve_exact(1);
+            self.slots.insert(pos, Slot::new(start, SLOT_MS as u32));
         }
         let slot = &mut self.slots[pos];
-        slot.hist.merge(&p.rtt);
-        slot.ipdv.merge(&p.ipdv);
-        slot.received += u64::from(p.received);
-        slot.lost += u64::from(p.lost);
+        slot.add(&p.rtt, &p.ipdv, p.received, p.lost);
         if let Some(d) = &p.directional {
             slot.dir.get_or_insert_default().add(d);
         }
@@ -132,7 +112,7 @@ impl PathWindows {
         let mut i = 0;
         while i < self.slots.len() {
             let s = &self.slots[i];
-            if s.coarse || s.end_ms + FINE_MS > now_ms {
+            if s.coarse || s.end_ms() + FINE_MS > now_ms {
                 i += 1;
                 continue;
             }
@@ -140,26 +120,20 @@ impl PathWindows {
             let merge_into_previous =
                 i > 0 && self.slots[i - 1].start_ms == coarse && self.slots[i - 1].coarse;
             if merge_into_previous {
-                if let Some(fine) = self.slots.remove(i) {
-                    let c = &mut self.slots[i - 1];
-                    c.hist.merge(&fine.hist);
-                    c.ipdv.merge(&fine.ipdv);
-                    c.hist.shrink_to_fit();
-                    c.ipdv.shrink_to_fit();
-                    c.received += fine.received;
-                    c.lost += fine.lost;
-                    merge_dir(&mut c.dir, fine.dir.as_deref());
-                    if let Some(d) = c.dir.as_mut() {
-                        d.shrink_to_fit();
-                    }
-                    c.end_ms = c.end_ms.max(fine.end_ms);
+                let fine = self.slots.remove(i);
+                let c = &mut self.slots[i - 1];
+                c.absorb(&fine);
+                if let Some(d) = c.dir.as_mut() {
+                    d.shrink_to_fit();
                 }
+                let end = c.end_ms().max(fine.end_ms());
+                c.len_ms = (end - c.start_ms) as u32;
             } else {
                 let c = &mut self.slots[i];
+                let end = c.end_ms();
                 c.start_ms = coarse;
+                c.len_ms = (end - coarse) as u32;
                 c.coarse = true;
-                c.hist.shrink_to_fit();
-                c.ipdv.shrink_to_fit();
                 i += 1;
             }
         }
@@ -167,48 +141,48 @@ impl PathWindows {
 
     /// Drop slots that no window covers any more.
     pub fn expire(&mut self, now_ms: u64) {
-        while self
+        let old = self
             .slots
-            .front()
-            .is_some_and(|s| s.end_ms + MAX_WINDOW_MS <= now_ms)
-        {
-            self.slots.pop_front();
-        }
+            .iter()
+            .take_while(|s| s.end_ms() + MAX_WINDOW_MS <= now_ms)
+            .count();
+        self.slots.drain(..old);
     }
 
     /// Merge the slots that overlap `(now - window, now]`.
     pub fn view(&self, window_ms: u64, now_ms: u64) -> WindowView {
         let from = now_ms.saturating_sub(window_ms);
-        let mut v = WindowView::default();
-        for s in self
-            .slots
-            .iter()
-            .filter(|s| s.end_ms > from && s.start_ms <= now_ms)
-        {
-            v.hist.merge(&s.hist);
-            v.ipdv.merge(&s.ipdv);
-            v.received += s.received;
-            v.lost += s.lost;
-            merge_dir(&mut v.dir, s.dir.as_deref());
-        }
-        v
+        self.merge(|s| s.end_ms() > from && s.start_ms <= now_ms)
     }
 
     /// Merge the slots that start in `[from_ms, to_ms)`: a closed period for sampling.
     /// Exact for periods of whole fine slots within the last [`FINE_MS`], or of whole
     /// coarse slots beyond.
     pub fn range(&self, from_ms: u64, to_ms: u64) -> WindowView {
+        self.merge(|s| s.start_ms >= from_ms && s.start_ms < to_ms)
+    }
+
+    fn merge(&self, take: impl Fn(&Slot) -> bool) -> WindowView {
         let mut v = WindowView::default();
-        for s in self
-            .slots
-            .iter()
-            .filter(|s| s.start_ms >= from_ms && s.start_ms < to_ms)
-        {
-            v.hist.merge(&s.hist);
-            v.ipdv.merge(&s.ipdv);
-            v.received += s.received;
-            v.lost += s.lost;
+        let (mut rtt, mut ipdv, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        // Each slot's buckets are sorted: merge them in one pass per slot, into two buffers
+        // reused for the whole view.
+        let mut merge_into = |acc: &mut Vec<(u32, u32)>, add: Pairs<'_>| {
+            scratch.clear();
+            scratch.extend(MergeSorted::new(acc.iter().copied(), add));
+            std::mem::swap(acc, &mut scratch);
+        };
+        for s in self.slots.iter().filter(|s| take(s)) {
+            let (r, i) = s.pairs();
+            merge_into(&mut rtt, r);
+            merge_into(&mut ipdv, i);
+            v.received += u64::from(s.received);
+            v.lost += u64::from(s.lost);
+            merge_dir(&mut v.dir, s.dir.as_deref());
         }
+        // Already sorted and unique: `from_pairs` only checks that.
+        v.hist = SparseHist::from_pairs(rtt);
+        v.ipdv = SparseHist::from_pairs(ipdv);
         v
     }
 
@@ -218,11 +192,7 @@ impl PathWindows {
 
     pub fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self
-                .slots
-                .iter()
-                .map(|s| s.hist.heap_bytes())
-                .sum::<usize>()
+            + self.slots.iter().map(Slot::heap_bytes).sum::<usize>()
     }
 }
 
@@ -272,7 +242,7 @@ mod tests {
             w.slots
                 .iter()
                 .zip(w.slots.iter().skip(1))
-                .all(|(a, b)| a.end_ms <= b.start_ms),
+                .all(|(a, b)| a.end_ms() <= b.start_ms),
             "slots overlap"
         );
     }

@@ -149,43 +149,29 @@ impl SparseHist {
         }
     }
 
-    /// Add every count of `other` into `self`.
+    /// Add every count of `other` into `self`. In place when `other` brings no new bucket
+    /// (the usual case for a path's next report); otherwise one allocation of the exact size.
     pub fn merge(&mut self, other: &SparseHist) {
         if self.buckets.is_empty() {
             self.buckets.clone_from(&other.buckets);
             return;
         }
-        let mut out = Vec::with_capacity(self.buckets.len().max(other.buckets.len()));
-        let (mut a, mut b) = (
-            self.buckets.iter().peekable(),
-            other.buckets.iter().peekable(),
-        );
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.0 == y.0 => {
-                    out.push((x.0, x.1.saturating_add(y.1)));
-                    a.next();
-                    b.next();
+        let merged = MergeSorted::new(self.buckets.iter().copied(), other.buckets.iter().copied());
+        let len = merged.count();
+        if len == self.buckets.len() {
+            let mut mine = self.buckets.iter_mut();
+            for &(idx, n) in &other.buckets {
+                if let Some(b) = mine.find(|b| b.0 == idx) {
+                    b.1 = b.1.saturating_add(n);
                 }
-                (Some(x), Some(y)) if x.0 < y.0 => {
-                    out.push(**x);
-                    a.next();
-                }
-                (Some(_), Some(y)) => {
-                    out.push(**y);
-                    b.next();
-                }
-                (Some(x), None) => {
-                    out.push(**x);
-                    a.next();
-                }
-                (None, Some(y)) => {
-                    out.push(**y);
-                    b.next();
-                }
-                (None, None) => break,
             }
+            return;
         }
+        let mut out = Vec::with_capacity(len);
+        out.extend(MergeSorted::new(
+            self.buckets.iter().copied(),
+            other.buckets.iter().copied(),
+        ));
         self.buckets = out;
     }
 
@@ -196,15 +182,29 @@ impl SparseHist {
         for h in hists {
             all.extend_from_slice(&h.buckets);
         }
+        SparseHist::from_pairs(all)
+    }
+
+    /// A histogram from `(bucket index, count)` pairs in any order: repeated indices are
+    /// added up, zero counts dropped, indices past [`MAX_INDEX`] clamped to it.
+    pub fn from_pairs(mut all: Vec<(u32, u32)>) -> SparseHist {
         all.sort_unstable_by_key(|b| b.0);
-        let mut buckets: Vec<(u32, u32)> = Vec::with_capacity(all.len());
-        for (i, n) in all {
-            match buckets.last_mut() {
-                Some(last) if last.0 == i => last.1 = last.1.saturating_add(n),
-                _ => buckets.push((i, n)),
+        let mut w = 0;
+        for r in 0..all.len() {
+            let (i, n) = all[r];
+            let i = i.min(MAX_INDEX);
+            if n == 0 {
+                continue;
+            }
+            if w > 0 && all[w - 1].0 == i {
+                all[w - 1].1 = all[w - 1].1.saturating_add(n);
+            } else {
+                all[w] = (i, n);
+                w += 1;
             }
         }
-        SparseHist { buckets }
+        all.truncate(w);
+        SparseHist { buckets: all }
     }
 
     pub fn count(&self) -> u64 {
@@ -258,6 +258,40 @@ impl SparseHist {
 
     pub fn shrink_to_fit(&mut self) {
         self.buckets.shrink_to_fit();
+    }
+}
+
+/// Two sorted `(index, count)` sequences as one, counts of equal indices added.
+pub struct MergeSorted<A: Iterator<Item = (u32, u32)>, B: Iterator<Item = (u32, u32)>> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<A: Iterator<Item = (u32, u32)>, B: Iterator<Item = (u32, u32)>> MergeSorted<A, B> {
+    pub fn new(a: A, b: B) -> Self {
+        MergeSorted {
+            a: a.peekable(),
+            b: b.peekable(),
+        }
+    }
+}
+
+impl<A: Iterator<Item = (u32, u32)>, B: Iterator<Item = (u32, u32)>> Iterator
+    for MergeSorted<A, B>
+{
+    type Item = (u32, u32);
+    fn next(&mut self) -> Option<(u32, u32)> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                let out = (x.0, x.1.saturating_add(y.1));
+                self.a.next();
+                self.b.next();
+                Some(out)
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => self.a.next(),
+            (Some(_), Some(_)) | (None, _) => self.b.next(),
+            (Some(_), None) => self.a.next(),
+        }
     }
 }
 
@@ -325,6 +359,23 @@ mod tests {
         a.merge(&b);
         assert_eq!(a, all);
         assert_eq!(SparseHist::merged([]), SparseHist::new());
+        // In place: nothing new in the second histogram.
+        let mut twice = all.clone();
+        twice.merge(&all);
+        assert_eq!(twice.count(), 2 * all.count());
+        assert_eq!(twice.buckets().len(), all.buckets().len());
+        let pairs: Vec<(u32, u32)> = all
+            .buckets()
+            .iter()
+            .rev()
+            .copied()
+            .chain([(3, 0)])
+            .collect();
+        assert_eq!(
+            SparseHist::from_pairs(pairs),
+            all,
+            "any order, zero counts dropped"
+        );
     }
 
     #[test]

@@ -303,7 +303,7 @@ impl HopProber {
             let t = turn % targets.len();
             turn = turn.wrapping_add(1);
             let (path, spec) = &targets[t];
-            let Some(addr) = self.resolver.target_addr(spec) else {
+            let Some(addr) = self.resolver.target_addr(spec).filter(|a| !a.is_loopback()) else {
                 continue;
             };
             let sock = match Family::of(&addr) {

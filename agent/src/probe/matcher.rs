@@ -7,9 +7,11 @@
 //! A reply that fails any check is stray: counted by reason, never recorded as RTT.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+use crate::probe::recent::Recent;
 
 /// First bytes of every probe payload.
 pub const PAYLOAD_MAGIC: [u8; 4] = *b"PPv1";
@@ -18,8 +20,6 @@ pub const PAYLOAD_HEADER: usize = 20;
 /// A kernel RTT is trusted when it is no larger than the monotonic one plus this slack
 /// (the monotonic send stamp is taken after `send` returns, so it is normally larger).
 const KERNEL_SLACK: Duration = Duration::from_millis(5);
-/// Upper bound of remembered decided probes (late and duplicate detection).
-const MAX_RECENT: usize = 1 << 20;
 
 /// A kernel software timestamp (`CLOCK_REALTIME`), nanoseconds since the epoch.
 pub type KernelNs = i64;
@@ -80,13 +80,6 @@ struct InFlight {
     tx_kernel: Option<KernelNs>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Decided {
-    target: usize,
-    addr: IpAddr,
-    answered: bool,
-}
-
 /// What the reply looked like on the wire, as the socket layer parsed it.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplyMeta<'a> {
@@ -108,8 +101,7 @@ pub struct Matcher {
     inflight: HashMap<u64, InFlight>,
     by_seq: HashMap<u16, u64>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
-    recent: HashMap<u64, Decided>,
-    recent_order: VecDeque<(Instant, u64)>,
+    recent: Recent,
     retention: Duration,
     last_answered: HashMap<usize, u64>,
 }
@@ -125,8 +117,7 @@ impl Matcher {
             inflight: HashMap::new(),
             by_seq: HashMap::new(),
             deadlines: BinaryHeap::new(),
-            recent: HashMap::new(),
-            recent_order: VecDeque::new(),
+            recent: Recent::new(Instant::now()),
             retention,
             last_answered: HashMap::new(),
         }
@@ -217,15 +208,7 @@ impl Matcher {
             let last = self.last_answered.entry(p.target).or_insert(0);
             let reordered = id < *last;
             *last = (*last).max(id);
-            self.remember(
-                id,
-                Decided {
-                    target: p.target,
-                    addr: p.addr,
-                    answered: true,
-                },
-                r.rx_mono,
-            );
+            self.recent.remember(id, p.target, p.addr, true, r.rx_mono);
             return Outcome::Reply {
                 target: p.target,
                 rtt: kernel.unwrap_or(mono),
@@ -233,13 +216,17 @@ impl Matcher {
                 kernel_timestamps: kernel.is_some(),
             };
         }
-        match self.recent.get_mut(&id) {
+        match self.recent.get_mut(id) {
             Some(d) if d.addr != r.src => Outcome::Stray(StrayReason::WrongSource),
-            Some(d) if d.answered => Outcome::Duplicate { target: d.target },
+            Some(d) if d.answered => Outcome::Duplicate {
+                target: d.target as usize,
+            },
             Some(d) => {
                 // Count a late reply once; a second copy of it is a duplicate.
                 d.answered = true;
-                Outcome::Late { target: d.target }
+                Outcome::Late {
+                    target: d.target as usize,
+                }
             }
             None => Outcome::Stray(StrayReason::UnknownProbe),
         }
@@ -258,31 +245,13 @@ impl Matcher {
                     self.by_seq.remove(&(id as u16));
                 }
                 lost.push(p.target);
-                self.remember(
-                    id,
-                    Decided {
-                        target: p.target,
-                        addr: p.addr,
-                        answered: false,
-                    },
-                    now,
-                );
+                self.recent.remember(id, p.target, p.addr, false, now);
             }
         }
-        while let Some(&(t, id)) = self.recent_order.front() {
-            if now.saturating_duration_since(t) < self.retention && self.recent.len() <= MAX_RECENT
-            {
-                break;
-            }
-            self.recent_order.pop_front();
-            self.recent.remove(&id);
-        }
+        let inflight = &self.inflight;
+        self.recent
+            .expire(now, self.retention, |id| inflight.contains_key(&id));
         lost
-    }
-
-    fn remember(&mut self, id: u64, d: Decided, at: Instant) {
-        self.recent.insert(id, d);
-        self.recent_order.push_back((at, id));
     }
 }
 

@@ -6,6 +6,7 @@ pub mod hops;
 pub mod icmp;
 pub mod icmp_socket;
 pub mod matcher;
+pub mod recent;
 pub mod route;
 pub mod sockopt;
 pub mod stamp;
