@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alerts;
+use crate::durable::Durability;
 use crate::pki::AGENT_CERT_VALIDITY;
 use crate::state::{StateDb, TokenError};
 
@@ -35,6 +36,8 @@ pub struct Ingest {
     /// The alert engine, told of every applied report.
     pub alerts: Option<Arc<Alerts>>,
     pub auth: Arc<Auth>,
+    /// Acknowledgements wait for the counters to be on disk.
+    pub durability: Arc<Durability>,
 }
 
 /// What the ingest needs to enroll agents and check revocations.
@@ -92,10 +95,10 @@ impl Ingest {
                 continue;
             };
             let (store, max_frame, name) = (self.store.clone(), self.max_frame, self.name.clone());
-            let auth = self.auth.clone();
+            let (auth, durability) = (self.auth.clone(), self.durability.clone());
             let alerts = self.alerts.clone();
             tasks.spawn(async move {
-                handle_connection(incoming, store, max_frame, name, auth, alerts).await;
+                handle_connection(incoming, store, max_frame, name, auth, alerts, durability).await;
                 drop(permit);
             });
         }
@@ -116,6 +119,7 @@ async fn handle_connection(
     name: String,
     auth: Arc<Auth>,
     alerts: Option<Arc<Alerts>>,
+    durability: Arc<Durability>,
 ) {
     let peer = incoming.remote_address();
     let conn = match incoming.await {
@@ -210,6 +214,7 @@ async fn handle_connection(
                 auth: auth.clone(),
                 addr: peer,
                 alerts: alerts.clone(),
+                durability: durability.clone(),
             },
         ));
     }
@@ -229,6 +234,7 @@ struct Peer {
     addr: std::net::SocketAddr,
     /// The alert engine, told of every applied report.
     alerts: Option<Arc<Alerts>>,
+    durability: Arc<Durability>,
 }
 
 /// Answer a renewal request: a new certificate for the connection's identity, when the
@@ -429,15 +435,21 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                 Err(why) => (Some((RefuseReason::Malformed, why)), None),
                 Ok(()) => {
                     let now = wall_clock_ms();
-                    let applied = store
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .apply_once(&r, sess, now);
+                    let (applied, upto) = {
+                        let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+                        (s.apply_once(&r, sess, now), s.applied_count())
+                    };
                     let seq = r.seq;
                     if applied == Applied::Duplicate {
                         tracing::debug!(%agent, seq, "replayed report acknowledged again");
                     } else if let Some(a) = &alerts {
                         a.submit(r, now);
+                    }
+                    // Acknowledged once durable (a duplicate too: its first application
+                    // may still be on its way to disk).
+                    if !peer.durability.wait(upto).await {
+                        tracing::warn!(%agent, seq, "counters not on disk in time; report left unacknowledged (the agent sends it again)");
+                        return;
                     }
                     (None, Some(ServerMsg::Ack { seq }))
                 }

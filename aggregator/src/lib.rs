@@ -4,6 +4,7 @@
 //! - [`config`]: file, flags and environment;
 //! - [`pki`]: the CA and the certificates it issues;
 //! - [`state`]: enrollment tokens, issued and revoked certificates (redb);
+//! - [`durable`]: per-path counters and applied sequences, kept across restarts (redb);
 //! - [`ingest`]: QUIC with mutual TLS, reports applied once each and acknowledged;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`ui`]: the live mesh page at `/` and its JSON API (`/api/...`);
@@ -14,6 +15,7 @@ pub mod alert;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod durable;
 pub mod http;
 pub mod ingest;
 pub mod pki;

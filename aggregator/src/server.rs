@@ -81,6 +81,10 @@ pub async fn start(
     store.path_budget = cfg.path_budget;
     store.prune_after_ms = cfg.prune_after.map(|d| d.as_millis() as u64);
     let store: SharedStore = Arc::new(Mutex::new(store));
+    let counters = crate::durable::CountersDb::open(&cfg.state_dir)
+        .map_err(|e| config_err("state_dir", format!("{e:#}")))?;
+    let (durability, commit_task) = crate::durable::start(counters, &store, shutdown.clone())
+        .map_err(|e| config_err("state_dir", format!("{e:#}")))?;
     let (alerts, alert_task) = crate::alert::start(
         &cfg.alert,
         &cfg.state_dir,
@@ -127,6 +131,7 @@ pub async fn start(
             .unwrap_or_else(|| "pathpulse-aggregator".into()),
         auth: Arc::new(ingest::Auth { ca, state }),
         alerts: Some(alerts.clone()),
+        durability,
     };
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();
@@ -154,6 +159,8 @@ pub async fn start(
             }
         });
         let _ = tokio::join!(ingest_task, http_task, expire_task, alert_task);
+        // After ingest: the last reports it applied are written before the process ends.
+        let _ = commit_task.await;
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%quic, %http, state_dir = %cfg.state_dir.display(), "aggregator running");
