@@ -9,6 +9,7 @@ use pathpulse_agent::config::{ConfigError, ConfigErrors, parse_duration};
 use serde::Deserialize;
 
 use crate::alert::config::{AlertArgs, AlertConfig, AlertFile};
+use crate::auth::AuthMode;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4470";
 pub const DEFAULT_HTTP: &str = "0.0.0.0:9470";
@@ -20,7 +21,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
-    pub http: Option<String>,
+    /// The HTTP address, or a `[http]` table with it and the access settings.
+    pub http: Option<HttpFile>,
     pub state_dir: Option<PathBuf>,
     /// Extra names and addresses for the server certificate.
     pub server_names: Option<Vec<String>>,
@@ -34,6 +36,24 @@ pub struct FileConfig {
     /// A path no report carried for this long is pruned (a removed target, a departed
     /// peer); "0s" keeps paths forever.
     pub prune_after: Option<String>,
+}
+
+/// `http = "ADDR"`, or `[http]` with `listen`, `auth` and `metrics_auth`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum HttpFile {
+    Addr(String),
+    Table(HttpTable),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTable {
+    pub listen: Option<String>,
+    /// "open" or "token": whether the page and `/api/*` reads need a token.
+    pub auth: Option<String>,
+    /// "open" or "token": whether `/metrics` needs a token.
+    pub metrics_auth: Option<String>,
 }
 
 /// `[remote_write]`: push every series to a Prometheus-compatible store.
@@ -64,6 +84,14 @@ pub struct RunArgs {
     /// An agent is down when no report arrived for this long, e.g. 30s.
     #[arg(long, value_name = "DUR", env = "PATHPULSE_STALE_AFTER")]
     pub stale_after: Option<String>,
+    /// "open" or "token": whether the page and /api reads need a bearer token (default:
+    /// open when --http is a loopback address, token otherwise). Writes always need an
+    /// admin token.
+    #[arg(long, value_name = "MODE", env = "PATHPULSE_HTTP_AUTH")]
+    pub http_auth: Option<String>,
+    /// "open" or "token": whether /metrics needs a bearer token (default: open).
+    #[arg(long, value_name = "MODE", env = "PATHPULSE_METRICS_AUTH")]
+    pub metrics_auth: Option<String>,
     #[command(flatten)]
     pub alert: AlertArgs,
     /// Push every series to this Prometheus remote-write URL (Mimir, Thanos Receive,
@@ -85,6 +113,10 @@ pub struct AggregatorConfig {
     pub path_budget: Option<usize>,
     /// None: paths are never pruned.
     pub prune_after: Option<Duration>,
+    /// Whether the page and `/api/*` reads need a token.
+    pub http_auth: AuthMode,
+    /// Whether `/metrics` needs a token.
+    pub metrics_auth: AuthMode,
 }
 
 /// Paths not reported for this long are pruned.
@@ -121,10 +153,46 @@ impl AggregatorConfig {
             args.listen.as_deref().or(file.listen.as_deref()),
             DEFAULT_LISTEN,
         );
+        let http_table = match file.http.take() {
+            Some(HttpFile::Addr(a)) => HttpTable {
+                listen: Some(a),
+                ..HttpTable::default()
+            },
+            Some(HttpFile::Table(t)) => t,
+            None => HttpTable::default(),
+        };
         let http = addr(
             "http",
-            args.http.as_deref().or(file.http.as_deref()),
+            args.http.as_deref().or(http_table.listen.as_deref()),
             DEFAULT_HTTP,
+        );
+        let mut mode = |key: &str, v: Option<&str>, default: AuthMode| match v {
+            None => default,
+            Some(s) => AuthMode::parse(s).unwrap_or_else(|| {
+                errs.push(ConfigError {
+                    key: key.into(),
+                    reason: format!("`{s}` is not \"open\" or \"token\""),
+                });
+                default
+            }),
+        };
+        // Open where only this host can reach it (the demo, a test); tokens elsewhere.
+        let auth_default = if http.ip().is_loopback() {
+            AuthMode::Open
+        } else {
+            AuthMode::Token
+        };
+        let http_auth = mode(
+            "http.auth",
+            args.http_auth.as_deref().or(http_table.auth.as_deref()),
+            auth_default,
+        );
+        let metrics_auth = mode(
+            "http.metrics_auth",
+            args.metrics_auth
+                .as_deref()
+                .or(http_table.metrics_auth.as_deref()),
+            AuthMode::Open,
         );
         let stale_after = match args.stale_after.as_deref().or(file.stale_after.as_deref()) {
             None => DEFAULT_STALE_AFTER,
@@ -227,6 +295,8 @@ impl AggregatorConfig {
             remote_write,
             path_budget: file.path_budget,
             prune_after,
+            http_auth,
+            metrics_auth,
         })
     }
 }
@@ -256,6 +326,44 @@ mod tests {
     }
 
     #[test]
+    fn http_auth_defaults_to_open_on_loopback_only_and_bad_modes_name_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = |text: &str, http: Option<&str>| {
+            let p = dir.path().join("agg.toml");
+            std::fs::write(&p, text).expect("write");
+            AggregatorConfig::resolve(&RunArgs {
+                config: Some(p),
+                http: http.map(String::from),
+                ..RunArgs::default()
+            })
+        };
+        let c = cfg("", Some("127.0.0.1:9470")).expect("valid");
+        assert_eq!(
+            (c.http_auth, c.metrics_auth),
+            (AuthMode::Open, AuthMode::Open)
+        );
+        let c = cfg("http = \"0.0.0.0:9470\"\n", None).expect("valid");
+        assert_eq!(
+            (c.http_auth, c.metrics_auth),
+            (AuthMode::Token, AuthMode::Open)
+        );
+        let c = cfg(
+            "[http]\nlisten = \"[::1]:1\"\nauth = \"token\"\nmetrics_auth = \"token\"\n",
+            None,
+        )
+        .expect("valid");
+        assert_eq!(c.http.port(), 1);
+        assert_eq!(
+            (c.http_auth, c.metrics_auth),
+            (AuthMode::Token, AuthMode::Token)
+        );
+        let e = cfg("[http]\nauth = \"maybe\"\n", None).expect_err("bad mode");
+        assert!(e.to_string().contains("http.auth"), "{e}");
+        let e = cfg("[http]\nauht = \"open\"\n", None).expect_err("unknown key");
+        assert!(e.to_string().contains("http"), "{e}");
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("agg.toml");
@@ -273,7 +381,11 @@ mod tests {
         let text = include_str!("../../packaging/aggregator.toml");
         let f: FileConfig = toml::from_str(text).expect("packaging/aggregator.toml parses");
         assert_eq!(f.listen.as_deref(), Some(DEFAULT_LISTEN));
-        assert_eq!(f.http.as_deref(), Some(DEFAULT_HTTP));
+        let Some(HttpFile::Table(h)) = &f.http else {
+            panic!("[http] table expected");
+        };
+        assert_eq!(h.listen.as_deref(), Some(DEFAULT_HTTP));
+        assert_eq!(h.metrics_auth.as_deref(), Some("open"));
         assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
         let stale = parse_duration(&f.stale_after.expect("stale_after")).expect("duration");
         assert_eq!(stale, DEFAULT_STALE_AFTER);

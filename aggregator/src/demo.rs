@@ -75,7 +75,13 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         remote_write: None,
         path_budget: None,
         prune_after: Some(crate::config::DEFAULT_PRUNE_AFTER),
+        // A first look with throw-away state: nobody could hold a token for it.
+        http_auth: crate::auth::AuthMode::Open,
+        metrics_auth: crate::auth::AuthMode::Open,
     };
+    if !args.http.ip().is_loopback() {
+        tracing::warn!(http = %args.http, "the demo's page and API are open (no tokens) on a non-loopback address");
+    }
     let running = server::start(&cfg, shutdown.clone()).await?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(RunError::Fatal)?;
     let http = running.bound.http;

@@ -44,7 +44,7 @@ pub struct Ingest {
 #[derive(Debug)]
 pub struct Auth {
     pub ca: tls::Ca,
-    pub state: StateDb,
+    pub state: Arc<StateDb>,
 }
 
 /// The QUIC server configuration from rustls's, with limits suited to report streams.

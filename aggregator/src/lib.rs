@@ -7,11 +7,14 @@
 //! - [`durable`]: per-path counters and applied sequences, kept across restarts (redb);
 //! - [`ingest`]: QUIC with mutual TLS, reports applied once each and acknowledged;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`auth`]: HTTP bearer tokens and roles ([`tokens`]), the admin writes ([`admin`]);
 //! - [`ui`]: the live mesh page at `/` and its JSON API (`/api/...`);
 //! - [`server`]: the aggregator assembled; [`demo`]: aggregator plus local agents;
 //! - [`cli`]: the command line (`main.rs` only calls it).
 
+pub mod admin;
 pub mod alert;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -22,4 +25,5 @@ pub mod pki;
 pub mod remote_write;
 pub mod server;
 pub mod state;
+pub mod tokens;
 pub mod ui;

@@ -56,8 +56,10 @@ pub async fn start(
         )
     })?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(|e| config_err("state_dir", format!("{e:#}")))?;
-    let state = crate::state::StateDb::open(&cfg.state_dir)
-        .map_err(|e| config_err("state_dir", format!("{e:#}")))?;
+    let state = Arc::new(
+        crate::state::StateDb::open(&cfg.state_dir)
+            .map_err(|e| config_err("state_dir", format!("{e:#}")))?,
+    );
     let server = pki::server_identity(&ca, &cfg.server_names).map_err(fatal)?;
     let tls_cfg = tls::server_config(
         ca.cert_pem(),
@@ -101,6 +103,16 @@ pub async fn start(
             rw_stats.clone(),
         )));
     }
+    let http_auth = Arc::new(crate::auth::HttpAuth::new(
+        cfg.http_auth,
+        cfg.metrics_auth,
+        state.clone(),
+    ));
+    registry.register(
+        "pathpulse_http_refused",
+        "HTTP requests refused, by reason (missing, unknown, expired or revoked token: 401; role too low: 403)",
+        http_auth.refused.clone(),
+    );
     let registry = Arc::new(registry);
     if let Some(rw) = cfg.remote_write.clone() {
         tracing::info!(url = %rw.url, every = ?rw.interval, "remote write on");
@@ -114,9 +126,28 @@ pub async fn start(
         );
     }
     let ready = Arc::new(AtomicBool::new(false));
-    let app = crate::http::router(registry, ready.clone())
-        .merge(crate::ui::router(store.clone(), shutdown.clone()))
-        .merge(crate::alert::api::routes(alerts.clone()));
+    use crate::auth::{Need, guard};
+    let admin = Arc::new(crate::admin::Admin {
+        state: state.clone(),
+        ca_pem: ca.cert_pem().to_string(),
+    });
+    let app = crate::http::router(registry, ready.clone(), &http_auth)
+        .merge(guard(
+            crate::ui::router(store.clone(), shutdown.clone()),
+            &http_auth,
+            Need::Read,
+        ))
+        .merge(guard(
+            crate::alert::api::routes(alerts.clone()),
+            &http_auth,
+            Need::Read,
+        ))
+        .merge(guard(crate::admin::routes(admin), &http_auth, Need::Admin));
+    tracing::info!(
+        api = cfg.http_auth.as_str(),
+        metrics = cfg.metrics_auth.as_str(),
+        "HTTP access (writes always need an admin token)"
+    );
     let liveness = Liveness::new();
     let ingest = Ingest {
         beat: liveness.register("ingest"),

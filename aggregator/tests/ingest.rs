@@ -32,6 +32,8 @@ async fn start() -> Agg {
         remote_write: None,
         path_budget: None,
         prune_after: Some(pathpulse_aggregator::config::DEFAULT_PRUNE_AFTER),
+        http_auth: pathpulse_aggregator::auth::AuthMode::Open,
+        metrics_auth: pathpulse_aggregator::auth::AuthMode::Open,
     };
     let stop = CancellationToken::new();
     let running = server::start(&cfg, stop.clone())

@@ -9,6 +9,7 @@ mod delivery;
 mod demo;
 mod enroll;
 mod hops;
+mod http_auth;
 mod lab;
 mod loopback;
 mod package;
