@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::alert::config::{AlertArgs, AlertConfig, AlertFile};
 use crate::auth::AuthMode;
+use crate::limits::{DEFAULT_REGISTRATIONS, DEFAULT_REPORTS, Rate};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4470";
 pub const DEFAULT_HTTP: &str = "0.0.0.0:9470";
@@ -36,6 +37,18 @@ pub struct FileConfig {
     /// A path no report carried for this long is pruned (a removed target, a departed
     /// peer); "0s" keeps paths forever.
     pub prune_after: Option<String>,
+    /// Per-agent rate limits.
+    pub rate_limit: Option<RateLimitFile>,
+}
+
+/// `[rate_limit]`: per agent identity, token buckets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub reports_per_second: Option<f64>,
+    pub report_burst: Option<u32>,
+    pub registrations_per_minute: Option<f64>,
+    pub registration_burst: Option<u32>,
 }
 
 /// `http = "ADDR"`, or `[http]` with `listen`, `auth` and `metrics_auth`.
@@ -117,6 +130,10 @@ pub struct AggregatorConfig {
     pub http_auth: AuthMode,
     /// Whether `/metrics` needs a token.
     pub metrics_auth: AuthMode,
+    /// Reports per agent.
+    pub report_rate: Rate,
+    /// Registrations (hellos) per agent.
+    pub registration_rate: Rate,
 }
 
 /// Paths not reported for this long are pruned.
@@ -233,6 +250,42 @@ impl AggregatorConfig {
                 None
             }
         };
+        let rl = file.rate_limit.take().unwrap_or_default();
+        let mut positive = |key: &str, v: Option<f64>, default: f64| match v {
+            None => default,
+            Some(x) if x.is_finite() && x > 0.0 => x,
+            Some(x) => {
+                errs.push(ConfigError {
+                    key: format!("rate_limit.{key}"),
+                    reason: format!("{x} is not a positive number"),
+                });
+                default
+            }
+        };
+        let report_rate = Rate {
+            per_second: positive(
+                "reports_per_second",
+                rl.reports_per_second,
+                DEFAULT_REPORTS.per_second,
+            ),
+            burst: positive(
+                "report_burst",
+                rl.report_burst.map(f64::from),
+                DEFAULT_REPORTS.burst,
+            ),
+        };
+        let registration_rate = Rate {
+            per_second: positive(
+                "registrations_per_minute",
+                rl.registrations_per_minute,
+                DEFAULT_REGISTRATIONS.per_second * 60.0,
+            ) / 60.0,
+            burst: positive(
+                "registration_burst",
+                rl.registration_burst.map(f64::from),
+                DEFAULT_REGISTRATIONS.burst,
+            ),
+        };
         let rw = file.remote_write.take().unwrap_or_default();
         let remote_write = match args.remote_write.clone().or(rw.url) {
             None => None,
@@ -297,6 +350,8 @@ impl AggregatorConfig {
             prune_after,
             http_auth,
             metrics_auth,
+            report_rate,
+            registration_rate,
         })
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alerts;
 use crate::durable::Durability;
+use crate::limits::Limits;
 use crate::pki::AGENT_CERT_VALIDITY;
 use crate::state::{StateDb, TokenError};
 
@@ -38,6 +39,7 @@ pub struct Ingest {
     pub auth: Arc<Auth>,
     /// Acknowledgements wait for the counters to be on disk.
     pub durability: Arc<Durability>,
+    pub limits: Arc<Limits>,
 }
 
 /// What the ingest needs to enroll agents and check revocations.
@@ -95,10 +97,14 @@ impl Ingest {
                 continue;
             };
             let (store, max_frame, name) = (self.store.clone(), self.max_frame, self.name.clone());
-            let (auth, durability) = (self.auth.clone(), self.durability.clone());
-            let alerts = self.alerts.clone();
+            let shared = Shared {
+                auth: self.auth.clone(),
+                alerts: self.alerts.clone(),
+                durability: self.durability.clone(),
+                limits: self.limits.clone(),
+            };
             tasks.spawn(async move {
-                handle_connection(incoming, store, max_frame, name, auth, alerts, durability).await;
+                handle_connection(incoming, store, max_frame, name, shared).await;
                 drop(permit);
             });
         }
@@ -117,10 +123,14 @@ async fn handle_connection(
     store: SharedStore,
     max_frame: u32,
     name: String,
-    auth: Arc<Auth>,
-    alerts: Option<Arc<Alerts>>,
-    durability: Arc<Durability>,
+    shared: Shared,
 ) {
+    let Shared {
+        auth,
+        alerts,
+        durability,
+        limits,
+    } = shared;
     let peer = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -215,6 +225,7 @@ async fn handle_connection(
                 addr: peer,
                 alerts: alerts.clone(),
                 durability: durability.clone(),
+                limits: limits.clone(),
             },
         ));
     }
@@ -235,6 +246,15 @@ struct Peer {
     /// The alert engine, told of every applied report.
     alerts: Option<Arc<Alerts>>,
     durability: Arc<Durability>,
+    limits: Arc<Limits>,
+}
+
+/// What every connection shares.
+struct Shared {
+    auth: Arc<Auth>,
+    alerts: Option<Arc<Alerts>>,
+    durability: Arc<Durability>,
+    limits: Arc<Limits>,
 }
 
 /// Answer a renewal request: a new certificate for the connection's identity, when the
@@ -399,6 +419,22 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                 )),
                 None,
             ),
+            (ClientMsg::Hello(_), _)
+                if !peer
+                    .limits
+                    .registrations
+                    .allow(agent, std::time::Instant::now()) =>
+            {
+                (
+                    Some((
+                        RefuseReason::RateLimited,
+                        format!(
+                            "`{agent}` registers too often (rate_limit.registrations_per_minute); retry after a backoff"
+                        ),
+                    )),
+                    None,
+                )
+            }
             (ClientMsg::Hello(h), _) => {
                 session = Some(h.session);
                 if let Some(a) = &alerts {
@@ -431,6 +467,19 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                 )),
                 None,
             ),
+            (ClientMsg::Report(_), Some(_))
+                if !peer.limits.reports.allow(agent, std::time::Instant::now()) =>
+            {
+                (
+                    Some((
+                        RefuseReason::RateLimited,
+                        format!(
+                            "`{agent}` reports faster than rate_limit.reports_per_second allows; the report stays in the spool, send it again after a backoff"
+                        ),
+                    )),
+                    None,
+                )
+            }
             (ClientMsg::Report(r), Some(sess)) => match validate_report(&r) {
                 Err(why) => (Some((RefuseReason::Malformed, why)), None),
                 Ok(()) => {

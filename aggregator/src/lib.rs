@@ -6,6 +6,7 @@
 //! - [`state`]: enrollment tokens, issued and revoked certificates (redb);
 //! - [`durable`]: per-path counters and applied sequences, kept across restarts (redb);
 //! - [`ingest`]: QUIC with mutual TLS, reports applied once each and acknowledged;
+//! - [`limits`]: per-agent rate limits on reports and registrations;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`auth`]: HTTP bearer tokens and roles ([`tokens`]), the admin writes ([`admin`]);
 //! - [`ui`]: the live mesh page at `/` and its JSON API (`/api/...`);
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod durable;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod pki;
 pub mod remote_write;
 pub mod server;

@@ -163,6 +163,10 @@ pub async fn start(
         auth: Arc::new(ingest::Auth { ca, state }),
         alerts: Some(alerts.clone()),
         durability,
+        limits: Arc::new(crate::limits::Limits::new(
+            cfg.report_rate,
+            cfg.registration_rate,
+        )),
     };
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();

@@ -14,6 +14,7 @@ mod lab;
 mod loopback;
 mod package;
 mod prometheus;
+mod rate_limit;
 mod reload;
 mod remote_write;
 mod security;
