@@ -176,6 +176,9 @@ async fn commit_loop(
 ) {
     let mut pending = Batch::default();
     let mut failing = false;
+    // Commits, records written and time spent since the last debug line.
+    let (mut commits, mut records, mut spent, mut since) =
+        (0u64, 0usize, Duration::ZERO, std::time::Instant::now());
     loop {
         let stopping = tokio::select! {
             _ = durability.wake.notified() => false,
@@ -183,13 +186,16 @@ async fn commit_loop(
             _ = tokio::time::sleep(Duration::from_secs(1)) => false,
             _ = shutdown.cancelled() => true,
         };
+        let t0 = std::time::Instant::now();
         pending.merge(
             store
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take_changes(),
         );
+        let encoded = t0.elapsed();
         if !pending.paths.is_empty() || !pending.agents.is_empty() {
+            records += pending.paths.len() + pending.agents.len();
             let (db2, batch) = (db.clone(), std::mem::take(&mut pending));
             let (batch, result) = tokio::task::spawn_blocking(move || {
                 let r = db2.write(&batch);
@@ -197,6 +203,19 @@ async fn commit_loop(
             })
             .await
             .unwrap_or_else(|e| (Batch::default(), Err(anyhow::anyhow!("{e}"))));
+            commits += 1;
+            spent += t0.elapsed();
+            if since.elapsed() >= Duration::from_secs(10) {
+                tracing::debug!(
+                    commits,
+                    records,
+                    ms_per_commit = spent.as_millis() as u64 / commits.max(1),
+                    last_encode_ms = encoded.as_millis() as u64,
+                    "counters written"
+                );
+                (commits, records, spent, since) =
+                    (0, 0, Duration::ZERO, std::time::Instant::now());
+            }
             match result {
                 Ok(()) => {
                     if failing {
