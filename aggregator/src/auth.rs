@@ -100,21 +100,21 @@ impl HttpAuth {
     }
 
     /// The role of `token`, or the refusal to answer.
-    fn role_of(&self, token: &str) -> Result<ApiRole, Response> {
+    fn role_of(&self, token: &str) -> Result<ApiRole, Box<Response>> {
         match self.state.check_api_token(token) {
             Ok(Ok(role)) => Ok(role),
-            Ok(Err(e)) => Err(self.refuse(
+            Ok(Err(e)) => Err(Box::new(self.refuse(
                 StatusCode::UNAUTHORIZED,
                 e.reason(),
                 format!("{e}: make one with `pathpulse-aggregator token create --role read`"),
-            )),
+            ))),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "cannot read the API tokens");
-                Err(self.refuse(
+                Err(Box::new(self.refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "error",
                     "the aggregator cannot check tokens now".into(),
-                ))
+                )))
             }
         }
     }
@@ -168,28 +168,29 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
         Need::Admin => AuthMode::Token,
     };
     // The page's sign-in: check once, keep in a cookie, drop the token from the address.
-    if g.need == Need::Read && req.uri().path() == "/" {
-        if let Some(t) = query_token(&req) {
-            if let Err(refused) = auth.role_of(t) {
-                return refused;
-            }
-            let set = format!("{COOKIE}={t}; HttpOnly; SameSite=Strict; Path=/");
-            let Ok(set) = HeaderValue::from_str(&set) else {
-                return auth.refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "unknown_token",
-                    "unknown token".into(),
-                );
-            };
-            return (
-                StatusCode::SEE_OTHER,
-                [
-                    (header::LOCATION, HeaderValue::from_static("/")),
-                    (header::SET_COOKIE, set),
-                ],
-            )
-                .into_response();
+    if g.need == Need::Read
+        && req.uri().path() == "/"
+        && let Some(t) = query_token(&req)
+    {
+        if let Err(refused) = auth.role_of(t) {
+            return *refused;
         }
+        let set = format!("{COOKIE}={t}; HttpOnly; SameSite=Strict; Path=/");
+        let Ok(set) = HeaderValue::from_str(&set) else {
+            return auth.refuse(
+                StatusCode::UNAUTHORIZED,
+                "unknown_token",
+                "unknown token".into(),
+            );
+        };
+        return (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, HeaderValue::from_static("/")),
+                (header::SET_COOKIE, set),
+            ],
+        )
+            .into_response();
     }
     if mode == AuthMode::Open {
         return next.run(req).await;
@@ -210,7 +211,7 @@ pub async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response
     };
     let role = match auth.role_of(token) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if g.need == Need::Admin && role != ApiRole::Admin {
         return auth.refuse(

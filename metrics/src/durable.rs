@@ -258,8 +258,11 @@ mod tests {
         }
     }
 
+    /// Stored paths and agents, as in the aggregator's database.
+    type Db = (Vec<(Vec<u8>, Vec<u8>)>, Vec<(String, Vec<u8>)>);
+
     /// Write `changes` into a plain map, as the aggregator writes them into its database.
-    fn persist(db: &mut (Vec<(Vec<u8>, Vec<u8>)>, Vec<(String, Vec<u8>)>), ch: Changes) {
+    fn persist(db: &mut Db, ch: Changes) {
         for (k, v) in ch.paths {
             db.0.retain(|(x, _)| *x != k);
             if let Some(v) = v {
@@ -276,7 +279,7 @@ mod tests {
     fn counters_and_sequences_survive_a_restart() {
         let mut s = Store::new(15_000);
         s.track_changes();
-        let mut db = Default::default();
+        let mut db: Db = Default::default();
         assert_eq!(
             s.apply_once(&report("a", 1, "x"), 7, 1_000_000),
             Applied::New
