@@ -8,8 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked -q -p pathpulse-agent
-AGENT=target/release/pathpulse-agent
 tmp="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 hz=$(getconf CLK_TCK)
 
@@ -60,11 +58,17 @@ soak() {
     echo "${real[$i]}: probes sent $own, at the aggregator $at_agg (equal within one report: 5)"
   done
   echo "real agents' spools over the soak (sampled every 10 s): max $(sort -n "$tmp/spools" | tail -1), samples $(wc -l <"$tmp/spools")"
-  echo "aggregator refusals: $(grep -c refused "$tmp/soak-agg.log" || true) log lines"
+  echo "aggregator refusals by reason (pathpulse_ingest_refused_total, nonzero):"
+  python3 -c "import urllib.request; t=urllib.request.urlopen('http://127.0.0.1:29471/metrics').read().decode(); print('\n'.join('  '+l for l in t.splitlines() if l.startswith('pathpulse_ingest_refused_total{') and not l.endswith(' 0')) or '  none')"
+  echo "aggregator warnings in its log: $(grep -c WARN "$tmp/soak-agg.log" || true)"
+  grep WARN "$tmp/soak-agg.log" | sed -E 's/^[^ ]+ +//' | cut -c1-160 | sort | uniq -c | sort -rn | head -5 || true
   kill "$agg" $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true
 }
 
 if [[ "${1:-}" == soak ]]; then soak; exit; fi
+
+cargo build --release --locked -q -p pathpulse-agent
+AGENT=target/release/pathpulse-agent
 
 echo "== 1. CPU per probe: 1,000 loopback targets at 10 probes/s each, 30 s"
 targets 1000 10

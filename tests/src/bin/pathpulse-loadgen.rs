@@ -423,7 +423,7 @@ fn main() -> anyhow::Result<()> {
                 h.max() as f64 / 1000.0
             );
         }
-        if let (Some((rss, c0)), Some((_, c1))) = (before, after) {
+        if let (Some((_, c0)), Some((rss, c1))) = (before, after) {
             let hz = 100.0;
             let paths = (args.agents * args.paths) as f64;
             println!(
