@@ -53,10 +53,28 @@ pub struct RateLimitFile {
 
 /// `http = "ADDR"`, or `[http]` with `listen`, `auth` and `metrics_auth`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(try_from = "toml::Value")]
 pub enum HttpFile {
     Addr(String),
     Table(HttpTable),
+}
+
+impl TryFrom<toml::Value> for HttpFile {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<HttpFile, String> {
+        match v {
+            toml::Value::String(s) => Ok(HttpFile::Addr(s)),
+            t @ toml::Value::Table(_) => t
+                .try_into::<HttpTable>()
+                .map(HttpFile::Table)
+                .map_err(|e| format!("[http]: {}", e.message())),
+            other => Err(format!(
+                "`http` is an address (\"0.0.0.0:9470\") or a table (got {})",
+                other.type_str()
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,7 +433,7 @@ mod tests {
         let e = cfg("[http]\nauth = \"maybe\"\n", None).expect_err("bad mode");
         assert!(e.to_string().contains("http.auth"), "{e}");
         let e = cfg("[http]\nauht = \"open\"\n", None).expect_err("unknown key");
-        assert!(e.to_string().contains("http"), "{e}");
+        assert!(e.to_string().contains("auht"), "{e}");
     }
 
     #[test]
