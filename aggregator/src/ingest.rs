@@ -134,6 +134,13 @@ async fn handle_connection(
     let peer = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
+        // The peer gave up its own handshake (closed, or went silent): nothing refused.
+        Err(
+            e @ (quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::TimedOut),
+        ) => {
+            tracing::debug!(%peer, error = %e, "peer left during the handshake");
+            return;
+        }
         Err(e) => {
             // A failed handshake is almost always the agent's certificate (missing, unknown
             // issuer, expired); the error text says which.
