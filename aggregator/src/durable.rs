@@ -39,7 +39,11 @@ impl CountersDb {
     pub fn open(state_dir: &Path) -> anyhow::Result<CountersDb> {
         let path = state_dir.join(COUNTERS_FILE);
         let db =
-            redb::Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
+            // A small page cache: the file is written far more than read (once, at start).
+            redb::Builder::new()
+                .set_cache_size(16 << 20)
+                .create(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
         let txn = db.begin_write()?;
         txn.open_table(PATHS)?;
         txn.open_table(AGENTS)?;
