@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Side-by-side figures (not a test): agent CPU per probe against fping on the same 1,000
 # loopback targets, agent memory with 10,000 targets, and time to alert against
-# blackbox_exporter + Prometheus + Alertmanager. Run as root (ICMP, fping -p, namespaces).
+# blackbox_exporter + Prometheus + Alertmanager, and a connection-churn soak of the
+# aggregator. Run as root (ICMP, fping -p, namespaces).
 #   scripts/bench.sh            # prints each figure, its peer's and the ratio
+#   scripts/bench.sh soak       # only the soak (SOAK_AGENTS=1000 SOAK_MINUTES=10 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked -q -p pathpulse-agent
-AGENT=target/release/pathpulse-agent
 tmp="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 hz=$(getconf CLK_TCK)
 
@@ -24,6 +24,51 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric_sum() { # URL NAME
   python3 -c "import urllib.request,sys; t=urllib.request.urlopen(sys.argv[1]).read().decode(); print(int(sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith(sys.argv[2]+'{'))))" "$1" "$2"
 }
+
+soak() {
+  local agents="${SOAK_AGENTS:-1000}" minutes="${SOAK_MINUTES:-10}"
+  echo "== 6. Soak: $agents simulated agents connecting and disconnecting for $minutes min, 3 real agents alongside"
+  cargo build --release --locked -q -p pathpulse-aggregator -p pathpulse-agent -p pathpulse-tests --bins
+  local st="$tmp/soak" agg real=(soak-a soak-b soak-c) i
+  target/release/pathpulse-aggregator run --listen 127.0.0.1:25470 --http 127.0.0.1:29471 \
+    --state-dir "$st" 2>"$tmp/soak-agg.log" & agg=$!
+  sleep 2
+  for i in 0 1 2; do
+    target/release/pathpulse-aggregator cert issue --name "${real[$i]}" \
+      --out "$tmp/${real[$i]}/identity" --state-dir "$st" >/dev/null
+    target/release/pathpulse-agent run --name "${real[$i]}" --aggregator 127.0.0.1:25470 \
+      --state-dir "$tmp/${real[$i]}" --target tcp:127.0.0.1:29471 --interval 1s \
+      --report-interval 5s --metrics-listen "127.0.0.1:1990$i" 2>"$tmp/${real[$i]}.log" &
+  done
+  # The real agents' spools, sampled: more than one report waiting means a late ack.
+  ( while sleep 10; do for i in 0 1 2; do
+      metric_sum "http://127.0.0.1:1990$i/metrics" pathpulse_spool_reports 2>/dev/null || echo 0
+    done; done >"$tmp/spools" ) & local sampler=$!
+  # Each simulated agent reconnects every 10 s on average (under the default registration
+  # limit of 10 a minute), with one report of 10 paths per connection.
+  target/release/pathpulse-loadgen --state-dir "$st" --aggregator 127.0.0.1:25470 \
+    --agents "$agents" --paths 10 --churn-ms 10000 --warmup-s 10 \
+    --duration-s $((minutes * 60)) --pid "$agg" --rss-every-s 30
+  kill "$sampler" 2>/dev/null || true
+  sleep 12  # the real agents' last reports
+  for i in 0 1 2; do
+    local own at_agg
+    own=$(metric_sum "http://127.0.0.1:1990$i/metrics" pathpulse_probes_sent_total)
+    at_agg=$(python3 -c "import urllib.request,sys; t=urllib.request.urlopen('http://127.0.0.1:29471/metrics').read().decode(); print(int(sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith('pathpulse_probes_sent_total{') and 'src=\"${real[$i]}\"' in l)))")
+    echo "${real[$i]}: probes sent $own, at the aggregator $at_agg (equal within one report: 5)"
+  done
+  echo "real agents' spools over the soak (sampled every 10 s): max $(sort -n "$tmp/spools" | tail -1), samples $(wc -l <"$tmp/spools")"
+  echo "aggregator refusals by reason (pathpulse_ingest_refused_total, nonzero):"
+  python3 -c "import urllib.request; t=urllib.request.urlopen('http://127.0.0.1:29471/metrics').read().decode(); print('\n'.join('  '+l for l in t.splitlines() if l.startswith('pathpulse_ingest_refused_total{') and not l.endswith(' 0')) or '  none')"
+  echo "aggregator warnings in its log: $(grep -c WARN "$tmp/soak-agg.log" || true)"
+  grep WARN "$tmp/soak-agg.log" | sed -E 's/^[^ ]+ +//' | cut -c1-160 | sort | uniq -c | sort -rn | head -5 || true
+  kill "$agg" $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true
+}
+
+if [[ "${1:-}" == soak ]]; then soak; exit; fi
+
+cargo build --release --locked -q -p pathpulse-agent
+AGENT=target/release/pathpulse-agent
 
 echo "== 1. CPU per probe: 1,000 loopback targets at 10 probes/s each, 30 s"
 targets 1000 10
@@ -84,3 +129,5 @@ dpkg-query -W -f='${Status}' prometheus-blackbox-exporter 2>/dev/null | grep -q 
 cargo build --workspace --bins --locked -q
 cargo test -p pathpulse-tests --test e2e --locked -q -- --ignored --nocapture --exact \
   alert_bench::alert_benchmark_against_blackbox_exporter 2>&1 | grep -E '^(trial|common|==|pathpulse|blackbox|ratio)|panicked'
+
+soak

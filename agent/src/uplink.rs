@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use pathpulse_wire::{ClientMsg, Hello, Join, Report, ServerMsg, frame, tls};
+use pathpulse_wire::{ClientMsg, Hello, Join, RefuseReason, Report, ServerMsg, frame, tls};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -359,7 +359,9 @@ impl Uplink {
             ServerMsg::Renewed { .. } => bail!("unexpected certificate on the report stream"),
             ServerMsg::Peers { .. } => bail!("unexpected peer list on the report stream"),
             ServerMsg::Refused { reason, detail } => {
-                if let Some((session, seq)) = st.in_flight.front().copied()
+                // Over the rate limit: kept, sent again after the backoff.
+                if reason != RefuseReason::RateLimited
+                    && let Some((session, seq)) = st.in_flight.front().copied()
                     && self.spool.discard(session, seq)
                 {
                     tracing::error!(aggregator = %self.aggregator, session, seq, reason = reason.as_str(), %detail, "report refused; removed from the spool");

@@ -50,7 +50,7 @@ pub enum Command {
     Run(RunArgs),
     /// Aggregator plus local agents with embedded defaults, for a first look.
     Demo(DemoArgs),
-    /// One-time enrollment tokens.
+    /// Enrollment tokens (one-time) and HTTP API tokens (read, admin).
     Token {
         #[command(subcommand)]
         action: TokenAction,
@@ -75,15 +75,30 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenAction {
-    /// Create a one-time enrollment token: printed once, only its hash is stored. It
-    /// carries the CA's fingerprint, so the enrolling agent trusts only this aggregator.
+    /// Create a token, printed once (only its hash is stored). Role `agent`: a one-time
+    /// enrollment token carrying the CA's fingerprint, so the enrolling agent trusts only
+    /// this aggregator. Roles `read` and `admin`: an HTTP API bearer token.
     Create {
+        /// agent, read or admin.
         #[arg(long, default_value = "agent")]
         role: String,
-        /// Lifetime, e.g. 30m, 24h (default 24h).
+        /// Lifetime, e.g. 30m, 24h (default: 24h for agent, until revoked for read and
+        /// admin).
         #[arg(long, value_name = "DUR")]
         ttl: Option<String>,
         /// The aggregator's state directory (CA and tokens).
+        #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// List the HTTP API tokens (ids, roles, times; never secrets).
+    List {
+        #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Revoke an HTTP API token by its id (refused from its next request).
+    Revoke {
+        #[arg(long)]
+        id: String,
         #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
@@ -134,17 +149,17 @@ fn exit_for(r: Result<(), RunError>) -> ExitCode {
     }
 }
 
-/// SIGHUP must not end the aggregator (its default action would): nothing of its
-/// configuration can be reloaded yet, so say so.
-async fn ignore_hangups(mut hup: tokio::signal::unix::Signal, shutdown: CancellationToken) {
+/// SIGHUP reloads the configuration (`crate::reload`); it must never end the aggregator
+/// (its default action would), so the handler is installed before anything starts.
+async fn on_hangups(mut hup: tokio::signal::unix::Signal, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = hup.recv() => if r.is_none() { return },
         }
-        tracing::warn!(
-            "SIGHUP: the aggregator has nothing to reload in this version; restart it to apply configuration changes"
-        );
+        if crate::reload::reload_now("SIGHUP").is_none() {
+            tracing::warn!("SIGHUP: {}", crate::reload::NOTHING_TO_RELOAD);
+        }
     }
 }
 
@@ -164,7 +179,7 @@ fn serve(
         let token = CancellationToken::new();
         shutdown_on_signals(token.clone());
         if let Some(hup) = hangups() {
-            tokio::spawn(ignore_hangups(hup, token.clone()));
+            tokio::spawn(on_hangups(hup, token.clone()));
         }
         f(token).await
     }))
@@ -175,7 +190,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run(args) => match AggregatorConfig::resolve(&args) {
-            Ok(cfg) => serve(|t| Box::pin(crate::server::run(cfg, t))),
+            Ok(cfg) => serve(|t| Box::pin(crate::server::run(args, cfg, t))),
             Err(e) => exit_for(Err(RunError::Config(e))),
         },
         Command::GenerateAssets { out } => generate_assets(Cli::command(), &out),
@@ -201,8 +216,8 @@ pub fn main() -> ExitCode {
                 },
         } => {
             let ttl = match ttl.as_deref().map(pathpulse_agent::config::parse_duration) {
-                None => crate::state::DEFAULT_TOKEN_TTL,
-                Some(Ok(d)) if !d.is_zero() => d,
+                None => None,
+                Some(Ok(d)) if !d.is_zero() => Some(d),
                 Some(Ok(_)) => {
                     eprintln!("invalid configuration:\n  ttl: must be more than 0s");
                     return ExitCode::from(EXIT_CONFIG as u8);
@@ -219,18 +234,44 @@ pub fn main() -> ExitCode {
                 );
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
-            let made = crate::pki::load_ca(&state_dir).and_then(|ca| {
-                crate::state::StateDb::open(&state_dir)?.create_token(&role, ttl, ca.cert_pem())
-            });
-            match made {
-                Ok(token) => {
-                    println!("{token}");
-                    eprintln!(
-                        "one-time {role} token, valid for {} (only its hash is kept; it is not shown again).\n\
-                         On the agent: pathpulse-agent enroll --aggregator HOST:PORT --token TOKEN --name NAME",
-                        pathpulse_agent::config::fmt_dur(ttl)
+            create_token(&role, ttl, &state_dir)
+        }
+        Command::Token {
+            action: TokenAction::List { state_dir },
+        } => match crate::state::StateDb::open(&state_dir).and_then(|db| db.api_tokens()) {
+            Ok(list) => {
+                println!("id        role   created_ms     expires_ms     revoked_ms");
+                for (id, r) in list {
+                    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+                    println!(
+                        "{id:<9} {:<6} {:<14} {:<14} {}",
+                        r.role.as_str(),
+                        r.created_ms,
+                        opt(r.expires_ms),
+                        opt(r.revoked_ms)
                     );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Token {
+            action: TokenAction::Revoke { id, state_dir },
+        } => {
+            match crate::state::StateDb::open(&state_dir).and_then(|db| db.revoke_api_token(&id)) {
+                Ok(true) => {
+                    println!("revoked API token `{id}`; refused from its next request");
                     ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    eprintln!(
+                        "error: no API token with id `{id}` in {}",
+                        state_dir.display()
+                    );
+                    ExitCode::FAILURE
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -304,6 +345,57 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `token create`: an enrollment token (`agent`) or an API token (`read`, `admin`).
+fn create_token(
+    role: &str,
+    ttl: Option<std::time::Duration>,
+    state_dir: &std::path::Path,
+) -> ExitCode {
+    let made = crate::pki::load_ca(state_dir).and_then(|ca| {
+        let db = crate::state::StateDb::open(state_dir)?;
+        match crate::tokens::ApiRole::parse(role) {
+            None => {
+                let ttl = ttl.unwrap_or(crate::state::DEFAULT_TOKEN_TTL);
+                let token = db.create_token(role, ttl, ca.cert_pem())?;
+                Ok((
+                    token.to_string(),
+                    format!(
+                        "one-time {role} token, valid for {} (only its hash is kept; it is not shown again).\n\
+                         On the agent: pathpulse-agent enroll --aggregator HOST:PORT --token TOKEN --name NAME",
+                        pathpulse_agent::config::fmt_dur(ttl)
+                    ),
+                ))
+            }
+            Some(api) => {
+                let t = db.create_api_token(api, ttl)?;
+                let valid = ttl.map_or("until revoked".to_string(), |d| {
+                    format!("for {}", pathpulse_agent::config::fmt_dur(d))
+                });
+                Ok((
+                    t.token,
+                    format!(
+                        "HTTP API {role} token `{}`, valid {valid} (only its hash is kept; it is not shown again).\n\
+                         Use: curl -H 'Authorization: Bearer TOKEN' ...; in a browser open /?token=TOKEN once.\n\
+                         Revoke: pathpulse-aggregator token revoke --id {} (or DELETE /api/tokens/{})",
+                        t.id, t.id, t.id
+                    ),
+                ))
+            }
+        }
+    });
+    match made {
+        Ok((token, note)) => {
+            println!("{token}");
+            eprintln!("{note}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -9,6 +9,8 @@ use pathpulse_agent::config::{ConfigError, ConfigErrors, parse_duration};
 use serde::Deserialize;
 
 use crate::alert::config::{AlertArgs, AlertConfig, AlertFile};
+use crate::auth::AuthMode;
+use crate::limits::{DEFAULT_REGISTRATIONS, DEFAULT_REPORTS, Rate};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4470";
 pub const DEFAULT_HTTP: &str = "0.0.0.0:9470";
@@ -20,7 +22,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
-    pub http: Option<String>,
+    /// The HTTP address, or a `[http]` table with it and the access settings.
+    pub http: Option<HttpFile>,
     pub state_dir: Option<PathBuf>,
     /// Extra names and addresses for the server certificate.
     pub server_names: Option<Vec<String>>,
@@ -36,6 +39,54 @@ pub struct FileConfig {
     pub prune_after: Option<String>,
     /// Mesh membership and peer lists.
     pub mesh: Option<crate::mesh::MeshFile>,
+    /// Per-agent rate limits.
+    pub rate_limit: Option<RateLimitFile>,
+}
+
+/// `[rate_limit]`: per agent identity, token buckets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub reports_per_second: Option<f64>,
+    pub report_burst: Option<u32>,
+    pub registrations_per_minute: Option<f64>,
+    pub registration_burst: Option<u32>,
+}
+
+/// `http = "ADDR"`, or `[http]` with `listen`, `auth` and `metrics_auth`.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub enum HttpFile {
+    Addr(String),
+    Table(HttpTable),
+}
+
+impl TryFrom<toml::Value> for HttpFile {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<HttpFile, String> {
+        match v {
+            toml::Value::String(s) => Ok(HttpFile::Addr(s)),
+            t @ toml::Value::Table(_) => t
+                .try_into::<HttpTable>()
+                .map(HttpFile::Table)
+                .map_err(|e| format!("[http]: {}", e.message())),
+            other => Err(format!(
+                "`http` is an address (\"0.0.0.0:9470\") or a table (got {})",
+                other.type_str()
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTable {
+    pub listen: Option<String>,
+    /// "open" or "token": whether the page and `/api/*` reads need a token.
+    pub auth: Option<String>,
+    /// "open" or "token": whether `/metrics` needs a token.
+    pub metrics_auth: Option<String>,
 }
 
 /// `[remote_write]`: push every series to a Prometheus-compatible store.
@@ -66,6 +117,14 @@ pub struct RunArgs {
     /// An agent is down when no report arrived for this long, e.g. 30s.
     #[arg(long, value_name = "DUR", env = "PATHPULSE_STALE_AFTER")]
     pub stale_after: Option<String>,
+    /// "open" or "token": whether the page and /api reads need a bearer token (default:
+    /// open when --http is a loopback address, token otherwise). Writes always need an
+    /// admin token.
+    #[arg(long, value_name = "MODE", env = "PATHPULSE_HTTP_AUTH")]
+    pub http_auth: Option<String>,
+    /// "open" or "token": whether /metrics needs a bearer token (default: open).
+    #[arg(long, value_name = "MODE", env = "PATHPULSE_METRICS_AUTH")]
+    pub metrics_auth: Option<String>,
     #[command(flatten)]
     pub alert: AlertArgs,
     /// Push every series to this Prometheus remote-write URL (Mimir, Thanos Receive,
@@ -88,6 +147,14 @@ pub struct AggregatorConfig {
     /// None: paths are never pruned.
     pub prune_after: Option<Duration>,
     pub mesh: crate::mesh::MeshConfig,
+    /// Whether the page and `/api/*` reads need a token.
+    pub http_auth: AuthMode,
+    /// Whether `/metrics` needs a token.
+    pub metrics_auth: AuthMode,
+    /// Reports per agent.
+    pub report_rate: Rate,
+    /// Registrations (hellos) per agent.
+    pub registration_rate: Rate,
 }
 
 /// Paths not reported for this long are pruned.
@@ -124,10 +191,46 @@ impl AggregatorConfig {
             args.listen.as_deref().or(file.listen.as_deref()),
             DEFAULT_LISTEN,
         );
+        let http_table = match file.http.take() {
+            Some(HttpFile::Addr(a)) => HttpTable {
+                listen: Some(a),
+                ..HttpTable::default()
+            },
+            Some(HttpFile::Table(t)) => t,
+            None => HttpTable::default(),
+        };
         let http = addr(
             "http",
-            args.http.as_deref().or(file.http.as_deref()),
+            args.http.as_deref().or(http_table.listen.as_deref()),
             DEFAULT_HTTP,
+        );
+        let mut mode = |key: &str, v: Option<&str>, default: AuthMode| match v {
+            None => default,
+            Some(s) => AuthMode::parse(s).unwrap_or_else(|| {
+                errs.push(ConfigError {
+                    key: key.into(),
+                    reason: format!("`{s}` is not \"open\" or \"token\""),
+                });
+                default
+            }),
+        };
+        // Open where only this host can reach it (the demo, a test); tokens elsewhere.
+        let auth_default = if http.ip().is_loopback() {
+            AuthMode::Open
+        } else {
+            AuthMode::Token
+        };
+        let http_auth = mode(
+            "http.auth",
+            args.http_auth.as_deref().or(http_table.auth.as_deref()),
+            auth_default,
+        );
+        let metrics_auth = mode(
+            "http.metrics_auth",
+            args.metrics_auth
+                .as_deref()
+                .or(http_table.metrics_auth.as_deref()),
+            AuthMode::Open,
         );
         let stale_after = match args.stale_after.as_deref().or(file.stale_after.as_deref()) {
             None => DEFAULT_STALE_AFTER,
@@ -172,6 +275,42 @@ impl AggregatorConfig {
             errs.extend(e);
             Default::default()
         });
+        let rl = file.rate_limit.take().unwrap_or_default();
+        let mut positive = |key: &str, v: Option<f64>, default: f64| match v {
+            None => default,
+            Some(x) if x.is_finite() && x > 0.0 => x,
+            Some(x) => {
+                errs.push(ConfigError {
+                    key: format!("rate_limit.{key}"),
+                    reason: format!("{x} is not a positive number"),
+                });
+                default
+            }
+        };
+        let report_rate = Rate {
+            per_second: positive(
+                "reports_per_second",
+                rl.reports_per_second,
+                DEFAULT_REPORTS.per_second,
+            ),
+            burst: positive(
+                "report_burst",
+                rl.report_burst.map(f64::from),
+                DEFAULT_REPORTS.burst,
+            ),
+        };
+        let registration_rate = Rate {
+            per_second: positive(
+                "registrations_per_minute",
+                rl.registrations_per_minute,
+                DEFAULT_REGISTRATIONS.per_second * 60.0,
+            ) / 60.0,
+            burst: positive(
+                "registration_burst",
+                rl.registration_burst.map(f64::from),
+                DEFAULT_REGISTRATIONS.burst,
+            ),
+        };
         let rw = file.remote_write.take().unwrap_or_default();
         let remote_write = match args.remote_write.clone().or(rw.url) {
             None => None,
@@ -235,6 +374,10 @@ impl AggregatorConfig {
             path_budget: file.path_budget,
             prune_after,
             mesh,
+            http_auth,
+            metrics_auth,
+            report_rate,
+            registration_rate,
         })
     }
 }
@@ -264,6 +407,44 @@ mod tests {
     }
 
     #[test]
+    fn http_auth_defaults_to_open_on_loopback_only_and_bad_modes_name_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = |text: &str, http: Option<&str>| {
+            let p = dir.path().join("agg.toml");
+            std::fs::write(&p, text).expect("write");
+            AggregatorConfig::resolve(&RunArgs {
+                config: Some(p),
+                http: http.map(String::from),
+                ..RunArgs::default()
+            })
+        };
+        let c = cfg("", Some("127.0.0.1:9470")).expect("valid");
+        assert_eq!(
+            (c.http_auth, c.metrics_auth),
+            (AuthMode::Open, AuthMode::Open)
+        );
+        let c = cfg("http = \"0.0.0.0:9470\"\n", None).expect("valid");
+        assert_eq!(
+            (c.http_auth, c.metrics_auth),
+            (AuthMode::Token, AuthMode::Open)
+        );
+        let c = cfg(
+            "[http]\nlisten = \"[::1]:1\"\nauth = \"token\"\nmetrics_auth = \"token\"\n",
+            None,
+        )
+        .expect("valid");
+        assert_eq!(c.http.port(), 1);
+        assert_eq!(
+            (c.http_auth, c.metrics_auth),
+            (AuthMode::Token, AuthMode::Token)
+        );
+        let e = cfg("[http]\nauth = \"maybe\"\n", None).expect_err("bad mode");
+        assert!(e.to_string().contains("http.auth"), "{e}");
+        let e = cfg("[http]\nauht = \"open\"\n", None).expect_err("unknown key");
+        assert!(e.to_string().contains("auht"), "{e}");
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("agg.toml");
@@ -281,7 +462,11 @@ mod tests {
         let text = include_str!("../../packaging/aggregator.toml");
         let f: FileConfig = toml::from_str(text).expect("packaging/aggregator.toml parses");
         assert_eq!(f.listen.as_deref(), Some(DEFAULT_LISTEN));
-        assert_eq!(f.http.as_deref(), Some(DEFAULT_HTTP));
+        let Some(HttpFile::Table(h)) = &f.http else {
+            panic!("[http] table expected");
+        };
+        assert_eq!(h.listen.as_deref(), Some(DEFAULT_HTTP));
+        assert_eq!(h.metrics_auth.as_deref(), Some("open"));
         assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
         let stale = parse_duration(&f.stale_after.expect("stale_after")).expect("duration");
         assert_eq!(stale, DEFAULT_STALE_AFTER);

@@ -76,7 +76,15 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
         path_budget: None,
         prune_after: Some(crate::config::DEFAULT_PRUNE_AFTER),
         mesh: Default::default(),
+        // A first look with throw-away state: nobody could hold a token for it.
+        http_auth: crate::auth::AuthMode::Open,
+        metrics_auth: crate::auth::AuthMode::Open,
+        report_rate: crate::limits::DEFAULT_REPORTS,
+        registration_rate: crate::limits::DEFAULT_REGISTRATIONS,
     };
+    if !args.http.ip().is_loopback() {
+        tracing::warn!(http = %args.http, "the demo's page and API are open (no tokens) on a non-loopback address");
+    }
     let running = server::start(&cfg, shutdown.clone()).await?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(RunError::Fatal)?;
     let http = running.bound.http;

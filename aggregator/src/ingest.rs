@@ -18,6 +18,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alerts;
+use crate::durable::Durability;
+use crate::limits::Limits;
 use crate::mesh::Mesh;
 use crate::pki::AGENT_CERT_VALIDITY;
 use crate::state::{StateDb, TokenError};
@@ -38,13 +40,16 @@ pub struct Ingest {
     pub auth: Arc<Auth>,
     /// Mesh membership (peer lists), when `[mesh]` is enabled.
     pub mesh: Option<Arc<Mesh>>,
+    /// Acknowledgements wait for the counters to be on disk.
+    pub durability: Arc<Durability>,
+    pub limits: Arc<Limits>,
 }
 
 /// What the ingest needs to enroll agents and check revocations.
 #[derive(Debug)]
 pub struct Auth {
     pub ca: tls::Ca,
-    pub state: StateDb,
+    pub state: Arc<StateDb>,
 }
 
 /// The QUIC server configuration from rustls's, with limits suited to report streams.
@@ -95,11 +100,15 @@ impl Ingest {
                 continue;
             };
             let (store, max_frame, name) = (self.store.clone(), self.max_frame, self.name.clone());
-            let auth = self.auth.clone();
-            let alerts = self.alerts.clone();
-            let mesh = self.mesh.clone();
+            let shared = Shared {
+                auth: self.auth.clone(),
+                alerts: self.alerts.clone(),
+                durability: self.durability.clone(),
+                limits: self.limits.clone(),
+                mesh: self.mesh.clone(),
+            };
             tasks.spawn(async move {
-                handle_connection(incoming, store, max_frame, name, auth, alerts, mesh).await;
+                handle_connection(incoming, store, max_frame, name, shared).await;
                 drop(permit);
             });
         }
@@ -118,13 +127,25 @@ async fn handle_connection(
     store: SharedStore,
     max_frame: u32,
     name: String,
-    auth: Arc<Auth>,
-    alerts: Option<Arc<Alerts>>,
-    mesh: Option<Arc<Mesh>>,
+    shared: Shared,
 ) {
+    let Shared {
+        auth,
+        alerts,
+        durability,
+        limits,
+        mesh,
+    } = shared;
     let peer = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
+        // The peer gave up its own handshake (closed, or went silent): nothing refused.
+        Err(
+            e @ (quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::TimedOut),
+        ) => {
+            tracing::debug!(%peer, error = %e, "peer left during the handshake");
+            return;
+        }
         Err(e) => {
             // A failed handshake is almost always the agent's certificate (missing, unknown
             // issuer, expired); the error text says which.
@@ -220,6 +241,8 @@ async fn handle_connection(
                 alerts: alerts.clone(),
                 mesh: mesh.clone(),
                 conn: conn.clone(),
+                durability: durability.clone(),
+                limits: limits.clone(),
             },
         ));
     }
@@ -241,6 +264,17 @@ struct Peer {
     alerts: Option<Arc<Alerts>>,
     mesh: Option<Arc<Mesh>>,
     conn: quinn::Connection,
+    durability: Arc<Durability>,
+    limits: Arc<Limits>,
+}
+
+/// What every connection shares.
+struct Shared {
+    auth: Arc<Auth>,
+    alerts: Option<Arc<Alerts>>,
+    durability: Arc<Durability>,
+    limits: Arc<Limits>,
+    mesh: Option<Arc<Mesh>>,
 }
 
 /// Answer a renewal request: a new certificate for the connection's identity, when the
@@ -420,6 +454,22 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                 )),
                 None,
             ),
+            (ClientMsg::Hello(_), _)
+                if !peer
+                    .limits
+                    .registrations
+                    .allow(agent, std::time::Instant::now()) =>
+            {
+                (
+                    Some((
+                        RefuseReason::RateLimited,
+                        format!(
+                            "`{agent}` registers too often (rate_limit.registrations_per_minute); retry after a backoff"
+                        ),
+                    )),
+                    None,
+                )
+            }
             (ClientMsg::Hello(h), _) => {
                 session = Some(h.session);
                 if let Some(a) = &alerts {
@@ -476,19 +526,38 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                 )),
                 None,
             ),
+            (ClientMsg::Report(_), Some(_))
+                if !peer.limits.reports.allow(agent, std::time::Instant::now()) =>
+            {
+                (
+                    Some((
+                        RefuseReason::RateLimited,
+                        format!(
+                            "`{agent}` reports faster than rate_limit.reports_per_second allows; the report stays in the spool, send it again after a backoff"
+                        ),
+                    )),
+                    None,
+                )
+            }
             (ClientMsg::Report(r), Some(sess)) => match validate_report(&r) {
                 Err(why) => (Some((RefuseReason::Malformed, why)), None),
                 Ok(()) => {
                     let now = wall_clock_ms();
-                    let applied = store
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .apply_once(&r, sess, now);
+                    let (applied, upto) = {
+                        let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+                        (s.apply_once(&r, sess, now), s.applied_count())
+                    };
                     let seq = r.seq;
                     if applied == Applied::Duplicate {
                         tracing::debug!(%agent, seq, "replayed report acknowledged again");
                     } else if let Some(a) = &alerts {
                         a.submit(r, now);
+                    }
+                    // Acknowledged once durable (a duplicate too: its first application
+                    // may still be on its way to disk).
+                    if !peer.durability.wait(upto).await {
+                        tracing::warn!(%agent, seq, "counters not on disk in time; report left unacknowledged (the agent sends it again)");
+                        return;
                     }
                     (None, Some(ServerMsg::Ack { seq }))
                 }

@@ -10,7 +10,7 @@
 //! auth, limits) is named in a warning and applies at the next restart. A configuration
 //! that does not validate changes nothing; its errors are logged, each with its key.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use pathpulse_metrics::SharedStore;
 use pathpulse_metrics::export::wall_clock_ms;
@@ -80,6 +80,17 @@ pub fn diff(
     );
     check("remote_write", old.remote_write != new.remote_write, false);
     check("mesh", old.mesh != new.mesh, false);
+    check("http.auth", old.http_auth != new.http_auth, false);
+    check(
+        "http.metrics_auth",
+        old.metrics_auth != new.metrics_auth,
+        false,
+    );
+    check(
+        "rate_limit",
+        old.report_rate != new.report_rate || old.registration_rate != new.registration_rate,
+        false,
+    );
     // Whatever else a later version adds: never silently ignored.
     let mut known = old.clone();
     known.listen = new.listen;
@@ -93,11 +104,32 @@ pub fn diff(
     known.path_budget = new.path_budget;
     known.prune_after = new.prune_after;
     known.mesh = new.mesh.clone();
+    known.http_auth = new.http_auth;
+    known.metrics_auth = new.metrics_auth;
+    known.report_rate = new.report_rate;
+    known.registration_rate = new.registration_rate;
     if known != *new {
         restart.push("other keys");
     }
     (applied, restart)
 }
+
+/// The reloader of this process's aggregator (`pathpulse-aggregator run`); none in the
+/// demo or in an aggregator embedded in tests.
+static RELOADER: OnceLock<Arc<Reloader>> = OnceLock::new();
+
+/// Make `r` the one SIGHUP and `POST /api/reload` use.
+pub fn install(r: Arc<Reloader>) {
+    let _ = RELOADER.set(r);
+}
+
+/// Reload now, if this process has a reloader (`None`: the demo, nothing to reload).
+pub fn reload_now(from: &str) -> Option<Outcome> {
+    RELOADER.get().map(|r| r.reload(from))
+}
+
+/// What the demo answers: its configuration is built in.
+pub const NOTHING_TO_RELOAD: &str = "nothing to reload: the demo's configuration is built in (`pathpulse-aggregator run --config FILE` reloads)";
 
 /// Holds the running configuration and what a reload acts on.
 pub struct Reloader {

@@ -56,8 +56,10 @@ pub async fn start(
         )
     })?;
     let ca = pki::load_ca(&cfg.state_dir).map_err(|e| config_err("state_dir", format!("{e:#}")))?;
-    let state = crate::state::StateDb::open(&cfg.state_dir)
-        .map_err(|e| config_err("state_dir", format!("{e:#}")))?;
+    let state = Arc::new(
+        crate::state::StateDb::open(&cfg.state_dir)
+            .map_err(|e| config_err("state_dir", format!("{e:#}")))?,
+    );
     let server = pki::server_identity(&ca, &cfg.server_names).map_err(fatal)?;
     let tls_cfg = tls::server_config(
         ca.cert_pem(),
@@ -81,6 +83,10 @@ pub async fn start(
     store.path_budget = cfg.path_budget;
     store.prune_after_ms = cfg.prune_after.map(|d| d.as_millis() as u64);
     let store: SharedStore = Arc::new(Mutex::new(store));
+    let counters = crate::durable::CountersDb::open(&cfg.state_dir)
+        .map_err(|e| config_err("state_dir", format!("{e:#}")))?;
+    let (durability, commit_task) = crate::durable::start(counters, &store, shutdown.clone())
+        .map_err(|e| config_err("state_dir", format!("{e:#}")))?;
     let (alerts, alert_task) = crate::alert::start(
         &cfg.alert,
         &cfg.state_dir,
@@ -97,6 +103,16 @@ pub async fn start(
             rw_stats.clone(),
         )));
     }
+    let http_auth = Arc::new(crate::auth::HttpAuth::new(
+        cfg.http_auth,
+        cfg.metrics_auth,
+        state.clone(),
+    ));
+    registry.register(
+        "pathpulse_http_refused",
+        "HTTP requests refused, by reason (missing, unknown, expired or revoked token: 401; role too low: 403)",
+        http_auth.refused.clone(),
+    );
     let registry = Arc::new(registry);
     if let Some(rw) = cfg.remote_write.clone() {
         tracing::info!(url = %rw.url, every = ?rw.interval, "remote write on");
@@ -115,10 +131,29 @@ pub async fn start(
         tracing::info!(peers_per_site = ?cfg.mesh.peers_per_site, leave_after = ?cfg.mesh.leave_after, "mesh membership on: agents get peer lists");
         tokio::spawn(mesh.clone().run(shutdown.clone()));
     }
-    let app = crate::http::router(registry, ready.clone())
-        .merge(mesh.clone().routes())
-        .merge(crate::ui::router(store.clone(), shutdown.clone()))
-        .merge(crate::alert::api::routes(alerts.clone()));
+    use crate::auth::{Need, guard};
+    let admin = Arc::new(crate::admin::Admin {
+        state: state.clone(),
+        ca_pem: ca.cert_pem().to_string(),
+    });
+    let app = crate::http::router(registry, ready.clone(), &http_auth)
+        .merge(guard(mesh.clone().routes(), &http_auth, Need::Read))
+        .merge(guard(
+            crate::ui::router(store.clone(), shutdown.clone()),
+            &http_auth,
+            Need::Read,
+        ))
+        .merge(guard(
+            crate::alert::api::routes(alerts.clone()),
+            &http_auth,
+            Need::Read,
+        ))
+        .merge(guard(crate::admin::routes(admin), &http_auth, Need::Admin));
+    tracing::info!(
+        api = cfg.http_auth.as_str(),
+        metrics = cfg.metrics_auth.as_str(),
+        "HTTP access (writes always need an admin token)"
+    );
     let liveness = Liveness::new();
     let ingest = Ingest {
         beat: liveness.register("ingest"),
@@ -134,6 +169,11 @@ pub async fn start(
         auth: Arc::new(ingest::Auth { ca, state }),
         alerts: Some(alerts.clone()),
         mesh: cfg.mesh.enabled.then_some(mesh),
+        durability,
+        limits: Arc::new(crate::limits::Limits::new(
+            cfg.report_rate,
+            cfg.registration_rate,
+        )),
     };
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();
@@ -161,6 +201,8 @@ pub async fn start(
             }
         });
         let _ = tokio::join!(ingest_task, http_task, expire_task, alert_task);
+        // After ingest: the last reports it applied are written before the process ends.
+        let _ = commit_task.await;
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%quic, %http, state_dir = %cfg.state_dir.display(), "aggregator running");
@@ -193,8 +235,18 @@ fn external_url(cfg: &AggregatorConfig, http: SocketAddr) -> String {
 
 /// Run until `shutdown` is cancelled, telling systemd (when it started us) that the
 /// sockets are bound (`READY=1`) and that the loops live (watchdog).
-pub async fn run(cfg: AggregatorConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    args: crate::config::RunArgs,
+    cfg: AggregatorConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let running = start(&cfg, shutdown.clone()).await?;
+    crate::reload::install(crate::reload::Reloader::new(
+        args,
+        cfg.clone(),
+        running.store.clone(),
+        running.alerts.clone(),
+    ));
     systemd::ready(&format!(
         "agents on {} (QUIC), /metrics on {}",
         running.bound.quic, running.bound.http

@@ -1,6 +1,6 @@
 //! The aggregator's durable state, `STATE_DIR/aggregator.redb`: enrollment tokens (only a
 //! hash of each secret is stored), the agent certificates issued (by serial) and the
-//! revoked ones. Opened by the running aggregator and by the `token` and `cert` commands
+//! revoked ones; the HTTP API's tokens too (`tokens`). Opened by the running aggregator and by the `token` and `cert` commands
 //! at the same time (redb's multi-writer mode), so a token made or a certificate revoked
 //! while the aggregator runs takes effect at the next enrollment or connection.
 
@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 pub const STATE_FILE: &str = "aggregator.redb";
 /// Default lifetime of an enrollment token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Roles a token may carry (enrollment of an agent is the only one so far).
-pub const TOKEN_ROLES: [&str; 1] = ["agent"];
+/// Roles a token may carry: `agent` (one-time enrollment) and the HTTP API's `read` and
+/// `admin` (see `tokens`).
+pub const TOKEN_ROLES: [&str; 3] = ["agent", "read", "admin"];
 
 /// SHA-256 of the token secret → [`TokenRecord`].
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -70,7 +71,7 @@ fn secret_hash(secret: &str) -> String {
 }
 
 pub struct StateDb {
-    db: redb::Database,
+    pub(crate) db: redb::Database,
     path: PathBuf,
 }
 
@@ -98,14 +99,15 @@ impl StateDb {
         txn.open_table(TOKENS)?;
         txn.open_table(ISSUED)?;
         txn.open_table(REVOKED)?;
+        txn.open_table(crate::tokens::API_TOKENS)?;
         txn.commit()?;
         Ok(StateDb { db, path })
     }
 
     /// A new one-time token for `role`, valid for `ttl`; only its hash is stored.
     pub fn create_token(&self, role: &str, ttl: Duration, ca_pem: &str) -> anyhow::Result<Token> {
-        if !TOKEN_ROLES.contains(&role) {
-            bail!("role `{role}` is not one of {TOKEN_ROLES:?}");
+        if role != "agent" {
+            bail!("role `{role}` does not enroll agents (API tokens: `create_api_token`)");
         }
         use ring::rand::SecureRandom;
         let mut b = [0u8; 16];

@@ -33,6 +33,10 @@ async fn start() -> Agg {
         path_budget: None,
         prune_after: Some(pathpulse_aggregator::config::DEFAULT_PRUNE_AFTER),
         mesh: Default::default(),
+        http_auth: pathpulse_aggregator::auth::AuthMode::Open,
+        metrics_auth: pathpulse_aggregator::auth::AuthMode::Open,
+        report_rate: pathpulse_aggregator::limits::DEFAULT_REPORTS,
+        registration_rate: pathpulse_aggregator::limits::DEFAULT_REGISTRATIONS,
     };
     let stop = CancellationToken::new();
     let running = server::start(&cfg, stop.clone())

@@ -41,6 +41,10 @@ async fn start() -> Agg {
             peers_per_site: Some(3),
             leave_after: Duration::from_millis(500),
         },
+        http_auth: pathpulse_aggregator::auth::AuthMode::Open,
+        metrics_auth: pathpulse_aggregator::auth::AuthMode::Open,
+        report_rate: pathpulse_aggregator::limits::DEFAULT_REPORTS,
+        registration_rate: pathpulse_aggregator::limits::DEFAULT_REGISTRATIONS,
     };
     let stop = CancellationToken::new();
     let running = server::start(&cfg, stop.clone())

@@ -488,7 +488,7 @@ struct IngestCollector {
     store: SharedStore,
 }
 
-const REFUSE_REASONS: [RefuseReason; 10] = RefuseReason::ALL;
+const REFUSE_REASONS: [RefuseReason; 11] = RefuseReason::ALL;
 
 impl Collector for IngestCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {

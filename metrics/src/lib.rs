@@ -9,6 +9,7 @@
 //! Used by the aggregator and by the agent's standalone `/metrics`, so both expose the
 //! same series.
 
+pub mod durable;
 pub mod export;
 pub mod http;
 pub mod localize;

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use pathpulse_wire::{AgentHealth, HopRole, PathReport, ProbeKind, RefuseReason, Report, hist};
 
 use crate::window::PathWindows;
@@ -25,8 +27,9 @@ pub struct PathKey {
     pub probe: ProbeKind,
 }
 
-/// Monotonic counters of a path since the aggregator (or agent) started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Monotonic counters of a path since the agent started, or (at the aggregator) since the
+/// state directory was made: the aggregator restores them at start (see `durable`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub sent: u64,
     pub received: u64,
@@ -56,7 +59,7 @@ pub fn native_index(us: u64) -> Option<i32> {
 
 /// Cumulative RTT histogram in classic buckets, for `pathpulse_rtt_seconds`, and the same
 /// samples in sparse native buckets (exposed when the scraper asks for protobuf).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cumulative {
     /// Non-cumulative counts per classic bucket; the last slot is `+Inf`.
     pub buckets: [u64; CLASSIC_BOUNDS_US.len() + 1],
@@ -128,7 +131,7 @@ pub struct AgentState {
     pub addr: Option<IpAddr>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthTotals {
     pub stray_not_ours: u64,
     pub stray_wrong_source: u64,
@@ -178,12 +181,15 @@ pub struct Store {
     /// site pair and ISP always cover every path). `None`: no limit.
     pub path_budget: Option<usize>,
     /// Per agent, its most recently used sessions, least recent first.
-    applied: BTreeMap<Arc<str>, Vec<SessionState>>,
+    pub(crate) applied: BTreeMap<Arc<str>, Vec<SessionState>>,
+    /// What changed since the last `take_changes` (only when `track_changes` was called:
+    /// the aggregator persists it; the agent's own store keeps nothing).
+    pub(crate) journal: Option<crate::durable::Journal>,
 }
 
 /// What is remembered of one session of an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SessionState {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionState {
     session: u64,
     /// Last applied sequence: a report at or below it is a duplicate.
     last_seq: u64,
@@ -244,6 +250,9 @@ impl Store {
             Some((k, _)) => k.clone(),
             None => Arc::from(r.agent.as_str()),
         };
+        if let Some(j) = &mut self.journal {
+            j.agents.insert(src.clone());
+        }
         let agent = self.agents.entry(src.clone()).or_default();
         agent.last_report_ms = Some(now_ms);
         agent.reports += 1;
@@ -256,6 +265,10 @@ impl Store {
                 dst: Arc::from(p.dst.as_str()),
                 probe: p.probe(),
             };
+            if let Some(j) = &mut self.journal {
+                j.removed.remove(&key);
+                j.paths.insert(key.clone());
+            }
             let st = self.paths.entry(key).or_default();
             let c = &mut st.counters;
             c.sent += u64::from(p.sent);
@@ -321,6 +334,9 @@ impl Store {
         if let Some(a) = self.agents.get_mut(r.agent.as_str()) {
             a.spool_dropped += u64::from(more_dropped);
         }
+        if let Some(j) = &mut self.journal {
+            j.applied += 1;
+        }
         Applied::New
     }
 
@@ -336,13 +352,16 @@ impl Store {
 
     /// Forget a path and its series (its target was removed from the agent's config).
     pub fn remove_path(&mut self, src: &str, dst: &str, probe: ProbeKind) -> bool {
-        self.paths
-            .remove(&PathKey {
-                src: Arc::from(src),
-                dst: Arc::from(dst),
-                probe,
-            })
-            .is_some()
+        let key = PathKey {
+            src: Arc::from(src),
+            dst: Arc::from(dst),
+            probe,
+        };
+        let gone = self.paths.remove(&key).is_some();
+        if let Some(j) = &mut self.journal {
+            j.forget(key);
+        }
+        gone
     }
 
     /// Forget every path from or toward `agent` (a member that left the mesh): their
@@ -357,8 +376,14 @@ impl Store {
     /// Drop window slots nobody can see any more (call periodically).
     pub fn expire(&mut self, now_ms: u64) {
         if let Some(grace) = self.prune_after_ms {
-            self.paths
-                .retain(|_, st| now_ms.saturating_sub(st.last_report_ms) <= grace);
+            let journal = &mut self.journal;
+            self.paths.retain(|k, st| {
+                let keep = now_ms.saturating_sub(st.last_report_ms) <= grace;
+                if !keep && let Some(j) = journal {
+                    j.forget(k.clone());
+                }
+                keep
+            });
         }
         for st in self.paths.values_mut() {
             st.windows.expire(now_ms);

@@ -243,6 +243,9 @@ pub enum RefuseReason {
     TokenReused,
     /// Enrollment: the token expired.
     TokenExpired,
+    /// Over the agent's rate limit (reports or registrations): a refused report stays in
+    /// the agent's spool and is sent again after its backoff.
+    RateLimited,
 }
 
 impl RefuseReason {
@@ -258,11 +261,12 @@ impl RefuseReason {
             RefuseReason::TokenUnknown => "token_unknown",
             RefuseReason::TokenReused => "token_reused",
             RefuseReason::TokenExpired => "token_expired",
+            RefuseReason::RateLimited => "rate_limited",
         }
     }
 
     /// Every reason, in declaration order (metric label values).
-    pub const ALL: [RefuseReason; 10] = [
+    pub const ALL: [RefuseReason; 11] = [
         RefuseReason::WrongIdentity,
         RefuseReason::Malformed,
         RefuseReason::Oversize,
@@ -273,6 +277,7 @@ impl RefuseReason {
         RefuseReason::TokenUnknown,
         RefuseReason::TokenReused,
         RefuseReason::TokenExpired,
+        RefuseReason::RateLimited,
     ];
 }
 

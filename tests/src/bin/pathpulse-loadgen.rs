@@ -6,6 +6,11 @@
 //!   pathpulse-loadgen --state-dir AGG_STATE --aggregator 127.0.0.1:4470 \
 //!       --agents 1000 --paths 100 --interval-ms 1000 --duration-s 30 [--pid AGG_PID]
 //!
+//! `--churn-ms MS`: each simulated agent instead connects, says hello, sends one report,
+//! waits for its answer, disconnects and does it again after about MS (connection churn;
+//! the soak benchmark). `--rss-every-s N` with `--pid` prints the aggregator's RSS every
+//! N seconds of the measured interval.
+//!
 //! Prints path-reports applied per second (acknowledged reports × paths), the time from
 //! sending a report to its acknowledgement (an upper bound of receive-to-applied), and with
 //! `--pid` the aggregator's RSS and CPU over the measured interval.
@@ -34,6 +39,8 @@ struct Args {
     duration: Duration,
     warmup: Duration,
     pid: Option<u32>,
+    churn: Option<Duration>,
+    rss_every: Option<Duration>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -67,6 +74,14 @@ fn parse_args() -> anyhow::Result<Args> {
             .map(|p| p.parse())
             .transpose()
             .context("--pid")?,
+        churn: get("--churn-ms")
+            .map(|v| v.parse().map(Duration::from_millis))
+            .transpose()
+            .context("--churn-ms")?,
+        rss_every: get("--rss-every-s")
+            .map(|v| v.parse().map(Duration::from_secs))
+            .transpose()
+            .context("--rss-every-s")?,
     })
 }
 
@@ -74,6 +89,7 @@ fn parse_args() -> anyhow::Result<Args> {
 struct Totals {
     acked: AtomicU64,
     refused: AtomicU64,
+    connections: AtomicU64,
     latency_us: Mutex<Option<Histogram<u64>>>,
 }
 
@@ -106,6 +122,73 @@ fn report(agent: &str, seq: u64, paths: &[String], rng: &mut impl Rng) -> Client
         paths,
         health: AgentHealth::default(),
     })
+}
+
+/// Churn: connect, hello, one report, its answer, disconnect; again after about `every`.
+async fn churner(
+    i: usize,
+    ep: quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    args: Arc<Args>,
+    totals: Arc<Totals>,
+    start: Instant,
+    every: Duration,
+) -> anyhow::Result<()> {
+    let name = format!("load-{i}");
+    let paths: Vec<String> = (0..args.paths)
+        .map(|p| format!("10.{}.{}.{}", i / 250, i % 250, 1 + p % 250))
+        .collect();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64);
+    let session: u64 = rand::random();
+    let end = start + args.warmup + args.duration;
+    let measure_from = start + args.warmup;
+    tokio::time::sleep_until((start + every.mul_f64(rng.random_range(0.0..1.0))).into()).await;
+    let mut seq = 0u64;
+    while Instant::now() < end {
+        seq += 1;
+        let once = async {
+            let conn = ep
+                .connect_with(cfg.clone(), args.aggregator, tls::SERVER_NAME)?
+                .await?;
+            totals.connections.fetch_add(1, Ordering::Relaxed);
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let hello = ClientMsg::Hello(Hello {
+                agent: name.clone(),
+                session,
+                software: "loadgen".into(),
+                site: Some(format!("site-{}", i % 10)),
+                isp: None,
+            });
+            frame::write(&mut send, &hello).await?;
+            let answer = frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await?;
+            if matches!(answer, Some(ServerMsg::Welcome { .. })) {
+                let t = Instant::now();
+                frame::write(&mut send, &report(&name, seq, &paths, &mut rng)).await?;
+                let answer = frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await?;
+                if matches!(answer, Some(ServerMsg::Ack { .. })) && t >= measure_from {
+                    totals.acked.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = totals
+                        .latency_us
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_mut()
+                    {
+                        let _ = h.record(t.elapsed().as_micros() as u64);
+                    }
+                } else if matches!(answer, Some(ServerMsg::Refused { .. })) {
+                    totals.refused.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if matches!(answer, Some(ServerMsg::Refused { .. })) {
+                totals.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            conn.close(0u32.into(), b"churn");
+            anyhow::Ok(())
+        };
+        // A failed or timed-out round is simply tried again at the next one.
+        let _ = tokio::time::timeout(Duration::from_secs(10), once).await;
+        tokio::time::sleep(every.mul_f64(rng.random_range(0.5..1.5))).await;
+    }
+    Ok(())
 }
 
 async fn agent(
@@ -264,22 +347,50 @@ fn main() -> anyhow::Result<()> {
         let start = Instant::now() + Duration::from_secs(2);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, cfg) in configs.into_iter().enumerate() {
-            tasks.spawn(agent(
-                i,
-                endpoints[i % endpoints.len()].clone(),
-                cfg,
-                args.clone(),
-                totals.clone(),
-                start,
-            ));
+            let ep = endpoints[i % endpoints.len()].clone();
+            match args.churn {
+                Some(every) => tasks.spawn(churner(
+                    i,
+                    ep,
+                    cfg,
+                    args.clone(),
+                    totals.clone(),
+                    start,
+                    every,
+                )),
+                None => tasks.spawn(agent(i, ep, cfg, args.clone(), totals.clone(), start)),
+            };
         }
         tokio::time::sleep_until((start + args.warmup).into()).await;
         let before = args.pid.and_then(proc_stats);
         eprintln!(
-            "loadgen: {} agents × {} paths every {:?}; measuring for {:?}",
-            args.agents, args.paths, args.interval, args.duration
+            "loadgen: {} agents × {} paths every {:?}{}; measuring for {:?}",
+            args.agents,
+            args.paths,
+            args.interval,
+            args.churn
+                .map(|c| format!(", reconnecting every {c:?}"))
+                .unwrap_or_default(),
+            args.duration
         );
-        tokio::time::sleep(args.duration).await;
+        let measured = Instant::now();
+        match (args.pid, args.rss_every) {
+            (Some(pid), Some(every)) => {
+                while measured.elapsed() < args.duration {
+                    if let Some((rss, _)) = proc_stats(pid) {
+                        println!(
+                            "rss t={:>4}s {:.1} MiB (connections so far: {})",
+                            measured.elapsed().as_secs(),
+                            rss as f64 / 1024.0,
+                            totals.connections.load(Ordering::Relaxed)
+                        );
+                    }
+                    tokio::time::sleep(every.min(args.duration.saturating_sub(measured.elapsed())))
+                        .await;
+                }
+            }
+            _ => tokio::time::sleep(args.duration).await,
+        }
         let after = args.pid.and_then(proc_stats);
         let acked = totals.acked.load(Ordering::Relaxed);
         let mut failed = 0;
@@ -295,9 +406,10 @@ fn main() -> anyhow::Result<()> {
         let offered = args.agents as f64 * args.paths as f64 / args.interval.as_secs_f64();
         let applied = acked as f64 * args.paths as f64 / secs;
         println!(
-            "path-reports applied: {applied:.0}/s (offered {offered:.0}/s, ratio {:.3}); reports acknowledged: {acked}; refused: {}; agents failed: {failed}",
+            "path-reports applied: {applied:.0}/s (offered {offered:.0}/s, ratio {:.3}); reports acknowledged: {acked}; refused: {}; agents failed: {failed}; connections: {}",
             applied / offered,
-            totals.refused.load(Ordering::Relaxed)
+            totals.refused.load(Ordering::Relaxed),
+            totals.connections.load(Ordering::Relaxed)
         );
         if let Some(h) = totals
             .latency_us
@@ -312,7 +424,7 @@ fn main() -> anyhow::Result<()> {
                 h.max() as f64 / 1000.0
             );
         }
-        if let (Some((rss, c0)), Some((_, c1))) = (before, after) {
+        if let (Some((_, c0)), Some((rss, c1))) = (before, after) {
             let hz = 100.0;
             let paths = (args.agents * args.paths) as f64;
             println!(

@@ -164,7 +164,7 @@ fn agent_reconnects_after_an_aggregator_outage_and_replays_what_was_not_acknowle
     let _ = d.aggregator.take().map(|mut p| p.stop());
     std::thread::sleep(Duration::from_secs(4));
     d.start_aggregator();
-    // The restarted aggregator starts empty; the agent reconnects (backoff) and replays the
+    // The restarted aggregator restores its counters; the agent reconnects (backoff) and replays the
     // reports of the outage, so the new aggregator sees at least the outage's probes
     // (4 s at 10 probes/s), with exact accounting.
     let m = wait_for(Duration::from_secs(30), || {

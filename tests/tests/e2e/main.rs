@@ -1,6 +1,7 @@
 //! End-to-end tests: real binaries on real sockets. One test binary (see ripgrep's tests).
 
 mod accuracy;
+mod agg_reload;
 mod alert_bench;
 mod alerts;
 mod cli;
@@ -11,12 +12,14 @@ mod dns;
 mod ecmp;
 mod enroll;
 mod hops;
+mod http_auth;
 mod lab;
 mod loopback;
 mod mesh;
 mod options;
 mod package;
 mod prometheus;
+mod rate_limit;
 mod reload;
 mod remote_write;
 mod security;

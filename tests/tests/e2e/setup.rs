@@ -27,10 +27,17 @@ pub struct Deployment {
     pub http: u16,
     /// The aggregator process (killed on drop); `None` while stopped.
     pub aggregator: Option<Proc>,
+    /// Extra arguments of `pathpulse-aggregator run` (at the next `start_aggregator`).
+    pub args: Vec<String>,
 }
 
 impl Deployment {
     pub fn start() -> Deployment {
+        Deployment::start_with(&[])
+    }
+
+    /// With extra arguments of `pathpulse-aggregator run`.
+    pub fn start_with(args: &[&str]) -> Deployment {
         let machine = shared();
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic, http) = (free_port(), free_port());
@@ -40,6 +47,7 @@ impl Deployment {
             quic,
             http,
             aggregator: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
         };
         d.start_aggregator();
         d
@@ -55,6 +63,7 @@ impl Deployment {
             quic,
             http,
             aggregator: None,
+            args: Vec::new(),
         };
         let ca = d.state().join("ca");
         std::fs::create_dir_all(&ca).expect("mkdir");
@@ -68,18 +77,21 @@ impl Deployment {
     /// (Re)start the aggregator on the same ports and state directory; wait until ready.
     pub fn start_aggregator(&mut self) {
         let state = self.state();
+        let mut args = vec![
+            "run".to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.quic),
+            "--http".into(),
+            format!("127.0.0.1:{}", self.http),
+            "--state-dir".into(),
+            state.to_str().expect("utf-8 path").into(),
+        ];
+        args.extend(self.args.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.aggregator = Some(Proc::start(
             "aggregator",
             &bin("pathpulse-aggregator"),
-            &[
-                "run",
-                "--listen",
-                &format!("127.0.0.1:{}", self.quic),
-                "--http",
-                &format!("127.0.0.1:{}", self.http),
-                "--state-dir",
-                state.to_str().expect("utf-8 path"),
-            ],
+            &refs,
             self.dir.path(),
         ));
         wait_for(Duration::from_secs(20), || {

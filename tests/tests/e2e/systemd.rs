@@ -159,6 +159,10 @@ fn units_say_what_the_issue_asks() {
         ["/bin/sh -c 'kill -HUP $MAINPID'"]
     );
     let agg = unit_text("pathpulse-aggregator.service");
+    assert_eq!(
+        unit_values(&agg, "ExecReload"),
+        ["/bin/sh -c 'kill -HUP $MAINPID'"]
+    );
     assert_eq!(unit_values(&agg, "CapabilityBoundingSet"), [""]);
     assert_eq!(unit_values(&agg, "AmbientCapabilities"), [""]);
 }

@@ -222,6 +222,18 @@ fn packaged_units_run_under_a_real_systemd() {
         c.journal(agg)
     );
 
+    // Reload: rules re-read, same process.
+    let agg_pid = c.prop(agg, "MainPID");
+    let (code, out) = c.sh(&format!("systemctl reload {agg}"));
+    assert_eq!(code, 0, "reload {agg}: {out}");
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        c.journal(agg)
+            .contains("configuration reloaded")
+            .then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", c.journal(agg));
+    assert_eq!(c.prop(agg, "MainPID"), agg_pid, "reload kept the process");
+
     // Enrollment as the services' user.
     let (code, out) = c.sh(&format!(
         "{AS_SERVICE} pathpulse-aggregator token create --ttl 10m --state-dir /var/lib/pathpulse"
