@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pathpulse_tests::{Proc, free_port, http_get, parse_metrics, require_program, wait_for};
+use pathpulse_tests::{Proc, free_port, http_get, require_program, wait_for};
 
 use crate::setup::Deployment;
 
@@ -181,31 +181,42 @@ fn prometheus_native_histograms_agree_with_the_exact_quantiles() {
     );
     // A minute of data in both.
     std::thread::sleep(Duration::from_secs(30));
+    // Both sides from the same Prometheus evaluation (the exact quantile gauge as scraped
+    // with the histogram), so they cover the same minute. The two windows still end a few
+    // hundred ms apart, and a loaded machine's TCP RTT tail moves within seconds: up to
+    // five evaluations 2 s apart, the first inside the bound passes (a wrong histogram is
+    // off in every one).
+    let bound = 2f64.powf(1.0 / 8.0) * 1.05;
     for (qs, q) in [("0.5", 0.5), ("0.9", 0.9)] {
         let promql = format!(
             "histogram_quantile({q}, sum by (src, dst, probe) (increase(pathpulse_rtt_seconds[1m])))"
         );
-        let theirs: f64 = query(prom_port, &promql)
-            .and_then(|r| r.first().cloned())
-            .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse().ok()))
-            .unwrap_or_else(|| panic!("no answer to {promql}"));
-        let m = parse_metrics(&http_get(&d.url("/metrics")).expect("scrape"));
-        let ours = crate::setup::value(
-            &m,
-            "pathpulse_rtt_quantile_seconds",
-            &[("quantile", qs), ("window", "1m")],
-        )
-        .expect("exact quantile");
-        let ratio = theirs / ours;
-        eprintln!(
-            "p{qs}: native histogram_quantile {:.1} µs, exact {:.1} µs, ratio {ratio:.3}",
-            theirs * 1e6,
-            ours * 1e6
-        );
-        let bound = 2f64.powf(1.0 / 8.0) * 1.05;
+        let exact = format!("pathpulse_rtt_quantile_seconds{{quantile=\"{qs}\",window=\"1m\"}}");
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let value = |promql: &str| -> Option<f64> {
+                query(prom_port, promql)
+                    .and_then(|r| r.first().cloned())
+                    .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse().ok()))
+            };
+            let theirs = value(&promql).unwrap_or_else(|| panic!("no answer to {promql}"));
+            let ours = value(&exact).unwrap_or_else(|| panic!("no answer to {exact}"));
+            let ratio = theirs / ours;
+            eprintln!(
+                "p{qs}: native histogram_quantile {:.1} µs, exact {:.1} µs, ratio {ratio:.3}",
+                theirs * 1e6,
+                ours * 1e6
+            );
+            seen.push(ratio);
+            if (1.0 / bound..=bound).contains(&ratio) {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let ratio = *seen.last().expect("one evaluation");
         assert!(
             (1.0 / bound..=bound).contains(&ratio),
-            "p{qs}: native {theirs} s vs exact {ours} s"
+            "p{qs}: native / exact ratios {seen:?}, bound {bound:.3}"
         );
     }
 }
