@@ -22,6 +22,8 @@ pub struct Deployment {
     /// Held for the deployment's life (see [`shared`]); `None` for a second aggregator of
     /// a test that holds it already (a second shared lock could wait behind a writer).
     _machine: Option<std::sync::RwLockReadGuard<'static, ()>>,
+    /// Held instead for a measurement that nothing else may load (see [`exclusive`]).
+    _alone: Option<std::sync::RwLockWriteGuard<'static, ()>>,
     pub dir: tempfile::TempDir,
     pub quic: u16,
     pub http: u16,
@@ -37,12 +39,31 @@ impl Deployment {
     }
 
     /// With extra arguments of `pathpulse-aggregator run`.
+    /// A deployment for a measurement: no other test runs meanwhile.
+    pub fn start_alone() -> Deployment {
+        let alone = exclusive();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (quic, http) = (free_port(), free_port());
+        let mut d = Deployment {
+            _machine: None,
+            _alone: Some(alone),
+            dir,
+            quic,
+            http,
+            aggregator: None,
+            args: Vec::new(),
+        };
+        d.start_aggregator();
+        d
+    }
+
     pub fn start_with(args: &[&str]) -> Deployment {
         let machine = shared();
         let dir = tempfile::tempdir().expect("tempdir");
         let (quic, http) = (free_port(), free_port());
         let mut d = Deployment {
             _machine: Some(machine),
+            _alone: None,
             dir,
             quic,
             http,
@@ -59,6 +80,7 @@ impl Deployment {
         let (quic, http) = (free_port(), free_port());
         let mut d = Deployment {
             _machine: None,
+            _alone: None,
             dir,
             quic,
             http,
