@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::query::{Outcome, Queries, fqdn};
-use crate::probe::stamp::socket::{StampSocket, UdpEvent};
+use crate::probe::stamp::socket::{StampSocket, UdpEvent, recv_opt};
 use crate::reload::ProbePlan;
 use crate::resolve::Resolver;
 use crate::schedule::Schedule;
@@ -92,17 +92,6 @@ struct DnsTarget {
     shared: Arc<Shared>,
     resolver: Arc<Resolver>,
     timing: watch::Receiver<Timing>,
-}
-
-async fn recv_opt(
-    sock: Option<&StampSocket>,
-    buf: &mut [u8],
-    out: &mut Vec<UdpEvent>,
-) -> std::io::Result<()> {
-    match sock {
-        Some(s) => s.recv_batch(buf, out).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn us(d: Duration) -> u64 {

@@ -27,7 +27,7 @@ use super::ecmp::{Turns, open_own, queue, spawn_readers};
 use super::packet::{NtpTimestamp, ReflectorPacket, SenderPacket, StampKey};
 use super::reflector::DEFAULT_PORT;
 use super::session::{Arrival, Outcome, SenderSession};
-use super::socket::{StampSocket, UdpEvent};
+use super::socket::{StampSocket, UdpEvent, recv_opt};
 use crate::backoff::Backoff;
 use crate::probe::icmp_socket::Family;
 use crate::probe::matcher::StrayReason;
@@ -75,17 +75,6 @@ impl Drop for Flows {
 
 /// (slot, port index) of a session.
 type FlowKey = (usize, usize);
-
-async fn recv_opt(
-    sock: Option<&StampSocket>,
-    buf: &mut [u8],
-    out: &mut Vec<UdpEvent>,
-) -> std::io::Result<()> {
-    match sock {
-        Some(s) => s.recv_batch(buf, out).await,
-        None => std::future::pending().await,
-    }
-}
 
 fn wall_ns() -> i64 {
     std::time::SystemTime::now()

@@ -17,6 +17,20 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::packet::AUTH_PACKET_LEN;
+
+/// Receive on `sock` when there is one; never return otherwise (a `select!` branch for an
+/// address family without a socket).
+pub(crate) async fn recv_opt(
+    sock: Option<&StampSocket>,
+    buf: &mut [u8],
+    out: &mut Vec<UdpEvent>,
+) -> std::io::Result<()> {
+    match sock {
+        Some(s) => s.recv_batch(buf, out).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 use super::packet::PACKET_LEN;
 use crate::options::TargetOptions;
