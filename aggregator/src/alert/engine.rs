@@ -352,6 +352,17 @@ fn target_host(dst: &str) -> &str {
     }
 }
 
+/// A firing alert resolved at `now_ms` for a reason of the engine's own (not its clear
+/// condition), said in its summary.
+fn resolved_now(mut a: Alert, now_ms: u64, why: &str) -> Alert {
+    a.state = AlertState::Resolved;
+    a.ends_at_ms = Some(now_ms);
+    let summary = a.annotations.get("summary").cloned().unwrap_or_default();
+    a.annotations
+        .insert("summary".into(), format!("{summary} ({why})"));
+    a
+}
+
 /// History kept per path: the longest window any rule reads, and 10 s more.
 fn keep_ms_for(rules: &[Rule]) -> u64 {
     rules
@@ -381,16 +392,13 @@ impl Engine {
         for k in gone {
             if let Some(mut slot) = self.slots.remove(&k)
                 && slot.tracker.is_firing()
-                && let Some(mut a) = slot.alert.take()
+                && let Some(a) = slot.alert.take()
             {
-                a.state = AlertState::Resolved;
-                a.ends_at_ms = Some(now_ms);
-                let summary = a.annotations.get("summary").cloned().unwrap_or_default();
-                a.annotations.insert(
-                    "summary".into(),
-                    format!("{summary} (rule removed from the configuration)"),
-                );
-                out.push(a);
+                out.push(resolved_now(
+                    a,
+                    now_ms,
+                    "rule removed from the configuration",
+                ));
             }
         }
         self.keep_ms = keep_ms_for(&rules);
@@ -851,15 +859,9 @@ impl Engine {
         for k in orphans {
             if let Some(mut slot) = self.slots.remove(&k)
                 && slot.tracker.is_firing()
-                && let Some(mut a) = slot.alert.take()
+                && let Some(a) = slot.alert.take()
             {
-                a.state = AlertState::Resolved;
-                a.ends_at_ms = Some(now_ms);
-                a.annotations.insert(
-                    "summary".into(),
-                    format!("{} (no data any more)", a.annotations["summary"]),
-                );
-                out.push(a);
+                out.push(resolved_now(a, now_ms, "no data any more"));
             }
         }
         out
