@@ -38,55 +38,40 @@ impl Deployment {
         Deployment::start_with(&[])
     }
 
-    /// With extra arguments of `pathpulse-aggregator run`.
+    /// Not started yet: fresh ports and directory, holding `machine` or `alone`.
+    fn unstarted(
+        machine: Option<std::sync::RwLockReadGuard<'static, ()>>,
+        alone: Option<std::sync::RwLockWriteGuard<'static, ()>>,
+        args: &[&str],
+    ) -> Deployment {
+        Deployment {
+            _machine: machine,
+            _alone: alone,
+            dir: tempfile::tempdir().expect("tempdir"),
+            quic: free_port(),
+            http: free_port(),
+            aggregator: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
     /// A deployment for a measurement: no other test runs meanwhile.
     pub fn start_alone() -> Deployment {
-        let alone = exclusive();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (quic, http) = (free_port(), free_port());
-        let mut d = Deployment {
-            _machine: None,
-            _alone: Some(alone),
-            dir,
-            quic,
-            http,
-            aggregator: None,
-            args: Vec::new(),
-        };
+        let mut d = Deployment::unstarted(None, Some(exclusive()), &[]);
         d.start_aggregator();
         d
     }
 
+    /// With extra arguments of `pathpulse-aggregator run`.
     pub fn start_with(args: &[&str]) -> Deployment {
-        let machine = shared();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (quic, http) = (free_port(), free_port());
-        let mut d = Deployment {
-            _machine: Some(machine),
-            _alone: None,
-            dir,
-            quic,
-            http,
-            aggregator: None,
-            args: args.iter().map(|s| s.to_string()).collect(),
-        };
+        let mut d = Deployment::unstarted(Some(shared()), None, args);
         d.start_aggregator();
         d
     }
 
     /// A second aggregator with `first`'s CA, so that agents' certificates are valid at both.
     pub fn start_sharing_ca(first: &Deployment) -> Deployment {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (quic, http) = (free_port(), free_port());
-        let mut d = Deployment {
-            _machine: None,
-            _alone: None,
-            dir,
-            quic,
-            http,
-            aggregator: None,
-            args: Vec::new(),
-        };
+        let mut d = Deployment::unstarted(None, None, &[]);
         let ca = d.state().join("ca");
         std::fs::create_dir_all(&ca).expect("mkdir");
         for f in ["ca.crt", "ca.key"] {
