@@ -113,6 +113,28 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait up to `timeout` until the log holds `needle` (a readiness line such as
+    /// "agent running"); panics with the log if it never does or the process exits first.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Some(c) = self.exited() {
+                panic!(
+                    "{} exited ({c}) before logging {needle:?}:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("{} never logged {needle:?}:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -86,7 +86,7 @@ fn ecmp_spreading_shows_one_bad_path_as_partial_loss() {
     assert_eq!(code, 0, "nft: {out}");
 
     let reflector_metrics = format!("127.0.0.1:{}", free_port());
-    let _reflector = b.spawn(
+    let mut reflector = b.spawn(
         "reflector",
         &bin("pathpulse-agent"),
         &[
@@ -102,7 +102,7 @@ fn ecmp_spreading_shows_one_bad_path_as_partial_loss() {
         ],
         dir.path(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    reflector.wait_log("agent running", Duration::from_secs(10));
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut sender = a.spawn(
         "sender",

@@ -136,7 +136,7 @@ fn stamp_sender_against_reflector_on_loopback_with_exact_accounting() {
     let listen = format!("{v4},{v6}");
     let refl_metrics = format!("127.0.0.1:{m_refl}");
     let send_metrics = format!("127.0.0.1:{m_send}");
-    let _refl = Proc::start(
+    let mut refl = Proc::start(
         "reflector",
         &bin("pathpulse-agent"),
         &[
@@ -152,6 +152,8 @@ fn stamp_sender_against_reflector_on_loopback_with_exact_accounting() {
         ],
         dir.path(),
     );
+    // Both reflector sockets bound before the first probe (else one probe is refused: "loss").
+    refl.wait_log("agent running", Duration::from_secs(10));
     let (t4, t6) = (format!("stamp:{v4}"), format!("stamp:{v6}"));
     let sender = Proc::start(
         "sender",
@@ -332,7 +334,7 @@ fn lab_stamp_attributes_one_way_loss_to_its_direction_and_icmp_sees_it_combined(
         let dir = tempfile::tempdir().expect("tempdir");
         let listen = format!("{ADDR_B}:862");
         let metrics = format!("127.0.0.1:{PORT}");
-        let _refl = link.b.spawn(
+        let mut refl = link.b.spawn(
             "reflector",
             &bin("pathpulse-agent"),
             &[
@@ -346,7 +348,7 @@ fn lab_stamp_attributes_one_way_loss_to_its_direction_and_icmp_sees_it_combined(
             ],
             dir.path(),
         );
-        std::thread::sleep(Duration::from_millis(500));
+        refl.wait_log("agent running", Duration::from_secs(10));
         let stamp_target = format!("stamp:{ADDR_B}");
         let sender = link.a.spawn(
             "sender",
@@ -474,7 +476,7 @@ fn lab_stamp_across_a_reordering_duplicating_link_counts_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = format!("127.0.0.1:{PORT}");
     let listen = format!("{ADDR_B}:862");
-    let _refl = link.b.spawn(
+    let mut refl = link.b.spawn(
         "reflector",
         &bin("pathpulse-agent"),
         &[
@@ -488,7 +490,7 @@ fn lab_stamp_across_a_reordering_duplicating_link_counts_exactly() {
         ],
         dir.path(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    refl.wait_log("agent running", Duration::from_secs(10));
     let target = format!("stamp:{ADDR_B}");
     let sender = link.a.spawn(
         "sender",
@@ -616,12 +618,12 @@ fn stamp_authenticated_mode_answers_only_the_shared_key() {
         args.extend_from_slice(extra);
         Proc::start(name, &bin("pathpulse-agent"), &args, dir.path())
     };
-    let _refl = start(
+    let mut refl = start(
         "refl",
         m_refl,
         &["--stamp-listen", &addr, "--stamp-key-file", key],
     );
-    std::thread::sleep(Duration::from_millis(300));
+    refl.wait_log("agent running", Duration::from_secs(10));
     let good = start(
         "good",
         m_good,
