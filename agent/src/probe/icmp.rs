@@ -195,18 +195,7 @@ impl IcmpProber {
                 Wake::Plan(None) => plan_open = false,
                 Wake::Received(Ok(())) => {
                     recv_backoff.reset();
-                    // RTT samples by clock, counted per batch: one health lock, not one
-                    // per reply.
-                    let mut clocks = ClockCounts::default();
-                    for ev in events4.drain(..).chain(events6.drain(..)) {
-                        self.on_event(&mut matcher, ev, &mut clocks);
-                    }
-                    if clocks != ClockCounts::default() {
-                        self.shared.health(|h| {
-                            h.rtt_kernel_clock += clocks.kernel;
-                            h.rtt_monotonic_clock += clocks.monotonic;
-                        });
-                    }
+                    self.on_events(&mut matcher, &mut events4, &mut events6);
                 }
                 Wake::Received(Err(e)) => {
                     self.shared.health(|h| h.recv_errors += 1);
@@ -224,9 +213,43 @@ impl IcmpProber {
                 self.send(&mut matcher, due.target, &mut last_send_error)
                     .await;
             }
-            for slot in matcher.expire(Instant::now()) {
-                self.shared.path(slot, |p| p.on_lost());
+            let now = Instant::now();
+            if matcher.next_deadline().is_some_and(|d| d <= now) {
+                // Replies the kernel already holds are answers, however late this task
+                // runs (a starved process must not count its own delay as loss). Expire
+                // only once the queues are empty; otherwise the next turn reads on.
+                let drained = [
+                    (self.v4.as_ref(), &mut buf4, &mut events4),
+                    (self.v6.as_ref(), &mut buf6, &mut events6),
+                ]
+                .into_iter()
+                .all(|(sock, buf, out)| {
+                    sock.is_none_or(|s| {
+                        s.drain(buf, out, crate::probe::DRAIN_LIMIT).unwrap_or(true)
+                    })
+                });
+                self.on_events(&mut matcher, &mut events4, &mut events6);
+                if drained {
+                    for slot in matcher.expire(now) {
+                        self.shared.path(slot, |p| p.on_lost());
+                    }
+                }
             }
+        }
+    }
+
+    /// Match a batch of received events; RTT samples by clock are counted per batch (one
+    /// health lock, not one per reply).
+    fn on_events(&self, matcher: &mut Matcher, v4: &mut Vec<Event>, v6: &mut Vec<Event>) {
+        let mut clocks = ClockCounts::default();
+        for ev in v4.drain(..).chain(v6.drain(..)) {
+            self.on_event(matcher, ev, &mut clocks);
+        }
+        if clocks != ClockCounts::default() {
+            self.shared.health(|h| {
+                h.rtt_kernel_clock += clocks.kernel;
+                h.rtt_monotonic_clock += clocks.monotonic;
+            });
         }
     }
 

@@ -349,36 +349,54 @@ impl IcmpSocket {
         loop {
             let mut guard = self.fd.ready(Interest::READABLE | Interest::ERROR).await?;
             let fd = guard.get_inner().as_raw_fd();
-            let mut drained = true;
-            // The error queue first: a probe's TX stamp must be known before its reply is
-            // matched, and the kernel queues the stamp before the reply exists.
-            for errqueue in [true, false] {
-                let mut n = 0;
-                loop {
-                    if n >= MAX_BATCH {
-                        drained = false;
-                        break;
-                    }
-                    match self.recv_one(fd, buf, errqueue) {
-                        Ok(Some(ev)) => out.push(ev),
-                        Ok(None) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if errqueue => {
-                            tracing::debug!(error = %e, "error queue read failed");
-                            break;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    n += 1;
-                }
-            }
-            if drained {
+            if self.read_waiting(fd, buf, out, MAX_BATCH)? {
                 guard.clear_ready();
             }
             if !out.is_empty() {
                 return Ok(());
             }
         }
+    }
+
+    /// Read, without waiting, what the kernel holds now (up to `limit` packets per queue);
+    /// true when both queues were emptied. The prober calls this before declaring probes
+    /// lost: after the process was starved of CPU, a reply the kernel received before the
+    /// deadline may still sit in the queue, and it is a reply, not a loss.
+    pub fn drain(&self, buf: &mut [u8], out: &mut Vec<Event>, limit: usize) -> io::Result<bool> {
+        self.read_waiting(self.fd.as_raw_fd(), buf, out, limit)
+    }
+
+    fn read_waiting(
+        &self,
+        fd: i32,
+        buf: &mut [u8],
+        out: &mut Vec<Event>,
+        limit: usize,
+    ) -> io::Result<bool> {
+        let mut drained = true;
+        // The error queue first: a probe's TX stamp must be known before its reply is
+        // matched, and the kernel queues the stamp before the reply exists.
+        for errqueue in [true, false] {
+            let mut n = 0;
+            loop {
+                if n >= limit {
+                    drained = false;
+                    break;
+                }
+                match self.recv_one(fd, buf, errqueue) {
+                    Ok(Some(ev)) => out.push(ev),
+                    Ok(None) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if errqueue => {
+                        tracing::debug!(error = %e, "error queue read failed");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+                n += 1;
+            }
+        }
+        Ok(drained)
     }
 
     fn recv_one(&self, fd: i32, buf: &mut [u8], errqueue: bool) -> io::Result<Option<Event>> {

@@ -11,3 +11,9 @@ pub mod route;
 pub mod sockopt;
 pub mod stamp;
 pub mod tcp;
+
+/// Packets read per socket queue, without waiting, before probes whose deadline passed are
+/// declared lost. A process starved of CPU wakes to find replies the kernel received in
+/// time still queued; they are answers, not losses. Past this many the prober reads on in
+/// its next turn and expires then.
+pub(crate) const DRAIN_LIMIT: usize = 4096;

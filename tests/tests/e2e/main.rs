@@ -26,6 +26,7 @@ mod security;
 mod setup;
 mod sites;
 mod stamp;
+mod starved;
 mod systemd;
 mod systemd_boot;
 mod topo;

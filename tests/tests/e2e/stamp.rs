@@ -298,7 +298,10 @@ fn stamp_sender_against_reflector_on_loopback_with_exact_accounting() {
 }
 
 /// GET /metrics of an agent listening on 127.0.0.1:`port` inside `ns`.
-fn metrics_in(ns: &pathpulse_tests::lab::netns::Netns, port: u16) -> Vec<pathpulse_tests::Sample> {
+pub(crate) fn metrics_in(
+    ns: &pathpulse_tests::lab::netns::Netns,
+    port: u16,
+) -> Vec<pathpulse_tests::Sample> {
     let script = format!(
         "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
     );

@@ -155,7 +155,21 @@ impl DnsTarget {
                 self.send(&mut queries, &mut sock, timeout, &mut last_error)
                     .await;
             }
-            let lost = queries.expire(Instant::now());
+            let now = Instant::now();
+            if queries.next_deadline().is_some_and(|d| d <= now) {
+                // Answers the kernel already holds count, however late this task runs.
+                let drained = sock.as_ref().is_none_or(|s| {
+                    s.drain(&mut buf, &mut events, crate::probe::DRAIN_LIMIT)
+                        .unwrap_or(true)
+                });
+                for ev in events.drain(..) {
+                    self.on_event(&mut queries, ev);
+                }
+                if !drained {
+                    continue;
+                }
+            }
+            let lost = queries.expire(now);
             for _ in 0..lost {
                 self.shared.path(self.slot, |p| p.on_lost());
             }

@@ -312,6 +312,29 @@ impl StampProber {
                 }
             }
             let now = Instant::now();
+            if deadlines.peek().is_some_and(|Reverse((at, ..))| *at <= now) {
+                // Replies the kernel already holds are answers, however late this task
+                // runs; expire only once the queues are empty (else the next turn reads on).
+                let drained = [
+                    (self.v4.as_ref(), &mut buf4, &mut ev4),
+                    (self.v6.as_ref(), &mut buf6, &mut ev6),
+                ]
+                .into_iter()
+                .all(|(sock, buf, out)| {
+                    sock.is_none_or(|s| {
+                        s.drain(buf, out, crate::probe::DRAIN_LIMIT).unwrap_or(true)
+                    })
+                });
+                while let Ok(evs) = own_rx.try_recv() {
+                    ev4.extend(evs);
+                }
+                for ev in ev4.drain(..).chain(ev6.drain(..)) {
+                    self.on_event(&mut flows, &by_ssid, ev);
+                }
+                if !drained {
+                    continue;
+                }
+            }
             while let Some(&Reverse((at, slot, k, seq))) = deadlines.peek() {
                 if at > now {
                     break;

@@ -146,30 +146,7 @@ impl StampSocket {
         loop {
             let mut guard = self.fd.ready(Interest::READABLE | Interest::ERROR).await?;
             let fd = guard.get_inner().as_raw_fd();
-            let mut drained = true;
-            for errqueue in [true, false] {
-                let mut n = 0;
-                loop {
-                    if n >= MAX_BATCH {
-                        drained = false;
-                        break;
-                    }
-                    match recv_one(fd, buf, errqueue) {
-                        Ok(Some(ev)) => out.push(ev),
-                        Ok(None) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        // ICMP errors (port unreachable) queued on the socket: not ours to
-                        // count as a receive failure; the probe simply goes unanswered.
-                        Err(e) if errqueue || e.kind() == io::ErrorKind::ConnectionRefused => {
-                            tracing::debug!(error = %e, "STAMP socket error-queue read");
-                            break;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    n += 1;
-                }
-            }
-            if drained {
+            if read_waiting(fd, buf, out, MAX_BATCH)? {
                 guard.clear_ready();
             }
             if !out.is_empty() {
@@ -177,6 +154,45 @@ impl StampSocket {
             }
         }
     }
+
+    /// Read, without waiting, what the kernel holds now (up to `limit` datagrams per
+    /// queue); true when both queues were emptied. Called before probes are declared
+    /// lost, so that a starved process does not count its own delay as loss.
+    pub fn drain(&self, buf: &mut [u8], out: &mut Vec<UdpEvent>, limit: usize) -> io::Result<bool> {
+        read_waiting(self.fd.as_raw_fd(), buf, out, limit)
+    }
+}
+
+fn read_waiting(
+    fd: i32,
+    buf: &mut [u8],
+    out: &mut Vec<UdpEvent>,
+    limit: usize,
+) -> io::Result<bool> {
+    let mut drained = true;
+    for errqueue in [true, false] {
+        let mut n = 0;
+        loop {
+            if n >= limit {
+                drained = false;
+                break;
+            }
+            match recv_one(fd, buf, errqueue) {
+                Ok(Some(ev)) => out.push(ev),
+                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors (port unreachable) queued on the socket: not ours to
+                // count as a receive failure; the probe simply goes unanswered.
+                Err(e) if errqueue || e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::debug!(error = %e, "STAMP socket error-queue read");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            n += 1;
+        }
+    }
+    Ok(drained)
 }
 
 fn recv_one(fd: i32, buf: &mut [u8], errqueue: bool) -> io::Result<Option<UdpEvent>> {
