@@ -123,6 +123,7 @@ impl HopProber {
             ),
         };
         let mut plan_open = true;
+        let mut read_before_expiring = false;
         // UDP probes in flight by (target address, TTL): the quoted length names the TTL.
         let mut udp_keys: HashMap<(IpAddr, u8), u16> = HashMap::new();
         let gateways = route::default_gateways();
@@ -264,8 +265,26 @@ impl HopProber {
                     }
                 });
             }
-            // Timeouts: lost at that hop.
+            // Timeouts: lost at that hop. First the answers the kernel already holds (a
+            // starved process must not count its own delay as loss): if there are any,
+            // they are matched in the next turn, before anything expires.
             let now = Instant::now();
+            if !read_before_expiring && deadlines.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+                for (sock, buf, out) in [
+                    (v4.as_ref(), &mut buf4, &mut ev4),
+                    (v6.as_ref(), &mut buf6, &mut ev6),
+                ] {
+                    if let Some(s) = sock {
+                        let _ = s.drain(buf, out, crate::probe::DRAIN_LIMIT);
+                    }
+                }
+                if !ev4.is_empty() || !ev6.is_empty() {
+                    // Once per expiry: a stream of foreign ICMP must not postpone it.
+                    read_before_expiring = true;
+                    continue;
+                }
+            }
+            read_before_expiring = false;
             while let Some(Reverse((t, s))) = deadlines.peek().copied() {
                 if t > now {
                     break;
