@@ -36,6 +36,9 @@ pub struct PathStats {
     /// Since start, for the in-flight count.
     total_sent: u64,
     total_decided: u64,
+    /// The last 32 decided probes, newest in bit 0: 1 lost, 0 answered (kept across
+    /// reports; see [`PathStats::recent_losses`]).
+    outcomes: u32,
     /// The hops toward this target, by TTL (empty: directly connected, or no discovery).
     pub hops: Vec<HopStats>,
     pub route_changes: u32,
@@ -62,6 +65,7 @@ impl PathStats {
     pub fn on_reply(&mut self, rtt_us: u64, reordered: bool) {
         self.received += 1;
         self.total_decided += 1;
+        self.outcomes <<= 1;
         self.rtt.record(rtt_us);
         self.rtt_sum_us += rtt_us;
         self.jitter.update(rtt_us);
@@ -77,6 +81,12 @@ impl PathStats {
     pub fn on_lost(&mut self) {
         self.lost += 1;
         self.total_decided += 1;
+        self.outcomes = self.outcomes << 1 | 1;
+    }
+
+    /// Lost probes among the last 30 decided.
+    pub fn recent_losses(&self) -> u32 {
+        (self.outcomes & ((1 << 30) - 1)).count_ones()
     }
 
     pub fn on_late(&mut self) {
@@ -129,6 +139,7 @@ impl PathStats {
             last_rtt_us: self.last_rtt_us,
             total_sent: self.total_sent,
             total_decided: self.total_decided,
+            outcomes: self.outcomes,
             ..PathStats::default()
         };
         r

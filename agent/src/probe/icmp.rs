@@ -231,7 +231,7 @@ impl IcmpProber {
                 self.on_events(&mut matcher, &mut events4, &mut events6);
                 if drained {
                     for slot in matcher.expire(now) {
-                        self.shared.path(slot, |p| p.on_lost());
+                        self.shared.lost(slot);
                     }
                 }
             }

@@ -99,9 +99,9 @@ impl TcpProber {
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(target_addr = %ip, port, error = %e, "tcp probe failed");
-                            shared.path(path, |p| p.on_lost());
+                            shared.lost(path);
                         }
-                        Err(_) => shared.path(path, |p| p.on_lost()),
+                        Err(_) => shared.lost(path),
                     }
                     drop(permit);
                 });

@@ -9,6 +9,7 @@ mod dashboards;
 mod delivery;
 mod demo;
 mod dns;
+mod early_report;
 mod ecmp;
 mod enroll;
 mod hops;

@@ -171,7 +171,7 @@ impl DnsTarget {
             }
             let lost = queries.expire(now);
             for _ in 0..lost {
-                self.shared.path(self.slot, |p| p.on_lost());
+                self.shared.lost(self.slot);
             }
         }
     }
@@ -259,7 +259,7 @@ impl DnsTarget {
                 }
                 Outcome::Failed { rcode } => {
                     tracing::debug!(target_label = %self.spec.label, %rcode, "DNS query failed");
-                    self.shared.path(self.slot, |p| p.on_lost());
+                    self.shared.lost(self.slot);
                 }
                 Outcome::Late => self.shared.path(self.slot, |p| p.on_late()),
                 Outcome::Duplicate => self.shared.path(self.slot, |p| p.on_duplicate()),

@@ -345,7 +345,7 @@ impl StampProber {
                     continue;
                 };
                 if session.expire(seq, now) {
-                    self.shared.path(slot, |p| p.on_lost());
+                    self.shared.lost(slot);
                 }
                 self.flush_directions(session, slot);
             }
