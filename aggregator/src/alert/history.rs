@@ -50,17 +50,21 @@ impl Entry {
 }
 
 /// Running sum of the entries from index `first` on: those inside the window last read.
-/// Counts are kept in `u64` (exact when entries leave); read out they saturate at
-/// `u32::MAX` per bucket, as [`SparseHist::merge`] does.
+/// Kept only once a window was read (a path no rule reads a window of costs nothing).
+/// RTT counts are `u32` like the entries'; a sum past `u32::MAX` in a bucket (where the
+/// straightforward merge saturates) marks it `overflow`, and the window is then merged
+/// from its entries.
 #[derive(Debug, Clone, Default)]
 struct Tail {
+    active: bool,
+    overflow: bool,
     first: usize,
     received: u64,
     lost: u64,
     jitter_sum_us: u64,
     jitter_n: u64,
     /// RTT buckets (index, count), sorted by index, counts > 0.
-    rtt: Vec<(u32, u64)>,
+    rtt: Vec<(u32, u32)>,
 }
 
 impl Tail {
@@ -69,7 +73,12 @@ impl Tail {
         self.lost += e.lost;
         self.jitter_sum_us += e.jitter_sum_us;
         self.jitter_n += u64::from(e.jitter_n);
-        let b = e.rtt.buckets();
+        if !self.overflow {
+            self.add_rtt(e.rtt.buckets());
+        }
+    }
+
+    fn add_rtt(&mut self, b: &[(u32, u32)]) {
         let mut mine = 0;
         let in_place = b.iter().all(|&(idx, _)| {
             while mine < self.rtt.len() && self.rtt[mine].0 < idx {
@@ -77,31 +86,38 @@ impl Tail {
             }
             mine < self.rtt.len() && self.rtt[mine].0 == idx
         });
+        let mut overflow = false;
         if in_place {
             let mut mine = 0;
             for &(idx, n) in b {
                 while self.rtt[mine].0 < idx {
                     mine += 1;
                 }
-                self.rtt[mine].1 += u64::from(n);
+                let x = &mut self.rtt[mine].1;
+                (*x, overflow) = match x.checked_add(n) {
+                    Some(v) => (v, overflow),
+                    None => (*x, true),
+                };
             }
-            return;
+        } else {
+            let (old, mut i) = (std::mem::take(&mut self.rtt), 0);
+            self.rtt.reserve_exact(old.len() + b.len());
+            for &(idx, n) in b {
+                while i < old.len() && old[i].0 < idx {
+                    self.rtt.push(old[i]);
+                    i += 1;
+                }
+                if i < old.len() && old[i].0 == idx {
+                    overflow |= old[i].1.checked_add(n).is_none();
+                    self.rtt.push((idx, old[i].1.saturating_add(n)));
+                    i += 1;
+                } else {
+                    self.rtt.push((idx, n));
+                }
+            }
+            self.rtt.extend_from_slice(&old[i..]);
         }
-        let (old, mut i) = (std::mem::take(&mut self.rtt), 0);
-        self.rtt.reserve_exact(old.len() + b.len());
-        for &(idx, n) in b {
-            while i < old.len() && old[i].0 < idx {
-                self.rtt.push(old[i]);
-                i += 1;
-            }
-            if i < old.len() && old[i].0 == idx {
-                self.rtt.push((idx, old[i].1 + u64::from(n)));
-                i += 1;
-            } else {
-                self.rtt.push((idx, u64::from(n)));
-            }
-        }
-        self.rtt.extend_from_slice(&old[i..]);
+        self.overflow |= overflow;
     }
 
     /// Take out an entry that was added (its buckets are all there, with at least its
@@ -111,6 +127,9 @@ impl Tail {
         self.lost -= e.lost;
         self.jitter_sum_us -= e.jitter_sum_us;
         self.jitter_n -= u64::from(e.jitter_n);
+        if self.overflow {
+            return;
+        }
         let mut mine = 0;
         let mut emptied = false;
         for &(idx, n) in e.rtt.buckets() {
@@ -118,21 +137,12 @@ impl Tail {
                 mine += 1;
             }
             let x = &mut self.rtt[mine];
-            x.1 -= u64::from(n);
+            x.1 -= n;
             emptied |= x.1 == 0;
         }
         if emptied {
             self.rtt.retain(|x| x.1 > 0);
         }
-    }
-
-    fn rtt(&self) -> SparseHist {
-        SparseHist::from_pairs(
-            self.rtt
-                .iter()
-                .map(|&(i, n)| (i, u32::try_from(n).unwrap_or(u32::MAX)))
-                .collect(),
-        )
     }
 }
 
@@ -191,7 +201,8 @@ impl PathHistory {
         } else {
             self.entries.partition_point(|x| x.end_ms <= e.end_ms)
         };
-        if pos >= tail.first {
+        if !tail.active {
+        } else if pos >= tail.first {
             tail.add(&e);
         } else {
             tail.first += 1;
@@ -203,7 +214,9 @@ impl PathHistory {
             .front()
             .is_some_and(|x| x.end_ms + keep_ms < now_ms)
         {
-            if let Some(gone) = self.entries.pop_front() {
+            if let Some(gone) = self.entries.pop_front()
+                && tail.active
+            {
                 if tail.first > 0 {
                     tail.first -= 1;
                 } else {
@@ -225,7 +238,8 @@ impl PathHistory {
                 if let Some(e) = self.entries.remove(i) {
                     // The folded entry ends where the later one did: it is in the sum
                     // when that one was.
-                    if i < tail.first {
+                    if !tail.active {
+                    } else if i < tail.first {
                         tail.first -= 1;
                     } else if i == tail.first {
                         tail.add(&self.entries[i - 1]);
@@ -243,6 +257,13 @@ impl PathHistory {
     fn seek(&self, from_ms: u64) -> std::cell::Ref<'_, Tail> {
         {
             let mut t = self.tail.borrow_mut();
+            if !t.active {
+                *t = Tail {
+                    active: true,
+                    first: self.entries.len(),
+                    ..Tail::default()
+                };
+            }
             let target = self.entries.partition_point(|e| e.end_ms <= from_ms);
             while t.first < target {
                 let i = t.first;
@@ -254,8 +275,25 @@ impl PathHistory {
                 let i = t.first;
                 t.add(&self.entries[i]);
             }
+            if t.overflow {
+                // Sum the buckets again (the entries that overflowed may have left).
+                t.overflow = false;
+                t.rtt.clear();
+                for e in self.entries.range(t.first..) {
+                    t.add_rtt(e.rtt.buckets());
+                }
+            }
         }
         self.tail.borrow()
+    }
+
+    /// The merged RTT histogram of the window `seek` moved to.
+    fn tail_rtt(&self, t: &Tail) -> SparseHist {
+        if t.overflow {
+            SparseHist::merged(self.entries.range(t.first..).map(|e| &e.rtt))
+        } else {
+            SparseHist::from_pairs(t.rtt.clone())
+        }
     }
 
     /// A window's statistics computed from its entries, without the running sum (what
@@ -311,7 +349,7 @@ impl PathInput for PathView<'_> {
             window,
             received: t.received,
             lost: t.lost,
-            rtt: t.rtt(),
+            rtt: self.h.tail_rtt(&t),
             jitter_us: (t.jitter_n > 0).then(|| t.jitter_sum_us as f64 / t.jitter_n as f64),
         };
         drop(t);
@@ -404,7 +442,13 @@ mod tests {
                     let (r, l, js, jn, rtt) = h.window_merged(from);
                     let t = h.seek(from);
                     assert_eq!(
-                        (t.received, t.lost, t.jitter_sum_us, t.jitter_n, t.rtt()),
+                        (
+                            t.received,
+                            t.lost,
+                            t.jitter_sum_us,
+                            t.jitter_n,
+                            h.tail_rtt(&t)
+                        ),
                         (r, l, js, jn, rtt),
                         "round {round} step {step} window {w}"
                     );
@@ -441,6 +485,35 @@ mod tests {
                 assert_eq!(view.counts(w), (received, lost));
             }
         }
+    }
+
+    /// A bucket summing past `u32::MAX` saturates, as the straightforward merge does, and
+    /// the sum is exact again once the entries that overflowed left the window.
+    #[test]
+    fn bucket_overflow_falls_back_to_the_merge() {
+        let big = |end_ms, n| Entry {
+            end_ms,
+            sent: 1,
+            received: 1,
+            lost: 0,
+            rtt: SparseHist::from_pairs(vec![(100, n), (200, 1)]),
+            jitter_sum_us: 0,
+            jitter_n: 0,
+        };
+        let mut h = PathHistory::new(0, 0);
+        let now = 100_000;
+        h.add(big(now - 20_000, 3_000_000_000), 70_000, now);
+        let _ = h.seek(now - 30_000);
+        h.add(big(now - 1_000, 3_000_000_000), 70_000, now);
+        h.add(big(now, 5), 70_000, now);
+        for from in [now - 30_000, now - 5_000, now - 30_000, now - 500] {
+            let t = h.seek(from);
+            assert_eq!(h.tail_rtt(&t), h.window_merged(from).4, "from {from}");
+        }
+        assert_eq!(
+            h.tail_rtt(&h.seek(now - 30_000)).buckets()[0],
+            (100, u32::MAX)
+        );
     }
 
     #[test]
