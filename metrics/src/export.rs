@@ -800,10 +800,11 @@ fn encode_rollups(
 ) -> Result<(), std::fmt::Error> {
     let mut pairs: std::collections::BTreeMap<(&str, &str), Merged> = Default::default();
     let mut isps: std::collections::BTreeMap<&str, Merged> = Default::default();
+    let sites = store.dst_sites();
     for (k, views) in all_views {
         let agent = store.agents.get(&*k.src);
         if let Some(site) = agent.and_then(|a| a.site.as_deref()) {
-            let dst = store.site_of_dst(&k.dst).unwrap_or("external");
+            let dst = sites.site_of(&k.dst).unwrap_or("external");
             pairs.entry((site, dst)).or_default().add(views);
         }
         if let Some(isp) = agent.and_then(|a| a.isp.as_deref()) {

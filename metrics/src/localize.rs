@@ -76,6 +76,7 @@ pub fn hop_views(st: &PathState, now_ms: u64) -> Vec<HopView<'_>> {
 /// What every path of the store shows over the last minute, with the agents' site and ISP
 /// labels (a destination that is an agent, by name or address, gets its site).
 pub fn observations(store: &Store, now_ms: u64) -> Vec<PathObs> {
+    let sites = store.dst_sites();
     store
         .paths
         .iter()
@@ -91,7 +92,7 @@ pub fn observations(store: &Store, now_ms: u64) -> Vec<PathObs> {
                 src_site: agent.and_then(|a| a.site.clone()),
                 src_isp: agent.and_then(|a| a.isp.clone()),
                 dst: k.dst.to_string(),
-                dst_site: store.site_of_dst(&k.dst).map(str::to_string),
+                dst_site: sites.site_of(&k.dst).map(str::to_string),
                 lost: v.lost,
                 received: v.received,
                 hops: hop_views(st, now_ms)

@@ -8,28 +8,20 @@
 //! estimated offset between the two clocks (the smallest seen, allowed to grow slowly),
 //! so a replayed report lands where it belongs instead of looking fresh.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pathpulse_metrics::store::PathKey;
-use pathpulse_wire::{ProbeKind, Report, SparseHist};
+use pathpulse_wire::{ProbeKind, Report};
 use serde::{Deserialize, Serialize};
 
+use super::history::{Entry, PathHistory, PathView};
 use super::rules::{
-    Level, PathInput, Rule, RuleKind, Tracker, Transition, Verdict, WindowStats, evaluate_agent,
-    evaluate_path,
+    Level, Rule, RuleKind, Tracker, Transition, Verdict, evaluate_agent, evaluate_path,
 };
 
-/// Minute medians kept for the latency baseline.
-const BASELINE_MINUTES: usize = 60;
-/// Minute medians needed before the baseline is used.
-const BASELINE_MIN_MINUTES: usize = 5;
-/// Recent history kept entry by entry (one per report); older entries are folded.
-const FINE_MS: u64 = 10_000;
-/// Older history is kept in entries of this length.
-const SLOT_MS: u64 = 5_000;
 /// History kept at least (the baseline's minute medians are taken from it).
 const MIN_KEEP_MS: u64 = 70_000;
 /// A path without any report for this long is forgotten, and its alerts resolve.
@@ -106,180 +98,6 @@ pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
     format!("{:016x}", fnv64(&text))
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    end_ms: u64,
-    sent: u64,
-    received: u64,
-    lost: u64,
-    rtt: SparseHist,
-    /// Sum and count of the RFC 3550 jitter values of the reports in this entry (µs).
-    jitter_sum_us: f64,
-    jitter_n: u32,
-}
-
-impl Entry {
-    fn absorb(&mut self, o: Entry) {
-        self.end_ms = self.end_ms.max(o.end_ms);
-        self.sent += o.sent;
-        self.received += o.received;
-        self.lost += o.lost;
-        self.rtt.merge(&o.rtt);
-        self.jitter_sum_us += o.jitter_sum_us;
-        self.jitter_n += o.jitter_n;
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-struct PathHistory {
-    entries: VecDeque<Entry>,
-    first_seen_ms: u64,
-    last_data_ms: u64,
-    last_reply_ms: Option<u64>,
-    sent_since_reply: u64,
-    minute: u64,
-    minute_p50s: VecDeque<u64>,
-}
-
-impl PathHistory {
-    fn add(&mut self, e: Entry, keep_ms: u64, now_ms: u64) {
-        if e.received > 0 {
-            self.last_reply_ms = Some(self.last_reply_ms.unwrap_or(0).max(e.end_ms));
-            self.sent_since_reply = 0;
-        } else {
-            self.sent_since_reply += e.sent;
-        }
-        // A minute closes when the first entry of a later one arrives: its median joins
-        // the baseline (its entries are still kept: the history covers more than 60 s).
-        let minute = e.end_ms / 60_000;
-        if minute > self.minute {
-            let closed = self.minute;
-            let hist = SparseHist::merged(
-                self.entries
-                    .iter()
-                    .filter(|x| x.end_ms / 60_000 == closed)
-                    .map(|x| &x.rtt),
-            );
-            if let Some(p50) = hist.quantile(0.5) {
-                if self.minute_p50s.len() >= BASELINE_MINUTES {
-                    self.minute_p50s.pop_front();
-                }
-                self.minute_p50s.push_back(p50);
-            }
-            self.minute = minute;
-        }
-        if self.entries.back().is_none_or(|x| x.end_ms <= e.end_ms) {
-            self.entries.push_back(e);
-        } else {
-            let pos = self.entries.partition_point(|x| x.end_ms <= e.end_ms);
-            self.entries.insert(pos, e);
-        }
-        self.last_data_ms = now_ms;
-        while self
-            .entries
-            .front()
-            .is_some_and(|x| x.end_ms + keep_ms < now_ms)
-        {
-            self.entries.pop_front();
-        }
-        self.fold(now_ms);
-    }
-
-    /// Entries older than [`FINE_MS`] are folded into one per [`SLOT_MS`] of their end:
-    /// about 25 entries per path instead of one per report (windows beyond 10 s are then
-    /// exact to 5 s).
-    fn fold(&mut self, now_ms: u64) {
-        let mut i = 1;
-        while i < self.entries.len() && self.entries[i].end_ms + FINE_MS < now_ms {
-            if self.entries[i - 1].end_ms / SLOT_MS == self.entries[i].end_ms / SLOT_MS {
-                if let Some(e) = self.entries.remove(i) {
-                    self.entries[i - 1].absorb(e);
-                }
-            } else {
-                i += 1;
-            }
-        }
-    }
-}
-
-/// A path's history seen at one instant: what the rules read. Window statistics are
-/// computed once per window length (several rules read the same one).
-struct PathView<'a> {
-    h: &'a PathHistory,
-    now_ms: u64,
-    /// The agent's report interval: a window is never shorter than two of them.
-    interval_ms: u64,
-    cache: std::cell::RefCell<Vec<WindowStats>>,
-}
-
-impl<'a> PathView<'a> {
-    fn new(h: &'a PathHistory, now_ms: u64, interval_ms: u64) -> PathView<'a> {
-        PathView {
-            h,
-            now_ms,
-            interval_ms,
-            cache: std::cell::RefCell::new(Vec::new()),
-        }
-    }
-
-    /// The entries inside `window` (newest first).
-    fn entries(&self, window: Duration) -> impl Iterator<Item = &'a Entry> {
-        let w = (window.as_millis() as u64).max(2 * self.interval_ms);
-        let from = self.now_ms.saturating_sub(w);
-        self.h
-            .entries
-            .iter()
-            .rev()
-            .take_while(move |e| e.end_ms > from)
-    }
-}
-
-impl PathInput for PathView<'_> {
-    fn window(&self, window: Duration) -> WindowStats {
-        if let Some(s) = self.cache.borrow().iter().find(|s| s.window == window) {
-            return s.clone();
-        }
-        let mut s = WindowStats {
-            window,
-            ..WindowStats::default()
-        };
-        let (mut jitter_sum, mut jitter_n) = (0.0, 0u32);
-        for e in self.entries(window) {
-            s.received += e.received;
-            s.lost += e.lost;
-            jitter_sum += e.jitter_sum_us;
-            jitter_n += e.jitter_n;
-        }
-        s.rtt = SparseHist::merged(self.entries(window).map(|e| &e.rtt));
-        s.jitter_us = (jitter_n > 0).then(|| jitter_sum / f64::from(jitter_n));
-        self.cache.borrow_mut().push(s.clone());
-        s
-    }
-
-    fn counts(&self, window: Duration) -> (u64, u64) {
-        self.entries(window)
-            .fold((0, 0), |(r, l), e| (r + e.received, l + e.lost))
-    }
-
-    fn baseline_p50_us(&self) -> Option<u64> {
-        let m = &self.h.minute_p50s;
-        if m.len() < BASELINE_MIN_MINUTES {
-            return None;
-        }
-        let mut v: Vec<u64> = m.iter().copied().collect();
-        v.sort_unstable();
-        Some(v[v.len() / 2])
-    }
-
-    fn silence(&self) -> (Duration, bool) {
-        let since = self.h.last_reply_ms.unwrap_or(self.h.first_seen_ms);
-        (
-            Duration::from_millis(self.now_ms.saturating_sub(since)),
-            self.h.sent_since_reply > 0,
-        )
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 struct AgentInfo {
     last_report_ms: u64,
@@ -319,6 +137,8 @@ pub struct Engine {
     keep_ms: u64,
     paths: BTreeMap<PathKey, PathHistory>,
     agents: BTreeMap<Arc<str>, AgentInfo>,
+    /// The agents that connected from each address (the union of their `addrs`).
+    owners: BTreeMap<IpAddr, BTreeSet<Arc<str>>>,
     slots: BTreeMap<AlertKey, Slot>,
     /// When firing alerts were restored (ms); 0 if never.
     restored_ms: u64,
@@ -416,6 +236,7 @@ impl Engine {
             keep_ms,
             paths: BTreeMap::new(),
             agents: BTreeMap::new(),
+            owners: BTreeMap::new(),
             slots: BTreeMap::new(),
             restored_ms: 0,
         }
@@ -435,11 +256,9 @@ impl Engine {
                 continue;
             };
             if let Subject::Path(p) = &subject {
-                self.paths.entry(p.clone()).or_insert_with(|| PathHistory {
-                    first_seen_ms: now_ms,
-                    last_data_ms: now_ms,
-                    ..PathHistory::default()
-                });
+                self.paths
+                    .entry(p.clone())
+                    .or_insert_with(|| PathHistory::new(now_ms, now_ms));
             }
             let key = AlertKey {
                 alertname: Arc::from(a.alertname.as_str()),
@@ -471,16 +290,22 @@ impl Engine {
             return Some(a);
         }
         let ip = host.parse::<IpAddr>().ok()?;
-        let mut it = self.agents.values().filter(|a| a.addrs.contains(&ip));
-        match (it.next(), it.next()) {
-            (Some(a), None) => Some(a),
+        match self.owners.get(&ip) {
+            Some(o) if o.len() == 1 => o.first().and_then(|n| self.agents.get(n)),
             _ => None,
         }
     }
 
     /// An agent connected from `addr` (lets "agent X down" cover paths to X's address).
     pub fn agent_address(&mut self, agent: &str, addr: IpAddr) {
-        self.agent_mut(agent).addrs.insert(addr);
+        if self.agent_mut(agent).addrs.insert(addr) {
+            let name = self
+                .agents
+                .get_key_value(agent)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| Arc::from(agent));
+            self.owners.entry(addr).or_default().insert(name);
+        }
     }
 
     fn agent_mut(&mut self, agent: &str) -> &mut AgentInfo {
@@ -515,19 +340,26 @@ impl Engine {
             .unwrap_or_else(|| Arc::from(r.agent.as_str()));
 
         let mut out = Vec::new();
+        let mut verdicts: Vec<(usize, AlertKey, Verdict)> = Vec::new();
         for p in &r.paths {
             let key = PathKey {
                 src: src.clone(),
                 dst: Arc::from(p.dst.as_str()),
                 probe: p.probe(),
             };
-            let h = self
-                .paths
-                .entry(key.clone())
-                .or_insert_with(|| PathHistory {
-                    first_seen_ms: now_ms,
-                    ..PathHistory::default()
-                });
+            let (key, h) = match self.paths.get_key_value(&key) {
+                Some((k, _)) => {
+                    let k = k.clone();
+                    let h = self.paths.get_mut(&k).expect("just found");
+                    (k, h)
+                }
+                None => (
+                    key.clone(),
+                    self.paths
+                        .entry(key)
+                        .or_insert_with(|| PathHistory::new(now_ms, 0)),
+                ),
+            };
             h.add(
                 Entry {
                     end_ms,
@@ -535,7 +367,7 @@ impl Engine {
                     received: u64::from(p.received),
                     lost: u64::from(p.lost),
                     rtt: p.rtt.clone(),
-                    jitter_sum_us: p.jitter_us.map_or(0.0, f64::from),
+                    jitter_sum_us: p.jitter_us.map_or(0, u64::from),
                     jitter_n: u32::from(p.jitter_us.is_some()),
                 },
                 self.keep_ms,
@@ -543,23 +375,20 @@ impl Engine {
             );
             // Every rule reads the same view (window statistics computed once), then the
             // trackers step.
-            let view = PathView::new(&self.paths[&key], now_ms, interval_ms);
-            let verdicts: Vec<(usize, AlertKey, Verdict)> = self
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.kind.per_path() && r.kind != RuleKind::PathDown)
-                .map(|(i, rule)| {
-                    let akey = AlertKey {
-                        alertname: self.names[i].clone(),
-                        subject: Subject::Path(key.clone()),
-                    };
-                    let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
-                    let v = evaluate_path(rule, &view, &tracker, now_ms);
-                    (i, akey, v)
-                })
-                .collect();
-            for (i, akey, v) in verdicts {
+            let view = PathView::new(h, now_ms, interval_ms);
+            for (i, rule) in self.rules.iter().enumerate() {
+                if !rule.kind.per_path() || rule.kind == RuleKind::PathDown {
+                    continue;
+                }
+                let akey = AlertKey {
+                    alertname: self.names[i].clone(),
+                    subject: Subject::Path(key.clone()),
+                };
+                let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
+                let v = evaluate_path(rule, &view, &tracker, now_ms);
+                verdicts.push((i, akey, v));
+            }
+            for (i, akey, v) in verdicts.drain(..) {
                 out.extend(self.step(i, akey, v, now_ms));
             }
         }
@@ -782,13 +611,9 @@ impl Engine {
         let Ok(ip) = host.parse::<IpAddr>() else {
             return false;
         };
-        let mut owners = self.agents.iter().filter(|(_, a)| a.addrs.contains(&ip));
-        let mut any = false;
-        let all_stale = owners.all(|(n, _)| {
-            any = true;
-            stale.contains(n)
-        });
-        any && all_stale
+        self.owners
+            .get(&ip)
+            .is_some_and(|o| !o.is_empty() && o.iter().all(|n| stale.contains(n)))
     }
 
     /// Periodic evaluation: agents that stopped reporting, paths without replies (rolled
@@ -961,6 +786,20 @@ impl Engine {
         now_ms: u64,
         out: &mut Vec<Alert>,
     ) {
+        // A group neither down nor firing is skipped below: with no path down outside the
+        // covered ones and no alert of this name firing, there is nothing to do (the usual
+        // case, and grouping every path is not cheap).
+        let any_down = verdicts
+            .iter()
+            .zip(covered.iter())
+            .any(|((k, v), c)| !c && v.level == Level::Raise && !stale.contains(&k.src));
+        let any_firing = self
+            .slots
+            .iter()
+            .any(|(k, s)| k.alertname == alertname && s.tracker.is_firing());
+        if !any_down && !any_firing {
+            return;
+        }
         let mut groups: BTreeMap<Subject, (usize, usize, Option<Verdict>, Vec<usize>)> =
             BTreeMap::new();
         for (i, (k, v)) in verdicts.iter().enumerate() {

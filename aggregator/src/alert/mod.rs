@@ -16,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod deliver;
 pub mod engine;
+mod history;
 pub mod rules;
 pub mod state;
 pub mod verdict;

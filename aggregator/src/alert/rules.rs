@@ -576,11 +576,11 @@ pub fn evaluate_path(
     let since_resolved = tracker
         .resolved_ms
         .map(|t| Duration::from_millis(now_ms.saturating_sub(t)));
-    let raise_windows: Vec<Duration> = rule
-        .windows
-        .iter()
-        .map(|&w| since_resolved.map_or(w, |r| w.min(r)))
-        .collect();
+    let raise_windows = || {
+        rule.windows
+            .iter()
+            .map(move |&w| since_resolved.map_or(w, |r| w.min(r)))
+    };
     match rule.kind {
         RuleKind::AgentStale => Verdict::hold(first),
         RuleKind::PathDown => {
@@ -638,7 +638,7 @@ pub fn evaluate_path(
         RuleKind::Loss => {
             let z = z_one_sided(rule.confidence);
             let mut held = Verdict::hold(first);
-            for &w in &raise_windows {
+            for w in raise_windows() {
                 let (received, lost) = input.counts(w);
                 let s = WindowStats {
                     received,
@@ -675,7 +675,7 @@ pub fn evaluate_path(
                 return Verdict::hold(first);
             };
             let mut held = Verdict::hold(first);
-            for &w in &raise_windows {
+            for w in raise_windows() {
                 let Some(v) = value_of(rule, &input.window(w)) else {
                     continue;
                 };
