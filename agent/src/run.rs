@@ -16,7 +16,7 @@ use crate::probe::icmp::IcmpProber;
 use crate::probe::tcp::TcpProber;
 use crate::reload::{ProbePlan, Reloader};
 use crate::resolve::Resolver;
-use crate::shared::{Shared, Taken};
+use crate::shared::{Ended, Shared};
 use crate::spool::{self, SPOOL_DIR, Spool};
 use crate::stats::PathStats;
 use crate::systemd::{BEAT_EVERY, Liveness};
@@ -69,27 +69,37 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
 /// As [`run`], handing out [`AgentHandles`] once everything is started (sockets bound,
 /// probers running).
 pub async fn run_with(
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     shutdown: CancellationToken,
     started: impl FnOnce(AgentHandles),
 ) -> Result<(), RunError> {
-    let paths = cfg
-        .targets
+    // The target list lives in two places only: the running configuration (the
+    // reloader's) and the plan every prober shares. `cfg` keeps none.
+    let targets = std::mem::take(&mut cfg.targets);
+    let n_targets = targets.len();
+    let stamp_running = targets.iter().any(|t| t.probe == ProbeKind::Stamp);
+    let has_tcp = targets
+        .iter()
+        .any(|t| matches!(t.probe, ProbeKind::Tcp | ProbeKind::Dns));
+    let paths = targets
         .iter()
         .map(|t| PathStats::new(t.label.clone(), t.probe))
         .collect();
     let shared = Arc::new(Shared::new(paths));
-    let resolver = Resolver::new(cfg.targets.iter().map(|t| t.host.clone()));
+    let resolver = Resolver::new(targets.iter().map(|t| t.host.clone()));
     resolver.refresh().await;
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(resolver.clone().run(shutdown.clone()));
     let (plan_tx, _) = watch::channel(ProbePlan {
-        targets: cfg.targets.iter().cloned().enumerate().collect(),
+        targets: targets.iter().cloned().enumerate().collect(),
         interval: cfg.interval,
         timeout: cfg.timeout,
     });
     let reloader = Arc::new(Reloader::new(
-        cfg.clone(),
+        AgentConfig {
+            targets,
+            ..cfg.clone()
+        },
         plan_tx,
         shared.clone(),
         resolver.clone(),
@@ -220,7 +230,6 @@ pub async fn run_with(
 
     // Probers. ICMP, TCP, STAMP, DNS and hop discovery follow the plan, which a reload or
     // a peer list replaces.
-    let stamp_running = cfg.targets.iter().any(|t| t.probe == ProbeKind::Stamp);
     // With aggregators, peers running a reflector may come with a peer list.
     if stamp_running || !cfg.aggregators.is_empty() {
         match crate::probe::stamp::sender::StampProber::open(
@@ -257,10 +266,6 @@ pub async fn run_with(
             .run(shutdown.clone()),
         );
     }
-    let has_tcp = cfg
-        .targets
-        .iter()
-        .any(|t| matches!(t.probe, ProbeKind::Tcp | ProbeKind::Dns));
     let (icmp, failed) = IcmpProber::open(
         reloader.subscribe(),
         shared.clone(),
@@ -300,7 +305,7 @@ pub async fn run_with(
         reloader: reloader.clone(),
         liveness,
     });
-    tracing::info!(agent = %cfg.name, targets = cfg.targets.len(), aggregators = cfg.aggregators.len(), "agent running");
+    tracing::info!(agent = %cfg.name, targets = n_targets, aggregators = cfg.aggregators.len(), "agent running");
 
     // Reporter: one report per interval to the local store and every uplink.
     let mut tick = tokio::time::interval_at(
@@ -310,6 +315,14 @@ pub async fn run_with(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beat = tokio::time::interval(BEAT_EVERY);
     let (mut start_wall, mut start_mono) = (wall_ms(), Instant::now());
+    let mut report = Report {
+        seq: 0,
+        agent: cfg.name.clone(),
+        interval_start_ms: 0,
+        interval_ms: 0,
+        paths: Vec::new(),
+        health: Default::default(),
+    };
     loop {
         reporter.beat();
         let stopping = tokio::select! {
@@ -317,23 +330,15 @@ pub async fn run_with(
             _ = tick.tick() => false,
             _ = beat.tick() => continue,
         };
-        let Taken {
-            paths,
-            health,
-            retired,
-        } = shared.take();
+        // The report is refilled in place: its buffers carry over between intervals.
+        let Ended { health, retired } = shared.take_into(&mut report.paths);
         let now_mono = Instant::now();
-        let report = Report {
-            seq: 0,
-            agent: cfg.name.clone(),
-            interval_start_ms: start_wall,
-            interval_ms: now_mono
-                .saturating_duration_since(start_mono)
-                .as_millis()
-                .min(u128::from(u32::MAX)) as u32,
-            paths,
-            health,
-        };
+        report.interval_start_ms = start_wall;
+        report.interval_ms = now_mono
+            .saturating_duration_since(start_mono)
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32;
+        report.health = health;
         // Lengths come from the monotonic clock; the wall clock only labels the interval,
         // so a clock step cannot make an interval negative or huge.
         start_wall = wall_ms();

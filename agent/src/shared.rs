@@ -26,6 +26,14 @@ pub struct Shared {
     health: Mutex<AgentHealth>,
 }
 
+/// What ends with an interval besides the paths' reports ([`Shared::take_into`]).
+#[derive(Debug, Default)]
+pub struct Ended {
+    pub health: AgentHealth,
+    /// Paths that were retired: this was their last report.
+    pub retired: Vec<(String, ProbeKind)>,
+}
+
 /// One report interval's worth of state, taken by the reporter.
 #[derive(Debug, Default)]
 pub struct Taken {
@@ -101,13 +109,24 @@ impl Shared {
     /// End the interval: every path's report and the health counters, reset; retired
     /// paths are reported once more and then freed.
     pub fn take(&self) -> Taken {
+        let mut paths = Vec::new();
+        let Ended { health, retired } = self.take_into(&mut paths);
+        Taken {
+            paths,
+            health,
+            retired,
+        }
+    }
+
+    /// As [`Shared::take`], the paths' reports into `paths`: the last interval's reports,
+    /// whose buffers are reused ([`PathStats::take_report_into`]).
+    pub fn take_into(&self, paths: &mut Vec<PathReport>) -> Ended {
         let mut g = self.lock_paths();
-        let paths = g
-            .slots
-            .iter_mut()
-            .flatten()
-            .map(PathStats::take_report)
-            .collect();
+        let live = g.slots.iter().flatten().count();
+        paths.resize_with(live, PathReport::default);
+        for (p, r) in g.slots.iter_mut().flatten().zip(paths.iter_mut()) {
+            p.take_report_into(r);
+        }
         let retiring = std::mem::take(&mut g.retiring);
         let mut retired = Vec::with_capacity(retiring.len());
         for i in retiring {
@@ -119,11 +138,7 @@ impl Shared {
         }
         drop(g);
         let health = std::mem::take(&mut *self.health.lock().unwrap_or_else(|e| e.into_inner()));
-        Taken {
-            paths,
-            health,
-            retired,
-        }
+        Ended { health, retired }
     }
 }
 
