@@ -246,9 +246,16 @@ impl Store {
 
     /// Apply one report (already authenticated and validated).
     pub fn apply(&mut self, r: &Report, now_ms: u64) {
-        let src: Arc<str> = match self.agents.get_key_value(r.agent.as_str()) {
+        let src = self.apply_agent(&r.agent, &r.health, now_ms);
+        self.apply_paths(&src, r.interval_start_ms, &r.paths, now_ms);
+    }
+
+    /// The agent's part of [`Store::apply`]: one report counted, its health added.
+    /// Returns the agent's name as the key its paths use.
+    pub fn apply_agent(&mut self, agent: &str, health: &AgentHealth, now_ms: u64) -> Arc<str> {
+        let src: Arc<str> = match self.agents.get_key_value(agent) {
             Some((k, _)) => k.clone(),
-            None => Arc::from(r.agent.as_str()),
+            None => Arc::from(agent),
         };
         if let Some(j) = &mut self.journal {
             j.agents.insert(src.clone());
@@ -256,10 +263,22 @@ impl Store {
         let agent = self.agents.entry(src.clone()).or_default();
         agent.last_report_ms = Some(now_ms);
         agent.reports += 1;
-        agent.health.add(&r.health);
-        agent.last_scheduling_lag_us = r.health.max_scheduling_lag_us;
-        agent.spool_reports = u64::from(r.health.spool_reports);
-        for p in &r.paths {
+        agent.health.add(health);
+        agent.last_scheduling_lag_us = health.max_scheduling_lag_us;
+        agent.spool_reports = u64::from(health.spool_reports);
+        src
+    }
+
+    /// The paths' part of [`Store::apply`], for some or all of a report's paths (a
+    /// standalone agent applies its report in parts; see the agent's `run`).
+    pub fn apply_paths(
+        &mut self,
+        src: &Arc<str>,
+        interval_start_ms: u64,
+        paths: &[PathReport],
+        now_ms: u64,
+    ) {
+        for p in paths {
             let key = PathKey {
                 src: src.clone(),
                 dst: Arc::from(p.dst.as_str()),
@@ -279,7 +298,7 @@ impl Store {
             c.reordered += u64::from(p.reordered);
             c.send_errors += u64::from(p.send_errors);
             st.cumulative.add(p);
-            st.windows.add(r.interval_start_ms, p, now_ms);
+            st.windows.add(interval_start_ms, p, now_ms);
             if let Some(j) = p.jitter_us {
                 st.jitter_us = Some(f64::from(j));
             }
@@ -303,7 +322,7 @@ impl Store {
                 hs.counters.sent += u64::from(h.stats.sent);
                 hs.counters.received += u64::from(h.stats.received);
                 hs.counters.lost += u64::from(h.stats.lost);
-                hs.windows.add(r.interval_start_ms, &h.stats, now_ms);
+                hs.windows.add(interval_start_ms, &h.stats, now_ms);
             }
         }
     }
