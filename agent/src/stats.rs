@@ -29,8 +29,9 @@ pub struct PathStats {
     pub rtt: SparseHist,
     pub rtt_sum_us: u64,
     pub ipdv: SparseHist,
-    /// STAMP paths: per-direction counts of the interval.
-    pub directional: Option<pathpulse_wire::stamp::Directional>,
+    /// STAMP paths: per-direction counts of the interval (boxed: 64 bytes that every
+    /// other path would carry empty).
+    pub directional: Option<Box<pathpulse_wire::stamp::Directional>>,
     jitter: Rfc3550Jitter,
     last_rtt_us: Option<u64>,
     /// Since start, for the in-flight count.
@@ -145,7 +146,7 @@ impl PathStats {
         r.rtt_sum_us = std::mem::take(rtt_sum_us);
         r.jitter_us = jitter.value_us().map(|j| j.round() as u32);
         r.route_changes = std::mem::take(route_changes);
-        r.directional = directional.take();
+        r.directional = directional.take().map(|d| *d);
     }
 
     /// Heap plus inline bytes of this path's state (for the memory goal).
