@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what pathpulse's build, demo and tests need on a fresh Debian machine.
-# Idempotent; run as root (CI is root) or it uses sudo.
+# Idempotent; run as root (CI is root) or it uses sudo. make and gcc build jemalloc (the
+# agent's allocator) from source.
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-PKGS=(fping iputils-ping iproute2 nftables dnsmasq-base prometheus prometheus-alertmanager chromium ca-certificates debootstrap systemd-container)
+PKGS=(make gcc fping iputils-ping iproute2 nftables dnsmasq-base prometheus prometheus-alertmanager chromium ca-certificates debootstrap systemd-container)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

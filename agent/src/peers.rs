@@ -178,14 +178,12 @@ mod tests {
             },
         ));
         let plan = crate::reload::ProbePlan {
-            targets,
+            targets: targets.into(),
             interval: std::time::Duration::from_secs(1),
             timeout: std::time::Duration::from_secs(1),
         };
-        let labels: Vec<String> = crate::probe::hops::hop_targets(&plan)
-            .into_iter()
-            .map(|(_, t)| t.label)
-            .collect();
+        let kept = crate::probe::hops::hop_targets(&plan);
+        let labels: Vec<&str> = kept.iter().map(|(_, t)| t.label.as_str()).collect();
         assert_eq!(labels, ["far", "u"]);
     }
 }

@@ -26,20 +26,99 @@ use crate::target::TargetSpec;
 /// What the probers run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbePlan {
-    /// (slot in [`Shared`], target)
-    pub targets: Vec<(usize, TargetSpec)>,
+    /// (slot in [`Shared`], target). Shared: every prober holds the plan, and with 10,000
+    /// targets each copy of the list would cost about 2 MB.
+    pub targets: Arc<[(usize, TargetSpec)]>,
     pub interval: Duration,
     pub timeout: Duration,
 }
 
 impl ProbePlan {
     /// The targets one prober handles.
-    pub fn of_kind(&self, k: ProbeKind) -> Vec<(usize, TargetSpec)> {
-        self.targets
-            .iter()
-            .filter(|(_, t)| t.probe == k)
-            .cloned()
-            .collect()
+    pub fn of_kind(&self, k: ProbeKind) -> Selected {
+        self.select(|t| t.probe == k)
+    }
+
+    /// The targets that pass `keep`, sharing the plan's list.
+    pub fn select(&self, keep: impl Fn(&TargetSpec) -> bool) -> Selected {
+        Selected {
+            idx: (0..self.targets.len())
+                .filter(|&i| keep(&self.targets[i].1))
+                .collect(),
+            all: self.targets.clone(),
+        }
+    }
+}
+
+/// Some of a plan's targets, (slot, target) by position, without copying them.
+#[derive(Debug, Clone, Default)]
+pub struct Selected {
+    all: Arc<[(usize, TargetSpec)]>,
+    /// Positions in `all`.
+    idx: Vec<usize>,
+}
+
+impl Selected {
+    pub fn len(&self) -> usize {
+        self.idx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.idx.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&(usize, TargetSpec)> {
+        self.idx.get(i).map(|&j| &self.all[j])
+    }
+
+    pub fn iter(&self) -> SelectedIter<'_> {
+        SelectedIter {
+            all: &self.all,
+            idx: self.idx.iter(),
+        }
+    }
+
+    /// Keep the targets that pass `keep`.
+    pub fn filter(mut self, keep: impl Fn(&TargetSpec) -> bool) -> Self {
+        let all = &self.all;
+        self.idx.retain(|&j| keep(&all[j].1));
+        self
+    }
+}
+
+impl<'a> IntoIterator for &'a Selected {
+    type Item = &'a (usize, TargetSpec);
+    type IntoIter = SelectedIter<'a>;
+
+    fn into_iter(self) -> SelectedIter<'a> {
+        self.iter()
+    }
+}
+
+/// The targets of a [`Selected`], in plan order.
+#[derive(Debug, Clone)]
+pub struct SelectedIter<'a> {
+    all: &'a [(usize, TargetSpec)],
+    idx: std::slice::Iter<'a, usize>,
+}
+
+impl<'a> Iterator for SelectedIter<'a> {
+    type Item = &'a (usize, TargetSpec);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.idx.next().map(|&j| &self.all[j])
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.idx.size_hint()
+    }
+}
+
+impl std::ops::Index<usize> for Selected {
+    type Output = (usize, TargetSpec);
+
+    fn index(&self, i: usize) -> &Self::Output {
+        &self.all[self.idx[i]]
     }
 }
 
@@ -219,7 +298,7 @@ impl Reloader {
             );
         }
         self.plan.send_replace(ProbePlan {
-            targets: planned,
+            targets: planned.into(),
             interval,
             timeout,
         });

@@ -16,7 +16,7 @@ use crate::probe::icmp::IcmpProber;
 use crate::probe::tcp::TcpProber;
 use crate::reload::{ProbePlan, Reloader};
 use crate::resolve::Resolver;
-use crate::shared::{Shared, Taken};
+use crate::shared::{Ended, Shared};
 use crate::spool::{self, SPOOL_DIR, Spool};
 use crate::stats::PathStats;
 use crate::systemd::{BEAT_EVERY, Liveness};
@@ -71,27 +71,37 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
 /// As [`run`], handing out [`AgentHandles`] once everything is started (sockets bound,
 /// probers running).
 pub async fn run_with(
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     shutdown: CancellationToken,
     started: impl FnOnce(AgentHandles),
 ) -> Result<(), RunError> {
-    let paths = cfg
-        .targets
+    // The target list lives in two places only: the running configuration (the
+    // reloader's) and the plan every prober shares. `cfg` keeps none.
+    let targets = std::mem::take(&mut cfg.targets);
+    let n_targets = targets.len();
+    let stamp_running = targets.iter().any(|t| t.probe == ProbeKind::Stamp);
+    let has_tcp = targets
+        .iter()
+        .any(|t| matches!(t.probe, ProbeKind::Tcp | ProbeKind::Dns));
+    let paths = targets
         .iter()
         .map(|t| PathStats::new(t.label.clone(), t.probe))
         .collect();
     let shared = Arc::new(Shared::new(paths));
-    let resolver = Resolver::new(cfg.targets.iter().map(|t| t.host.clone()));
+    let resolver = Resolver::new(targets.iter().map(|t| t.host.clone()));
     resolver.refresh().await;
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(resolver.clone().run(shutdown.clone()));
     let (plan_tx, _) = watch::channel(ProbePlan {
-        targets: cfg.targets.iter().cloned().enumerate().collect(),
+        targets: targets.iter().cloned().enumerate().collect(),
         interval: cfg.interval,
         timeout: cfg.timeout,
     });
     let reloader = Arc::new(Reloader::new(
-        cfg.clone(),
+        AgentConfig {
+            targets,
+            ..cfg.clone()
+        },
         plan_tx,
         shared.clone(),
         resolver.clone(),
@@ -222,7 +232,6 @@ pub async fn run_with(
 
     // Probers. ICMP, TCP, STAMP, DNS and hop discovery follow the plan, which a reload or
     // a peer list replaces.
-    let stamp_running = cfg.targets.iter().any(|t| t.probe == ProbeKind::Stamp);
     // With aggregators, peers running a reflector may come with a peer list.
     if stamp_running || !cfg.aggregators.is_empty() {
         match crate::probe::stamp::sender::StampProber::open(
@@ -259,10 +268,6 @@ pub async fn run_with(
             .run(shutdown.clone()),
         );
     }
-    let has_tcp = cfg
-        .targets
-        .iter()
-        .any(|t| matches!(t.probe, ProbeKind::Tcp | ProbeKind::Dns));
     let (icmp, failed) = IcmpProber::open(
         reloader.subscribe(),
         shared.clone(),
@@ -302,7 +307,7 @@ pub async fn run_with(
         reloader: reloader.clone(),
         liveness,
     });
-    tracing::info!(agent = %cfg.name, targets = cfg.targets.len(), aggregators = cfg.aggregators.len(), "agent running");
+    tracing::info!(agent = %cfg.name, targets = n_targets, aggregators = cfg.aggregators.len(), "agent running");
 
     // Reporter: one report per interval to the local store and every uplink.
     let mut tick = tokio::time::interval_at(
@@ -317,6 +322,14 @@ pub async fn run_with(
     // average.
     let early_gap = (cfg.report_interval / 4).max(EARLY_REPORT_GAP);
     let mut early_at: Option<Instant> = None;
+    let mut report = Report {
+        seq: 0,
+        agent: cfg.name.clone(),
+        interval_start_ms: 0,
+        interval_ms: 0,
+        paths: Vec::new(),
+        health: Default::default(),
+    };
     loop {
         reporter.beat();
         let stopping = tokio::select! {
@@ -340,31 +353,51 @@ pub async fn run_with(
             }
         };
         early_at = None;
-        let Taken {
-            paths,
-            health,
-            retired,
-        } = shared.take();
         let now_mono = Instant::now();
-        let report = Report {
-            seq: 0,
-            agent: cfg.name.clone(),
-            interval_start_ms: start_wall,
-            interval_ms: now_mono
-                .saturating_duration_since(start_mono)
-                .as_millis()
-                .min(u128::from(u32::MAX)) as u32,
-            paths,
-            health,
-        };
+        report.interval_start_ms = start_wall;
+        report.interval_ms = now_mono
+            .saturating_duration_since(start_mono)
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32;
         // Lengths come from the monotonic clock; the wall clock only labels the interval,
         // so a clock step cannot make an interval negative or huge.
         start_wall = wall_ms();
         start_mono = now_mono;
+        let retired = match &store {
+            // Standalone: the store alone takes the report, in parts of `REPORT_PART`
+            // paths, so the whole report (2 MB at 10,000 paths) is never held. Each path's
+            // interval is still taken whole; where it ends differs between parts by the
+            // time the earlier ones took (about a millisecond at 10,000 paths).
+            Some(store) if uplink_txs.is_empty() => {
+                let begun = shared.begin_parts();
+                let now = wall_ms();
+                let src = lock(store).apply_agent(&cfg.name, &begun.health, now);
+                let mut from = Some(0);
+                while let Some(f) = from {
+                    let (n, next) = shared.take_part(f, REPORT_PART, &mut report.paths);
+                    lock(store).apply_paths(
+                        &src,
+                        report.interval_start_ms,
+                        &report.paths[..n],
+                        now,
+                    );
+                    from = next;
+                }
+                shared.end_parts(begun)
+            }
+            _ => {
+                // The report is refilled in place: its buffers carry over between intervals.
+                let Ended { health, retired } = shared.take_into(&mut report.paths);
+                report.health = health;
+                if let Some(store) = &store {
+                    lock(store).apply(&report, wall_ms());
+                }
+                retired
+            }
+        };
+        // A target removed by a reload leaves the local exposition with its last report.
         if let Some(store) = &store {
-            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-            store.apply(&report, wall_ms());
-            // A target removed by a reload leaves the local exposition with its last report.
+            let mut store = lock(store);
             for (dst, probe) in retired {
                 store.remove_path(&cfg.name, &dst, probe);
             }
@@ -388,6 +421,13 @@ pub async fn run_with(
         tracing::warn!("some tasks did not stop within 3 s");
     }
     Ok(())
+}
+
+/// Paths per part when a standalone agent hands its report to its store in parts.
+const REPORT_PART: usize = 256;
+
+fn lock(store: &SharedStore) -> std::sync::MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The agent's own delivery metrics, per aggregator, on its standalone `/metrics`.

@@ -37,6 +37,14 @@ pub struct Shared {
 /// probes/s. At 20% loss the fourth loss comes after about 20 probes.
 const EARLY_LOST: u32 = 4;
 
+/// What ends with an interval besides the paths' reports ([`Shared::take_into`]).
+#[derive(Debug, Default)]
+pub struct Ended {
+    pub health: AgentHealth,
+    /// Paths that were retired: this was their last report.
+    pub retired: Vec<(String, ProbeKind)>,
+}
+
 /// One report interval's worth of state, taken by the reporter.
 #[derive(Debug, Default)]
 pub struct Taken {
@@ -140,30 +148,98 @@ impl Shared {
     /// End the interval: every path's report and the health counters, reset; retired
     /// paths are reported once more and then freed.
     pub fn take(&self) -> Taken {
-        let mut g = self.lock_paths();
-        let paths = g
-            .slots
-            .iter_mut()
-            .flatten()
-            .map(PathStats::take_report)
-            .collect();
-        let retiring = std::mem::take(&mut g.retiring);
-        let mut retired = Vec::with_capacity(retiring.len());
-        for i in retiring {
-            if let Some(p) = g.slots.get_mut(i).and_then(Option::take)
-                && let Some(probe) = p.probe
-            {
-                retired.push((p.dst, probe));
-            }
-        }
-        drop(g);
-        let health = std::mem::take(&mut *self.health.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut paths = Vec::new();
+        let Ended { health, retired } = self.take_into(&mut paths);
         Taken {
             paths,
             health,
             retired,
         }
     }
+
+    /// As [`Shared::take`], the paths' reports into `paths`: the last interval's reports,
+    /// whose buffers are reused ([`PathStats::take_report_into`]).
+    pub fn take_into(&self, paths: &mut Vec<PathReport>) -> Ended {
+        let mut g = self.lock_paths();
+        let live = g.slots.iter().flatten().count();
+        paths.resize_with(live, PathReport::default);
+        for (p, r) in g.slots.iter_mut().flatten().zip(paths.iter_mut()) {
+            p.take_report_into(r);
+        }
+        let retiring = std::mem::take(&mut g.retiring);
+        let retired = free(&mut g, retiring);
+        drop(g);
+        Ended {
+            health: self.take_health(),
+            retired,
+        }
+    }
+
+    fn take_health(&self) -> AgentHealth {
+        std::mem::take(&mut *self.health.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// End the interval in parts, without holding every path's report at once: the
+    /// health counters now, then [`Shared::take_part`] until it returns no next slot,
+    /// then [`Shared::end_parts`]. Paths retired before this call get their last report
+    /// in the parts; later ones at the next interval.
+    pub fn begin_parts(&self) -> Begun {
+        let retiring = std::mem::take(&mut self.lock_paths().retiring);
+        Begun {
+            health: self.take_health(),
+            retiring,
+        }
+    }
+
+    /// The reports of up to `max` (at least 1) live paths from slot `from` on, into the
+    /// first entries of `paths` (reused). Returns how many, and the slot the next part
+    /// starts at (`None`: this was the last part).
+    pub fn take_part(
+        &self,
+        from: usize,
+        max: usize,
+        paths: &mut Vec<PathReport>,
+    ) -> (usize, Option<usize>) {
+        let mut g = self.lock_paths();
+        let mut n = 0;
+        for (i, slot) in g.slots.iter_mut().enumerate().skip(from) {
+            let Some(p) = slot else { continue };
+            if n == max.max(1) {
+                return (n, Some(i));
+            }
+            if n == paths.len() {
+                paths.push(PathReport::default());
+            }
+            p.take_report_into(&mut paths[n]);
+            n += 1;
+        }
+        (n, None)
+    }
+
+    /// Free the slots retired before [`Shared::begin_parts`]; returns what they were.
+    pub fn end_parts(&self, begun: Begun) -> Vec<(String, ProbeKind)> {
+        free(&mut self.lock_paths(), begun.retiring)
+    }
+}
+
+/// An interval being ended in parts ([`Shared::begin_parts`]).
+#[derive(Debug)]
+pub struct Begun {
+    pub health: AgentHealth,
+    retiring: Vec<usize>,
+}
+
+/// Free retired slots; returns their (dst, probe).
+fn free(g: &mut Paths, retiring: Vec<usize>) -> Vec<(String, ProbeKind)> {
+    let mut retired = Vec::with_capacity(retiring.len());
+    for i in retiring {
+        if let Some(p) = g.slots.get_mut(i).and_then(Option::take)
+            && let Some(probe) = p.probe
+        {
+            retired.push((p.dst, probe));
+        }
+    }
+    retired
 }
 
 #[cfg(test)]
@@ -235,5 +311,44 @@ mod tests {
         assert!(!s.lossy_now());
         s.lost(0);
         assert!(s.lossy_now(), "the fifth loss of the last 30");
+    }
+
+    #[test]
+    fn taking_in_parts_gives_the_whole_take() {
+        let make = || {
+            let s = Shared::new(
+                (0..10)
+                    .map(|i| PathStats::new(format!("127.0.0.{i}"), ProbeKind::Icmp))
+                    .collect(),
+            );
+            for i in 0..10 {
+                for _ in 0..=i {
+                    s.path(i, |p| p.on_sent());
+                }
+                s.path(i, |p| p.on_reply(100 + i as u64, false));
+            }
+            s.health(|h| h.stray_not_ours = 3);
+            s.retire(4);
+            s
+        };
+        let whole = make().take();
+        let s = make();
+        let begun = s.begin_parts();
+        assert_eq!(begun.health.stray_not_ours, 3);
+        // Retired after the start: reported again at the next interval.
+        s.retire(7);
+        let (mut parts, mut buf, mut from) = (Vec::new(), Vec::new(), Some(0));
+        while let Some(f) = from {
+            let (n, next) = s.take_part(f, 3, &mut buf);
+            assert!(n <= 3);
+            parts.extend_from_slice(&buf[..n]);
+            from = next;
+        }
+        assert_eq!(parts, whole.paths);
+        assert_eq!(s.end_parts(begun), whole.retired);
+        assert_eq!(s.len(), 9);
+        let next = s.take();
+        assert_eq!(next.paths.len(), 9);
+        assert_eq!(next.retired, [("127.0.0.7".to_string(), ProbeKind::Icmp)]);
     }
 }

@@ -29,8 +29,9 @@ pub struct PathStats {
     pub rtt: SparseHist,
     pub rtt_sum_us: u64,
     pub ipdv: SparseHist,
-    /// STAMP paths: per-direction counts of the interval.
-    pub directional: Option<pathpulse_wire::stamp::Directional>,
+    /// STAMP paths: per-direction counts of the interval (boxed: 64 bytes that every
+    /// other path would carry empty).
+    pub directional: Option<Box<pathpulse_wire::stamp::Directional>>,
     jitter: Rfc3550Jitter,
     last_rtt_us: Option<u64>,
     /// Since start, for the in-flight count.
@@ -99,50 +100,64 @@ impl PathStats {
 
     /// The report of the interval that ends now; the interval's counts start again at 0.
     pub fn take_report(&mut self) -> PathReport {
-        let in_flight = self.total_sent.saturating_sub(self.total_decided) as u32;
-        let rtt = std::mem::take(&mut self.rtt);
-        let ipdv = std::mem::take(&mut self.ipdv);
-        let hops = self
-            .hops
-            .iter_mut()
-            .map(|h| HopReport {
-                ttl: h.ttl,
-                addr: h.addr.map(|a| a.to_string()),
-                role: Some(h.role),
-                stats: h.stats.take_report(),
-            })
-            .collect();
-        let r = PathReport {
-            dst: self.dst.clone(),
-            probe: self.probe,
-            sent: self.sent,
-            received: self.received,
-            lost: self.lost,
-            late: self.late,
-            duplicate: self.duplicate,
-            reordered: self.reordered,
-            send_errors: self.send_errors,
-            in_flight,
-            rtt,
-            rtt_sum_us: self.rtt_sum_us,
-            jitter_us: self.jitter.value_us().map(|j| j.round() as u32),
-            ipdv,
-            hops,
-            route_changes: std::mem::take(&mut self.route_changes),
-            directional: self.directional.take(),
-        };
-        *self = PathStats {
-            hops: std::mem::take(&mut self.hops),
-            dst: std::mem::take(&mut self.dst),
-            probe: self.probe,
-            jitter: self.jitter,
-            last_rtt_us: self.last_rtt_us,
-            total_sent: self.total_sent,
-            total_decided: self.total_decided,
-            outcomes: self.outcomes,
-            ..PathStats::default()
-        };
+        let mut r = PathReport::default();
+        self.take_report_into(&mut r);
         r
+    }
+
+    /// As [`PathStats::take_report`], into `r`, the report of an earlier interval that
+    /// was used already: its `dst` string and histogram buffers are reused (the
+    /// histograms' go back to this path for the next interval), so a steady agent does
+    /// not allocate per path and interval.
+    pub fn take_report_into(&mut self, r: &mut PathReport) {
+        // Every field named: one added later must be placed here, carried or reset.
+        let PathStats {
+            dst,
+            probe,
+            sent,
+            received,
+            lost,
+            late,
+            duplicate,
+            reordered,
+            send_errors,
+            rtt,
+            rtt_sum_us,
+            ipdv,
+            directional,
+            jitter,
+            last_rtt_us: _,
+            total_sent,
+            total_decided,
+            outcomes: _,
+            hops,
+            route_changes,
+        } = self;
+        r.in_flight = total_sent.saturating_sub(*total_decided) as u32;
+        r.rtt.clear();
+        std::mem::swap(rtt, &mut r.rtt);
+        r.ipdv.clear();
+        std::mem::swap(ipdv, &mut r.ipdv);
+        r.hops.clear();
+        r.hops.extend(hops.iter_mut().map(|h| HopReport {
+            ttl: h.ttl,
+            addr: h.addr.map(|a| a.to_string()),
+            role: Some(h.role),
+            stats: h.stats.take_report(),
+        }));
+        r.dst.clone_from(dst);
+        r.probe = *probe;
+        r.sent = std::mem::take(sent);
+        r.received = std::mem::take(received);
+        r.lost = std::mem::take(lost);
+        r.late = std::mem::take(late);
+        r.duplicate = std::mem::take(duplicate);
+        r.reordered = std::mem::take(reordered);
+        r.send_errors = std::mem::take(send_errors);
+        r.rtt_sum_us = std::mem::take(rtt_sum_us);
+        r.jitter_us = jitter.value_us().map(|j| j.round() as u32);
+        r.route_changes = std::mem::take(route_changes);
+        r.directional = directional.take().map(|d| *d);
     }
 
     /// Heap plus inline bytes of this path's state (for the memory goal).
@@ -187,6 +202,27 @@ mod tests {
             r1.sent + r2.sent,
             r1.received + r2.received + r1.lost + r2.lost + r2.in_flight
         );
+    }
+
+    #[test]
+    fn a_reused_report_equals_a_fresh_one() {
+        let mut s = PathStats::new("127.0.0.2".into(), ProbeKind::Icmp);
+        let mut reused = PathReport::default();
+        for round in 0..3u64 {
+            for i in 0..4 {
+                s.on_sent();
+                s.on_reply(1_000 + round * 500 + i * 37, i == 2);
+            }
+            s.on_sent();
+            s.on_lost();
+            s.on_duplicate();
+            let mut fresh_source = s.clone();
+            let fresh = fresh_source.take_report();
+            s.take_report_into(&mut reused);
+            assert_eq!(reused, fresh, "round {round}");
+            assert_eq!(s.rtt.count(), 0, "the path's histograms start empty");
+            assert_eq!((s.sent, s.lost, s.duplicate), (0, 0, 0));
+        }
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub fn resolve(
             }
         }
     }
+    // The running configuration keeps the list for the agent's life: no growth slack
+    // (about 1 MB of it at 10,000 targets).
+    targets.shrink_to_fit();
     (targets, written, errs)
 }
 

@@ -733,10 +733,10 @@ fn agent_counters(
 
 /// Sparse native buckets as Prometheus wants them: spans (offset from the end of the
 /// previous span, or the first index; length) and count deltas.
-fn native_spans(buckets: &std::collections::BTreeMap<i32, u64>) -> (Vec<(i32, u32)>, Vec<i64>) {
+fn native_spans(buckets: &crate::store::NativeBuckets) -> (Vec<(i32, u32)>, Vec<i64>) {
     let (mut spans, mut deltas): (Vec<(i32, u32)>, Vec<i64>) = (Vec::new(), Vec::new());
     let (mut next, mut prev_count) = (None::<i32>, 0i64);
-    for (&i, &n) in buckets {
+    for (i, n) in buckets.iter() {
         match next {
             Some(e) if e == i => {
                 if let Some(last) = spans.last_mut() {
@@ -999,7 +999,8 @@ fn encode_hops(
 mod tests {
     #[test]
     fn native_spans_and_deltas() {
-        let b: std::collections::BTreeMap<i32, u64> = [(-53, 2), (-52, 5), (-50, 1), (3, 4)].into();
+        let b: crate::store::NativeBuckets =
+            [(-53, 2), (-52, 5), (-50, 1), (3, 4)].into_iter().collect();
         let (spans, deltas) = super::native_spans(&b);
         assert_eq!(spans, vec![(-53, 2), (1, 1), (52, 1)]);
         assert_eq!(deltas, vec![2, 3, -4, 3]);

@@ -88,13 +88,15 @@ impl PathWindows {
     /// Returns whether it joined the windows (late replays older than 5 min do not).
     pub fn add(&mut self, interval_start_ms: u64, p: &PathReport, now_ms: u64) -> bool {
         self.expire(now_ms);
-        if interval_start_ms + MAX_WINDOW_MS < now_ms || interval_start_ms > now_ms + MAX_FUTURE_MS
+        let start = interval_start_ms - interval_start_ms % SLOT_MS;
+        if interval_start_ms + MAX_WINDOW_MS < now_ms
+            || interval_start_ms > now_ms + MAX_FUTURE_MS
+            || !Slot::can_start(start)
         {
             return false;
         }
-        let start = interval_start_ms - interval_start_ms % SLOT_MS;
-        let pos = self.slots.partition_point(|s| s.start_ms < start);
-        if self.slots.get(pos).is_none_or(|s| s.start_ms != start) {
+        let pos = self.slots.partition_point(|s| s.start_ms() < start);
+        if self.slots.get(pos).is_none_or(|s| s.start_ms() != start) {
             self.slots.reserve_exact(1);
             self.slots.insert(pos, Slot::new(start, SLOT_MS as u32));
         }
@@ -112,13 +114,13 @@ impl PathWindows {
         let mut i = 0;
         while i < self.slots.len() {
             let s = &self.slots[i];
-            if s.coarse || s.end_ms() + FINE_MS > now_ms {
+            if s.coarse() || s.end_ms() + FINE_MS > now_ms {
                 i += 1;
                 continue;
             }
-            let coarse = s.start_ms - s.start_ms % COARSE_MS;
+            let coarse = s.start_ms() - s.start_ms() % COARSE_MS;
             let merge_into_previous =
-                i > 0 && self.slots[i - 1].start_ms == coarse && self.slots[i - 1].coarse;
+                i > 0 && self.slots[i - 1].start_ms() == coarse && self.slots[i - 1].coarse();
             if merge_into_previous {
                 let fine = self.slots.remove(i);
                 let c = &mut self.slots[i - 1];
@@ -127,13 +129,11 @@ impl PathWindows {
                     d.shrink_to_fit();
                 }
                 let end = c.end_ms().max(fine.end_ms());
-                c.len_ms = (end - c.start_ms) as u32;
+                c.extend_to(end);
             } else {
                 let c = &mut self.slots[i];
                 let end = c.end_ms();
-                c.start_ms = coarse;
-                c.len_ms = (end - coarse) as u32;
-                c.coarse = true;
+                c.make_coarse(coarse, end);
                 i += 1;
             }
         }
@@ -152,14 +152,14 @@ impl PathWindows {
     /// Merge the slots that overlap `(now - window, now]`.
     pub fn view(&self, window_ms: u64, now_ms: u64) -> WindowView {
         let from = now_ms.saturating_sub(window_ms);
-        self.merge(|s| s.end_ms() > from && s.start_ms <= now_ms)
+        self.merge(|s| s.end_ms() > from && s.start_ms() <= now_ms)
     }
 
     /// Merge the slots that start in `[from_ms, to_ms)`: a closed period for sampling.
     /// Exact for periods of whole fine slots within the last [`FINE_MS`], or of whole
     /// coarse slots beyond.
     pub fn range(&self, from_ms: u64, to_ms: u64) -> WindowView {
-        self.merge(|s| s.start_ms >= from_ms && s.start_ms < to_ms)
+        self.merge(|s| s.start_ms() >= from_ms && s.start_ms() < to_ms)
     }
 
     fn merge(&self, take: impl Fn(&Slot) -> bool) -> WindowView {
@@ -242,7 +242,7 @@ mod tests {
             w.slots
                 .iter()
                 .zip(w.slots.iter().skip(1))
-                .all(|(a, b)| a.end_ms() <= b.start_ms),
+                .all(|(a, b)| a.end_ms() <= b.start_ms()),
             "slots overlap"
         );
     }
@@ -276,7 +276,7 @@ mod tests {
             "the 1 min window stays exact"
         );
         assert!(
-            w.slots.iter().any(|s| s.coarse),
+            w.slots.iter().any(|s| s.coarse()),
             "old data folded into a 1 min slot"
         );
     }
@@ -301,7 +301,7 @@ mod tests {
         w.add(now - 5_000, &report(&[5], 0), now);
         w.add(now - 15_000, &report(&[7], 0), now);
         w.add(now - 5_000, &report(&[6], 0), now);
-        let starts: Vec<u64> = w.slots.iter().map(|s| s.start_ms).collect();
+        let starts: Vec<u64> = w.slots.iter().map(|s| s.start_ms()).collect();
         assert!(starts.windows(2).all(|p| p[0] < p[1]), "{starts:?}");
         assert_eq!(w.view(300_000, now).received, 3);
     }

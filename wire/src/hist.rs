@@ -259,6 +259,11 @@ impl SparseHist {
     pub fn shrink_to_fit(&mut self) {
         self.buckets.shrink_to_fit();
     }
+
+    /// Forget every sample, keeping the allocation for the next ones.
+    pub fn clear(&mut self) {
+        self.buckets.clear();
+    }
 }
 
 /// Two sorted `(index, count)` sequences as one, counts of equal indices added.

@@ -26,11 +26,11 @@ use crate::probe::hop_udp::{self, HopProbe, UdpProbeSocket};
 use crate::probe::icmp::recv_opt;
 use crate::probe::icmp_socket::{Event, Family, IcmpSocket, SocketKind};
 use crate::probe::route::{self, Prefix, Route};
-use crate::reload::ProbePlan;
+use crate::reload::{ProbePlan, Selected};
 use crate::resolve::Resolver;
 use crate::shared::Shared;
 use crate::stats::{HopStats, PathStats};
-use crate::target::{Host, TargetSpec};
+use crate::target::Host;
 
 /// First bytes of a hop probe's payload: the main ICMP prober leaves these replies alone.
 pub const HOP_MAGIC: [u8; 4] = *b"PPh1";
@@ -89,12 +89,12 @@ fn open_raw(f: Family) -> Option<IcmpSocket> {
 /// The ICMP targets of a plan that get hop discovery: all but loopback addresses (always
 /// directly connected) and targets with `hops=off` (mesh peers inside the agent's own
 /// site are given that option).
-pub fn hop_targets(plan: &ProbePlan) -> Vec<(usize, TargetSpec)> {
-    plan.of_kind(ProbeKind::Icmp)
-        .into_iter()
-        .filter(|(_, t)| t.options.hops != Some(false))
-        .filter(|(_, t)| !matches!(t.host, Host::Ip(ip) if ip.is_loopback()))
-        .collect()
+pub fn hop_targets(plan: &ProbePlan) -> Selected {
+    plan.select(|t| {
+        t.probe == ProbeKind::Icmp
+            && t.options.hops != Some(false)
+            && !matches!(t.host, Host::Ip(ip) if ip.is_loopback())
+    })
 }
 
 impl HopProber {

@@ -16,19 +16,19 @@ use crate::backoff::Backoff;
 use crate::probe::hops::HOP_MAGIC;
 use crate::probe::icmp_socket::{Event, Family, IcmpSocket, OpenError, SocketKind};
 use crate::probe::matcher::{Matcher, Outcome, ReplyMeta, encode_payload};
-use crate::reload::ProbePlan;
+use crate::reload::{ProbePlan, Selected};
 use crate::resolve::Resolver;
 use crate::schedule::Schedule;
 use crate::shared::Shared;
 use crate::systemd::{BEAT_EVERY, Beat};
-use crate::target::{Host, TargetSpec};
+use crate::target::Host;
 
 /// Bytes of ICMP payload (as `ping`'s default of 56).
 pub const PAYLOAD_SIZE: usize = 56;
 
 pub struct IcmpProber {
     /// (slot in `Shared`, target): the ICMP targets of the current plan.
-    targets: Vec<(usize, TargetSpec)>,
+    targets: Selected,
     interval: Duration,
     timeout: Duration,
     shared: Arc<Shared>,
@@ -66,7 +66,7 @@ enum Wake {
     Plan(Option<ProbePlan>),
 }
 
-fn wants(targets: &[(usize, TargetSpec)], f: Family) -> bool {
+fn wants(targets: &Selected, f: Family) -> bool {
     targets.iter().any(|(_, t)| match &t.host {
         Host::Ip(ip) => Family::of(ip) == f,
         Host::Name(_) => true,

@@ -92,6 +92,13 @@ impl Recent {
         }
     }
 
+    /// Give memory back after a burst (see [`crate::probe::matcher::shrunk`]).
+    pub fn shrink(&mut self) {
+        if let Some(to) = crate::probe::matcher::shrunk(self.ring.len(), self.ring.capacity()) {
+            self.ring.shrink_to(to);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.ring.len()
     }

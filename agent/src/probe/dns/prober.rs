@@ -54,7 +54,8 @@ impl DnsProber {
                 }
                 keep
             });
-            for (slot, spec) in want {
+            for (slot, spec) in want.iter() {
+                let slot = *slot;
                 if running.contains_key(&slot) {
                     continue;
                 }
@@ -67,7 +68,7 @@ impl DnsProber {
                     timing: timing.subscribe(),
                 };
                 tokio::spawn(task.run(stop.clone()));
-                running.insert(slot, (spec, stop));
+                running.insert(slot, (spec.clone(), stop));
             }
             timing.send_if_modified(|t| {
                 let new = (plan.interval, plan.timeout);
@@ -303,7 +304,7 @@ mod tests {
             ProbeKind::Dns,
         )]));
         let plan = ProbePlan {
-            targets: vec![(0, t.clone())],
+            targets: vec![(0, t.clone())].into(),
             interval: Duration::from_millis(20),
             timeout: Duration::from_millis(500),
         };
@@ -332,7 +333,7 @@ mod tests {
         assert_eq!((r.paths[0].lost, r.paths[0].send_errors), (0, 0));
         // Removed: no more queries leave.
         tx.send_replace(ProbePlan {
-            targets: vec![],
+            targets: Vec::new().into(),
             ..plan
         });
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -31,7 +31,7 @@ use super::socket::{StampSocket, UdpEvent, recv_opt};
 use crate::backoff::Backoff;
 use crate::probe::icmp_socket::Family;
 use crate::probe::matcher::StrayReason;
-use crate::reload::ProbePlan;
+use crate::reload::{ProbePlan, Selected};
 use crate::resolve::Resolver;
 use crate::schedule::Schedule;
 use crate::shared::Shared;
@@ -43,7 +43,7 @@ const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 pub struct StampProber {
     plan: watch::Receiver<ProbePlan>,
     /// (slot, target) of the plan's STAMP targets.
-    targets: Vec<(usize, TargetSpec)>,
+    targets: Selected,
     interval: Duration,
     timeout: Duration,
     shared: Arc<Shared>,
