@@ -216,17 +216,15 @@ impl Matcher {
                 kernel_timestamps: kernel.is_some(),
             };
         }
-        match self.recent.get_mut(id) {
-            Some(d) if d.addr != r.src => Outcome::Stray(StrayReason::WrongSource),
-            Some(d) if d.answered => Outcome::Duplicate {
-                target: d.target as usize,
-            },
+        match self.recent.get(id) {
+            Some(d) if !self.recent.from_target(&d, &r.src) => {
+                Outcome::Stray(StrayReason::WrongSource)
+            }
+            Some(d) if d.answered() => Outcome::Duplicate { target: d.target() },
             Some(d) => {
                 // Count a late reply once; a second copy of it is a duplicate.
-                d.answered = true;
-                Outcome::Late {
-                    target: d.target as usize,
-                }
+                self.recent.mark_answered(id);
+                Outcome::Late { target: d.target() }
             }
             None => Outcome::Stray(StrayReason::UnknownProbe),
         }

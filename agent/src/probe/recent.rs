@@ -1,23 +1,47 @@
 //! Decided probes the matcher remembers for a while, to tell a late or duplicate reply from
 //! a stray one. At 10,000 probes/s and 10 s of retention that is 100,000 probes, so they
 //! are kept in a ring indexed by probe id (ids are handed out in order and decided within
-//! the timeout, so the ring stays dense), 28 bytes each: a `HashMap` plus an expiry queue
-//! took about 100 bytes per probe.
+//! the timeout, so the ring stays dense), 12 bytes each: the target and whether it was
+//! answered in one word, the address the reply must come from as a 32-bit fingerprint (the
+//! IPv4 address itself, a keyed hash of an IPv6 one), and when it was decided. A `HashMap`
+//! plus an expiry queue took about 100 bytes per probe, the address in full 28.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::hash::RandomState;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 /// Upper bound of remembered probes (ids), whatever the retention.
 pub const MAX_RECENT: usize = 1 << 20;
 
+/// The answered flag in [`Decided::tag`]; the bits below hold the target index plus one.
+const ANSWERED: u32 = 1 << 31;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decided {
-    pub target: u32,
-    pub addr: IpAddr,
-    pub answered: bool,
+    /// Target index + 1 (so never zero: `Option<Decided>` needs no extra word), and
+    /// [`ANSWERED`].
+    tag: NonZeroU32,
+    /// Fingerprint of the address the probe went to (see [`Recent::fingerprint`]).
+    addr: u32,
     /// When it was decided: ms since the ring's epoch, wrapping (ages are seconds).
     at_ms: u32,
+}
+
+impl Decided {
+    pub fn target(&self) -> usize {
+        ((self.tag.get() & !ANSWERED) - 1) as usize
+    }
+
+    pub fn answered(&self) -> bool {
+        self.tag.get() & ANSWERED != 0
+    }
+
+    fn set_answered(&mut self) {
+        self.tag |= ANSWERED;
+    }
 }
 
 #[derive(Debug)]
@@ -27,6 +51,8 @@ pub struct Recent {
     base: u64,
     /// `None`: not decided yet (in flight), or never sent by this matcher.
     ring: VecDeque<Option<Decided>>,
+    /// Keys the IPv6 fingerprints, so nobody can pick an address that collides.
+    keys: RandomState,
 }
 
 impl Recent {
@@ -35,6 +61,7 @@ impl Recent {
             epoch: now,
             base: 1,
             ring: VecDeque::new(),
+            keys: RandomState::new(),
         }
     }
 
@@ -42,12 +69,35 @@ impl Recent {
         at.saturating_duration_since(self.epoch).as_millis() as u32
     }
 
-    /// Remember probe `id` as decided at `at`. Ids already forgotten are ignored.
+    /// 32 bits standing for an address: an IPv4 address is its own fingerprint (exact);
+    /// an IPv6 one is hashed with this ring's random keys.
+    fn fingerprint(&self, addr: &IpAddr) -> u32 {
+        match addr {
+            IpAddr::V4(a) => u32::from(*a),
+            IpAddr::V6(a) => self.keys.hash_one(a) as u32,
+        }
+    }
+
+    /// Whether a reply from `src` may be the answer to the decided probe `d`.
+    pub fn from_target(&self, d: &Decided, src: &IpAddr) -> bool {
+        d.addr == self.fingerprint(src)
+    }
+
+    /// Remember probe `id` as decided at `at`. Ids already forgotten are ignored, and so
+    /// are target indexes of 2^31 - 1 and above (a target list never holds that many).
     pub fn remember(&mut self, id: u64, target: usize, addr: IpAddr, answered: bool, at: Instant) {
         let Some(off) = id.checked_sub(self.base) else {
             return;
         };
         let Ok(off) = usize::try_from(off) else {
+            return;
+        };
+        let Some(tag) = u32::try_from(target)
+            .ok()
+            .and_then(|t| t.checked_add(1))
+            .filter(|t| t & ANSWERED == 0)
+            .and_then(NonZeroU32::new)
+        else {
             return;
         };
         if off >= MAX_RECENT {
@@ -60,17 +110,34 @@ impl Recent {
         if off >= self.ring.len() {
             self.ring.resize(off + 1, None);
         }
+        let tag = if answered { tag | ANSWERED } else { tag };
         self.ring[off] = Some(Decided {
-            target: target as u32,
-            addr,
-            answered,
+            tag,
+            addr: self.fingerprint(&addr),
             at_ms: self.ms(at),
         });
     }
 
-    pub fn get_mut(&mut self, id: u64) -> Option<&mut Decided> {
+    pub fn get(&self, id: u64) -> Option<Decided> {
         let off = usize::try_from(id.checked_sub(self.base)?).ok()?;
-        self.ring.get_mut(off)?.as_mut()
+        *self.ring.get(off)?
+    }
+
+    /// Mark the decided probe `id` answered (a late reply came); false if not remembered.
+    pub fn mark_answered(&mut self, id: u64) -> bool {
+        let Some(off) = id
+            .checked_sub(self.base)
+            .and_then(|o| usize::try_from(o).ok())
+        else {
+            return false;
+        };
+        match self.ring.get_mut(off) {
+            Some(Some(d)) => {
+                d.set_answered();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Forget probes decided `retention` ago or earlier. The ring is forgotten from its
@@ -122,9 +189,9 @@ mod tests {
         let mut r = Recent::new(t0);
         r.remember(2, 7, ip(), true, t0);
         r.remember(3, 8, ip(), false, t0 + Duration::from_secs(1));
-        assert!(r.get_mut(1).is_none(), "id 1 still in flight");
+        assert!(r.get(1).is_none(), "id 1 still in flight");
         assert_eq!(
-            r.get_mut(2).map(|d| (d.target, d.answered)),
+            r.get(2).map(|d| (d.target(), d.answered())),
             Some((7, true))
         );
         let ret = Duration::from_secs(10);
@@ -133,13 +200,13 @@ mod tests {
         assert_eq!(r.len(), 3);
         // Id 1 decided long ago (it is not in flight): 1 and 2 go, 3 stays 10 s.
         r.expire(t0 + Duration::from_secs(10), ret, |_| false);
-        assert!(r.get_mut(2).is_none());
-        assert!(r.get_mut(3).is_some());
+        assert!(r.get(2).is_none());
+        assert!(r.get(3).is_some());
         r.expire(t0 + Duration::from_secs(11), ret, |_| false);
         assert!(r.is_empty());
         // Forgotten ids stay forgotten.
         r.remember(2, 7, ip(), true, t0 + Duration::from_secs(11));
-        assert!(r.get_mut(2).is_none());
+        assert!(r.get(2).is_none());
     }
 
     #[test]
@@ -149,8 +216,41 @@ mod tests {
         r.remember(1, 0, ip(), true, t0);
         r.remember(MAX_RECENT as u64 + 5, 1, ip(), true, t0);
         assert_eq!(r.len(), MAX_RECENT);
-        assert!(r.get_mut(1).is_none());
-        assert!(r.get_mut(MAX_RECENT as u64 + 5).is_some());
-        assert!(std::mem::size_of::<Option<Decided>>() <= 28);
+        assert!(r.get(1).is_none());
+        assert!(r.get(MAX_RECENT as u64 + 5).is_some());
+        assert_eq!(std::mem::size_of::<Option<Decided>>(), 12);
+    }
+
+    #[test]
+    fn the_source_must_match_the_target_address_in_both_families() {
+        let t0 = Instant::now();
+        let mut r = Recent::new(t0);
+        let v6: IpAddr = "2001:db8::7".parse().expect("v6");
+        r.remember(1, 0, ip(), false, t0);
+        r.remember(2, 1, v6, false, t0);
+        let (d1, d2) = (r.get(1).expect("1"), r.get(2).expect("2"));
+        assert!(r.from_target(&d1, &ip()));
+        assert!(!r.from_target(&d1, &IpAddr::from([127, 0, 0, 3])));
+        assert!(r.from_target(&d2, &v6));
+        for other in ["2001:db8::8", "2001:db9::7", "::ffff:127.0.0.2"] {
+            let other: IpAddr = other.parse().expect("v6");
+            assert!(!r.from_target(&d2, &other), "{other} taken for {v6}");
+        }
+        // Late answer marked once; the flag does not disturb the target.
+        assert!(!d1.answered());
+        assert!(r.mark_answered(1));
+        assert_eq!(
+            r.get(1).map(|d| (d.target(), d.answered())),
+            Some((0, true))
+        );
+        assert!(!r.mark_answered(9), "never decided");
+        // Target indexes that do not fit beside the flag are not remembered (no mix-up).
+        r.remember(3, (1 << 31) - 1, ip(), false, t0);
+        assert!(r.get(3).is_none());
+        r.remember(4, (1 << 31) - 2, ip(), true, t0);
+        assert_eq!(
+            r.get(4).map(|d| (d.target(), d.answered())),
+            Some(((1 << 31) - 2, true))
+        );
     }
 }
