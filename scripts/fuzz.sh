@@ -11,7 +11,7 @@ if ! cargo +nightly --version >/dev/null 2>&1 || ! cargo +nightly fuzz --version
   echo "fuzz: needs the nightly toolchain and cargo-fuzz (cargo install cargo-fuzz --locked)" >&2
   exit 2
 fi
-targets=(wire_frame icmp_packet stamp_packet dns_reply agent_config target_spec enroll_token)
+targets=(wire_frame icmp_packet stamp_packet dns_reply agent_config aggregator_config target_spec enroll_token)
 cargo +nightly fuzz build -O 2>&1 | tail -1
 pass=0; fail=0
 for t in "${targets[@]}"; do

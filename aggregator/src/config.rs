@@ -162,17 +162,29 @@ pub const DEFAULT_PRUNE_AFTER: Duration = Duration::from_secs(600);
 
 impl AggregatorConfig {
     pub fn resolve(args: &RunArgs) -> Result<AggregatorConfig, ConfigErrors> {
-        let mut file = match &args.config {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| one("config", format!("cannot read {}: {e}", p.display())))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    one(
-                        "config",
-                        format!("{}: {}", p.display(), e.to_string().trim_end()),
-                    )
-                })?
-            }
+        let text = match &args.config {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| one("config", format!("cannot read {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        AggregatorConfig::resolve_text(args, text.as_deref())
+    }
+
+    /// As [`AggregatorConfig::resolve`] with the configuration file's text given (`None`:
+    /// no file); `args.config` only names the file in errors. Reads no file itself.
+    pub fn resolve_text(
+        args: &RunArgs,
+        text: Option<&str>,
+    ) -> Result<AggregatorConfig, ConfigErrors> {
+        let name = args
+            .config
+            .as_deref()
+            .map_or_else(|| "config".to_string(), |p| p.display().to_string());
+        let mut file = match text {
+            Some(text) => toml::from_str::<FileConfig>(text)
+                .map_err(|e| one("config", format!("{name}: {}", e.to_string().trim_end())))?,
             None => FileConfig::default(),
         };
         let mut errs = Vec::new();
