@@ -5,7 +5,7 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-PKGS=(make gcc fping iputils-ping iproute2 nftables dnsmasq-base prometheus prometheus-alertmanager chromium ca-certificates debootstrap systemd-container)
+PKGS=(make gcc openssl fping iputils-ping iproute2 nftables dnsmasq-base prometheus prometheus-alertmanager chromium ca-certificates debootstrap systemd-container)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -119,6 +119,18 @@ pub enum CertAction {
         #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Install an operator's CA (PEM certificate and key) into the state directory before
+    /// the first start, instead of the CA the aggregator would make itself.
+    ImportCa {
+        /// The CA certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Its private key (PEM, PKCS#8).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[arg(long, value_name = "DIR", env = "PATHPULSE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Revoke every certificate issued to NAME: refused at its next connection (the
     /// running aggregator sees it at once).
     Revoke {
@@ -302,6 +314,38 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Cert {
+            action:
+                CertAction::ImportCa {
+                    cert,
+                    key,
+                    state_dir,
+                },
+        } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+            };
+            let imported = read(&cert)
+                .and_then(|c| Ok((c, read(&key)?)))
+                .and_then(|(c, k)| {
+                    pathpulse_wire::tls::Ca::import(&crate::pki::ca_dir(&state_dir), &c, &k)
+                        .map_err(|e| e.to_string())
+                });
+            match imported {
+                Ok(ca) => {
+                    let fp = pathpulse_wire::tls::ca_fingerprint(ca.cert_pem()).unwrap_or_default();
+                    println!(
+                        "CA installed in {} (SHA-256 {fp}); the aggregator issues agent certificates with it",
+                        crate::pki::ca_dir(&state_dir).display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("invalid configuration:\n  CA: {e}");
+                    ExitCode::from(EXIT_CONFIG as u8)
+                }
+            }
+        }
         Command::Cert {
             action:
                 CertAction::Issue {

@@ -215,6 +215,60 @@ impl Ca {
         Ok(Ca { cert_pem, key_pem })
     }
 
+    /// Install an operator's CA (PEM certificate and private key, e.g. from an
+    /// organisation's PKI) as `ca.crt` and `ca.key` in `dir`, before the aggregator's first
+    /// start. Refused, naming why: a certificate that is not a CA allowed to sign
+    /// certificates, a key that is not the certificate's, and another CA already in `dir`
+    /// (the agents it issued would all be refused). Importing the same CA again is a no-op.
+    pub fn import(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<Ca, TlsError> {
+        let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .next()
+            .ok_or_else(|| {
+                TlsError::Config("no PEM certificate in the CA certificate file".into())
+            })?
+            .map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
+        if !x509.is_ca() {
+            return Err(TlsError::Config(
+                "the certificate is not a CA (basicConstraints CA:TRUE is missing)".into(),
+            ));
+        }
+        if let Ok(Some(ku)) = x509.key_usage()
+            && !ku.value.key_cert_sign()
+        {
+            return Err(TlsError::Config(
+                "the CA certificate's keyUsage does not allow keyCertSign".into(),
+            ));
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let v = x509.validity();
+        if v.not_after.timestamp() <= now {
+            return Err(TlsError::Config("the CA certificate has expired".into()));
+        }
+        if !key_matches_cert(key_pem, cert_pem) {
+            return Err(TlsError::Config(
+                "the private key is not the CA certificate's (or not a PEM key rcgen can sign with: PKCS#8 ECDSA P-256/P-384, Ed25519 or RSA)".into(),
+            ));
+        }
+        let ca = Ca::from_pem(cert_pem.to_string(), key_pem.to_string())?;
+        let (c, k) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+        if c.exists() || k.exists() {
+            let have = std::fs::read_to_string(&c).map_err(|e| file_err(&c, e))?;
+            if ca_fingerprint(&have)? == ca_fingerprint(cert_pem)? {
+                return Ok(ca);
+            }
+            return Err(file_err(
+                &c,
+                "another CA is already installed here; certificates it issued would be refused, so move the state directory's ca/ aside first",
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        write_file(&k, ca.key_pem.as_bytes(), 0o600)?;
+        write_file(&c, ca.cert_pem.as_bytes(), 0o644)?;
+        Ok(ca)
+    }
+
     /// `ca.crt` and `ca.key` in `dir`; generated (and written, key 0600) when absent.
     pub fn load_or_create(dir: &Path) -> Result<Ca, TlsError> {
         let (c, k) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));

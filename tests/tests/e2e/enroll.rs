@@ -313,3 +313,179 @@ fn a_certificate_near_expiry_is_renewed_and_the_new_one_is_used() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("revoked 2 certificate"), "{text}");
 }
+
+/// `openssl ARGS` in `dir`; panics with its output when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An operator's CA made by another tool (openssl) is imported before the first start and
+/// signs the agents' certificates; a leaf certificate, a key that is not the CA's and a
+/// second CA over the first are refused naming why.
+#[test]
+fn an_operators_ca_is_imported_and_signs_the_agents_certificates() {
+    if !pathpulse_tests::require_program("an_operators_ca_is_imported", "openssl") {
+        return;
+    }
+    let mut d = Deployment::unstarted_shared();
+    let ops = d.dir.path().join("ops");
+    std::fs::create_dir_all(&ops).expect("dir");
+    for (name, ca) in [("ca", true), ("other", true)] {
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-keyout",
+        ];
+        let (key, crt, subj) = (
+            format!("{name}.key"),
+            format!("{name}.crt"),
+            format!("/CN=ops {name}"),
+        );
+        args.extend([key.as_str(), "-out", crt.as_str(), "-subj", subj.as_str()]);
+        if ca {
+            args.extend([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+        }
+        openssl(&ops, &args);
+    }
+    // A leaf certificate signed by the CA: not a CA itself.
+    openssl(
+        &ops,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=leaf",
+        ],
+    );
+    openssl(
+        &ops,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-days",
+            "30",
+            "-out",
+            "leaf.crt",
+            "-extfile",
+            "/dev/null",
+        ],
+    );
+    let state = d.state();
+    let import = |crt: &str, key: &str| {
+        run(
+            &bin("pathpulse-aggregator"),
+            &[
+                "cert",
+                "import-ca",
+                "--cert",
+                ops.join(crt).to_str().expect("utf-8"),
+                "--key",
+                ops.join(key).to_str().expect("utf-8"),
+                "--state-dir",
+                state.to_str().expect("utf-8"),
+            ],
+        )
+    };
+    let (code, text) = import("leaf.crt", "leaf.key");
+    assert_eq!(code, 78, "{text}");
+    assert!(text.contains("not a CA"), "{text}");
+    let (code, text) = import("ca.crt", "other.key");
+    assert_eq!(code, 78, "{text}");
+    assert!(
+        text.contains("private key is not the CA certificate's"),
+        "{text}"
+    );
+    assert!(
+        !state.join("ca").exists(),
+        "nothing written after a refusal"
+    );
+    let (code, text) = import("ca.crt", "ca.key");
+    assert_eq!(code, 0, "{text}");
+    // The fingerprint printed is openssl's, in another spelling.
+    let fp = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(ops.join("ca.crt"))
+        .output()
+        .expect("openssl");
+    let fp = String::from_utf8_lossy(&fp.stdout)
+        .to_lowercase()
+        .replace(':', "");
+    let fp = fp
+        .trim()
+        .rsplit('=')
+        .next()
+        .expect("fingerprint")
+        .to_string();
+    assert!(text.contains(&fp), "{text} vs {fp}");
+    let (code, text) = import("ca.crt", "ca.key");
+    assert_eq!(code, 0, "the same CA again is a no-op: {text}");
+    let (code, text) = import("other.crt", "other.key");
+    assert_eq!(code, 78, "{text}");
+    assert!(text.contains("another CA is already installed"), "{text}");
+
+    d.start_aggregator();
+    let agent_state = d.issue("ops-1", &state);
+    openssl(
+        &ops,
+        &[
+            "verify",
+            "-CAfile",
+            "ca.crt",
+            agent_state
+                .join("identity/agent.crt")
+                .to_str()
+                .expect("utf-8"),
+        ],
+    );
+    let target = format!("tcp:127.0.0.1:{}", d.http);
+    let a = d.agent("ops-1", &agent_state, &[&target], &[]);
+    wait_for(Duration::from_secs(20), || {
+        value(
+            &d.metrics(),
+            "pathpulse_probes_sent_total",
+            &[("src", "ops-1")],
+        )
+        .filter(|v| *v >= 3.0)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "agent with a certificate from the operator's CA reporting; log:\n{}",
+            a.log()
+        )
+    });
+}

@@ -55,6 +55,11 @@ impl Deployment {
         }
     }
 
+    /// Ports and directory, the aggregator not started (to prepare its state directory).
+    pub fn unstarted_shared() -> Deployment {
+        Deployment::unstarted(Some(shared()), None, &[])
+    }
+
     /// A deployment for a measurement: no other test runs meanwhile.
     pub fn start_alone() -> Deployment {
         let mut d = Deployment::unstarted(None, Some(exclusive()), &[]);
