@@ -142,6 +142,29 @@ impl Uplink {
         self.spool.push(self.hello.session, r);
     }
 
+    /// Await `fut` (which borrows nothing of the uplink) while spooling what the reporter
+    /// sends meanwhile: a handshake with an aggregator that is down waits for its timeout
+    /// (tens of seconds), and the reporter's queue must not fill and drop reports then.
+    /// `None` when shutting down (cancelled, or the reporter has stopped).
+    async fn spooling<T>(
+        &mut self,
+        next_seq: &mut u64,
+        shutdown: &CancellationToken,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                _ = shutdown.cancelled() => return None,
+                r = self.reports.recv() => match r {
+                    Some(r) => self.enqueue(next_seq, r),
+                    None => return None,
+                },
+            }
+        }
+    }
+
     async fn session(
         &mut self,
         next_seq: &mut u64,
@@ -168,10 +191,11 @@ impl Uplink {
             }
         }
         let endpoint = quinn::Endpoint::client(bind).context("opening the QUIC socket")?;
-        let conn = endpoint
-            .connect_with(self.client.clone(), addr, tls::SERVER_NAME)?
-            .await
-            .with_context(|| format!("QUIC handshake with {addr}"))?;
+        let connecting = endpoint.connect_with(self.client.clone(), addr, tls::SERVER_NAME)?;
+        let Some(conn) = self.spooling(next_seq, shutdown, connecting).await else {
+            return Ok(Ended::Shutdown);
+        };
+        let conn = conn.with_context(|| format!("QUIC handshake with {addr}"))?;
         let result = self.stream(&conn, next_seq, shutdown, backoff).await;
         conn.close(0u32.into(), b"bye");
         tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
@@ -224,12 +248,24 @@ impl Uplink {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> anyhow::Result<Ended> {
-        let (mut send, mut recv) = conn.open_bi().await.context("opening the report stream")?;
-        frame::write(&mut send, &ClientMsg::Hello(self.hello.clone())).await?;
-        if let Some((join, _)) = &self.mesh {
-            frame::write(&mut send, &ClientMsg::Join(join.clone())).await?;
-        }
-        match frame::read::<ServerMsg, _>(&mut recv, frame::DEFAULT_MAX_FRAME).await {
+        let (hello, join) = (
+            ClientMsg::Hello(self.hello.clone()),
+            self.mesh.as_ref().map(|(j, _)| ClientMsg::Join(j.clone())),
+        );
+        let greet = async move {
+            let (mut send, mut recv) = conn.open_bi().await.context("opening the report stream")?;
+            frame::write(&mut send, &hello).await?;
+            if let Some(join) = &join {
+                frame::write(&mut send, join).await?;
+            }
+            let answer = frame::read::<ServerMsg, _>(&mut recv, frame::DEFAULT_MAX_FRAME).await;
+            anyhow::Ok((send, recv, answer))
+        };
+        let Some(greeted) = self.spooling(next_seq, shutdown, greet).await else {
+            return Ok(Ended::Shutdown);
+        };
+        let (send, mut recv, answer) = greeted?;
+        match answer {
             Ok(Some(ServerMsg::Welcome { .. })) => {}
             Ok(Some(ServerMsg::Refused { reason, detail })) => {
                 bail!("refused ({}): {detail}", reason.as_str())

@@ -151,11 +151,11 @@ fn aggregator_killed_while_three_agents_report_keeps_its_counters_exactly() {
     let m = d.metrics();
     let before: Vec<[f64; 4]> = agents.iter().map(|a| counts(&m, &a.name)).collect();
     d.aggregator.as_mut().expect("aggregator").kill9();
-    // 20 s down: every agent keeps probing and spools its reports.
-    std::thread::sleep(Duration::from_secs(20));
+    // 60 s down, as the issue asks: every agent keeps probing and spools its reports.
+    std::thread::sleep(Duration::from_secs(60));
     for a in &agents {
         assert!(
-            spooled(a) >= 30.0,
+            spooled(a) >= 100.0,
             "{} spooled its reports during the outage",
             a.name
         );
