@@ -117,7 +117,8 @@ target/release/pathpulse-aggregator run --listen 127.0.0.1:24470 --http 127.0.0.
   --state-dir "$agg_state" 2>"$tmp/agg.log" & agg=$!
 sleep 2
 target/release/pathpulse-loadgen --state-dir "$agg_state" --aggregator 127.0.0.1:24470 \
-  --agents "${LOADGEN_AGENTS:-1000}" --paths "${LOADGEN_PATHS:-100}" --duration-s 30 --pid "$agg"
+  --agents "${LOADGEN_AGENTS:-1000}" --paths "${LOADGEN_PATHS:-100}" --duration-s 30 --pid "$agg" \
+  --metrics http://127.0.0.1:29470/metrics
 kill "$agg"; wait "$agg" 2>/dev/null || true
 
 echo "== 5. Time to alert: pathpulse vs blackbox_exporter + Prometheus + Alertmanager (about 25 minutes)"

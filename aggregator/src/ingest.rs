@@ -27,6 +27,10 @@ use crate::state::{StateDb, TokenError};
 /// Streams one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 
+/// A connection must say hello this soon after its handshake, or it is closed (and counted
+/// as `silent`): keep-alives alone would hold a connection slot for ever.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+
 pub struct Ingest {
     pub endpoint: quinn::Endpoint,
     /// Beats while the accept loop runs (systemd watchdog).
@@ -96,6 +100,10 @@ impl Ingest {
             accept = Box::pin(endpoint.accept());
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 tracing::warn!(peer = %incoming.remote_address(), "connection limit reached; refusing");
+                self.store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .refuse_local(pathpulse_metrics::store::CONNECTION_LIMIT);
                 incoming.refuse();
                 continue;
             };
@@ -216,6 +224,25 @@ async fn handle_connection(
     if let Some(a) = &alerts {
         a.agent_address(&agent, peer.ip().to_canonical());
     }
+    let greeted = Arc::new(tokio::sync::Notify::new());
+    {
+        let (conn, greeted, store, agent) =
+            (conn.clone(), greeted.clone(), store.clone(), agent.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = greeted.notified() => {}
+                _ = conn.closed() => {}
+                _ = tokio::time::sleep(HELLO_DEADLINE) => {
+                    tracing::warn!(%peer, %agent, "no hello within {HELLO_DEADLINE:?} of the handshake; closing");
+                    store
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .refuse_local(pathpulse_metrics::store::SILENT);
+                    conn.close(0u32.into(), b"no hello in time");
+                }
+            }
+        });
+    }
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -243,6 +270,7 @@ async fn handle_connection(
                 conn: conn.clone(),
                 durability: durability.clone(),
                 limits: limits.clone(),
+                greeted: greeted.clone(),
             },
         ));
     }
@@ -266,6 +294,8 @@ struct Peer {
     conn: quinn::Connection,
     durability: Arc<Durability>,
     limits: Arc<Limits>,
+    /// Told when the connection's first hello is welcomed.
+    greeted: Arc<tokio::sync::Notify>,
 }
 
 /// What every connection shares.
@@ -426,9 +456,11 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
     let mut session = None;
     // Answers go in the version of the agent's last frame (2 or 3).
     let mut version = frame::PROTOCOL_VERSION;
+    let mut received;
     loop {
         let msg = match frame::read_versioned::<ClientMsg, _>(&mut recv, max_frame).await {
             Ok(Some((m, v))) => {
+                received = std::time::Instant::now();
                 version = v;
                 m
             }
@@ -472,6 +504,7 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
             }
             (ClientMsg::Hello(h), _) => {
                 session = Some(h.session);
+                peer.greeted.notify_one();
                 if let Some(a) = &alerts {
                     a.agent_hello(agent, h.site.as_deref(), h.isp.as_deref());
                 }
@@ -545,7 +578,9 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                     let now = wall_clock_ms();
                     let (applied, upto) = {
                         let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
-                        (s.apply_once(&r, sess, now), s.applied_count())
+                        let out = (s.apply_once(&r, sess, now), s.applied_count());
+                        s.ingest_applied.observe(received.elapsed());
+                        out
                     };
                     let seq = r.seq;
                     if applied == Applied::Duplicate {
@@ -559,6 +594,11 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                         tracing::warn!(%agent, seq, "counters not on disk in time; report left unacknowledged (the agent sends it again)");
                         return;
                     }
+                    store
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .ingest_acked
+                        .observe(received.elapsed());
                     (None, Some(ServerMsg::Ack { seq }))
                 }
             },

@@ -520,3 +520,79 @@ async fn renewal_is_refused_until_due_and_only_for_the_connections_identity() {
     assert_eq!(agg.running.store.lock().expect("lock").renewed, 1);
     agg.stop.cancel();
 }
+
+fn refused_local(agg: &Agg, reason: &str) -> u64 {
+    agg.running
+        .store
+        .lock()
+        .expect("lock")
+        .refused
+        .get(reason)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Connections beyond `max_connections` are refused at once and counted, and a connection
+/// that never says hello is closed after the deadline and counted: a client cannot hold
+/// the aggregator's connection slots with handshakes and keep-alives alone.
+#[tokio::test]
+async fn connection_limit_and_silent_connections_are_refused_and_counted() {
+    use pathpulse_aggregator::ingest::HELLO_DEADLINE;
+    use pathpulse_metrics::store::{CONNECTION_LIMIT, SILENT};
+    let agg = start().await;
+    let id = identity(&agg, "crowd");
+    // 16 connections (the limit in `start`), each greeted, so none is silent.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let (ep, conn) = connect(agg.running.bound.quic, &id).await.expect("connect");
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        frame::write(&mut send, &hello("crowd"))
+            .await
+            .expect("hello");
+        assert!(matches!(
+            answer(&mut recv).await,
+            Some(ServerMsg::Welcome { .. })
+        ));
+        held.push((ep, conn, send, recv));
+    }
+    let err = connect(agg.running.bound.quic, &id)
+        .await
+        .expect_err("the 17th connection is refused");
+    assert!(err.contains("refused"), "{err}");
+    assert_eq!(refused_local(&agg, CONNECTION_LIMIT), 1);
+    assert_eq!(refused_local(&agg, SILENT), 0);
+    // Room again: one held connection goes, a silent one takes its place and is closed.
+    let (_, gone, _, _) = held.pop().expect("held");
+    gone.close(0u32.into(), b"bye");
+    drop(gone);
+    let silent = loop {
+        match connect(agg.running.bound.quic, &id).await {
+            Ok((ep, conn)) => break (ep, conn),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let why = tokio::time::timeout(HELLO_DEADLINE * 2, silent.1.closed())
+        .await
+        .expect("the silent connection is closed by the aggregator");
+    let took = t0.elapsed();
+    assert!(
+        matches!(why, quinn::ConnectionError::ApplicationClosed(ref c) if c.reason.as_ref() == b"no hello in time"),
+        "{why:?}"
+    );
+    assert!(
+        took >= HELLO_DEADLINE - Duration::from_secs(1),
+        "closed after {took:?}"
+    );
+    assert_eq!(refused_local(&agg, SILENT), 1);
+    // The greeted ones are still served.
+    let (_, _, send, recv) = held.last_mut().expect("held");
+    frame::write(send, &report("crowd", 1))
+        .await
+        .expect("report");
+    assert!(matches!(
+        answer(recv).await,
+        Some(ServerMsg::Ack { seq: 1 })
+    ));
+    agg.stop.cancel();
+}

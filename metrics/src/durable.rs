@@ -199,7 +199,7 @@ impl Store {
             dst: Arc::from(dst),
             probe,
         };
-        self.paths.insert(key, st);
+        self.paths.insert(key, Box::new(st));
         Ok(())
     }
 

@@ -41,6 +41,9 @@ struct Args {
     pid: Option<u32>,
     churn: Option<Duration>,
     rss_every: Option<Duration>,
+    /// The aggregator's `/metrics` URL: its receive-to-applied histogram is read before
+    /// and after the measured interval.
+    metrics: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -82,6 +85,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .map(|v| v.parse().map(Duration::from_secs))
             .transpose()
             .context("--rss-every-s")?,
+        metrics: get("--metrics"),
     })
 }
 
@@ -363,6 +367,7 @@ fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep_until((start + args.warmup).into()).await;
         let before = args.pid.and_then(proc_stats);
+        let stages_before = args.metrics.as_deref().map(ingest_latency);
         eprintln!(
             "loadgen: {} agents × {} paths every {:?}{}; measuring for {:?}",
             args.agents,
@@ -424,6 +429,18 @@ fn main() -> anyhow::Result<()> {
                 h.max() as f64 / 1000.0
             );
         }
+        if let (Some(url), Some(b)) = (args.metrics.as_deref(), stages_before) {
+            let a = ingest_latency(url);
+            for (stage, what) in [("applied", "receive-to-applied"), ("acked", "receive-to-ack")] {
+                match quantile_bound(b.get(stage), a.get(stage), 0.99) {
+                    Some((le, n)) => println!(
+                        "{what} at the aggregator: p99 <= {:.1} ms (bucket bound; {n} reports; goal for applied: p99 < 100 ms)",
+                        le * 1000.0
+                    ),
+                    None => println!("{what} at the aggregator: no reports in the interval"),
+                }
+            }
+        }
         if let (Some((_, c0)), Some((rss, c1))) = (before, after) {
             let hz = 100.0;
             let paths = (args.agents * args.paths) as f64;
@@ -436,4 +453,65 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// `pathpulse_ingest_latency_seconds` by stage: cumulative counts per `le` bound.
+fn ingest_latency(url: &str) -> std::collections::HashMap<String, Vec<(f64, u64)>> {
+    let mut out: std::collections::HashMap<String, Vec<(f64, u64)>> = Default::default();
+    let text = match ureq::get(url).call() {
+        Ok(mut r) => r.body_mut().read_to_string().unwrap_or_default(),
+        Err(e) => {
+            eprintln!("loadgen: {url}: {e}");
+            return out;
+        }
+    };
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("pathpulse_ingest_latency_seconds_bucket{") else {
+            continue;
+        };
+        let label = |name: &str| {
+            let at = rest.find(&format!("{name}=\""))? + name.len() + 2;
+            rest[at..].split('"').next().map(str::to_string)
+        };
+        let (Some(stage), Some(le)) = (label("stage"), label("le")) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::NAN)
+        };
+        let n = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let Some(n) = n {
+            out.entry(stage).or_default().push((le, n as u64));
+        }
+    }
+    out
+}
+
+/// The smallest bucket bound under which `q` of the reports between two reads fall, and
+/// how many reports that was.
+fn quantile_bound(
+    before: Option<&Vec<(f64, u64)>>,
+    after: Option<&Vec<(f64, u64)>>,
+    q: f64,
+) -> Option<(f64, u64)> {
+    let after = after?;
+    let at = |le: f64| {
+        before
+            .and_then(|b| b.iter().find(|(l, _)| *l == le))
+            .map_or(0, |(_, n)| *n)
+    };
+    let deltas: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(le, n)| (le, n.saturating_sub(at(le))))
+        .collect();
+    let total = deltas.iter().map(|d| d.1).max()?;
+    if total == 0 {
+        return None;
+    }
+    deltas
+        .iter()
+        .find(|(_, n)| *n as f64 >= q * total as f64)
+        .map(|&(le, _)| (le, total))
 }
