@@ -62,10 +62,10 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
     let _b = d.agent("p-b", &sb, &[&target], &[]);
 
     let (_prom, prom_port) = start(d.dir.path(), d.http);
-    let query = "count by (src, dst, probe) (pathpulse_rtt_seconds_bucket)";
+    let count = "count by (src, dst, probe) (pathpulse_rtt_seconds_bucket)";
     let url = format!(
         "http://127.0.0.1:{prom_port}/api/v1/query?query={}",
-        urlencode(query)
+        urlencode(count)
     );
     let want = [
         ("p-a", format!("127.0.0.1:{}", d.http)),
@@ -95,6 +95,19 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         assert_eq!(buckets, 18.0, "17 classic bounds + Inf per path: {r}");
+    }
+    // Without native histograms, path-detail's histogram panel answers from the classic
+    // buckets (the dashboards test runs its native branch).
+    let dst = format!("127.0.0.1:{}", d.http);
+    for q in crate::dashboards::histogram_panel("p-a", &dst, "tcp") {
+        let answer = wait_for(Duration::from_secs(20), || {
+            query(prom_port, &q).filter(|r| !r.is_empty())
+        });
+        assert!(
+            answer.is_some(),
+            "no series for {q}: {:?}",
+            query(prom_port, &q)
+        );
     }
 
     let exposition = http_get(&d.url("/metrics")).expect("scrape");

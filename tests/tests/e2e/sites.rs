@@ -11,6 +11,8 @@
 //! The agents `home-a` (site-a, isp-a) and `home-b` (site-b, isp-b) probe the anchor with
 //! ICMP (hop discovery on: cpe, isp, transit, target) and STAMP; loss is switched on and
 //! off on the emulated link cpe-a → isp-a (one direction: STAMP calls it forward loss).
+//! Every agent runs with `--clock-sync assume` (one kernel clock for all namespaces), so
+//! STAMP reports one-way delay.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -175,6 +177,10 @@ impl Sites {
             dir.to_str().expect("utf-8"),
             "--report-interval",
             "1s",
+            // The namespaces share one kernel clock: synchronized, whatever the kernel says
+            // (STAMP's S bit, so one-way delays exist on every host).
+            "--clock-sync",
+            "assume",
         ];
         args.extend_from_slice(extra);
         let p = self
