@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pathpulse_tests::lab::netns::Netns;
-use pathpulse_tests::{http_get, parse_metrics, require_program, require_root, wait_for};
+use pathpulse_tests::{
+    http_get, parse_metrics, promtool_check, require_program, require_root, wait_for,
+};
 use serde_json::Value;
 
 use crate::prometheus::urlencode;
@@ -316,6 +318,11 @@ fn dashboards_are_current_schema_with_a_datasource_variable() {
     }
 }
 
+/// Metric families (`# TYPE` lines) in an exposition.
+fn families(text: &str) -> usize {
+    text.lines().filter(|l| l.starts_with("# TYPE ")).count()
+}
+
 /// A real Prometheus inside `ns`, scraping the aggregator at [`HTTP`] every second, with
 /// native histograms and the remote-write receiver on.
 fn prometheus_in(lab: &Sites) -> pathpulse_tests::Proc {
@@ -346,7 +353,10 @@ fn prometheus_in(lab: &Sites) -> pathpulse_tests::Proc {
 fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let test = "every_dashboard_query_returns_data_from_a_real_prometheus";
     let _serial = crate::lab::lab_lock();
-    if !require_root(test) || !require_program(test, "prometheus") {
+    if !require_root(test)
+        || !require_program(test, "prometheus")
+        || !require_program(test, "promtool")
+    {
         return;
     }
     let lab = Sites::start(43);
@@ -395,6 +405,30 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     })
     .unwrap_or_else(|| panic!("no {need:?} within 60 s:\n{}", lab.logs()));
     let exported: BTreeSet<&str> = exposition.iter().map(|s| s.name.as_str()).collect();
+    // promtool accepts the aggregator's exposition with every family a lab run has (hops,
+    // site pairs, ISPs, verdicts, STAMP) and an agent's own (standalone) exposition.
+    let text = lab.get("/metrics").expect("aggregator /metrics").1;
+    promtool_check(&text).unwrap_or_else(|e| panic!("aggregator: {e}"));
+    let agent = wait_for(Duration::from_secs(30), || {
+        let text = lab.agent_metrics("home-a")?;
+        let m = parse_metrics(&text);
+        need.iter()
+            .filter(|n| **n != "pathpulse_fault_verdict")
+            .all(|n| m.iter().any(|s| s.name == *n))
+            .then_some(text)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "home-a's /metrics lacks some of {need:?}:\n{:?}",
+            lab.agent_metrics("home-a")
+        )
+    });
+    promtool_check(&agent).unwrap_or_else(|e| panic!("agent home-a: {e}"));
+    eprintln!(
+        "promtool check metrics: clean for the aggregator ({} families) and home-a ({} families)",
+        families(&text),
+        families(&agent)
+    );
     for n in &names {
         // A histogram's own name (native series) is in the text exposition as `_bucket`.
         assert!(

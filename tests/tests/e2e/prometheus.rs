@@ -1,12 +1,10 @@
 //! A real Prometheus (Debian package) scrapes the aggregator; PromQL finds the RTT
 //! histogram of every path; `promtool check metrics` accepts the exposition.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pathpulse_tests::{Proc, free_port, http_get, require_program, wait_for};
+use pathpulse_tests::{Proc, free_port, http_get, promtool_check, require_program, wait_for};
 
 use crate::setup::Deployment;
 
@@ -111,29 +109,9 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
     }
 
     let exposition = http_get(&d.url("/metrics")).expect("scrape");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.trim().is_empty(),
-        "promtool check metrics complained:\n{text}\n--- exposition ---\n{exposition}"
-    );
+    if let Err(e) = promtool_check(&exposition) {
+        panic!("{e}");
+    }
 }
 
 fn query(port: u16, q: &str) -> Option<Vec<serde_json::Value>> {

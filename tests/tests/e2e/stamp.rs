@@ -263,36 +263,12 @@ fn stamp_sender_against_reflector_on_loopback_with_exact_accounting() {
     }
     // The STAMP families pass promtool's checks.
     if pathpulse_tests::require_program("stamp promtool", "promtool") {
-        use std::io::Write;
         let exposition = http_get(&surl).expect("scrape") + &http_get(&rurl).expect("scrape");
         assert!(exposition.contains("pathpulse_directional_loss_ratio"));
-        for text in [
-            http_get(&surl).expect("scrape"),
-            http_get(&rurl).expect("scrape"),
-        ] {
-            let mut child = std::process::Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("promtool");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write");
-            let out = child.wait_with_output().expect("promtool output");
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success() && said.trim().is_empty(),
-                "promtool check metrics complained:\n{said}\n--- exposition ---\n{text}"
-            );
+        for url in [&surl, &rurl] {
+            if let Err(e) = pathpulse_tests::promtool_check(&http_get(url).expect("scrape")) {
+                panic!("{e}");
+            }
         }
     }
 }
