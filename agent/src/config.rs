@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::probe::hop_udp::HopProbe;
+use crate::probe::stamp::clock::ClockSync;
 use crate::spool::SpoolLimits;
 use crate::target::TargetSpec;
 
@@ -54,6 +55,7 @@ pub struct FileConfig {
     /// Mesh: addresses other agents probe this one at (default: the address the
     /// aggregator sees its connection come from).
     pub advertise: Option<Vec<String>>,
+    pub clock_sync: Option<ClockSync>,
 }
 
 /// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
@@ -146,6 +148,11 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub advertise: Vec<String>,
+    /// Who says the host clock is synchronized (STAMP's S bit, so one-way delay): kernel
+    /// (adjtimex, as NTP daemons set it) or assume (PTP via phc2sys, which the kernel does
+    /// not see; namespaces sharing one clock). Default kernel.
+    #[arg(long, value_name = "MODE", env = "PATHPULSE_CLOCK_SYNC")]
+    pub clock_sync: Option<ClockSync>,
 }
 
 /// The validated configuration the agent runs with.
@@ -175,6 +182,8 @@ pub struct AgentConfig {
     pub stamp_key: Option<crate::probe::stamp::packet::StampKey>,
     /// Mesh: addresses peers probe this agent at (empty: as the aggregator sees it).
     pub advertise: Vec<std::net::IpAddr>,
+    /// Who says the host clock is synchronized (STAMP's S bit).
+    pub clock_sync: ClockSync,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -506,6 +515,7 @@ impl AgentConfig {
                 stamp_rate,
                 stamp_key,
                 advertise,
+                clock_sync: args.clock_sync.or(file.clock_sync).unwrap_or_default(),
             })
         } else {
             Err(ConfigErrors(c.0))
@@ -635,5 +645,26 @@ mod tests {
         assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
         assert_eq!(f.hops, Some(true));
         assert_eq!(d(f.hop_interval), DEFAULT_HOP_INTERVAL);
+        assert_eq!(f.clock_sync, Some(ClockSync::default()));
+    }
+
+    #[test]
+    fn clock_sync_comes_from_the_flag_or_the_file() {
+        let file = |t: &str| parse_file(t, Path::new("agent.toml"));
+        let c = AgentConfig::resolve(&args(&["127.0.0.2"])).expect("valid");
+        assert_eq!(c.clock_sync, ClockSync::Kernel);
+        let f = file("clock_sync = \"assume\"").expect("assume");
+        let c = AgentConfig::resolve_with(&args(&["127.0.0.2"]), f).expect("valid");
+        assert_eq!(c.clock_sync, ClockSync::Assume);
+        let mut a = args(&["127.0.0.2"]);
+        a.clock_sync = Some(ClockSync::Kernel);
+        let f = file("clock_sync = \"assume\"").expect("assume");
+        assert_eq!(
+            AgentConfig::resolve_with(&a, f).expect("valid").clock_sync,
+            ClockSync::Kernel,
+            "the flag wins"
+        );
+        let e = file("clock_sync = \"ntp\"").expect_err("bad value");
+        assert!(e.to_string().contains("clock_sync"), "{e}");
     }
 }

@@ -191,6 +191,7 @@ pub fn restart_keys(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static st
     check("stamp_rate", running.stamp_rate != new.stamp_rate);
     check("stamp_key_file", running.stamp_key != new.stamp_key);
     check("advertise", running.advertise != new.advertise);
+    check("clock_sync", running.clock_sync != new.clock_sync);
     keys
 }
 
@@ -399,6 +400,7 @@ mod tests {
             stamp_key: None,
             advertise: vec![],
             spool: Default::default(),
+            clock_sync: Default::default(),
         }
     }
 

@@ -225,6 +225,7 @@ pub async fn run_with(
                 socket,
                 limits,
                 shared: shared.clone(),
+                clock: cfg.clock_sync,
             }
             .run(shutdown.clone()),
         );
@@ -239,6 +240,7 @@ pub async fn run_with(
             shared.clone(),
             resolver.clone(),
             cfg.stamp_key.clone(),
+            cfg.clock_sync,
         ) {
             Ok(p) => {
                 tasks.spawn(p.run(shutdown.clone()));

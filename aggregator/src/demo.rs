@@ -127,6 +127,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             stamp_key: None,
             advertise: vec![],
             spool: Default::default(),
+            clock_sync: Default::default(),
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }

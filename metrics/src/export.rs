@@ -684,11 +684,16 @@ pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; chars
 /// Families that are summaries in the classic text format: exact quantiles over sliding
 /// windows, which is what a Prometheus summary is. (OpenMetrics output types them as
 /// gauges: prometheus-client cannot encode summaries.)
-const SUMMARY_FAMILIES: [&str; 4] = [
+/// Every family with a `quantile` label must be one: `promtool check metrics` refuses the
+/// label on any other type.
+const SUMMARY_FAMILIES: [&str; 7] = [
     "pathpulse_rtt_quantile_seconds",
     "pathpulse_ipdv_seconds",
     "pathpulse_pdv_seconds",
     "pathpulse_one_way_delay_seconds",
+    "pathpulse_hop_rtt_quantile_seconds",
+    "pathpulse_site_pair_rtt_quantile_seconds",
+    "pathpulse_isp_rtt_quantile_seconds",
 ];
 
 /// Convert the OpenMetrics text of [`encode_text`] into the classic Prometheus text

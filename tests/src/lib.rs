@@ -226,6 +226,40 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// `promtool check metrics` on an exposition: `Err` with what promtool said (and the
+/// exposition) when it complains about anything.
+pub fn promtool_check(exposition: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin is piped")
+        .write_all(exposition.as_bytes())
+        .map_err(|e| format!("writing to promtool: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("promtool: {e}"))?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check metrics complained:\n{said}\n--- exposition ---\n{exposition}"
+        ))
+    }
+}
+
 /// Parse the sample lines of a Prometheus / OpenMetrics text exposition (test use: label
 /// values without escaped quotes).
 pub fn parse_metrics(text: &str) -> Vec<Sample> {

@@ -5,6 +5,7 @@ mod agg_reload;
 mod alert_bench;
 mod alerts;
 mod cli;
+mod clock_sync;
 mod dashboards;
 mod delivery;
 mod demo;

@@ -1,12 +1,10 @@
 //! A real Prometheus (Debian package) scrapes the aggregator; PromQL finds the RTT
 //! histogram of every path; `promtool check metrics` accepts the exposition.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pathpulse_tests::{Proc, free_port, http_get, require_program, wait_for};
+use pathpulse_tests::{Proc, free_port, http_get, promtool_check, require_program, wait_for};
 
 use crate::setup::Deployment;
 
@@ -62,10 +60,10 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
     let _b = d.agent("p-b", &sb, &[&target], &[]);
 
     let (_prom, prom_port) = start(d.dir.path(), d.http);
-    let query = "count by (src, dst, probe) (pathpulse_rtt_seconds_bucket)";
+    let count = "count by (src, dst, probe) (pathpulse_rtt_seconds_bucket)";
     let url = format!(
         "http://127.0.0.1:{prom_port}/api/v1/query?query={}",
-        urlencode(query)
+        urlencode(count)
     );
     let want = [
         ("p-a", format!("127.0.0.1:{}", d.http)),
@@ -96,31 +94,24 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
             .unwrap_or(0.0);
         assert_eq!(buckets, 18.0, "17 classic bounds + Inf per path: {r}");
     }
+    // Without native histograms, path-detail's histogram panel answers from the classic
+    // buckets (the dashboards test runs its native branch).
+    let dst = format!("127.0.0.1:{}", d.http);
+    for q in crate::dashboards::histogram_panel("p-a", &dst, "tcp") {
+        let answer = wait_for(Duration::from_secs(20), || {
+            query(prom_port, &q).filter(|r| !r.is_empty())
+        });
+        assert!(
+            answer.is_some(),
+            "no series for {q}: {:?}",
+            query(prom_port, &q)
+        );
+    }
 
     let exposition = http_get(&d.url("/metrics")).expect("scrape");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.trim().is_empty(),
-        "promtool check metrics complained:\n{text}\n--- exposition ---\n{exposition}"
-    );
+    if let Err(e) = promtool_check(&exposition) {
+        panic!("{e}");
+    }
 }
 
 fn query(port: u16, q: &str) -> Option<Vec<serde_json::Value>> {

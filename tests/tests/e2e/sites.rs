@@ -11,6 +11,8 @@
 //! The agents `home-a` (site-a, isp-a) and `home-b` (site-b, isp-b) probe the anchor with
 //! ICMP (hop discovery on: cpe, isp, transit, target) and STAMP; loss is switched on and
 //! off on the emulated link cpe-a → isp-a (one direction: STAMP calls it forward loss).
+//! Every agent runs with `--clock-sync assume` (one kernel clock for all namespaces), so
+//! STAMP reports one-way delay.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +24,8 @@ use pathpulse_tests::{Proc, bin, run, wait_for};
 
 /// The aggregator's HTTP address inside the anchor namespace.
 pub const HTTP: &str = "127.0.0.1:9470";
+/// Every agent's own /metrics, inside its namespace.
+pub const AGENT_METRICS: &str = "127.0.0.1:9469";
 const QUIC_PORT: u16 = 4470;
 
 /// Alert rules of the lab's aggregator: the loss alert clears after 10 s at ≤ 1% (held
@@ -175,6 +179,12 @@ impl Sites {
             dir.to_str().expect("utf-8"),
             "--report-interval",
             "1s",
+            // The namespaces share one kernel clock: synchronized, whatever the kernel says
+            // (STAMP's S bit, so one-way delays exist on every host).
+            "--clock-sync",
+            "assume",
+            "--metrics-listen",
+            AGENT_METRICS,
         ];
         args.extend_from_slice(extra);
         let p = self
@@ -203,16 +213,14 @@ impl Sites {
 
     /// GET `path` from the aggregator, from inside the anchor namespace: (status line, body).
     pub fn get(&self, path: &str) -> Option<(String, String)> {
-        let (host, port) = HTTP.split_once(':').expect("addr");
-        let script = format!(
-            "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
-        );
-        let (code, text) = self.anchor().run("bash", &["-c", &script]);
-        if code != 0 {
-            return None;
-        }
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        Some((head.lines().next()?.to_string(), body.to_string()))
+        get_in(self.anchor(), HTTP, path)
+    }
+
+    /// The text of agent `node`'s own /metrics (status 200 only).
+    pub fn agent_metrics(&self, node: &str) -> Option<String> {
+        get_in(self.topo.ns(node), AGENT_METRICS, "/metrics")
+            .filter(|(status, _)| status.contains(" 200"))
+            .map(|(_, body)| body)
     }
 
     /// GET `path` as JSON (status 200 only).
@@ -230,6 +238,20 @@ impl Sites {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// GET `path` from `addr` inside `ns` (HTTP/1.0): (status line, body).
+fn get_in(ns: &Netns, addr: &str, path: &str) -> Option<(String, String)> {
+    let (host, port) = addr.split_once(':').expect("addr");
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let (code, text) = ns.run("bash", &["-c", &script]);
+    if code != 0 {
+        return None;
+    }
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
 }
 
 /// Whether the kernel calls this host's clock synchronized (`adjtimex`, read only), as the

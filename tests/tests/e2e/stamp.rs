@@ -8,7 +8,7 @@ use pathpulse_tests::{Proc, bin, free_port, http_get, parse_metrics, select, wai
 
 /// A Session-Sender packet written out from RFC 8762 §4.2.1: sequence, NTP timestamp,
 /// error estimate (S=0, scale 0, multiplier 1), SSID 0x0102 (RFC 8972), zeros to 44.
-fn sender_packet(seq: u32) -> Vec<u8> {
+pub(crate) fn sender_packet(seq: u32) -> Vec<u8> {
     let mut p = Vec::with_capacity(44);
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(&[0xE9, 0x4F, 0x0E, 0x80, 0, 0, 0, 0]);
@@ -263,38 +263,32 @@ fn stamp_sender_against_reflector_on_loopback_with_exact_accounting() {
     }
     // The STAMP families pass promtool's checks.
     if pathpulse_tests::require_program("stamp promtool", "promtool") {
-        use std::io::Write;
         let exposition = http_get(&surl).expect("scrape") + &http_get(&rurl).expect("scrape");
         assert!(exposition.contains("pathpulse_directional_loss_ratio"));
-        for text in [
-            http_get(&surl).expect("scrape"),
-            http_get(&rurl).expect("scrape"),
-        ] {
-            let mut child = std::process::Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("promtool");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write");
-            let out = child.wait_with_output().expect("promtool output");
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success() && said.trim().is_empty(),
-                "promtool check metrics complained:\n{said}\n--- exposition ---\n{text}"
-            );
+        for url in [&surl, &rurl] {
+            if let Err(e) = pathpulse_tests::promtool_check(&http_get(url).expect("scrape")) {
+                panic!("{e}");
+            }
         }
     }
+}
+
+/// An agent on loopback serving its own /metrics on a free port, reporting every 200 ms:
+/// the process and its /metrics URL.
+pub(crate) fn loopback_agent(dir: &std::path::Path, name: &str, extra: &[&str]) -> (Proc, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "run",
+        "--name",
+        name,
+        "--metrics-listen",
+        &metrics,
+        "--report-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::start(name, &bin("pathpulse-agent"), &args, dir);
+    (p, format!("http://{metrics}/metrics"))
 }
 
 /// GET /metrics of an agent listening on 127.0.0.1:`port` inside `ns`.
@@ -604,32 +598,13 @@ fn stamp_authenticated_mode_answers_only_the_shared_key() {
     )
     .expect("key");
     let (key, wrong) = (key.to_str().expect("utf-8"), wrong.to_str().expect("utf-8"));
-    let (udp, m_refl, m_good, m_bad) = (free_port(), free_port(), free_port(), free_port());
-    let addr = format!("127.0.0.1:{udp}");
+    let addr = format!("127.0.0.1:{}", free_port());
     let target = format!("stamp:{addr}");
-    let start = |name: &str, metrics: u16, extra: &[&str]| {
-        let metrics = format!("127.0.0.1:{metrics}");
-        let mut args = vec![
-            "run",
-            "--name",
-            name,
-            "--metrics-listen",
-            &metrics,
-            "--report-interval",
-            "200ms",
-        ];
-        args.extend_from_slice(extra);
-        Proc::start(name, &bin("pathpulse-agent"), &args, dir.path())
-    };
-    let mut refl = start(
-        "refl",
-        m_refl,
-        &["--stamp-listen", &addr, "--stamp-key-file", key],
-    );
+    let start = |name: &str, extra: &[&str]| loopback_agent(dir.path(), name, extra);
+    let (mut refl, refl_url) = start("refl", &["--stamp-listen", &addr, "--stamp-key-file", key]);
     refl.wait_log("agent running", Duration::from_secs(10));
-    let good = start(
+    let (good, good_url) = start(
         "good",
-        m_good,
         &[
             "--target",
             &target,
@@ -641,9 +616,8 @@ fn stamp_authenticated_mode_answers_only_the_shared_key() {
             key,
         ],
     );
-    let _bad = start(
+    let (_bad, bad_url) = start(
         "bad",
-        m_bad,
         &[
             "--target",
             &target,
@@ -655,17 +629,16 @@ fn stamp_authenticated_mode_answers_only_the_shared_key() {
             wrong,
         ],
     );
-    let url = |p: u16| format!("http://127.0.0.1:{p}/metrics");
     let l = [("dst", addr.as_str()), ("probe", "stamp")];
     let recv = wait_for(Duration::from_secs(20), || {
-        get(&scrape(&url(m_good)), "pathpulse_probes_received_total", &l).filter(|v| *v >= 50.0)
+        get(&scrape(&good_url), "pathpulse_probes_received_total", &l).filter(|v| *v >= 50.0)
     })
     .unwrap_or_else(|| panic!("no authenticated replies:\n{}", good.log()));
-    let m = scrape(&url(m_good));
+    let m = scrape(&good_url);
     assert_eq!(get(&m, "pathpulse_probes_lost_total", &l), Some(0.0));
     let failed = wait_for(Duration::from_secs(10), || {
         get(
-            &scrape(&url(m_refl)),
+            &scrape(&refl_url),
             "pathpulse_stamp_reflector_dropped_total",
             &[("agent", "refl"), ("reason", "auth_failed")],
         )
@@ -675,7 +648,7 @@ fn stamp_authenticated_mode_answers_only_the_shared_key() {
         failed.is_some(),
         "wrong-key packets not counted as auth_failed"
     );
-    let b = scrape(&url(m_bad));
+    let b = scrape(&bad_url);
     assert_eq!(
         get(&b, "pathpulse_probes_received_total", &l),
         Some(0.0),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use pathpulse_wire::stamp::ReflectorCounts;
 use tokio_util::sync::CancellationToken;
 
-use super::clock::{self, ClockState};
+use super::clock::{ClockState, ClockSync};
 use super::packet::{
     AUTH_PACKET_LEN, NtpTimestamp, PACKET_LEN, PacketError, ReflectorPacket, SenderPacket, StampKey,
 };
@@ -231,6 +231,8 @@ pub struct ReflectorTask {
     pub socket: StampSocket,
     pub limits: Limits,
     pub shared: Arc<Shared>,
+    /// Who says whether the clock is synchronized (the S bit of every reply).
+    pub clock: ClockSync,
 }
 
 impl ReflectorTask {
@@ -239,8 +241,13 @@ impl ReflectorTask {
         let mut buf = vec![0u8; 64 * 1024];
         let mut events = Vec::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut clock_state = clock::query();
+        let mut clock_state = self.clock.query();
         let mut clock_read = Instant::now();
+        tracing::info!(
+            synchronized = clock_state.synchronized,
+            clock_sync = %self.clock,
+            "STAMP reflector: host clock"
+        );
         loop {
             let r = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -258,7 +265,7 @@ impl ReflectorTask {
             }
             backoff.reset();
             if clock_read.elapsed() > Duration::from_secs(10) {
-                clock_state = clock::query();
+                clock_state = self.clock.query();
                 clock_read = Instant::now();
             }
             for ev in events.drain(..) {

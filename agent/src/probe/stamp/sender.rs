@@ -22,7 +22,7 @@ use pathpulse_wire::ProbeKind;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::clock::{self, ClockState};
+use super::clock::{ClockState, ClockSync};
 use super::ecmp::{Turns, open_own, queue, spawn_readers};
 use super::packet::{NtpTimestamp, ReflectorPacket, SenderPacket, StampKey};
 use super::reflector::DEFAULT_PORT;
@@ -52,6 +52,8 @@ pub struct StampProber {
     v6: Option<StampSocket>,
     /// Authenticated mode (RFC 8762 §4.4) when set.
     key: Option<StampKey>,
+    /// Who says whether the clock is synchronized (the S bit).
+    clock: ClockSync,
 }
 
 /// One target's sessions (one per source port), its own sockets if it has any, and
@@ -95,6 +97,7 @@ impl StampProber {
         shared: Arc<Shared>,
         resolver: Arc<Resolver>,
         key: Option<StampKey>,
+        clock: ClockSync,
     ) -> std::io::Result<StampProber> {
         let p = plan.borrow_and_update().clone();
         let (targets, interval, timeout) = (p.of_kind(ProbeKind::Stamp), p.interval, p.timeout);
@@ -125,6 +128,7 @@ impl StampProber {
             v4,
             v6,
             key,
+            clock,
         })
     }
 
@@ -215,10 +219,11 @@ impl StampProber {
             |n: usize, iv: Duration| Schedule::new(vec![iv; n], Instant::now(), rand::random());
         let mut sched = new_schedule(self.targets.len(), self.interval);
         let mut plan_open = true;
-        let mut clock_state = clock::query();
+        let mut clock_state = self.clock.query();
         let mut clock_read = Instant::now();
         tracing::info!(
             synchronized = clock_state.synchronized,
+            clock_sync = %self.clock,
             "STAMP sender: host clock"
         );
         let (mut buf4, mut buf6) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
@@ -281,7 +286,7 @@ impl StampProber {
             }
             let now = Instant::now();
             if now.saturating_duration_since(clock_read) > CLOCK_REFRESH {
-                clock_state = clock::query();
+                clock_state = self.clock.query();
                 clock_read = now;
             }
             for due in sched.pop_due(now) {
