@@ -33,3 +33,4 @@ mod systemd_boot;
 mod topo;
 mod ui;
 mod ui_lab;
+mod ui_load;

@@ -1,7 +1,8 @@
 //! The live mesh page and its API: responses checked against a schema; the page loaded in
 //! headless Chromium inside a network namespace with an aggregator and two agents, an
 //! impairment injected with nftables, the right cell turning to the bad color; zero
-//! requests leave 127.0.0.1; screenshots kept under `target/ui-artifacts/`.
+//! requests leave 127.0.0.1; screenshots kept under `target/ui-artifacts/`. The page with
+//! 40,000 cells from the aggregator is `ui_load.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -827,18 +828,6 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         "Enter expanded lab-1"
     );
 
-    // 200 agents × 200 destinations (40,000 cells) drawn without freezing the page.
-    b.eval(&page, "window.pathpulse.pause()");
-    let big = synthetic_mesh(200, 200);
-    let ms = b.eval(&page, &format!("window.pathpulse.render({big})"));
-    let ms = ms.as_f64().expect("render time");
-    let s = b.eval(&page, "window.pathpulse.summary()");
-    eprintln!("40,000 cells drawn in {ms:.0} ms: {s}");
-    assert_eq!(s["paths"], 40_000);
-    assert!(ms < 2_000.0, "drawing 40,000 cells took {ms} ms");
-    b.color_scheme(&page, "light");
-    save(&dir, "mesh-40k.png", &b.screenshot(&page));
-
     b.stop_intercepting(&page);
 
     // Nothing but the aggregator was asked for anything.
@@ -864,51 +853,4 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
     }
     let errors = b.page_errors(&page);
     assert!(errors.is_empty(), "page errors: {errors:?}");
-}
-
-/// A mesh of `n` sources and `m` destinations in 10 sites and 4 ISPs, as JSON, with loss
-/// and RTT spread over every color class.
-fn synthetic_mesh(n: usize, m: usize) -> String {
-    let sources: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({ "name": format!("agent-{i:03}"), "site": format!("site-{}", i % 10),
-                    "isp": format!("isp-{}", i % 4), "up": i % 37 != 0 })
-        })
-        .collect();
-    let destinations: Vec<Value> = (0..m)
-        .map(|j| {
-            json!({ "name": format!("10.{}.{}.1", j / 250, j % 250), "probe": "icmp",
-                    "agent": format!("agent-{j:03}"), "site": format!("site-{}", j % 10),
-                    "isp": format!("isp-{}", j % 4) })
-        })
-        .collect();
-    let mut cells = Vec::with_capacity(n * m);
-    for i in 0..n {
-        for j in 0..m {
-            let k = (i * 7 + j * 13) % 100;
-            let (recv, lost) = match k {
-                0..=79 => (120, 0),
-                80..=89 => (119, 1),
-                90..=95 => (117, 3),
-                _ => (100, 20),
-            };
-            let p50 = 200 + (k as u64) * 900;
-            cells.push(json!([
-                i,
-                j,
-                recv,
-                lost,
-                lost as f64 / (recv + lost) as f64,
-                p50,
-                p50 * 3
-            ]));
-        }
-    }
-    json!({
-        "window": "1m", "window_ms": 60000, "generated_ms": 1_800_000_000_000u64,
-        "sources": sources, "destinations": destinations,
-        "cell_fields": ["src", "dst", "received", "lost", "loss", "p50_us", "p99_us"],
-        "cells": cells,
-    })
-    .to_string()
 }
