@@ -1,7 +1,8 @@
 //! The live mesh page and its API: responses checked against a schema; the page loaded in
 //! headless Chromium inside a network namespace with an aggregator and two agents, an
 //! impairment injected with nftables, the right cell turning to the bad color; zero
-//! requests leave 127.0.0.1; screenshots kept under `target/ui-artifacts/`. The page with
+//! requests leave 127.0.0.1; the engine's alerts in `/api/alerts` against their schema, a
+//! stopped agent shown down; screenshots kept under `target/ui-artifacts/`. The page with
 //! 40,000 cells from the aggregator is `ui_load.rs`.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +17,8 @@ use crate::setup::Deployment;
 
 // ---- a small schema language: "string" / "u64" / "number" / "bool" (a trailing `?` allows
 // null), "enum:a|b", objects (every key required, no other key), `[item]` (a list of
-// item), `{"tuple": [..]}` (a fixed-length array).
+// item), `{"tuple": [..]}` (a fixed-length array), `{"map": item}` (an object with any
+// keys, every value an item).
 
 fn check(v: &Value, schema: &Value, at: &str, errs: &mut Vec<String>) {
     match schema {
@@ -52,6 +54,14 @@ fn check(v: &Value, schema: &Value, at: &str, errs: &mut Vec<String>) {
                 }
             }
             None => errs.push(format!("{at}: not a list")),
+        },
+        Value::Object(o) if o.contains_key("map") => match v.as_object() {
+            Some(obj) => {
+                for (k, x) in obj {
+                    check(x, &o["map"], &format!("{at}.{k}"), errs);
+                }
+            }
+            None => errs.push(format!("{at}: not an object")),
         },
         Value::Object(o) if o.contains_key("tuple") => {
             let parts = o["tuple"].as_array().expect("tuple schema");
@@ -123,6 +133,87 @@ fn agents_schema() -> Value {
             "rtt_kernel_clock": "u64", "rtt_monotonic_clock": "u64"
         }],
     })
+}
+
+/// `GET /api/alerts` (the alert engine's document, README "Alerts").
+fn alerts_schema() -> Value {
+    let kind = "enum:loss|latency|jitter|mos|path_down|agent_stale";
+    json!({
+        "firing": "u64",
+        "pending": "u64",
+        "alerts": [{
+            "fingerprint": "string", "state": "enum:pending|firing", "alertname": "string",
+            "kind": kind, "severity": "string",
+            "labels": { "map": "string" }, "annotations": { "map": "string" },
+            "starts_at_ms": "u64", "startsAt": "string", "ends_at_ms": "u64?",
+            "value": "number?", "threshold": "number?", "window_seconds": "number"
+        }],
+        "rules": [{
+            "name": "string", "kind": kind, "severity": "string", "raise": "number",
+            "clear": "number", "windows_seconds": ["number"], "clear_window_seconds": "number",
+            "raise_for_seconds": "number", "clear_for_seconds": "number"
+        }],
+        "receivers": [{
+            "name": "string", "kind": "enum:webhook|alertmanager", "url": "string",
+            "sent": "u64", "failed_attempts": "u64", "dropped": "u64", "queued": "u64"
+        }],
+    })
+}
+
+/// `/api/alerts` checked against its schema and for what the schema cannot say: the
+/// counts match the list, every alert's labels carry its name and severity, its
+/// fingerprint is 16 hex digits, `startsAt` is `starts_at_ms` in RFC 3339.
+pub fn validate_alerts(text: &str) -> Value {
+    let v = validate("alerts", text, &alerts_schema());
+    let alerts = v["alerts"].as_array().expect("alerts");
+    for state in ["firing", "pending"] {
+        let n = alerts.iter().filter(|a| a["state"] == state).count();
+        assert_eq!(
+            v[state], n,
+            "`{state}` counts the {state} alerts: {text:.2000}"
+        );
+    }
+    for a in alerts {
+        assert_eq!(a["labels"]["alertname"], a["alertname"], "{a}");
+        assert_eq!(a["labels"]["severity"], a["severity"], "{a}");
+        let fp = a["fingerprint"].as_str().unwrap_or_default();
+        assert!(
+            fp.len() == 16 && fp.chars().all(|c| c.is_ascii_hexdigit()),
+            "fingerprint {fp:?}"
+        );
+        let starts = a["startsAt"].as_str().unwrap_or_default();
+        let t = humantime::parse_rfc3339(starts)
+            .unwrap_or_else(|e| panic!("startsAt {starts:?}: {e}"))
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch");
+        assert_eq!(
+            t.as_millis() as u64,
+            a["starts_at_ms"].as_u64().unwrap_or(0),
+            "{a}"
+        );
+        assert_eq!(
+            a["ends_at_ms"],
+            Value::Null,
+            "active alerts have not ended: {a}"
+        );
+    }
+    assert!(
+        v["rules"].as_array().is_some_and(|r| !r.is_empty()),
+        "the rules in force are listed: {text:.2000}"
+    );
+    v
+}
+
+/// The alert of `alertname` whose labels include `labels`, from an `/api/alerts` document.
+pub fn find_alert<'a>(
+    doc: &'a Value,
+    alertname: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a Value> {
+    doc["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["alertname"] == alertname && labels.iter().all(|(k, v)| a["labels"][*k] == *v))
 }
 
 fn path_schema() -> Value {
@@ -540,7 +631,7 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         "isp-a",
         &["127.0.0.2", "127.0.0.3", "127.0.0.4"],
     );
-    let _b = lab.agent(
+    let agent_b = lab.agent(
         "mesh-b",
         "lab-2",
         "isp-b",
@@ -626,14 +717,17 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         "{agents}"
     );
     validate_path(&text(&mut b, "/api/path/mesh-a/127.0.0.4?probe=icmp"));
-    // The alert engine may not serve /api/alerts (404 shows as "No alerts"); when it does,
-    // the page renders what it says.
-    let status = b.eval(&page, "fetch('/api/alerts').then(r => r.status)");
-    let shown = b.eval(&page, "document.getElementById('alerts').textContent");
-    eprintln!("/api/alerts: {status}; the panel shows {shown}");
-    if status == 404 {
-        assert_eq!(shown, "No alerts");
-    }
+    // The real alert engine: nothing fires on clean paths.
+    let doc = validate_alerts(&text(&mut b, "/api/alerts"));
+    assert_eq!(
+        (&doc["firing"], &doc["pending"]),
+        (&json!(0), &json!(0)),
+        "{doc}"
+    );
+    assert_eq!(
+        b.eval(&page, "document.getElementById('alerts').textContent"),
+        "No alerts"
+    );
 
     // Impair one path: echo requests to 127.0.0.4 (probed by mesh-a only) are dropped.
     lab.drop_echo_to("127.0.0.4");
@@ -677,6 +771,39 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         "live updates, no reload: {s}"
     );
 
+    // The engine's loss alert for that path, against the schema, and on the page.
+    let loss = [("src", "mesh-a"), ("dst", "127.0.0.4"), ("probe", "icmp")];
+    let doc = wait_for(Duration::from_secs(30), || {
+        let doc = validate_alerts(&text(&mut b, "/api/alerts"));
+        find_alert(&doc, "PathpulseLoss", &loss)
+            .is_some_and(|a| a["state"] == "firing")
+            .then_some(doc)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no firing PathpulseLoss for mesh-a -> 127.0.0.4 within 30 s: {}",
+            text(&mut b, "/api/alerts")
+        )
+    });
+    let a = find_alert(&doc, "PathpulseLoss", &loss).expect("alert");
+    eprintln!("the engine's alert: {a}");
+    assert_eq!(a["kind"], "loss", "{a}");
+    assert!(a["value"].as_f64() > a["threshold"].as_f64(), "{a}");
+    let loss_alerts: Vec<&Value> = doc["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["kind"] == "loss")
+        .collect();
+    assert_eq!(loss_alerts.len(), 1, "only the impaired path loses: {doc}");
+    let shown = wait_for(Duration::from_secs(15), || {
+        let t = b.eval(&page, "document.getElementById('alerts').innerText");
+        let t = t.as_str().unwrap_or_default().to_string();
+        (t.contains("PathpulseLoss") && t.contains("mesh-a → 127.0.0.4")).then_some(t)
+    })
+    .expect("the alerts panel shows the engine's loss alert");
+    assert!(shown.starts_with("firing"), "{shown}");
+
     // The alerts panel renders what the alert engine answers, in its format
     // `[{labels, annotations, state, startsAt}]` (answered here by the browser itself).
     let alerts = json!([
@@ -703,9 +830,11 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
             &page,
             "(() => { const u = document.getElementById('alerts'); return [u.dataset.count, u.innerText]; })()",
         );
-        (ul[0] == "2").then(|| ul[1].clone())
+        // (The engine's own two alerts are not these: wait for the answered ones.)
+        (ul[0] == "2" && ul[1].as_str().is_some_and(|t| t.contains("agent=mesh-c")))
+            .then(|| ul[1].clone())
     })
-    .expect("the alerts panel shows the two alerts");
+    .expect("the alerts panel shows the two answered alerts");
     // Its next poll stays held (unanswered) until the end, so the screenshots show them.
     let shown = shown.as_str().unwrap_or_default().to_string();
     for want in [
@@ -828,7 +957,50 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         "Enter expanded lab-1"
     );
 
+    // Let the page's held poll through with the engine's own answer, then stop holding.
+    // (Asked from outside the page: the page's own fetch would be held too.)
+    let (_, real) = get_in(&lab.ns, "/api/alerts").expect("/api/alerts");
+    b.fulfill_paused(&page, 200, &real);
     b.stop_intercepting(&page);
+
+    // Agent mesh-b stops: the engine raises its agent-down alert, which the panel shows.
+    drop(agent_b);
+    let down = [("agent", "mesh-b")];
+    let doc = wait_for(Duration::from_secs(30), || {
+        let doc = validate_alerts(&text(&mut b, "/api/alerts"));
+        find_alert(&doc, "PathpulseAgentDown", &down)
+            .is_some_and(|a| a["state"] == "firing")
+            .then_some(doc)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no firing PathpulseAgentDown for mesh-b within 30 s: {}",
+            text(&mut b, "/api/alerts")
+        )
+    });
+    assert_eq!(
+        find_alert(&doc, "PathpulseAgentDown", &down).expect("alert")["kind"],
+        "agent_stale"
+    );
+    wait_for(Duration::from_secs(15), || {
+        let t = b.eval(&page, "document.getElementById('alerts').innerText");
+        let t = t.as_str().unwrap_or_default();
+        (t.contains("PathpulseAgentDown") && t.contains("agent=mesh-b")).then_some(())
+    })
+    .expect("the alerts panel shows mesh-b down");
+    let mesh = validate(
+        "mesh",
+        &text(&mut b, "/api/mesh?window=10s"),
+        &mesh_schema(),
+    );
+    assert!(
+        mesh["sources"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x["name"] == "mesh-b" && x["up"] == false)),
+        "the matrix marks mesh-b's row down: {}",
+        mesh["sources"]
+    );
+    save(&dir, "mesh-agent-down.png", &b.screenshot(&page));
 
     // Nothing but the aggregator was asked for anything.
     let reqs = b.requests(&page);
