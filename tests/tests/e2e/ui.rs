@@ -216,6 +216,20 @@ pub fn find_alert<'a>(
         .find(|a| a["alertname"] == alertname && labels.iter().all(|(k, v)| a["labels"][*k] == *v))
 }
 
+/// The agents table as the user reads it: per row its `data-state` and its cells' text.
+fn agent_rows(b: &mut Browser, page: &Page) -> Vec<(String, Vec<String>)> {
+    serde_json::from_value(b.eval(
+        page,
+        "[...document.querySelectorAll('#agents tbody tr')].map((tr) => [tr.dataset.state, [...tr.cells].map((c) => c.textContent)])",
+    ))
+    .unwrap_or_default()
+}
+
+/// Seconds in a "N s ago" cell.
+fn seconds_ago(s: &str) -> Option<u64> {
+    s.strip_suffix(" s ago")?.parse().ok()
+}
+
 fn path_schema() -> Value {
     json!({
         "src": "string", "dst": "string", "probe": "enum:icmp|stamp|tcp|dns",
@@ -698,6 +712,25 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
     );
     let updates_before = summary["updates"].as_u64().unwrap_or(0);
 
+    // The agents table: every agent with its health, site / ISP, paths, last report.
+    let rows = wait_for(Duration::from_secs(10), || {
+        let r = agent_rows(&mut b, &page);
+        (r.len() == 2).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("two agents in the table: {:?}", agent_rows(&mut b, &page)));
+    for ((state, cells), (name, site)) in rows
+        .iter()
+        .zip([("mesh-a", "lab-1 / isp-a"), ("mesh-b", "lab-2 / isp-b")])
+    {
+        assert_eq!(state, "up", "{rows:?}");
+        assert_eq!(cells[..3], ["● up", name, site], "{rows:?}");
+        assert!(
+            seconds_ago(&cells[3]).is_some_and(|s| s <= 3),
+            "reported within 3 s: {rows:?}"
+        );
+        assert_eq!(cells[4..], ["3", "0"], "3 paths, no socket error: {rows:?}");
+    }
+
     // The API as the page sees it, against the schema.
     let text = |b: &mut Browser, url: &str| -> String {
         serde_json::from_value(b.eval(&page, &format!("fetch({url:?}).then(r => r.text())")))
@@ -963,8 +996,42 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
     b.fulfill_paused(&page, 200, &real);
     b.stop_intercepting(&page);
 
-    // Agent mesh-b stops: the engine raises its agent-down alert, which the panel shows.
+    // Agent mesh-b stops: the table shows it down once its last report is older than
+    // --stale-after (5 s), down rows first; the engine raises its agent-down alert, which
+    // the panel shows.
     drop(agent_b);
+    let t0 = Instant::now();
+    let rows = wait_for(Duration::from_secs(30), || {
+        let r = agent_rows(&mut b, &page);
+        (r.first()?.0 == "down").then_some(r)
+    })
+    .unwrap_or_else(|| panic!("mesh-b not shown down: {:?}", agent_rows(&mut b, &page)));
+    eprintln!(
+        "mesh-b shown down {:.1} s after it stopped: {rows:?}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        rows[0].1[..3],
+        ["○ down", "mesh-b", "lab-2 / isp-b"],
+        "{rows:?}"
+    );
+    assert!(
+        seconds_ago(&rows[0].1[3]).is_some_and(|s| s >= 5),
+        "its last report is older than --stale-after: {rows:?}"
+    );
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1[1].as_str()),
+        ("up", "mesh-a"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        b.eval(
+            &page,
+            "document.querySelector('#agents tr[data-agent=\"mesh-b\"] td').className"
+        ),
+        "state-down"
+    );
     let down = [("agent", "mesh-b")];
     let doc = wait_for(Duration::from_secs(30), || {
         let doc = validate_alerts(&text(&mut b, "/api/alerts"));
