@@ -3,9 +3,10 @@
 "use strict";
 
 (function () {
-  // ---- scales: color-blind-safe (blue → orange → purple, never red against green);
-  // the worst class is also striped, and large cells carry their value as text.
-  const PALETTE = ["#1d5fa8", "#5aa2d0", "#a8d1e7", "#f3bd6a", "#dd6c1c", "#5b2a86"];
+  // ---- scales: color-blind-safe (blue → orange → dark red, no green, so never red against
+  // green; the e2e test keeps every two classes apart under simulated deuteranopia and
+  // protanopia); the worst class is also striped, and large cells carry their value as text.
+  const PALETTE = ["#1d5fa8", "#5aa2d0", "#a8d1e7", "#f3bd6a", "#dd6c1c", "#67001f"];
   const TEXT_ON = ["#fff", "#000", "#000", "#000", "#000", "#fff"];
   const SCALES = {
     loss: { bounds: [0, 0.005, 0.01, 0.02, 0.05], labels: ["0", "< 0.5%", "< 1%", "< 2%", "< 5%", "≥ 5%"] },
@@ -575,7 +576,7 @@
     S.agents = a;
     const tb = $("agents").querySelector("tbody");
     tb.textContent = "";
-    const rows = a.agents.slice().sort((x, y) => (x.state === y.state ? x.name.localeCompare(y.name) : x.state === "down" ? -1 : 1));
+    const rows = a.agents.slice().sort((x, y) => (x.state === y.state ? NUMERIC.compare(x.name, y.name) : x.state === "down" ? -1 : 1));
     for (const ag of rows) {
       const tr = document.createElement("tr");
       tr.dataset.agent = ag.name;
@@ -854,7 +855,7 @@
     for (const p of pts) {
       const x0 = Math.max(PAD.l, X(p.t_ms)), x1 = X(p.t_ms + p.step_ms);
       if (!p.rtt_us) {
-        if (p.lost) { ctx.fillStyle = PALETTE[BAD]; ctx.fillRect(x0, PAD.t, x1 - x0, 4); }
+        if (p.lost) { ctx.fillStyle = css("--bad"); ctx.fillRect(x0, PAD.t, x1 - x0, 4); }
         continue;
       }
       const q = p.rtt_us.map((u) => u / 1000);
@@ -864,7 +865,8 @@
         ctx.fillRect(x0, Y(q[hi]), x1 - x0, Math.max(1, Y(q[lo]) - Y(q[hi])));
       }
       const cls = classOf("loss", p.loss);
-      ctx.fillStyle = cls > 0 ? PALETTE[cls] : css("--fg");
+      // The worst class in the theme's --bad (the cells' dark red vanishes on a dark page).
+      ctx.fillStyle = cls === BAD ? css("--bad") : cls > 0 ? PALETTE[cls] : css("--fg");
       ctx.fillRect(x0, Y(q[3]) - 1, x1 - x0, 2.5);
     }
   }
@@ -936,6 +938,7 @@
   // ---- test and automation hooks (read-only)
   window.pathpulse = {
     palette: PALETTE.slice(),
+    textOn: TEXT_ON.slice(),
     badClass: BAD,
     summary() {
       return {

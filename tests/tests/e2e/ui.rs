@@ -14,6 +14,7 @@ use pathpulse_tests::{Proc, bin, http_get, require_program, require_root, run, w
 use serde_json::{Value, json};
 
 use crate::setup::Deployment;
+use crate::ui_colors::{check_palette, check_theme};
 
 // ---- a small schema language: "string" / "u64" / "number" / "bool" (a trailing `?` allows
 // null), "enum:a|b", objects (every key required, no other key), `[item]` (a list of
@@ -931,13 +932,13 @@ fn mesh_page_in_chromium_shows_every_path_live_and_an_impaired_one_in_the_bad_co
         (n[0].as_u64() > Some(0) && n[1].as_u64() > Some(0)).then_some(())
     })
     .expect("the smoke graph drew the history, the loss line its lossy point");
+    // Both themes: every text readable (contrast), the cell colors apart for color-blind
+    // eyes; screenshots mesh-light.png, mesh-dark.png, mesh[-dark]-deuteranopia.png.
     let dir = artifacts();
-    save(&dir, "mesh-light.png", &b.screenshot(&page));
-    b.color_scheme(&page, "dark");
-    std::thread::sleep(Duration::from_millis(1500));
-    save(&dir, "mesh-dark.png", &b.screenshot(&page));
-    let bg = b.eval(&page, "getComputedStyle(document.body).backgroundColor");
-    assert_eq!(bg, "rgb(20, 23, 27)", "dark theme applied");
+    check_theme(&mut b, &page, &dir, "mesh", "light");
+    check_palette(&mut b, &page, &dir, "mesh");
+    check_theme(&mut b, &page, &dir, "mesh", "dark");
+    check_palette(&mut b, &page, &dir, "mesh-dark");
 
     // Color by p99 instead: the impaired path's few replies are fast (or, once the window
     // holds none, it has no RTT), so it is not bad by RTT; the others have an RTT class.

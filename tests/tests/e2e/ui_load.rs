@@ -145,6 +145,8 @@ fn page_keeps_up_with_a_200_agent_full_mesh_from_the_aggregator() {
             .unwrap_or_default()
             .trim(),
     );
+    // Kept whatever the verdict, before the assertions.
+    save(&artifacts(), "mesh-40k.png", &b.screenshot(&page));
     assert_eq!(
         (
             &after["sources"],
@@ -184,7 +186,6 @@ fn page_keeps_up_with_a_200_agent_full_mesh_from_the_aggregator() {
         seen["frames"].as_u64() > Some(0),
         "animation frames ran: {seen}"
     );
-    save(&artifacts(), "mesh-40k.png", &b.screenshot(&page));
     let errors = b.page_errors(&page);
     assert!(errors.is_empty(), "page errors: {errors:?}");
 }
