@@ -3,9 +3,10 @@
 "use strict";
 
 (function () {
-  // ---- scales: color-blind-safe (blue → orange → purple, never red against green);
-  // the worst class is also striped, and large cells carry their value as text.
-  const PALETTE = ["#1d5fa8", "#5aa2d0", "#a8d1e7", "#f3bd6a", "#dd6c1c", "#5b2a86"];
+  // ---- scales: color-blind-safe (blue → orange → dark red, no green, so never red against
+  // green; the e2e test keeps every two classes apart under simulated deuteranopia and
+  // protanopia); the worst class is also striped, and large cells carry their value as text.
+  const PALETTE = ["#1d5fa8", "#5aa2d0", "#a8d1e7", "#f3bd6a", "#dd6c1c", "#67001f"];
   const TEXT_ON = ["#fff", "#000", "#000", "#000", "#000", "#fff"];
   const SCALES = {
     loss: { bounds: [0, 0.005, 0.01, 0.02, 0.05], labels: ["0", "< 0.5%", "< 1%", "< 2%", "< 5%", "≥ 5%"] },
@@ -41,6 +42,8 @@
     layout: null,
     path: null, // {src, dst, probe}
     es: null,
+    // Cost of each live mesh update (parse and draw), for the summary.
+    perf: { n: 0, totalMs: 0, maxMs: 0, lastMs: 0, bytes: 0, parseMs: 0, maxParseMs: 0 },
   };
   function pick(v, allowed, dflt) { return allowed.includes(v) ? v : dflt; }
 
@@ -88,6 +91,9 @@
     if (!d.agent && !d.site && !d.isp) return "targets";
     return groupKey(d.site, d.isp);
   }
+  // One collator: `localeCompare` with options builds one per call (tens of ms a draw
+  // at 200 × 200).
+  const NUMERIC = new Intl.Collator(undefined, { numeric: true });
   // Ordered groups of indexes: [{key, members: [i...]}]; key null means ungrouped.
   function groups(items, keyOf, label) {
     const map = new Map();
@@ -99,7 +105,7 @@
     const keys = [...map.keys()].sort((a, b) => String(a).localeCompare(String(b)));
     return keys.map((k) => ({
       key: k,
-      members: map.get(k).sort((a, b) => label(items[a]).localeCompare(label(items[b]), undefined, { numeric: true })),
+      members: map.get(k).sort((a, b) => NUMERIC.compare(label(items[a]), label(items[b]))),
     }));
   }
   // A destination as written, with the agent there when the aggregator knows it.
@@ -203,11 +209,46 @@
         ctx.restore();
       }
     }
-    // Lines: labels and cells.
+    // Cells first, written as pixels into one image (40,000 canvas fills, or one path of
+    // 40,000 rectangles, cost tens of ms a draw; this costs a few); then the line labels
+    // and group headers; stripes and values, on large cells only, go on top.
     let cells = 0, withData = 0;
     const gap = L.cs >= 6 ? 1 : 0;
+    const x0 = L.labelW, y0 = L.top;
+    const bw = Math.max(1, Math.ceil((L.width - x0) * dpr)), bh = Math.max(1, Math.ceil((L.height - y0) * dpr));
+    const img = ctx.createImageData(bw, bh);
+    const buf = new Uint32Array(img.data.buffer);
+    const colors = PALETTE.map(rgba32), blank = rgba32(nodata), marks = [];
+    const nd = S.mesh.destinations.length;
     for (const line of L.lines) {
-      ctx.textAlign = "left";
+      if (line.header && !line.agg) continue;
+      const row = line.agg ? -1 : line.members[0] * nd;
+      const ya = Math.round((line.y - y0) * dpr), yb = Math.min(bh, Math.round((line.y + line.h - gap - y0) * dpr));
+      for (const col of L.cols) {
+        let v;
+        if (row >= 0 && !col.agg) {
+          // One path: straight from the grid (the common case, 40,000 times).
+          const ci = S.grid[row + col.members[0]];
+          if (ci < 0) continue;
+          v = cellValue(S.mesh.cells[ci]);
+        } else {
+          const a = valueAt(line, col);
+          if (!a.any) continue;
+          v = a.v;
+        }
+        cells++;
+        const cls = classOf(S.metric, v);
+        if (cls >= 0) withData++;
+        const w = col.w - gap, h = line.h - gap;
+        const xa = Math.round((col.x - x0) * dpr), xb = Math.min(bw, Math.round((col.x + w - x0) * dpr));
+        const c = cls >= 0 ? colors[cls] : blank;
+        for (let r = ya; r < yb; r++) buf.fill(c, r * bw + xa, r * bw + xb);
+        if (w >= 8 && (cls === BAD || cls >= 0 && w >= 30 && h >= 18)) marks.push([col.x, line.y, w, h, cls, v]);
+      }
+    }
+    ctx.putImageData(img, Math.round(x0 * dpr), Math.round(y0 * dpr));
+    ctx.textAlign = "left";
+    for (const line of L.lines) {
       if (line.header) {
         ctx.fillStyle = gridc;
         ctx.fillRect(0, line.y, line.agg ? L.labelW - 2 : L.width - 8, line.h - 1);
@@ -215,38 +256,29 @@
         ctx.font = "bold 12px system-ui, sans-serif";
         clipText(ctx, (line.agg ? "▸ " : "▾ ") + line.group.key + " (" + line.group.members.length + ")", 4, line.y + line.h / 2, L.labelW - 8);
         ctx.font = "12px system-ui, sans-serif";
-        if (!line.agg) continue;
       } else if (L.showLabels) {
         const src = S.mesh.sources[line.members[0]];
         ctx.fillStyle = src.up ? fg : muted;
         clipText(ctx, (src.up ? "" : "⚠ ") + src.name, 14, line.y + line.h / 2, L.labelW - 18);
       }
-      for (const col of L.cols) {
-        const { any, v } = valueAt(line, col);
-        if (!any) continue;
-        cells++;
-        const cls = classOf(S.metric, v);
-        if (cls >= 0) withData++;
-        const x = col.x, y = line.y, w = col.w - gap, h = line.h - gap;
-        ctx.fillStyle = cls >= 0 ? PALETTE[cls] : nodata;
-        ctx.fillRect(x, y, w, h);
-        if (cls === BAD && w >= 8) {
-          // Stripe from top-left to bottom-right: the worst class reads without color.
-          ctx.strokeStyle = "rgba(255,255,255,0.85)";
-          ctx.lineWidth = Math.max(1.5, w / 10);
-          ctx.beginPath();
-          ctx.moveTo(x + w * 0.15, y + h * 0.15);
-          ctx.lineTo(x + w * 0.85, y + h * 0.85);
-          ctx.stroke();
-        }
-        if (cls >= 0 && w >= 30 && h >= 18) {
-          ctx.fillStyle = TEXT_ON[cls];
-          ctx.font = "10px system-ui, sans-serif";
-          ctx.textAlign = "center";
-          ctx.fillText(fmtShort(S.metric, v), x + w / 2, y + h / 2 + (cls === BAD ? h * 0.22 : 0));
-          ctx.font = "12px system-ui, sans-serif";
-          ctx.textAlign = "left";
-        }
+    }
+    for (const [x, y, w, h, cls, v] of marks) {
+      if (cls === BAD) {
+        // Stripe from top-left to bottom-right: the worst class reads without color.
+        ctx.strokeStyle = "rgba(255,255,255,0.85)";
+        ctx.lineWidth = Math.max(1.5, w / 10);
+        ctx.beginPath();
+        ctx.moveTo(x + w * 0.15, y + h * 0.15);
+        ctx.lineTo(x + w * 0.85, y + h * 0.85);
+        ctx.stroke();
+      }
+      if (w >= 30 && h >= 18) {
+        ctx.fillStyle = TEXT_ON[cls];
+        ctx.font = "10px system-ui, sans-serif";
+        ctx.textAlign = "center";
+        ctx.fillText(fmtShort(S.metric, v), x + w / 2, y + h / 2 + (cls === BAD ? h * 0.22 : 0));
+        ctx.font = "12px system-ui, sans-serif";
+        ctx.textAlign = "left";
       }
     }
     drawFocus(ctx, L);
@@ -267,18 +299,25 @@
   const WORST = 10;
   function renderWorst() {
     const m = S.mesh, ol = $("worst");
-    const ranked = [];
+    // The WORST largest values, kept sorted while counting the rest (no sort of 40,000).
+    const top = [];
+    let count = 0;
     m.cells.forEach((c, i) => {
       const v = cellValue(c);
-      if (v !== null && classOf(S.metric, v) > 0) ranked.push([v, i]);
+      if (v === null || classOf(S.metric, v) <= 0) return;
+      count++;
+      if (top.length === WORST && v <= top[WORST - 1][0]) return;
+      let k = top.length;
+      while (k > 0 && top[k - 1][0] < v) k--;
+      top.splice(k, 0, [v, i]);
+      if (top.length > WORST) top.pop();
     });
-    ranked.sort((a, b) => b[0] - a[0]);
     ol.textContent = "";
-    ol.dataset.count = String(ranked.length);
-    $("worst-title").textContent = ranked.length
-      ? "Worst paths by " + (S.metric === "loss" ? "loss" : S.metric + " RTT") + " (" + ranked.length + " not in the best class)"
+    ol.dataset.count = String(count);
+    $("worst-title").textContent = count
+      ? "Worst paths by " + (S.metric === "loss" ? "loss" : S.metric + " RTT") + " (" + count + " not in the best class)"
       : "Every path is in the best class by " + (S.metric === "loss" ? "loss" : S.metric + " RTT");
-    for (const [v, i] of ranked.slice(0, WORST)) {
+    for (const [v, i] of top) {
       const c = m.cells[i], src = m.sources[c[F.src]], d = m.destinations[c[F.dst]];
       const li = document.createElement("li");
       const cls = classOf(S.metric, v);
@@ -295,6 +334,14 @@
       li.dataset.dst = d.name;
       ol.appendChild(li);
     }
+  }
+
+  // "#rrggbb" or "#rgb" as one RGBA pixel of an ImageData's Uint32Array (little-endian).
+  function rgba32(hex) {
+    let h = String(hex).trim().replace("#", "");
+    if (h.length === 3) h = h.split("").map((c) => c + c).join("");
+    const n = parseInt(h.slice(0, 6), 16) || 0;
+    return ((255 << 24) | ((n & 0xff) << 16) | (n & 0xff00) | ((n >> 16) & 0xff)) >>> 0;
   }
 
   function clipText(ctx, text, x, y, maxW) {
@@ -500,7 +547,15 @@
     if (!window.EventSource) { poll(); return; }
     const es = new EventSource("/api/events?window=" + encodeURIComponent(S.window));
     S.es = es;
-    es.addEventListener("mesh", (e) => applyMesh(JSON.parse(e.data)));
+    es.addEventListener("mesh", (e) => {
+      const t0 = performance.now();
+      const m = JSON.parse(e.data);
+      const t1 = performance.now();
+      applyMesh(m);
+      const ms = performance.now() - t0, p = S.perf;
+      p.n++; p.totalMs += ms; p.maxMs = Math.max(p.maxMs, ms); p.lastMs = ms; p.bytes = e.data.length;
+      p.parseMs += t1 - t0; p.maxParseMs = Math.max(p.maxParseMs, t1 - t0);
+    });
     es.addEventListener("agents", (e) => applyAgents(JSON.parse(e.data)));
     es.onerror = () => setLive("error", "reconnecting…");
   }
@@ -521,7 +576,7 @@
     S.agents = a;
     const tb = $("agents").querySelector("tbody");
     tb.textContent = "";
-    const rows = a.agents.slice().sort((x, y) => (x.state === y.state ? x.name.localeCompare(y.name) : x.state === "down" ? -1 : 1));
+    const rows = a.agents.slice().sort((x, y) => (x.state === y.state ? NUMERIC.compare(x.name, y.name) : x.state === "down" ? -1 : 1));
     for (const ag of rows) {
       const tr = document.createElement("tr");
       tr.dataset.agent = ag.name;
@@ -561,6 +616,9 @@
       a && a.data && Array.isArray(a.data.alerts) ? a.data.alerts : [];
     return list.map((x) => Object.assign({}, x, { startsAt: x.startsAt || x.activeAt }));
   }
+  // Shown in the panel (a storm of thousands would cost the page seconds of DOM work);
+  // the rest are counted, and all are in /api/alerts.
+  const MAX_ALERTS = 50;
   function renderAlerts(list, error) {
     const ul = $("alerts");
     ul.textContent = "";
@@ -574,7 +632,7 @@
     }
     const rank = { firing: 0, pending: 1 };
     list.sort((a, b) => (rank[a.state] ?? 2) - (rank[b.state] ?? 2) || String(b.startsAt).localeCompare(String(a.startsAt)));
-    for (const al of list) {
+    for (const al of list.slice(0, MAX_ALERTS)) {
       const labels = al.labels || {}, ann = al.annotations || {};
       const li = document.createElement("li");
       const state = String(al.state || "firing").toLowerCase();
@@ -611,6 +669,13 @@
         d.appendChild(document.createTextNode(String(ann[k])));
         li.appendChild(d);
       }
+      ul.appendChild(li);
+    }
+    if (list.length > MAX_ALERTS) {
+      const li = document.createElement("li");
+      li.className = "muted more";
+      const rest = list.slice(MAX_ALERTS), n = (st) => rest.filter((a) => String(a.state || "firing").toLowerCase() === st).length;
+      li.textContent = "… and " + rest.length + " more (" + n("firing") + " firing, " + n("pending") + " pending): all in /api/alerts";
       ul.appendChild(li);
     }
   }
@@ -790,7 +855,7 @@
     for (const p of pts) {
       const x0 = Math.max(PAD.l, X(p.t_ms)), x1 = X(p.t_ms + p.step_ms);
       if (!p.rtt_us) {
-        if (p.lost) { ctx.fillStyle = PALETTE[BAD]; ctx.fillRect(x0, PAD.t, x1 - x0, 4); }
+        if (p.lost) { ctx.fillStyle = css("--bad"); ctx.fillRect(x0, PAD.t, x1 - x0, 4); }
         continue;
       }
       const q = p.rtt_us.map((u) => u / 1000);
@@ -800,7 +865,8 @@
         ctx.fillRect(x0, Y(q[hi]), x1 - x0, Math.max(1, Y(q[lo]) - Y(q[hi])));
       }
       const cls = classOf("loss", p.loss);
-      ctx.fillStyle = cls > 0 ? PALETTE[cls] : css("--fg");
+      // The worst class in the theme's --bad (the cells' dark red vanishes on a dark page).
+      ctx.fillStyle = cls === BAD ? css("--bad") : cls > 0 ? PALETTE[cls] : css("--fg");
       ctx.fillRect(x0, Y(q[3]) - 1, x1 - x0, 2.5);
     }
   }
@@ -872,12 +938,16 @@
   // ---- test and automation hooks (read-only)
   window.pathpulse = {
     palette: PALETTE.slice(),
+    textOn: TEXT_ON.slice(),
     badClass: BAD,
     summary() {
       return {
         updates: S.updates,
         metric: S.metric,
         window: S.mesh ? S.mesh.window : null,
+        generated: S.mesh ? S.mesh.generated_ms : null,
+        live: $("live").textContent,
+        perf: Object.assign({}, S.perf),
         sources: S.mesh ? S.mesh.sources.length : 0,
         destinations: S.mesh ? S.mesh.destinations.length : 0,
         paths: S.mesh ? S.mesh.cells.length : 0,

@@ -182,6 +182,15 @@ impl Browser {
         page
     }
 
+    /// Run `script` in every document the page loads, before the page's own scripts.
+    pub fn on_new_document(&mut self, page: &Page, script: &str) {
+        self.call(
+            Some(&page.session),
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": script }),
+        );
+    }
+
     pub fn navigate(&mut self, page: &Page, url: &str) {
         self.call(Some(&page.session), "Page.navigate", json!({ "url": url }));
     }

@@ -6,6 +6,11 @@
 //!   pathpulse-loadgen --state-dir AGG_STATE --aggregator 127.0.0.1:4470 \
 //!       --agents 1000 --paths 100 --interval-ms 1000 --duration-s 30 [--pid AGG_PID]
 //!
+//! `--mesh`: every simulated agent probes the same `--paths` destinations (10.0.x.y), so
+//! the aggregator holds a full mesh of agents × paths cells (the live page's load test);
+//! a few of the paths lose one probe in five. Without it each agent has its own
+//! destinations.
+//!
 //! `--churn-ms MS`: each simulated agent instead connects, says hello, sends one report,
 //! waits for its answer, disconnects and does it again after about MS (connection churn;
 //! the soak benchmark). `--rss-every-s N` with `--pid` prints the aggregator's RSS every
@@ -44,6 +49,17 @@ struct Args {
     /// The aggregator's `/metrics` URL: its receive-to-applied histogram is read before
     /// and after the measured interval.
     metrics: Option<String>,
+    mesh: bool,
+}
+
+/// The destinations of simulated agent `i`.
+fn targets(args: &Args, i: usize) -> Vec<String> {
+    (0..args.paths)
+        .map(|p| match args.mesh {
+            true => format!("10.0.{}.{}", p / 250, 1 + p % 250),
+            false => format!("10.{}.{}.{}", i / 250, i % 250, 1 + p % 250),
+        })
+        .collect()
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -86,6 +102,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .transpose()
             .context("--rss-every-s")?,
         metrics: get("--metrics"),
+        mesh: args.iter().any(|a| a == "--mesh"),
     })
 }
 
@@ -97,20 +114,23 @@ struct Totals {
     latency_us: Mutex<Option<Histogram<u64>>>,
 }
 
-/// One report of `paths` paths with a few RTT samples each (1 probe/s per path).
-fn report(agent: &str, seq: u64, paths: &[String], rng: &mut impl Rng) -> ClientMsg {
+/// One report of `paths` paths with a few RTT samples each (1 probe/s per path); with
+/// `lossy`, about one path in 25 loses one probe of its five.
+fn report(agent: &str, seq: u64, paths: &[String], lossy: bool, rng: &mut impl Rng) -> ClientMsg {
     let paths = paths
         .iter()
         .map(|dst| {
+            let lost = u32::from(lossy && rng.random_range(0..25u32) == 0);
             let mut p = PathReport {
                 dst: dst.clone(),
                 probe: Some(ProbeKind::Icmp),
                 sent: 5,
-                received: 5,
+                received: 5 - lost,
+                lost,
                 ..PathReport::default()
             };
             let base = rng.random_range(1_000..40_000u64);
-            for _ in 0..5 {
+            for _ in 0..p.received {
                 let v = base + rng.random_range(0..500u64);
                 p.rtt.record(v);
                 p.rtt_sum_us += v;
@@ -139,9 +159,7 @@ async fn churner(
     every: Duration,
 ) -> anyhow::Result<()> {
     let name = format!("load-{i}");
-    let paths: Vec<String> = (0..args.paths)
-        .map(|p| format!("10.{}.{}.{}", i / 250, i % 250, 1 + p % 250))
-        .collect();
+    let paths = targets(&args, i);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64);
     let session: u64 = rand::random();
     let end = start + args.warmup + args.duration;
@@ -167,7 +185,7 @@ async fn churner(
             let answer = frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await?;
             if matches!(answer, Some(ServerMsg::Welcome { .. })) {
                 let t = Instant::now();
-                frame::write(&mut send, &report(&name, seq, &paths, &mut rng)).await?;
+                frame::write(&mut send, &report(&name, seq, &paths, args.mesh, &mut rng)).await?;
                 let answer = frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await?;
                 if matches!(answer, Some(ServerMsg::Ack { .. })) && t >= measure_from {
                     totals.acked.fetch_add(1, Ordering::Relaxed);
@@ -269,9 +287,7 @@ async fn agent(
             }
         }
     });
-    let paths: Vec<String> = (0..args.paths)
-        .map(|p| format!("10.{}.{}.{}", i / 250, i % 250, 1 + p % 250))
-        .collect();
+    let paths = targets(&args, i);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64);
     // Spread the agents over the interval, as real agents started at different times are.
     let offset = args.interval.mul_f64(i as f64 / args.agents as f64);
@@ -281,7 +297,7 @@ async fn agent(
     while Instant::now() < end {
         tick.tick().await;
         seq += 1;
-        let msg = report(&name, seq, &paths, &mut rng);
+        let msg = report(&name, seq, &paths, args.mesh, &mut rng);
         let bytes = frame::encode(&msg).map_err(|e| anyhow!("encode: {e}"))?;
         sent_at
             .lock()

@@ -33,4 +33,6 @@ mod systemd;
 mod systemd_boot;
 mod topo;
 mod ui;
+mod ui_colors;
 mod ui_lab;
+mod ui_load;
