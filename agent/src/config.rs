@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub isp_prefixes: Option<Vec<String>>,
     pub hop_interval: Option<String>,
     pub hop_probe: Option<HopProbe>,
+    /// Internet anchors (see [`crate::anchors`]): addresses, names, `resolvers`, `public`.
+    pub anchors: Option<Vec<String>>,
     pub stamp_listen: Option<Vec<String>>,
     pub stamp_rate: Option<u32>,
     pub stamp_key_file: Option<PathBuf>,
@@ -88,6 +90,17 @@ pub struct RunArgs {
     /// Probe interval per hop toward ICMP targets (default 1s; 100ms .. 1h).
     #[arg(long, value_name = "DUR", env = "PATHPULSE_HOP_INTERVAL")]
     pub hop_interval: Option<String>,
+    /// Internet anchor, repeatable: probed with ICMP and given hop discovery like a
+    /// target. An address, a name, `resolvers` (this host's DNS resolvers, from
+    /// /etc/resolv.conf, behind a local stub from /run/systemd/resolve/resolv.conf) or
+    /// `public` (1.1.1.1, 8.8.8.8, 9.9.9.9). Default: none.
+    #[arg(
+        long = "anchor",
+        value_name = "ANCHOR",
+        env = "PATHPULSE_ANCHORS",
+        value_delimiter = ','
+    )]
+    pub anchors: Vec<String>,
     /// Packets for hop discovery: icmp (echo requests) or udp (to port 33434); both keep
     /// one flow per target so ECMP routers keep them on one path (default icmp).
     #[arg(long, value_name = "KIND", env = "PATHPULSE_HOP_PROBE")]
@@ -311,6 +324,27 @@ impl AgentConfig {
         for (key, reason) in target_errs {
             c.err(&key, reason);
         }
+        // Anchors join the targets as ICMP targets (one already a target stays as written).
+        let anchor_entries = if args.anchors.is_empty() {
+            file.anchors.unwrap_or_default()
+        } else {
+            args.anchors.clone()
+        };
+        let (anchors, anchor_errs) =
+            crate::anchors::expand(&anchor_entries, crate::anchors::read_file);
+        for (key, reason) in anchor_errs {
+            c.err(&key, reason);
+        }
+        let mut targets = targets;
+        for a in anchors {
+            if !targets
+                .iter()
+                .any(|t| t.probe == a.probe && t.label == a.label)
+            {
+                targets.push(a);
+            }
+        }
+        targets.shrink_to_fit();
         let stamp_listen_specs = if args.stamp_listen.is_empty() {
             file.stamp_listen.unwrap_or_default()
         } else {
@@ -356,8 +390,8 @@ impl AgentConfig {
         // aggregators): targets are then optional.
         let meshed = !args.aggregators.is_empty()
             || file.aggregators.as_ref().is_some_and(|a| !a.is_empty());
-        if written == 0 && stamp_listen_specs.is_empty() && !meshed {
-            c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file");
+        if targets.is_empty() && written == 0 && stamp_listen_specs.is_empty() && !meshed {
+            c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file, or anchors");
         }
         let interval = c.duration(
             "interval",
@@ -516,6 +550,7 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pathpulse_wire::ProbeKind;
 
     fn args(targets: &[&str]) -> RunArgs {
         RunArgs {
@@ -635,5 +670,57 @@ mod tests {
         assert_eq!(f.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
         assert_eq!(f.hops, Some(true));
         assert_eq!(d(f.hop_interval), DEFAULT_HOP_INTERVAL);
+        // Not the binary's default (none: tests and the demo send nothing beyond the lab),
+        // but what an installed agent watches.
+        assert_eq!(
+            f.anchors,
+            Some(vec!["resolvers".to_string(), "public".to_string()])
+        );
+        let c = AgentConfig::resolve_with(&args(&[]), FileConfig::default())
+            .expect_err("no targets and no anchors");
+        assert_eq!(c.0[0].key, "targets", "no anchors by default: {c}");
+    }
+
+    #[test]
+    fn anchors_join_the_targets_as_icmp_once_and_flags_win() {
+        let file = |anchors: &[&str]| FileConfig {
+            anchors: Some(anchors.iter().map(|s| s.to_string()).collect()),
+            ..FileConfig::default()
+        };
+        // Anchors alone are something to probe.
+        let c = AgentConfig::resolve_with(&args(&[]), file(&["192.0.2.1", "public"]))
+            .expect("anchors only");
+        let labels: Vec<&str> = c.targets.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["192.0.2.1", "1.1.1.1", "8.8.8.8", "9.9.9.9"]);
+        assert!(c.targets.iter().all(|t| t.probe == ProbeKind::Icmp));
+        // An anchor that is already a target stays as the target was written.
+        let c = AgentConfig::resolve_with(
+            &args(&["icmp:192.0.2.1,dscp=46", "tcp:192.0.2.2:443"]),
+            file(&["192.0.2.1", "192.0.2.2"]),
+        )
+        .expect("valid");
+        let t: Vec<(&str, Option<u8>)> = c
+            .targets
+            .iter()
+            .map(|t| (t.label.as_str(), t.options.dscp))
+            .collect();
+        assert_eq!(
+            t,
+            [
+                ("192.0.2.1", Some(46)),
+                ("192.0.2.2:443", None),
+                ("192.0.2.2", None)
+            ]
+        );
+        // Flags replace the file's list; a bad entry is named by its key.
+        let mut a = args(&["192.0.2.7"]);
+        a.anchors = vec!["192.0.2.3".into(), "stamp:192.0.2.4".into()];
+        let e = AgentConfig::resolve_with(&a, file(&["public"])).expect_err("bad anchor");
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "anchors[1]");
+        a.anchors.pop();
+        let c = AgentConfig::resolve_with(&a, file(&["public"])).expect("valid");
+        let labels: Vec<&str> = c.targets.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["192.0.2.7", "192.0.2.3"]);
     }
 }
