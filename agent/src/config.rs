@@ -21,6 +21,13 @@ pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Probe interval per hop: routers answer about one ICMP error per second per source
 /// (Linux's default), so faster probing shows their rate limit, not the path.
 pub const DEFAULT_HOP_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest hop interval: a router is probed at most once per hop interval, and
+/// faster than routers' ICMP error rate the agent would measure that limit, not the path
+/// (and send real routers more than they answer).
+pub const MIN_HOP_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest hop interval with `--lab-fast-hops` (lab routers with
+/// `net.ipv4.icmp_ratelimit=0`, which answer every probe).
+pub const MIN_LAB_HOP_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pathpulse";
 /// Exit code for bad configuration (sysexits.h EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
@@ -87,9 +94,14 @@ pub struct RunArgs {
     /// How often a report is sent to the aggregators, e.g. 5s.
     #[arg(long, value_name = "DUR", env = "PATHPULSE_REPORT_INTERVAL")]
     pub report_interval: Option<String>,
-    /// Probe interval per hop toward ICMP targets (default 1s; 100ms .. 1h).
+    /// Probe interval per hop toward ICMP targets, and so the most a router is probed
+    /// (default 1s; 1s .. 1h).
     #[arg(long, value_name = "DUR", env = "PATHPULSE_HOP_INTERVAL")]
     pub hop_interval: Option<String>,
+    /// Test only: let --hop-interval go down to 100ms, for lab routers that answer every
+    /// probe (real routers answer about one ICMP error a second and would show that limit).
+    #[arg(long, hide = true)]
+    pub lab_fast_hops: bool,
     /// Internet anchor, repeatable: probed with ICMP and given hop discovery like a
     /// target. An address, a name, `resolvers` (this host's DNS resolvers, from
     /// /etc/resolv.conf, behind a local stub from /run/systemd/resolve/resolv.conf) or
@@ -422,7 +434,11 @@ impl AgentConfig {
                 .as_deref()
                 .or(file.hop_interval.as_deref()),
             DEFAULT_HOP_INTERVAL,
-            Duration::from_millis(100),
+            if args.lab_fast_hops {
+                MIN_LAB_HOP_INTERVAL
+            } else {
+                MIN_HOP_INTERVAL
+            },
             MAX_INTERVAL,
         );
         let aggregators = if args.aggregators.is_empty() {
@@ -679,6 +695,24 @@ mod tests {
         let c = AgentConfig::resolve_with(&args(&[]), FileConfig::default())
             .expect_err("no targets and no anchors");
         assert_eq!(c.0[0].key, "targets", "no anchors by default: {c}");
+    }
+
+    #[test]
+    fn hop_interval_is_at_least_a_second_unless_a_lab_asks() {
+        let mut a = args(&["192.0.2.1"]);
+        a.hop_interval = Some("200ms".into());
+        let e = AgentConfig::resolve(&a).expect_err("below 1 s");
+        assert_eq!(e.0[0].key, "hop_interval", "{e}");
+        assert!(e.0[0].reason.contains("200ms is outside 1s .. 1h"), "{e}");
+        a.lab_fast_hops = true;
+        let c = AgentConfig::resolve(&a).expect("a lab's routers answer every probe");
+        assert_eq!(c.hop_interval, Duration::from_millis(200));
+        a.hop_interval = Some("50ms".into());
+        let e = AgentConfig::resolve(&a).expect_err("below 100 ms even in a lab");
+        assert_eq!(e.0[0].key, "hop_interval", "{e}");
+        a.hop_interval = Some("1s".into());
+        a.lab_fast_hops = false;
+        assert!(AgentConfig::resolve(&a).is_ok());
     }
 
     #[test]

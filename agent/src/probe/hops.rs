@@ -46,7 +46,8 @@ pub struct HopProber {
     /// The probe plan (configured targets and mesh peers): its ICMP targets that
     /// [`hop_targets`] keeps get hop discovery, following every reload.
     pub plan: watch::Receiver<ProbePlan>,
-    /// Probe interval per hop (at least 1 s: routers' ICMP error rate limit).
+    /// Probe interval per hop, and the most a router is probed (at least 1 s: routers'
+    /// ICMP error rate limit; 100 ms with the test-only `--lab-fast-hops`).
     pub interval: Duration,
     pub timeout: Duration,
     pub max_ttl: u8,

@@ -575,7 +575,13 @@ fn lab_localization_is_right_in_19_of_20_randomized_trials() {
                     dir.path(),
                     "home",
                     &anchor,
-                    &["--isp", "isp-x", "--hop-interval", "200ms"],
+                    &[
+                        "--isp",
+                        "isp-x",
+                        "--lab-fast-hops",
+                        "--hop-interval",
+                        "200ms",
+                    ],
                 );
                 (agent, dir, chain, link, scope, suspect, p)
             })
@@ -687,7 +693,13 @@ fn lab_udp_hop_probes_stay_on_one_ecmp_path() {
         dir.path(),
         "home",
         &anchor,
-        &["--hop-probe", "udp", "--hop-interval", "250ms"],
+        &[
+            "--hop-probe",
+            "udp",
+            "--lab-fast-hops",
+            "--hop-interval",
+            "250ms",
+        ],
     );
     let hop3 = |m: &[Sample]| {
         hop(
