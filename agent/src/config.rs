@@ -22,6 +22,13 @@ pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Probe interval per hop: routers answer about one ICMP error per second per source
 /// (Linux's default), so faster probing shows their rate limit, not the path.
 pub const DEFAULT_HOP_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest hop interval: a router is probed at most once per hop interval, and
+/// faster than routers' ICMP error rate the agent would measure that limit, not the path
+/// (and send real routers more than they answer).
+pub const MIN_HOP_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest hop interval with `--lab-fast-hops` (lab routers with
+/// `net.ipv4.icmp_ratelimit=0`, which answer every probe).
+pub const MIN_LAB_HOP_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pathpulse";
 /// Exit code for bad configuration (sysexits.h EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
@@ -49,6 +56,8 @@ pub struct FileConfig {
     pub isp_prefixes: Option<Vec<String>>,
     pub hop_interval: Option<String>,
     pub hop_probe: Option<HopProbe>,
+    /// Internet anchors (see [`crate::anchors`]): addresses, names, `resolvers`, `public`.
+    pub anchors: Option<Vec<String>>,
     pub stamp_listen: Option<Vec<String>>,
     pub stamp_rate: Option<u32>,
     pub stamp_key_file: Option<PathBuf>,
@@ -87,9 +96,25 @@ pub struct RunArgs {
     /// How often a report is sent to the aggregators, e.g. 5s.
     #[arg(long, value_name = "DUR", env = "PATHPULSE_REPORT_INTERVAL")]
     pub report_interval: Option<String>,
-    /// Probe interval per hop toward ICMP targets (default 1s; 100ms .. 1h).
+    /// Probe interval per hop toward ICMP targets, and so the most a router is probed
+    /// (default 1s; 1s .. 1h).
     #[arg(long, value_name = "DUR", env = "PATHPULSE_HOP_INTERVAL")]
     pub hop_interval: Option<String>,
+    /// Test only: let --hop-interval go down to 100ms, for lab routers that answer every
+    /// probe (real routers answer about one ICMP error a second and would show that limit).
+    #[arg(long, hide = true)]
+    pub lab_fast_hops: bool,
+    /// Internet anchor, repeatable: probed with ICMP and given hop discovery like a
+    /// target. An address, a name, `resolvers` (this host's DNS resolvers, from
+    /// /etc/resolv.conf, behind a local stub from /run/systemd/resolve/resolv.conf) or
+    /// `public` (1.1.1.1, 8.8.8.8, 9.9.9.9). Default: none.
+    #[arg(
+        long = "anchor",
+        value_name = "ANCHOR",
+        env = "PATHPULSE_ANCHORS",
+        value_delimiter = ','
+    )]
+    pub anchors: Vec<String>,
     /// Packets for hop discovery: icmp (echo requests) or udp (to port 33434); both keep
     /// one flow per target so ECMP routers keep them on one path (default icmp).
     #[arg(long, value_name = "KIND", env = "PATHPULSE_HOP_PROBE")]
@@ -320,6 +345,27 @@ impl AgentConfig {
         for (key, reason) in target_errs {
             c.err(&key, reason);
         }
+        // Anchors join the targets as ICMP targets (one already a target stays as written).
+        let anchor_entries = if args.anchors.is_empty() {
+            file.anchors.unwrap_or_default()
+        } else {
+            args.anchors.clone()
+        };
+        let (anchors, anchor_errs) =
+            crate::anchors::expand(&anchor_entries, crate::anchors::read_file);
+        for (key, reason) in anchor_errs {
+            c.err(&key, reason);
+        }
+        let mut targets = targets;
+        for a in anchors {
+            if !targets
+                .iter()
+                .any(|t| t.probe == a.probe && t.label == a.label)
+            {
+                targets.push(a);
+            }
+        }
+        targets.shrink_to_fit();
         let stamp_listen_specs = if args.stamp_listen.is_empty() {
             file.stamp_listen.unwrap_or_default()
         } else {
@@ -365,8 +411,8 @@ impl AgentConfig {
         // aggregators): targets are then optional.
         let meshed = !args.aggregators.is_empty()
             || file.aggregators.as_ref().is_some_and(|a| !a.is_empty());
-        if written == 0 && stamp_listen_specs.is_empty() && !meshed {
-            c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file");
+        if targets.is_empty() && written == 0 && stamp_listen_specs.is_empty() && !meshed {
+            c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file, or anchors");
         }
         let interval = c.duration(
             "interval",
@@ -397,7 +443,11 @@ impl AgentConfig {
                 .as_deref()
                 .or(file.hop_interval.as_deref()),
             DEFAULT_HOP_INTERVAL,
-            Duration::from_millis(100),
+            if args.lab_fast_hops {
+                MIN_LAB_HOP_INTERVAL
+            } else {
+                MIN_HOP_INTERVAL
+            },
             MAX_INTERVAL,
         );
         let aggregators = if args.aggregators.is_empty() {
@@ -526,6 +576,7 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pathpulse_wire::ProbeKind;
 
     fn args(targets: &[&str]) -> RunArgs {
         RunArgs {
@@ -646,6 +697,15 @@ mod tests {
         assert_eq!(f.hops, Some(true));
         assert_eq!(d(f.hop_interval), DEFAULT_HOP_INTERVAL);
         assert_eq!(f.clock_sync, Some(ClockSync::default()));
+        // Not the binary's default (none: tests and the demo send nothing beyond the lab),
+        // but what an installed agent watches.
+        assert_eq!(
+            f.anchors,
+            Some(vec!["resolvers".to_string(), "public".to_string()])
+        );
+        let c = AgentConfig::resolve_with(&args(&[]), FileConfig::default())
+            .expect_err("no targets and no anchors");
+        assert_eq!(c.0[0].key, "targets", "no anchors by default: {c}");
     }
 
     #[test]
@@ -666,5 +726,66 @@ mod tests {
         );
         let e = file("clock_sync = \"ntp\"").expect_err("bad value");
         assert!(e.to_string().contains("clock_sync"), "{e}");
+    }
+
+    #[test]
+    fn hop_interval_is_at_least_a_second_unless_a_lab_asks() {
+        let mut a = args(&["192.0.2.1"]);
+        a.hop_interval = Some("200ms".into());
+        let e = AgentConfig::resolve(&a).expect_err("below 1 s");
+        assert_eq!(e.0[0].key, "hop_interval", "{e}");
+        assert!(e.0[0].reason.contains("200ms is outside 1s .. 1h"), "{e}");
+        a.lab_fast_hops = true;
+        let c = AgentConfig::resolve(&a).expect("a lab's routers answer every probe");
+        assert_eq!(c.hop_interval, Duration::from_millis(200));
+        a.hop_interval = Some("50ms".into());
+        let e = AgentConfig::resolve(&a).expect_err("below 100 ms even in a lab");
+        assert_eq!(e.0[0].key, "hop_interval", "{e}");
+        a.hop_interval = Some("1s".into());
+        a.lab_fast_hops = false;
+        assert!(AgentConfig::resolve(&a).is_ok());
+    }
+
+    #[test]
+    fn anchors_join_the_targets_as_icmp_once_and_flags_win() {
+        let file = |anchors: &[&str]| FileConfig {
+            anchors: Some(anchors.iter().map(|s| s.to_string()).collect()),
+            ..FileConfig::default()
+        };
+        // Anchors alone are something to probe.
+        let c = AgentConfig::resolve_with(&args(&[]), file(&["192.0.2.1", "public"]))
+            .expect("anchors only");
+        let labels: Vec<&str> = c.targets.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["192.0.2.1", "1.1.1.1", "8.8.8.8", "9.9.9.9"]);
+        assert!(c.targets.iter().all(|t| t.probe == ProbeKind::Icmp));
+        // An anchor that is already a target stays as the target was written.
+        let c = AgentConfig::resolve_with(
+            &args(&["icmp:192.0.2.1,dscp=46", "tcp:192.0.2.2:443"]),
+            file(&["192.0.2.1", "192.0.2.2"]),
+        )
+        .expect("valid");
+        let t: Vec<(&str, Option<u8>)> = c
+            .targets
+            .iter()
+            .map(|t| (t.label.as_str(), t.options.dscp))
+            .collect();
+        assert_eq!(
+            t,
+            [
+                ("192.0.2.1", Some(46)),
+                ("192.0.2.2:443", None),
+                ("192.0.2.2", None)
+            ]
+        );
+        // Flags replace the file's list; a bad entry is named by its key.
+        let mut a = args(&["192.0.2.7"]);
+        a.anchors = vec!["192.0.2.3".into(), "stamp:192.0.2.4".into()];
+        let e = AgentConfig::resolve_with(&a, file(&["public"])).expect_err("bad anchor");
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "anchors[1]");
+        a.anchors.pop();
+        let c = AgentConfig::resolve_with(&a, file(&["public"])).expect("valid");
+        let labels: Vec<&str> = c.targets.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["192.0.2.7", "192.0.2.3"]);
     }
 }

@@ -1,7 +1,7 @@
 //! pathpulse-agent: probes paths and reports them.
 //!
-//! - [`config`], [`target`], [`options`], [`target_list`]: what to probe and how, from file, flags and
-//!   environment;
+//! - [`config`], [`target`], [`options`], [`target_list`], [`anchors`]: what to probe and how,
+//!   from file, flags and environment;
 //! - [`probe`]: probers (ICMP on kernel-timestamped sockets, TCP connect) and reply matching;
 //! - [`schedule`]: when each probe goes out;
 //! - [`stats`], [`shared`]: per-path statistics of the current report interval;
@@ -13,6 +13,7 @@
 //! - [`assets`]: man pages and shell completions from the command line definition;
 //! - [`run`]: the agent assembled from the above; `main.rs` only parses the command line.
 
+pub mod anchors;
 pub mod assets;
 pub mod backoff;
 pub mod cli;

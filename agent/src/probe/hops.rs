@@ -7,7 +7,8 @@
 //! target, so a directly connected target costs one probe and is then left alone until the
 //! next rediscovery. Afterwards every hop up to the target is probed once per interval;
 //! a router is probed at most once per interval whatever the number of targets behind it
-//! (routers rate-limit ICMP errors: Linux answers about one per second per source).
+//! (routers rate-limit ICMP errors: Linux answers about one per second per source), and
+//! its answer (or silence) counts for every target whose route has it at that TTL.
 //! A different address at a known TTL is a route change: counted and logged. Discovery
 //! runs again every 5 minutes, after a route change, and when the target stops answering
 //! (at most every 30 s).
@@ -45,7 +46,8 @@ pub struct HopProber {
     /// The probe plan (configured targets and mesh peers): its ICMP targets that
     /// [`hop_targets`] keeps get hop discovery, following every reload.
     pub plan: watch::Receiver<ProbePlan>,
-    /// Probe interval per hop (at least 1 s: routers' ICMP error rate limit).
+    /// Probe interval per hop, and the most a router is probed (at least 1 s: routers'
+    /// ICMP error rate limit; 100 ms with the test-only `--lab-fast-hops`).
     pub interval: Duration,
     pub timeout: Duration,
     pub max_ttl: u8,
@@ -74,6 +76,9 @@ struct InFlight {
     tx_ns: Option<i64>,
     /// Counted in the hop's statistics (the hop was known when the probe left).
     counted: bool,
+    /// Other targets' slots whose route has the same router at this TTL: the probe counts
+    /// for them too (the per-router cap sends one probe for all).
+    sharers: Vec<usize>,
 }
 
 fn open_raw(f: Family) -> Option<IcmpSocket> {
@@ -264,6 +269,18 @@ impl HopProber {
                         hop_stats(ps, p.ttl, |h| h.on_reply(us, false));
                     }
                 });
+                // The same router answered for the targets that share it at this TTL.
+                if p.counted {
+                    for s in &p.sharers {
+                        let same = states.get(s).is_some_and(|o| {
+                            o.route.hops.get(usize::from(p.ttl) - 1) == Some(&Some(from))
+                        });
+                        if same {
+                            self.shared
+                                .path(*s, |ps| hop_stats(ps, p.ttl, |h| h.on_reply(us, false)));
+                        }
+                    }
+                }
             }
             // Timeouts: lost at that hop. First the answers the kernel already holds (a
             // starved process must not count its own delay as loss): if there are any,
@@ -294,21 +311,25 @@ impl HopProber {
                 if let Some(p) = &p {
                     forget_udp(&mut udp_keys, p, s);
                 }
-                if let Some(p) = p.filter(|p| p.counted)
-                    && let Some(st) = states.get_mut(&p.target)
+                let Some(p) = p.filter(|p| p.counted) else {
+                    continue;
+                };
+                lost(&self.shared, &p, |s| states.contains_key(s));
+                // The target stopped answering: the route may have changed. Look again,
+                // at most every REDISCOVER_ON_LOSS.
+                if let Some(st) = states.get_mut(&p.target)
+                    && st.route.reached == Some(p.ttl)
+                    && st
+                        .last_discovery
+                        .is_none_or(|l| now.duration_since(l) >= REDISCOVER_ON_LOSS)
                 {
-                    self.shared
-                        .path(p.target, |ps| hop_stats(ps, p.ttl, PathStats::on_lost));
-                    // The target stopped answering: the route may have changed. Look
-                    // again, at most every REDISCOVER_ON_LOSS.
-                    if st.route.reached == Some(p.ttl)
-                        && st
-                            .last_discovery
-                            .is_none_or(|l| now.duration_since(l) >= REDISCOVER_ON_LOSS)
-                    {
-                        st.discover_up_to = Some(1);
-                        st.last_discovery = Some(now);
-                    }
+                    let label = targets
+                        .iter()
+                        .find(|(s, _)| *s == p.target)
+                        .map_or("", |(_, t)| t.label.as_str());
+                    tracing::debug!(target_name = %label, "the target stopped answering: hop discovery again");
+                    st.discover_up_to = Some(1);
+                    st.last_discovery = Some(now);
                 }
             }
             if now < next_tick {
@@ -368,8 +389,11 @@ impl HopProber {
                 // The target never answered (it drops ICMP): the known hops and one more.
                 (None, None) => 1..=(known as u8).saturating_add(1).min(self.max_ttl),
             };
+            let hops = st.route.hops.clone();
             for ttl in ttls {
-                if let Some(Some(router)) = st.route.hops.get(usize::from(ttl) - 1) {
+                let i = usize::from(ttl) - 1;
+                let mut sharers = Vec::new();
+                if let Some(Some(router)) = hops.get(i) {
                     if *router != addr
                         && router_last
                             .get(router)
@@ -378,14 +402,23 @@ impl HopProber {
                         continue;
                     }
                     router_last.insert(*router, now);
+                    if *router != addr {
+                        sharers.extend(
+                            states
+                                .iter()
+                                .filter(|(s, o)| {
+                                    *s != path && o.route.hops.get(i) == Some(&Some(*router))
+                                })
+                                .map(|(s, _)| *s),
+                        );
+                    }
                 }
                 seq = seq.wrapping_add(1);
                 // 65,536 probes in flight: the oldest is forgotten, counted lost.
                 if let Some(old) = inflight.remove(&seq) {
                     forget_udp(&mut udp_keys, &old, seq);
-                    if old.counted && targets.iter().any(|(s, _)| *s == old.target) {
-                        self.shared
-                            .path(old.target, |ps| hop_stats(ps, old.ttl, PathStats::on_lost));
+                    if old.counted {
+                        lost(&self.shared, &old, |s| states.contains_key(s));
                     }
                 }
                 let counted = usize::from(ttl) <= known;
@@ -396,8 +429,7 @@ impl HopProber {
                         if let Some(old) = udp_keys.insert((addr, ttl), seq)
                             && let Some(o) = inflight.remove(&old).filter(|o| o.counted)
                         {
-                            self.shared
-                                .path(*path, |ps| hop_stats(ps, o.ttl, PathStats::on_lost));
+                            lost(&self.shared, &o, |s| states.contains_key(s));
                         }
                         u.send(
                             addr,
@@ -417,6 +449,12 @@ impl HopProber {
                 };
                 match sent {
                     Ok(sent_mono) => {
+                        if counted {
+                            for s in std::iter::once(path).chain(&sharers) {
+                                self.shared
+                                    .path(*s, |ps| hop_stats(ps, ttl, PathStats::on_sent));
+                            }
+                        }
                         inflight.insert(
                             seq,
                             InFlight {
@@ -426,13 +464,10 @@ impl HopProber {
                                 sent_mono,
                                 tx_ns: None,
                                 counted,
+                                sharers,
                             },
                         );
                         deadlines.push(Reverse((sent_mono + self.timeout, seq)));
-                        if counted {
-                            self.shared
-                                .path(*path, |ps| hop_stats(ps, ttl, PathStats::on_sent));
-                        }
                     }
                     Err(e) => {
                         tracing::debug!(target_addr = %addr, ttl, error = %e, "hop probe not sent")
@@ -469,6 +504,17 @@ fn echo_payload(token: u64, seq: u16) -> Vec<u8> {
     payload.extend_from_slice(&(!seq).to_be_bytes());
     payload.resize(PAYLOAD_SIZE, 0);
     payload
+}
+
+/// A counted probe went unanswered: lost at its hop for its target and for the targets
+/// that share that router there (those still probed, as `live` says).
+fn lost(shared: &Shared, p: &InFlight, live: impl Fn(&usize) -> bool) {
+    for s in std::iter::once(&p.target)
+        .chain(&p.sharers)
+        .filter(|s| live(s))
+    {
+        shared.path(*s, |ps| hop_stats(ps, p.ttl, PathStats::on_lost));
+    }
 }
 
 /// Run `f` on the statistics of hop `ttl` of a path, if it has that hop.
