@@ -225,6 +225,49 @@ fn lab_mesh_agents_find_each_other_through_the_aggregator() {
         );
     }
 
+    // Per-path series carry the sites of both ends and the source's ISP, at the aggregator
+    // and (its own site and ISP) at the agent.
+    let site_of = |a: &str| if a == "e3" { "site-b" } else { "site-a" };
+    for (src, dst, probe) in &three {
+        let want = [
+            ("src", src.as_str()),
+            ("dst", dst.as_str()),
+            ("probe", probe.as_str()),
+            ("src_site", site_of(src)),
+            ("dst_site", site_of(dst)),
+            ("isp", "isp-lab"),
+        ];
+        for name in [
+            "pathpulse_probes_received_total",
+            "pathpulse_rtt_seconds_count",
+            "pathpulse_loss_ratio",
+        ] {
+            let got =
+                pathpulse_tests::select(&m, name, &[("src", src), ("dst", dst), ("probe", probe)]);
+            assert!(
+                !got.is_empty()
+                    && got.iter().all(|s| want.iter().all(|(k, v)| s
+                        .labels
+                        .get(*k)
+                        .map(String::as_str)
+                        == Some(*v))),
+                "{name} {src} → {dst} ({probe}) should carry {want:?}: {:?}",
+                got.iter().map(|s| &s.labels).collect::<Vec<_>>()
+            );
+        }
+    }
+    let own = metrics(topo.ns("e3"), AGENT_METRICS);
+    let sent = pathpulse_tests::select(&own, "pathpulse_probes_sent_total", &[("src", "e3")]);
+    assert!(
+        !sent.is_empty()
+            && sent.iter().all(
+                |s| s.labels.get("src_site").map(String::as_str) == Some("site-b")
+                    && s.labels.get("isp").map(String::as_str) == Some("isp-lab")
+            ),
+        "e3's own /metrics: {:?}",
+        sent.iter().map(|s| &s.labels).collect::<Vec<_>>()
+    );
+
     // Hop discovery follows the peer list: e1 found the core router and e3 behind it,
     // and left e2, in its own site, alone.
     let hop_anchors = |m: &[Sample]| -> BTreeSet<String> {
