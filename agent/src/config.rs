@@ -148,8 +148,9 @@ pub struct RunArgs {
     /// Size bound of each aggregator's spool, MiB.
     #[arg(long, value_name = "MIB", env = "PATHPULSE_SPOOL_MAX_MIB")]
     pub spool_max_mib: Option<u64>,
-    /// Run a STAMP reflector (RFC 8762) on this UDP address, repeatable, e.g. 0.0.0.0:862
-    /// and [::]:862 (default: none, no reflector).
+    /// Run the STAMP reflector (RFC 8762) on this UDP address, repeatable, e.g.
+    /// 0.0.0.0:8620, or `off`. Default with an aggregator (a mesh member): 0.0.0.0:862 and
+    /// [::]:862, or the sockets systemd passes (pathpulse-agent.socket); without: only those.
     #[arg(
         long = "stamp-listen",
         value_name = "ADDR",
@@ -199,8 +200,8 @@ pub struct AgentConfig {
     pub isp_prefixes: Vec<crate::probe::route::Prefix>,
     pub hop_interval: Duration,
     pub hop_probe: HopProbe,
-    /// STAMP reflector addresses (empty: no reflector).
-    pub stamp_listen: Vec<SocketAddr>,
+    /// Where the STAMP reflector listens.
+    pub stamp_listen: StampListen,
     /// Reflected packets per second per source address.
     pub stamp_rate: u32,
     /// Shared key of STAMP authenticated mode (sender and reflector); None: unauthenticated.
@@ -209,6 +210,38 @@ pub struct AgentConfig {
     pub advertise: Vec<std::net::IpAddr>,
     /// Who says the host clock is synchronized (STAMP's S bit).
     pub clock_sync: ClockSync,
+}
+
+/// Where the STAMP reflector listens. Sockets passed by systemd (socket activation,
+/// `pathpulse-agent.socket`) are used instead of binding, unless the reflector is `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StampListen {
+    /// `off`: no reflector.
+    Off,
+    /// Nothing asked for, no aggregator: only sockets systemd passes.
+    Activated,
+    /// A mesh member's default, [`DEFAULT_STAMP_LISTEN`]: a port that cannot be bound is a
+    /// warning (peers then get no STAMP path to this agent), not a failure.
+    Default,
+    /// Addresses given: a port that cannot be bound is a configuration error.
+    Addrs(Vec<SocketAddr>),
+}
+
+/// Where a mesh member's reflector listens by default: UDP 862 (RFC 8762), both families.
+pub const DEFAULT_STAMP_LISTEN: [&str; 2] = ["0.0.0.0:862", "[::]:862"];
+
+impl StampListen {
+    /// The addresses to bind when systemd passed no socket.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        match self {
+            StampListen::Off | StampListen::Activated => Vec::new(),
+            StampListen::Default => DEFAULT_STAMP_LISTEN
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            StampListen::Addrs(a) => a.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,13 +404,17 @@ impl AgentConfig {
         } else {
             args.stamp_listen.clone()
         };
-        let mut stamp_listen = Vec::new();
-        for (i, s) in stamp_listen_specs.iter().enumerate() {
+        let mut addrs = Vec::new();
+        let off = stamp_listen_specs.iter().any(|s| s == "off");
+        if off && stamp_listen_specs.len() > 1 {
+            c.err("stamp_listen", "`off` goes alone, not beside addresses");
+        }
+        for (i, s) in stamp_listen_specs.iter().enumerate().filter(|_| !off) {
             match s.parse::<SocketAddr>() {
-                Ok(a) => stamp_listen.push(a),
+                Ok(a) => addrs.push(a),
                 Err(_) => c.err(
                     &format!("stamp_listen[{i}]"),
-                    format!("`{s}` is not an address like 0.0.0.0:862 or [::]:862"),
+                    format!("`{s}` is not an address like 0.0.0.0:862 or [::]:862, nor `off`"),
                 ),
             }
         }
@@ -411,7 +448,13 @@ impl AgentConfig {
         // aggregators): targets are then optional.
         let meshed = !args.aggregators.is_empty()
             || file.aggregators.as_ref().is_some_and(|a| !a.is_empty());
-        if targets.is_empty() && written == 0 && stamp_listen_specs.is_empty() && !meshed {
+        let stamp_listen = match (off, addrs.is_empty(), meshed) {
+            (true, _, _) => StampListen::Off,
+            (false, false, _) => StampListen::Addrs(addrs),
+            (false, true, true) => StampListen::Default,
+            (false, true, false) => StampListen::Activated,
+        };
+        if targets.is_empty() && written == 0 && (stamp_listen_specs.is_empty() || off) && !meshed {
             c.err("targets", "no targets: give --target SPEC (repeatable) or `targets = [...]` in the config file, or anchors");
         }
         let interval = c.duration(
@@ -628,7 +671,8 @@ mod tests {
         let mut a = args(&[]);
         a.stamp_listen = vec!["0.0.0.0:862".into(), "[::]:862".into()];
         let c = AgentConfig::resolve(&a).expect("reflector only");
-        assert_eq!(c.stamp_listen.len(), 2);
+        assert_eq!(c.stamp_listen.addrs().len(), 2);
+        assert_eq!(c.stamp_listen.addrs(), StampListen::Default.addrs());
         assert_eq!(c.stamp_rate, crate::probe::stamp::reflector::DEFAULT_RATE);
         a.stamp_listen = vec!["0.0.0.0".into()];
         a.stamp_rate = Some(0);
@@ -637,7 +681,32 @@ mod tests {
         assert_eq!(keys, ["stamp_listen[0]", "stamp_rate"], "{e}");
         let c =
             AgentConfig::resolve(&args(&["stamp:10.0.0.1", "stamp:10.0.0.1:8620"])).expect("two");
-        assert!(c.stamp_listen.is_empty(), "no reflector unless asked for");
+        assert_eq!(
+            c.stamp_listen,
+            StampListen::Activated,
+            "no reflector bound unless asked for or meshed"
+        );
+        // A mesh member reflects on 862 by default; `off` turns it off, alone.
+        let mut a = args(&[]);
+        a.aggregators = vec!["agg.example:4470".into()];
+        assert_eq!(
+            AgentConfig::resolve(&a).expect("mesh").stamp_listen,
+            StampListen::Default
+        );
+        a.stamp_listen = vec!["off".into()];
+        assert_eq!(
+            AgentConfig::resolve(&a).expect("off").stamp_listen,
+            StampListen::Off
+        );
+        a.stamp_listen = vec!["off".into(), "0.0.0.0:8620".into()];
+        let e = AgentConfig::resolve(&a).expect_err("off beside an address");
+        assert_eq!(e.0[0].key, "stamp_listen", "{e}");
+        a.stamp_listen = vec!["[::]:8620".into()];
+        let c = AgentConfig::resolve(&a).expect("explicit");
+        assert_eq!(
+            c.stamp_listen,
+            StampListen::Addrs(vec!["[::]:8620".parse().expect("addr")])
+        );
     }
 
     #[test]

@@ -395,7 +395,7 @@ mod tests {
             isp_prefixes: vec![],
             hop_interval: crate::config::DEFAULT_HOP_INTERVAL,
             hop_probe: Default::default(),
-            stamp_listen: vec![],
+            stamp_listen: crate::config::StampListen::Off,
             stamp_rate: crate::probe::stamp::reflector::DEFAULT_RATE,
             stamp_key: None,
             advertise: vec![],

@@ -108,6 +108,29 @@ pub async fn run_with(
     ));
     let liveness = Liveness::new();
 
+    // The STAMP reflector: sockets from systemd, or bound now, so a busy or forbidden port
+    // given by hand is found at start (the mesh default only warns, see `listen`).
+    let reflector = crate::probe::stamp::listen::open(&cfg.stamp_listen)
+        .map_err(|e| config_err("stamp_listen", e.to_string()))?;
+    let reflector_sockets = reflector.wanted.then_some(reflector.sockets.len());
+    let stamp_port = reflector.port();
+    for socket in reflector.sockets {
+        let limits = crate::probe::stamp::reflector::Limits {
+            rate: cfg.stamp_rate,
+            key: cfg.stamp_key.clone(),
+            ..Default::default()
+        };
+        tasks.spawn(
+            crate::probe::stamp::reflector::ReflectorTask {
+                socket,
+                limits,
+                shared: shared.clone(),
+                clock: cfg.clock_sync,
+            }
+            .run(shutdown.clone()),
+        );
+    }
+
     // Identity first: a missing certificate is a configuration problem, found at start.
     let mut uplink_txs = Vec::new();
     let mut uplinks = Vec::new();
@@ -132,11 +155,7 @@ pub async fn run_with(
             crate::peers::PeerBoard::new(cfg.name.clone(), cfg.site.clone(), reloader.clone());
         let join = pathpulse_wire::Join {
             advertise: cfg.advertise.clone(),
-            stamp_port: cfg
-                .stamp_listen
-                .first()
-                .map(|a| a.port())
-                .filter(|p| *p != 0),
+            stamp_port,
         };
         for a in &cfg.aggregators {
             let (tx, rx) = mpsc::channel(64);
@@ -188,6 +207,7 @@ pub async fn run_with(
             );
             let mut reg = export::registry(store.clone(), Role::Agent, export::wall_clock_ms);
             reg.register_collector(Box::new(UplinkCollector(uplinks.clone())));
+            reg.register_collector(Box::new(ReflectorCollector(reflector_sockets)));
             let reg = Arc::new(reg);
             let app = pathpulse_metrics::http::metrics_router(reg)
                 .route("/healthz", axum::routing::get(|| async { "ok\n" }));
@@ -203,33 +223,6 @@ pub async fn run_with(
             Some(store)
         }
     };
-
-    // STAMP reflectors: bound now, so a busy or forbidden port is found at start.
-    for addr in &cfg.stamp_listen {
-        let socket = crate::probe::stamp::socket::StampSocket::bind(*addr).map_err(|e| {
-            config_err(
-                "stamp_listen",
-                format!(
-                    "cannot listen on UDP {addr}: {e} (port 862 needs root or CAP_NET_BIND_SERVICE)"
-                ),
-            )
-        })?;
-        tracing::info!(addr = %socket.local_addr().unwrap_or(*addr), "STAMP reflector listening");
-        let limits = crate::probe::stamp::reflector::Limits {
-            rate: cfg.stamp_rate,
-            key: cfg.stamp_key.clone(),
-            ..Default::default()
-        };
-        tasks.spawn(
-            crate::probe::stamp::reflector::ReflectorTask {
-                socket,
-                limits,
-                shared: shared.clone(),
-                clock: cfg.clock_sync,
-            }
-            .run(shutdown.clone()),
-        );
-    }
 
     // Probers. ICMP, TCP, STAMP, DNS and hop discovery follow the plan, which a reload or
     // a peer list replaces.
@@ -430,6 +423,29 @@ const REPORT_PART: usize = 256;
 
 fn lock(store: &SharedStore) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether the STAMP reflector runs, on the agent's standalone `/metrics`: its sockets,
+/// when one is wanted (0: it could not bind, peers get no STAMP path to this agent).
+#[derive(Debug)]
+struct ReflectorCollector(Option<usize>);
+
+impl prometheus_client::collector::Collector for ReflectorCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        if let Some(n) = self.0 {
+            enc.encode_descriptor(
+                "pathpulse_stamp_reflector_sockets",
+                "UDP sockets the STAMP reflector listens on; 0 when it could not bind its port (no STAMP paths toward this agent).",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?
+            .encode_gauge(&(n as i64))?;
+        }
+        Ok(())
+    }
 }
 
 /// The agent's own delivery metrics, per aggregator, on its standalone `/metrics`.

@@ -122,7 +122,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             isp_prefixes: Vec::new(),
             hop_interval: pathpulse_agent::config::DEFAULT_HOP_INTERVAL,
             hop_probe: Default::default(),
-            stamp_listen: Vec::new(),
+            stamp_listen: pathpulse_agent::config::StampListen::Off,
             stamp_rate: pathpulse_agent::probe::stamp::reflector::DEFAULT_RATE,
             stamp_key: None,
             advertise: vec![],

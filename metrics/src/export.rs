@@ -17,7 +17,7 @@ use pathpulse_wire::RefuseReason;
 use crate::localize::{HopView, Thresholds, hop_views, localize, observations};
 use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
 use crate::store::{
-    CLASSIC_BOUNDS_US, HealthTotals, HopState, INGEST_LATENCY_BOUNDS_US, LOCAL_REFUSALS,
+    CLASSIC_BOUNDS_US, DstSites, HealthTotals, HopState, INGEST_LATENCY_BOUNDS_US, LOCAL_REFUSALS,
     NATIVE_SCHEMA, PathKey, PathState, Store,
 };
 use crate::window::{WINDOWS, WindowView};
@@ -53,17 +53,40 @@ struct StoreCollector {
 
 type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
 
-fn path_labels(k: &PathKey) -> Labels<'_> {
-    vec![
+/// Labels of a path's series: `src`, `dst`, `probe`, then `src_site`, `dst_site` and `isp`
+/// (the source agent's) where known; an unknown or empty one is left out.
+fn path_labels<'a>(k: &'a PathKey, store: &'a Store, sites: &DstSites<'a>) -> Labels<'a> {
+    let agent = store.agents.get(&*k.src);
+    let labels = [
+        ("src_site", agent.and_then(|a| known(a.site.as_deref()))),
+        ("dst_site", known(sites.site_of(&k.dst))),
+        ("isp", agent.and_then(|a| known(a.isp.as_deref()))),
+    ];
+    let mut l = Vec::with_capacity(6);
+    l.extend([
         ("src", Cow::Borrowed(&*k.src)),
         ("dst", Cow::Borrowed(&*k.dst)),
         ("probe", Cow::Borrowed(k.probe.as_str())),
-    ]
+    ]);
+    l.extend(
+        labels
+            .into_iter()
+            .filter_map(|(name, v)| Some((name, Cow::Borrowed(v?)))),
+    );
+    l
 }
 
-fn with<'a>(mut l: Labels<'a>, extra: &[(&'static str, &'a str)]) -> Labels<'a> {
-    l.extend(extra.iter().map(|(k, v)| (*k, Cow::Borrowed(*v))));
-    l
+/// A site or ISP label as declared, when it says something (an empty one is unknown).
+fn known(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty())
+}
+
+/// A path's labels and more (`window`, `quantile`...), in one allocation.
+fn with<'a>(l: &Labels<'a>, extra: &[(&'static str, &'a str)]) -> Labels<'a> {
+    let mut out = Vec::with_capacity(l.len() + extra.len());
+    out.extend(l.iter().cloned());
+    out.extend(extra.iter().map(|(k, v)| (*k, Cow::Borrowed(*v))));
+    out
 }
 
 /// Microseconds to seconds by division, so `1000 µs` prints as `0.001` exactly.
@@ -116,14 +139,15 @@ fn window_quantiles(
     name: &str,
     help: &str,
     views: &[PathViews],
+    labels: &[Labels],
     us: impl Fn(&WindowView, f64) -> Option<u64>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (k, vs) in views {
+    for ((_, vs), pl) in views.iter().zip(labels) {
         for (w, v) in vs {
             for (qs, q) in QUANTILES {
                 if let Some(us) = us(v, q) {
-                    let l = with(path_labels(k), &[("quantile", qs), ("window", w)]);
+                    let l = with(pl, &[("quantile", qs), ("window", w)]);
                     m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
                 }
             }
@@ -138,13 +162,14 @@ fn window_gauges(
     name: &str,
     help: &str,
     views: &[PathViews],
+    labels: &[Labels],
     value: impl Fn(&WindowView) -> Option<f64>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (k, vs) in views {
+    for ((_, vs), pl) in views.iter().zip(labels) {
         for (w, v) in vs {
             if let Some(x) = value(v) {
-                m.encode_family(&with(path_labels(k), &[("window", w)]))?
+                m.encode_family(&with(pl, &[("window", w)]))?
                     .encode_gauge(&x)?;
             }
         }
@@ -153,7 +178,11 @@ fn window_gauges(
 }
 
 /// STAMP paths: loss per direction and one-way delay per direction, per window.
-fn directional(enc: &mut DescriptorEncoder, views: &[PathViews]) -> Result<(), std::fmt::Error> {
+fn directional(
+    enc: &mut DescriptorEncoder,
+    views: &[PathViews],
+    labels: &[Labels],
+) -> Result<(), std::fmt::Error> {
     use pathpulse_wire::stamp::Directional;
     let mut m = enc.encode_descriptor(
         "pathpulse_directional_loss_ratio",
@@ -161,7 +190,7 @@ fn directional(enc: &mut DescriptorEncoder, views: &[PathViews]) -> Result<(), s
         None,
         MetricType::Gauge,
     )?;
-    for (k, vs) in views {
+    for ((_, vs), pl) in views.iter().zip(labels) {
         for (w, v) in vs {
             let Some(d) = v.dir.as_deref() else { continue };
             let ratios = [
@@ -176,7 +205,7 @@ fn directional(enc: &mut DescriptorEncoder, views: &[PathViews]) -> Result<(), s
             ];
             for (dir, r) in ratios {
                 if let Some(r) = r {
-                    m.encode_family(&with(path_labels(k), &[("direction", dir), ("window", w)]))?
+                    m.encode_family(&with(pl, &[("direction", dir), ("window", w)]))?
                         .encode_gauge(&r)?;
                 }
             }
@@ -188,16 +217,13 @@ fn directional(enc: &mut DescriptorEncoder, views: &[PathViews]) -> Result<(), s
         None,
         MetricType::Gauge,
     )?;
-    for (k, vs) in views {
+    for ((_, vs), pl) in views.iter().zip(labels) {
         for (w, v) in vs {
             let Some(d) = v.dir.as_deref() else { continue };
             for (dir, h) in [("forward", &d.owd_forward), ("reverse", &d.owd_reverse)] {
                 for (qs, q) in QUANTILES {
                     if let Some(us) = h.quantile(q) {
-                        let l = with(
-                            path_labels(k),
-                            &[("direction", dir), ("quantile", qs), ("window", w)],
-                        );
+                        let l = with(pl, &[("direction", dir), ("quantile", qs), ("window", w)]);
                         m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
                     }
                 }
@@ -240,11 +266,17 @@ impl Collector for StoreCollector {
         )?
         .encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
 
+        // Each budgeted path's labels, built once for all its series.
+        let sites = store.dst_sites();
+        let labels: Vec<Labels> = paths
+            .iter()
+            .map(|(k, _)| path_labels(k, &store, &sites))
+            .collect();
+
         for (name, help, get) in PATH_COUNTERS {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for &(k, st) in &paths {
-                let l = path_labels(k);
-                m.encode_family(&l)?
+            for (&(_, st), l) in paths.iter().zip(&labels) {
+                m.encode_family(l)?
                     .encode_counter::<NoLabelSet, _, u64>(&get(st), None)?;
             }
         }
@@ -255,9 +287,8 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?;
-        for &(k, st) in &paths {
-            m.encode_family(&path_labels(k))?
-                .encode_gauge(&st.in_flight)?;
+        for (&(_, st), l) in paths.iter().zip(&labels) {
+            m.encode_family(l)?.encode_gauge(&st.in_flight)?;
         }
 
         let mut m = enc.encode_descriptor(
@@ -266,7 +297,7 @@ impl Collector for StoreCollector {
             None,
             MetricType::Histogram,
         )?;
-        for &(k, st) in &paths {
+        for (&(_, st), l) in paths.iter().zip(&labels) {
             let c = &st.cumulative;
             let buckets: Vec<(f64, u64)> = CLASSIC_BOUNDS_US
                 .iter()
@@ -289,7 +320,7 @@ impl Collector for StoreCollector {
                 },
                 created: None,
             };
-            m.encode_family(&path_labels(k))?
+            m.encode_family(l)?
                 .encode_histogram_with_native::<NoLabelSet>(
                     secs(c.sum_us as f64),
                     c.count,
@@ -313,6 +344,7 @@ impl Collector for StoreCollector {
             "pathpulse_rtt_quantile_seconds",
             "Exact RTT quantile over the window, from the merged HDR histogram (3 significant digits).",
             views,
+            &labels,
             |v, q| v.hist.quantile(q),
         )?;
         window_gauges(
@@ -320,6 +352,7 @@ impl Collector for StoreCollector {
             "pathpulse_loss_ratio",
             "Lost / (received + lost) over the window.",
             views,
+            &labels,
             |v| loss_ratio(v.lost, v.received),
         )?;
         window_gauges(
@@ -327,6 +360,7 @@ impl Collector for StoreCollector {
             "pathpulse_loss_ratio_upper",
             "Upper bound of the 95% Wilson confidence interval of the loss ratio over the window.",
             views,
+            &labels,
             |v| wilson_interval(v.lost, v.lost + v.received, Z95).map(|(_, hi)| hi),
         )?;
 
@@ -336,9 +370,9 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?;
-        for &(k, st) in &paths {
+        for (&(_, st), pl) in paths.iter().zip(&labels) {
             if let Some(j) = st.jitter_us {
-                let l = with(path_labels(k), &[("method", "rfc3550")]);
+                let l = with(pl, &[("method", "rfc3550")]);
                 m.encode_family(&l)?.encode_gauge(&secs(j))?;
             }
         }
@@ -348,6 +382,7 @@ impl Collector for StoreCollector {
             "pathpulse_loss_detectable_ratio",
             "Smallest loss ratio the window's probes detect with 95% confidence (about 3/n).",
             views,
+            &labels,
             |v| min_detectable_loss(v.lost + v.received, 0.95),
         )?;
         window_quantiles(
@@ -355,6 +390,7 @@ impl Collector for StoreCollector {
             "pathpulse_ipdv_seconds",
             "Quantile of |RTT difference| between consecutive replies over the window (RFC 5481 IPDV).",
             views,
+            &labels,
             |v, q| v.ipdv.quantile(q),
         )?;
         window_quantiles(
@@ -362,10 +398,11 @@ impl Collector for StoreCollector {
             "pathpulse_pdv_seconds",
             "Quantile of RTT minus the window's minimum RTT (RFC 5481 PDV).",
             views,
+            &labels,
             |v, q| Some(v.hist.quantile(q)?.saturating_sub(v.hist.quantile(0.0)?)),
         )?;
 
-        directional(&mut enc, views)?;
+        directional(&mut enc, views, &labels)?;
 
         let mut m = enc.encode_descriptor(
             "pathpulse_mos",
@@ -373,7 +410,7 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?;
-        for ((k, vs), (_, st)) in views.iter().zip(&paths) {
+        for (((_, vs), (_, st)), pl) in views.iter().zip(&paths).zip(&labels) {
             for (w, v) in vs {
                 let (Some(p50), Some(loss)) =
                     (v.hist.quantile(0.5), loss_ratio(v.lost, v.received))
@@ -382,13 +419,13 @@ impl Collector for StoreCollector {
                 };
                 let jitter_ms = st.jitter_us.unwrap_or(0.0) / 1000.0;
                 let score = mos(p50 as f64 / 2000.0, jitter_ms, loss);
-                m.encode_family(&with(path_labels(k), &[("window", w)]))?
+                m.encode_family(&with(pl, &[("window", w)]))?
                     .encode_gauge(&score)?;
             }
         }
 
         encode_hops(&mut enc, &store, &paths, now)?;
-        encode_rollups(&mut enc, &store, &all_views)?;
+        encode_rollups(&mut enc, &store, &sites, &all_views)?;
 
         let mut m = enc.encode_descriptor(
             "pathpulse_agent_up",
@@ -831,18 +868,18 @@ impl Merged {
 fn encode_rollups(
     enc: &mut DescriptorEncoder,
     store: &Store,
+    sites: &DstSites,
     all_views: &[PathViews],
 ) -> Result<(), std::fmt::Error> {
     let mut pairs: std::collections::BTreeMap<(&str, &str), Merged> = Default::default();
     let mut isps: std::collections::BTreeMap<&str, Merged> = Default::default();
-    let sites = store.dst_sites();
     for (k, views) in all_views {
         let agent = store.agents.get(&*k.src);
-        if let Some(site) = agent.and_then(|a| a.site.as_deref()) {
-            let dst = sites.site_of(&k.dst).unwrap_or("external");
+        if let Some(site) = agent.and_then(|a| known(a.site.as_deref())) {
+            let dst = known(sites.site_of(&k.dst)).unwrap_or("external");
             pairs.entry((site, dst)).or_default().add(views);
         }
-        if let Some(isp) = agent.and_then(|a| a.isp.as_deref()) {
+        if let Some(isp) = agent.and_then(|a| known(a.isp.as_deref())) {
             isps.entry(isp).or_default().add(views);
         }
     }
@@ -965,13 +1002,11 @@ fn encode_hops(
         MetricType::Gauge,
     )?;
     for h in &hops {
+        let hl = hop_labels(h.key, &h.ttl, h.view.state);
         for (w, v) in &h.view.views {
             for (qs, q) in QUANTILES {
                 if let Some(us) = v.hist.quantile(q) {
-                    let l = with(
-                        hop_labels(h.key, &h.ttl, h.view.state),
-                        &[("quantile", qs), ("window", w)],
-                    );
+                    let l = with(&hl, &[("quantile", qs), ("window", w)]);
                     m.encode_family(&l)?.encode_gauge(&secs(us as f64))?;
                 }
             }
@@ -984,9 +1019,10 @@ fn encode_hops(
         MetricType::Gauge,
     )?;
     for h in &hops {
+        let hl = hop_labels(h.key, &h.ttl, h.view.state);
         for (w, v) in &h.view.views {
             if let Some(x) = loss_ratio(v.lost, v.received) {
-                let l = with(hop_labels(h.key, &h.ttl, h.view.state), &[("window", w)]);
+                let l = with(&hl, &[("window", w)]);
                 m.encode_family(&l)?.encode_gauge(&x)?;
             }
         }
@@ -1215,6 +1251,136 @@ mod tests {
         );
         assert!(classic.contains(&format!("pathpulse_probes_sent_total{{{labels}}} 4\n")));
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+    }
+
+    /// Every per-path series carries the source agent's site and ISP and the destination's
+    /// site when they are known, and leaves out what is not (never an empty value).
+    #[test]
+    fn per_path_series_carry_sites_and_isp_where_known() {
+        use pathpulse_wire::ProbeKind;
+        use pathpulse_wire::stamp::Directional;
+        let store: SharedStore = Arc::new(Mutex::new(Store::new(15_000)));
+        let ip = |s: &str| s.parse().ok();
+        {
+            let mut st = store.lock().expect("lock");
+            st.hello(
+                "a1",
+                Some("site-a".into()),
+                Some("isp-x".into()),
+                ip("10.0.0.1"),
+            );
+            st.hello("a2", Some("site-b".into()), None, ip("10.0.0.2"));
+            st.hello("a3", Some(String::new()), Some(String::new()), None);
+            for (agent, dsts) in [
+                ("a1", &["a2", "10.0.0.2", "192.0.2.9"][..]),
+                ("a2", &["a1"]),
+                ("a3", &["a1"]),
+            ] {
+                let paths = dsts
+                    .iter()
+                    .flat_map(|d| [ProbeKind::Icmp, ProbeKind::Stamp].map(|k| (d, k)))
+                    .map(|(d, kind)| {
+                        let mut p = PathReport {
+                            dst: d.to_string(),
+                            probe: Some(kind),
+                            sent: 4,
+                            lost: 1,
+                            jitter_us: Some(100),
+                            ..Default::default()
+                        };
+                        for v in [1000, 1100, 1200] {
+                            p.rtt.record(v);
+                            p.ipdv.record(v - 900);
+                            p.rtt_sum_us += v;
+                            p.received += 1;
+                        }
+                        if kind == ProbeKind::Stamp {
+                            let mut d = Directional {
+                                attributed: 4,
+                                forward_lost: 1,
+                                ..Default::default()
+                            };
+                            d.owd_forward.record(400);
+                            d.owd_reverse.record(500);
+                            p.directional = Some(d);
+                        }
+                        p
+                    })
+                    .collect();
+                let r = Report {
+                    seq: 1,
+                    agent: agent.into(),
+                    interval_start_ms: 1_000_000,
+                    interval_ms: 5000,
+                    paths,
+                    health: AgentHealth::default(),
+                };
+                st.apply(&r, 1_005_000);
+            }
+        }
+        let text =
+            openmetrics_to_prometheus(&encode_text(&registry(store, Role::Aggregator, clock)));
+        assert!(!text.contains("=\"\""), "an empty label value in\n{text}");
+        // (path, the labels it must carry right after src/dst/probe, in order)
+        let cases = [
+            (
+                "src=\"a1\",dst=\"a2\",",
+                ",src_site=\"site-a\",dst_site=\"site-b\",isp=\"isp-x\"",
+            ),
+            // An agent's address finds its site too.
+            (
+                "src=\"a1\",dst=\"10.0.0.2\",",
+                ",src_site=\"site-a\",dst_site=\"site-b\",isp=\"isp-x\"",
+            ),
+            // Not an agent: no dst_site.
+            (
+                "src=\"a1\",dst=\"192.0.2.9\",",
+                ",src_site=\"site-a\",isp=\"isp-x\"",
+            ),
+            // No ISP known for a2.
+            (
+                "src=\"a2\",dst=\"a1\",",
+                ",src_site=\"site-b\",dst_site=\"site-a\"",
+            ),
+            // Empty site and ISP are unknown.
+            ("src=\"a3\",dst=\"a1\",", ",dst_site=\"site-a\""),
+        ];
+        let mut families = std::collections::BTreeSet::new();
+        for (path, want) in cases {
+            for probe in ["icmp", "stamp"] {
+                let head = format!("{path}probe=\"{probe}\"");
+                let lines: Vec<&str> = text.lines().filter(|l| l.contains(&head)).collect();
+                assert!(lines.len() > 50, "{head}: {} series", lines.len());
+                for l in &lines {
+                    let labels = &l[l.find(&head).expect("head") + head.len()..];
+                    assert!(
+                        labels.starts_with(want)
+                            && !labels[want.len()..].contains("site=")
+                            && !labels[want.len()..].contains("isp="),
+                        "{head}: `{l}` should carry exactly `{want}`"
+                    );
+                    families.insert(l.split(['{', ' ']).next().unwrap_or_default().to_string());
+                }
+            }
+        }
+        for f in [
+            "pathpulse_probes_sent_total",
+            "pathpulse_probes_lost_total",
+            "pathpulse_probes_in_flight",
+            "pathpulse_rtt_seconds_bucket",
+            "pathpulse_rtt_seconds_count",
+            "pathpulse_rtt_quantile_seconds",
+            "pathpulse_loss_ratio",
+            "pathpulse_loss_ratio_upper",
+            "pathpulse_jitter_seconds",
+            "pathpulse_ipdv_seconds",
+            "pathpulse_pdv_seconds",
+            "pathpulse_mos",
+            "pathpulse_directional_loss_ratio",
+            "pathpulse_one_way_delay_seconds",
+        ] {
+            assert!(families.contains(f), "{f} not among {families:?}");
+        }
     }
 }
 

@@ -131,6 +131,8 @@ impl Lab {
             state.to_str().expect("utf-8").into(),
         ];
         args.extend(AGENT_TIMING.iter().map(|s| s.to_string()));
+        // No STAMP reflector on UDP 862 (several agents on one host).
+        args.extend(["--stamp-listen".into(), "off".into()]);
         for q in quics {
             args.push("--aggregator".into());
             args.push(format!("127.0.0.1:{q}"));

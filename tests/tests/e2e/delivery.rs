@@ -396,6 +396,8 @@ fn a_second_agent_on_the_same_state_directory_refuses_to_start() {
             "run",
             "--name",
             "dl-two",
+            "--stamp-listen",
+            "off",
             "--aggregator",
             &format!("127.0.0.1:{}", d.quic),
             "--state-dir",

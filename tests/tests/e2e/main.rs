@@ -31,6 +31,7 @@ mod stamp;
 mod starved;
 mod systemd;
 mod systemd_boot;
+mod tcp;
 mod topo;
 mod ui;
 mod ui_colors;

@@ -1,6 +1,7 @@
 //! Mesh membership in the lab: agents in their own namespaces (joined through a `core`
 //! router), an aggregator with `[mesh]` on, and no target configured by hand. Every agent
-//! measures every other (ICMP and STAMP); an agent started later is in every peer list
+//! measures every other (ICMP, and STAMP to the reflector every member runs on UDP 862 by
+//! default); an agent started later is in every peer list
 //! within one report interval and its paths appear; a stopped agent leaves after the
 //! grace period and its paths, from it and toward it, disappear from /metrics.
 
@@ -14,7 +15,6 @@ use pathpulse_tests::{Proc, Sample, bin, http_get, parse_metrics, require_root, 
 const QUIC: u16 = 4470;
 const HTTP: u16 = 9470;
 const AGENT_METRICS: u16 = 9469;
-const STAMP_PORT: u16 = 8620;
 /// The agents' report interval: the bound for a newcomer to reach every peer list.
 const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 const LEAVE_AFTER: Duration = Duration::from_secs(3);
@@ -110,10 +110,7 @@ fn start_agent(
     );
     assert_eq!(code, 0, "cert issue: {out}");
     let aggregator = format!("{}:{QUIC}", topo.addr("core", name));
-    let (stamp, metrics_listen) = (
-        format!("0.0.0.0:{STAMP_PORT}"),
-        format!("127.0.0.1:{AGENT_METRICS}"),
-    );
+    let metrics_listen = format!("127.0.0.1:{AGENT_METRICS}");
     let mut args = vec![
         "run",
         "--name",
@@ -128,8 +125,7 @@ fn start_agent(
         "1s",
         "--report-interval",
         "2s",
-        "--stamp-listen",
-        &stamp,
+        // No --stamp-listen: a mesh member reflects STAMP on UDP 862 by default.
         "--aggregator",
         &aggregator,
         "--metrics-listen",
@@ -224,6 +220,55 @@ fn lab_mesh_agents_find_each_other_through_the_aggregator() {
             "site pair {s} → {d} missing"
         );
     }
+    // Per-path series carry the sites of both ends and the source's ISP, at the aggregator
+    // and (its own site and ISP) at the agent.
+    let site_of = |a: &str| if a == "e3" { "site-b" } else { "site-a" };
+    for (src, dst, probe) in &three {
+        let want = [
+            ("src", src.as_str()),
+            ("dst", dst.as_str()),
+            ("probe", probe.as_str()),
+            ("src_site", site_of(src)),
+            ("dst_site", site_of(dst)),
+            ("isp", "isp-lab"),
+        ];
+        for name in [
+            "pathpulse_probes_received_total",
+            "pathpulse_rtt_seconds_count",
+            "pathpulse_loss_ratio",
+        ] {
+            let got =
+                pathpulse_tests::select(&m, name, &[("src", src), ("dst", dst), ("probe", probe)]);
+            assert!(
+                !got.is_empty()
+                    && got.iter().all(|s| want.iter().all(|(k, v)| s
+                        .labels
+                        .get(*k)
+                        .map(String::as_str)
+                        == Some(*v))),
+                "{name} {src} → {dst} ({probe}) should carry {want:?}: {:?}",
+                got.iter().map(|s| &s.labels).collect::<Vec<_>>()
+            );
+        }
+    }
+    let own = metrics(topo.ns("e3"), AGENT_METRICS);
+    assert_eq!(
+        pathpulse_tests::select(&own, "pathpulse_stamp_reflector_sockets", &[])
+            .first()
+            .map(|s| s.value),
+        Some(2.0),
+        "the default reflector on 0.0.0.0:862 and [::]:862"
+    );
+    let sent = pathpulse_tests::select(&own, "pathpulse_probes_sent_total", &[("src", "e3")]);
+    assert!(
+        !sent.is_empty()
+            && sent.iter().all(
+                |s| s.labels.get("src_site").map(String::as_str) == Some("site-b")
+                    && s.labels.get("isp").map(String::as_str) == Some("isp-lab")
+            ),
+        "e3's own /metrics: {:?}",
+        sent.iter().map(|s| &s.labels).collect::<Vec<_>>()
+    );
 
     // Hop discovery follows the peer list: e1 found the core router and e3 behind it,
     // and left e2, in its own site, alone.

@@ -103,7 +103,11 @@ fn debs_hold_binary_unit_config_man_pages_and_completions() {
             format!("/usr/share/bash-completion/completions/{name}"),
             format!("/usr/share/zsh/vendor-completions/_{name}"),
             format!("/usr/share/fish/vendor_completions.d/{name}.fish"),
-        ] {
+        ]
+        .into_iter()
+        // The agent's STAMP port, bound by systemd (socket activation).
+        .chain((b == "agent").then(|| format!("/usr/lib/systemd/system/{name}.socket")))
+        {
             assert!(
                 files.contains(&want.as_str()),
                 "{name}: no {want} in\n{listing}"

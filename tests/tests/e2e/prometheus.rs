@@ -56,8 +56,13 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
     let target = format!("tcp:127.0.0.1:{}", d.http);
     let target2 = format!("tcp:127.0.0.1:{}", d.quic); // UDP only there: refused, lost
     let (sa, sb) = (d.issue("p-a", &d.state()), d.issue("p-b", &d.state()));
-    let _a = d.agent("p-a", &sa, &[&target, &target2], &[]);
-    let _b = d.agent("p-b", &sb, &[&target], &[]);
+    let _a = d.agent(
+        "p-a",
+        &sa,
+        &[&target, &target2],
+        &["--site", "site-a", "--isp", "isp-a"],
+    );
+    let _b = d.agent("p-b", &sb, &[&target], &["--site", "site-b"]);
 
     let (_prom, prom_port) = start(d.dir.path(), d.http);
     let count = "count by (src, dst, probe) (pathpulse_rtt_seconds_bucket)";
@@ -109,6 +114,20 @@ fn prometheus_scrapes_every_path_and_promtool_is_clean() {
     }
 
     let exposition = http_get(&d.url("/metrics")).expect("scrape");
+    // Per-path series with the source's site and ISP (promtool checks them below).
+    let m = pathpulse_tests::parse_metrics(&exposition);
+    for (src, site, isp) in [("p-a", "site-a", Some("isp-a")), ("p-b", "site-b", None)] {
+        let rows = pathpulse_tests::select(&m, "pathpulse_rtt_seconds_bucket", &[("src", src)]);
+        assert!(
+            !rows.is_empty()
+                && rows.iter().all(
+                    |r| r.labels.get("src_site").map(String::as_str) == Some(site)
+                        && r.labels.get("isp").map(String::as_str) == isp
+                ),
+            "{src}: {:?}",
+            rows.first().map(|r| &r.labels)
+        );
+    }
     if let Err(e) = promtool_check(&exposition) {
         panic!("{e}");
     }

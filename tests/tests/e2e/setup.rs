@@ -162,6 +162,11 @@ impl Deployment {
             args.push("--target".into());
             args.push((*t).into());
         }
+        // Agents with an aggregator reflect STAMP on UDP 862 by default: several on one
+        // host would race for it.
+        if !extra.contains(&"--stamp-listen") {
+            args.extend(["--stamp-listen".into(), "off".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         Proc::start(name, &bin("pathpulse-agent"), &refs, self.dir.path())

@@ -657,3 +657,181 @@ fn stamp_authenticated_mode_answers_only_the_shared_key() {
     assert!(get(&b, "pathpulse_probes_lost_total", &l).is_some_and(|v| v >= 10.0));
     eprintln!("authenticated: {recv} replies; wrong key: {failed:?} refused");
 }
+
+/// Socket activation, as `pathpulse-agent.socket` does it: `systemd-socket-activate` binds
+/// UDP 862 (v4 and v6) in a namespace and starts the agent as `nobody` (no capability at
+/// all) on the first datagram; the agent reflects on the sockets it was passed.
+#[test]
+fn stamp_reflector_takes_port_862_from_systemd_socket_activation() {
+    let test = "stamp_reflector_takes_port_862_from_systemd_socket_activation";
+    if !pathpulse_tests::require_root(test)
+        || !pathpulse_tests::require_program(test, "systemd-socket-activate")
+        || !pathpulse_tests::require_program(test, "setpriv")
+    {
+        return;
+    }
+    let _machine = crate::setup::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ns = pathpulse_tests::lab::netns::Netns::new("act");
+    let agent_bin = bin("pathpulse-agent");
+    let mut agent = ns.spawn(
+        "activated",
+        std::path::Path::new("/usr/bin/systemd-socket-activate"),
+        &[
+            "--datagram",
+            "-l",
+            "127.0.0.1:862",
+            "-l",
+            "[::1]:862",
+            "/usr/bin/setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            agent_bin.to_str().expect("utf-8"),
+            "run",
+            "--name",
+            "act",
+            "--target",
+            "tcp:127.0.0.1:1",
+            "--metrics-listen",
+            "127.0.0.1:9469",
+            "--report-interval",
+            "200ms",
+        ],
+        dir.path(),
+    );
+    // The first datagram starts the agent; it answers that one and the next ones.
+    let replies = ns.enter(|| {
+        let mut got = Vec::new();
+        for (bind, to) in [("127.0.0.1:0", "127.0.0.1:862"), ("[::1]:0", "[::1]:862")] {
+            let sock = UdpSocket::bind(bind).expect("bind");
+            sock.set_read_timeout(Some(Duration::from_millis(300)))
+                .expect("timeout");
+            let mut buf = [0u8; 128];
+            let reply = (0..40u32).find_map(|seq| {
+                sock.send_to(&sender_packet(seq), to).expect("send");
+                let (n, _) = sock.recv_from(&mut buf).ok()?;
+                Some(buf[..n].to_vec())
+            });
+            got.push((to, reply));
+        }
+        got
+    });
+    for (to, reply) in &replies {
+        let r = reply
+            .as_ref()
+            .unwrap_or_else(|| panic!("no STAMP reply from {to}:\n{}", agent.log()));
+        assert_eq!(r.len(), 44, "{to}");
+        assert_eq!(&r[14..16], &[0x01, 0x02], "{to}: SSID");
+    }
+    let m = ns.enter(|| {
+        wait_for(Duration::from_secs(10), || {
+            let m = parse_metrics(&http_get("http://127.0.0.1:9469/metrics").ok()?);
+            // Reflected packets show in /metrics with the agent's next report.
+            (select(&m, "pathpulse_stamp_reflector_reflected_total", &[])
+                .first()?
+                .value
+                >= 2.0)
+                .then_some(m)
+        })
+    });
+    let m = m.unwrap_or_else(|| panic!("agent /metrics:\n{}", agent.log()));
+    let first = |name: &str| select(&m, name, &[]).first().map(|s| s.value);
+    assert_eq!(
+        first("pathpulse_stamp_reflector_sockets"),
+        Some(2.0),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert_eq!(
+        log.matches("socket from systemd").count(),
+        2,
+        "both sockets taken from systemd:\n{log}"
+    );
+    assert!(!log.contains("STAMP reflector not running"), "{log}");
+    assert_eq!(agent.exited(), None, "{log}");
+}
+
+/// A mesh member whose UDP 862 is taken (or forbidden): it keeps running and probing, says
+/// so once with the fix, shows 0 reflector sockets, and advertises no STAMP port, so its
+/// peers do not probe a reflector that is not there.
+#[test]
+fn a_mesh_member_without_port_862_runs_on_without_reflector_and_advertises_none() {
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let mesh = cfg.path().join("aggregator.toml");
+    std::fs::write(&mesh, "[mesh]\nenabled = true\n").expect("config");
+    let d = crate::setup::Deployment::start_with(&["--config", mesh.to_str().expect("utf-8")]);
+    let state = d.issue("no862", &d.state());
+    // Held by someone else (as root; without root the agent may not bind it either).
+    let _held = UdpSocket::bind("[::]:862").ok();
+    let http = free_port();
+    let metrics = format!("127.0.0.1:{http}");
+    let mut agent = Proc::start(
+        "no862",
+        &bin("pathpulse-agent"),
+        &[
+            "run",
+            "--name",
+            "no862",
+            "--aggregator",
+            &format!("127.0.0.1:{}", d.quic),
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+            "--target",
+            "tcp:127.0.0.1:1",
+            "--interval",
+            "200ms",
+            "--report-interval",
+            "500ms",
+            "--metrics-listen",
+            &metrics,
+        ],
+        d.dir.path(),
+    );
+    let member = wait_for(Duration::from_secs(20), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&http_get(&d.url("/api/members")).ok()?).ok()?;
+        v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == "no862" && m["joined"] == true)
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no862 never joined:\n{}", agent.log()));
+    assert!(
+        member["stamp_port"].is_null(),
+        "no STAMP port advertised: {member}"
+    );
+    let url = format!("http://{metrics}/metrics");
+    let sockets = wait_for(Duration::from_secs(10), || {
+        counter(&url, "pathpulse_stamp_reflector_sockets", &[])
+    });
+    assert_eq!(sockets, Some(0.0), "{}", agent.log());
+    // Still probing and reporting.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            crate::setup::value(
+                &d.metrics(),
+                "pathpulse_probes_sent_total",
+                &[("src", "no862")],
+            )
+            .filter(|v| *v > 0.0)
+        })
+        .is_some(),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.exited(), None, "{}", agent.log());
+    let log = agent.log();
+    assert_eq!(
+        log.matches("STAMP reflector not running").count(),
+        1,
+        "one warning:\n{log}"
+    );
+    assert!(
+        log.contains("pathpulse-agent.socket"),
+        "names the fix:\n{log}"
+    );
+}

@@ -84,7 +84,19 @@ fn units_verify_and_score_at_most_2() {
             &r.join("etc/systemd/system").join(unit),
         );
     }
-    for (unit, _) in UNITS {
+    // The agent's STAMP port, bound by systemd for the agent (socket activation).
+    let socket = "pathpulse-agent.socket";
+    let text = unit_text(socket);
+    assert_eq!(
+        unit_values(&text, "ListenDatagram"),
+        ["0.0.0.0:862", "[::]:862"],
+        "{socket}"
+    );
+    place(
+        &repo().join("systemd").join(socket),
+        &r.join("etc/systemd/system").join(socket),
+    );
+    for unit in UNITS.map(|(u, _)| u).into_iter().chain([socket]) {
         let (code, out) = run(
             Path::new("systemd-analyze"),
             &[
@@ -98,6 +110,9 @@ fn units_verify_and_score_at_most_2() {
             code == 0 && out.trim().is_empty(),
             "systemd-analyze verify {unit}: exit {code}\n{out}"
         );
+        if unit == socket {
+            continue;
+        }
 
         let path = repo().join("systemd").join(unit);
         let (code, out) = run(

@@ -560,6 +560,8 @@ impl Lab {
             "run",
             "--name",
             name,
+            "--stamp-listen",
+            "off",
             "--aggregator",
             QUIC,
             "--state-dir",

@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod ecmp;
+pub mod listen;
 pub mod packet;
 pub mod reflector;
 pub mod sender;

@@ -58,6 +58,26 @@ pub enum UdpEvent {
 #[derive(Debug)]
 pub struct StampSocket {
     fd: AsyncFd<Socket>,
+    /// An IPv6 socket: IPv4 destinations are sent to as v4-mapped addresses.
+    v6: bool,
+}
+
+/// Non-blocking, kernel timestamps, the received TTL with each datagram, and
+/// [`SEND_TTL`] on what is sent.
+fn setup(sock: &Socket, v6: bool) -> io::Result<()> {
+    sock.set_nonblocking(true)?;
+    let flags = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
+        | TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE
+        | TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE;
+    setsockopt(sock, sockopt::Timestamping, &flags)?;
+    if v6 {
+        setsockopt(sock, sockopt::Ipv6RecvHopLimit, &true)?;
+        sock.set_unicast_hops_v6(SEND_TTL)?;
+    } else {
+        setsockopt(sock, sockopt::Ipv4RecvTtl, &true)?;
+        sock.set_ttl_v4(SEND_TTL)?;
+    }
+    Ok(())
 }
 
 fn canonical(a: SocketAddr) -> SocketAddr {
@@ -85,23 +105,40 @@ impl StampSocket {
             Domain::IPV6
         };
         let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-        sock.set_nonblocking(true)?;
-        let flags = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
-            | TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE
-            | TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE;
-        setsockopt(&sock, sockopt::Timestamping, &flags)?;
-        if bind.is_ipv4() {
-            setsockopt(&sock, sockopt::Ipv4RecvTtl, &true)?;
-            sock.set_ttl_v4(SEND_TTL)?;
-        } else {
+        if bind.is_ipv6() {
             sock.set_only_v6(true)?;
-            setsockopt(&sock, sockopt::Ipv6RecvHopLimit, &true)?;
-            sock.set_unicast_hops_v6(SEND_TTL)?;
         }
+        setup(&sock, bind.is_ipv6())?;
         crate::probe::sockopt::apply(&sock, bind.is_ipv6(), opts)?;
         sock.bind(&bind.into())?;
         Ok(StampSocket {
             fd: register(sock)?,
+            v6: bind.is_ipv6(),
+        })
+    }
+
+    /// A UDP socket bound by someone else (systemd socket activation), set up as
+    /// [`StampSocket::bind`] sets up its own. An IPv6 socket may be dual-stack: replies to
+    /// IPv4 peers then go to their v4-mapped address.
+    pub fn adopt(sock: Socket) -> io::Result<StampSocket> {
+        if sock.r#type()? != Type::DGRAM {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a datagram socket",
+            ));
+        }
+        let local = sock
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))?;
+        setup(&sock, local.is_ipv6())?;
+        if local.is_ipv6() && !sock.only_v6()? {
+            // IPv4 datagrams on a dual-stack socket carry their TTL this way.
+            setsockopt(&sock, sockopt::Ipv4RecvTtl, &true)?;
+        }
+        Ok(StampSocket {
+            fd: register(sock)?,
+            v6: local.is_ipv6(),
         })
     }
 
@@ -115,6 +152,12 @@ impl StampSocket {
 
     /// Send one datagram; returns the monotonic time right after the syscall.
     pub async fn send_to(&self, packet: &[u8], dst: SocketAddr) -> io::Result<Instant> {
+        let dst = match dst {
+            SocketAddr::V4(v4) if self.v6 => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            d => d,
+        };
         let addr = SockAddr::from(dst);
         self.fd
             .async_io(Interest::WRITABLE, |s| s.send_to(packet, &addr))
