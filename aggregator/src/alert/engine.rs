@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::history::{Entry, PathHistory, PathView};
 use super::rules::{
-    Level, Rule, RuleKind, Tracker, Transition, Verdict, evaluate_agent, evaluate_path,
+    Level, PathInput, Rule, RuleKind, Tracker, Transition, Verdict, evaluate_agent, evaluate_path,
+    stale_after,
 };
 
 /// History kept at least (the baseline's minute medians are taken from it).
@@ -114,6 +115,40 @@ impl AgentInfo {
         Duration::from_millis(now_ms.saturating_sub(self.last_report_ms))
     }
 }
+
+/// The target of a path is a mesh agent: what says whether that agent may be stopping.
+#[derive(Debug, Clone, Copy)]
+struct AgentWatch {
+    last_report_ms: u64,
+    interval_ms: u64,
+    stale_after_ms: u64,
+    /// The agent counts as stopped now (its agent-down alert covers the path).
+    stale: bool,
+}
+
+impl AgentWatch {
+    /// Whether a path to this agent whose replies stopped (its reports since the last
+    /// reply carry lost probes only) waits for the agent-down decision instead of raising
+    /// a loss alert: the agent is stale, or it has not reported since the replies stopped
+    /// and may turn stale yet (one tick of slack). An agent that reported after the
+    /// replies stopped is alive: the loss is the path's. A path whose last report had a
+    /// reply (partial loss) never waits.
+    fn awaits(&self, view: &PathView<'_>, now_ms: u64) -> bool {
+        let (silent, probed) = view.silence();
+        if !probed {
+            return false;
+        }
+        if self.stale {
+            return true;
+        }
+        let stopped_ms = now_ms.saturating_sub(silent.as_millis() as u64);
+        let alive_since = self.last_report_ms > stopped_ms + self.interval_ms;
+        !alive_since && now_ms < stopped_ms + self.stale_after_ms + TICK_MS
+    }
+}
+
+/// The periodic evaluation's period (`super::TICK`), ms.
+const TICK_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Default)]
 struct Slot {
@@ -347,6 +382,7 @@ impl Engine {
                 dst: Arc::from(p.dst.as_str()),
                 probe: p.probe(),
             };
+            let dst_agent = self.agent_watch(&key.dst, now_ms);
             let (key, h) = match self.paths.get_key_value(&key) {
                 Some((k, _)) => {
                     let k = k.clone();
@@ -385,7 +421,13 @@ impl Engine {
                     subject: Subject::Path(key.clone()),
                 };
                 let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
-                let v = evaluate_path(rule, &view, &tracker, now_ms);
+                let mut v = evaluate_path(rule, &view, &tracker, now_ms);
+                if v.level == Level::Raise && dst_agent.is_some_and(|w| w.awaits(&view, now_ms)) {
+                    // No reply at all from an agent that may be stopping: the agent-down
+                    // alert will say it once, instead of one loss (or MOS) alert per path
+                    // to it.
+                    v.level = Level::Hold;
+                }
                 verdicts.push((i, akey, v));
             }
             for (i, akey, v) in verdicts.drain(..) {
@@ -579,12 +621,7 @@ impl Engine {
 
     /// Agents whose reports stopped, per the first agent-stale rule (or the default).
     fn stale_agents(&self, now_ms: u64) -> BTreeSet<Arc<str>> {
-        let rule = self
-            .rules
-            .iter()
-            .find(|r| r.kind == RuleKind::AgentStale)
-            .cloned()
-            .unwrap_or_else(|| Rule::default_for(RuleKind::AgentStale));
+        let rule = self.stale_rule();
         self.agents
             .iter()
             .filter(|(_, a)| a.last_report_ms > 0)
@@ -599,6 +636,32 @@ impl Engine {
             })
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// What decides whether a path to `dst` without replies waits for "agent down": set
+    /// when `dst` is (the address of) a mesh agent.
+    fn agent_watch(&self, dst: &str, now_ms: u64) -> Option<AgentWatch> {
+        let a = self.agent_of(dst)?;
+        if a.last_report_ms == 0 {
+            return None;
+        }
+        let rule = self.stale_rule();
+        let interval = Duration::from_millis(a.interval_ms);
+        Some(AgentWatch {
+            last_report_ms: a.last_report_ms,
+            interval_ms: a.interval_ms,
+            stale_after_ms: stale_after(&rule, interval).as_millis() as u64,
+            stale: evaluate_agent(&rule, a.silent(now_ms), interval).level == Level::Raise,
+        })
+    }
+
+    /// The first agent-stale rule (or the default): when an agent counts as stopped.
+    fn stale_rule(&self) -> Rule {
+        self.rules
+            .iter()
+            .find(|r| r.kind == RuleKind::AgentStale)
+            .cloned()
+            .unwrap_or_else(|| Rule::default_for(RuleKind::AgentStale))
     }
 
     /// Whether `dst` is (the address of) an agent that stopped reporting: its paths are

@@ -112,22 +112,63 @@ fn one_alert_for_an_agent_that_stops_not_one_per_path() {
         .filter(|a| a.state == AlertState::Firing)
         .collect();
     let kinds: Vec<&str> = firing.iter().map(|a| a.alertname.as_str()).collect();
-    // Loss on the paths to b fires at once (100% loss is loss); path-down alerts for
-    // them do not: the agent-down alert covers them.
+    // Neither loss nor path-down alerts on the paths to b (100% loss from the first
+    // report after b stopped): the one agent-down alert covers them.
+    assert_eq!(kinds, ["PathpulseAgentDown"], "{firing:?}");
+    assert_eq!(firing[0].labels["agent"], "b");
     assert!(
-        firing
+        e.active()
             .iter()
-            .any(|a| a.alertname == "PathpulseAgentDown" && a.labels["agent"] == "b"),
-        "{kinds:?}"
+            .all(|a| a.alertname == "PathpulseAgentDown")
     );
-    assert!(
-        !kinds.contains(&"PathpulsePathDown") && !kinds.contains(&"PathpulseTargetDown"),
-        "{kinds:?}"
-    );
-    assert_eq!(
-        kinds.iter().filter(|k| **k == "PathpulseAgentDown").count(),
-        1
-    );
+}
+
+/// The paths to an agent lose every probe while the agent keeps reporting (a cut, not a
+/// stop): they are loss alerts as soon as the agent proves alive, and partial loss to
+/// an agent is never held at all.
+#[test]
+fn total_loss_to_an_agent_that_keeps_reporting_is_loss() {
+    let mut e = engine();
+    e.agent_address("b", "10.0.0.2".parse().expect("ip"));
+    e.agent_address("d", "10.0.0.4".parse().expect("ip"));
+    let mut first = BTreeMap::new();
+    for s in 1..=40u64 {
+        let now = T0 + s * 1000;
+        // From 20 s: every probe lost to agent b and to 192.0.2.7; 30% lost to agent d
+        // and to 192.0.2.8. b and d keep reporting.
+        let (all, part) = if s >= 20 { (0, 7) } else { (10, 10) };
+        let mut out = e.on_report(
+            &report(
+                "a",
+                now,
+                &[
+                    ("10.0.0.2", all, 10 - all),
+                    ("192.0.2.7", all, 10 - all),
+                    ("10.0.0.4", part, 10 - part),
+                    ("192.0.2.8", part, 10 - part),
+                ],
+            ),
+            now,
+        );
+        for agent in ["b", "d"] {
+            out.extend(e.on_report(&report(agent, now, &[("192.0.2.1", 10, 0)]), now));
+        }
+        out.extend(e.tick(now));
+        for a in out.into_iter().filter(|a| a.state == AlertState::Firing) {
+            let dst = a.labels.get("dst").cloned().unwrap_or_default();
+            first.entry((a.alertname.clone(), dst)).or_insert(s);
+        }
+    }
+    let at = |name: &str, dst: &str| first.get(&(name.to_string(), dst.to_string())).copied();
+    // Partial loss to an agent fires when it does toward any other target.
+    let part = at("PathpulseLoss", "192.0.2.8").expect("partial loss fires");
+    assert_eq!(at("PathpulseLoss", "10.0.0.4"), Some(part), "{first:?}");
+    // Total loss to b waits for b's next report, which proves b alive: at most 2 s
+    // later than total loss to a target that is no agent.
+    let all = at("PathpulseLoss", "192.0.2.7").expect("total loss fires");
+    let b = at("PathpulseLoss", "10.0.0.2").expect("loss alert toward b");
+    assert!((all..=all + 2).contains(&b), "{first:?}");
+    assert!(at("PathpulseAgentDown", "").is_none(), "{first:?}");
 }
 
 #[test]
