@@ -531,3 +531,204 @@ fn a_firing_alert_shows_the_threshold_it_fired_on() {
         "the value is current: {a:?}"
     );
 }
+
+/// Agents (name, site, isp, address) said hello and connected.
+fn mesh(e: &mut Engine, agents: &[(&str, &str, Option<&str>, &str)]) {
+    for &(a, site, isp, ip) in agents {
+        e.agent_hello(a, Some(site), isp);
+        e.agent_address(a, ip.parse().expect("ip"));
+    }
+}
+
+/// Runs `secs` seconds from `from`: every second each agent reports its paths as `paths`
+/// says (per agent and second: (dst, received, lost)), then the tick; returns every
+/// alert out.
+fn run(
+    e: &mut Engine,
+    secs: std::ops::RangeInclusive<u64>,
+    agents: &[&str],
+    paths: impl Fn(&str, u64) -> Vec<(&'static str, u32, u32)>,
+) -> Vec<Alert> {
+    let mut all = Vec::new();
+    for s in secs {
+        let now = T0 + s * 1000;
+        for a in agents {
+            all.extend(e.on_report(&report(a, now, &paths(a, s)), now));
+        }
+        all.extend(e.tick(now));
+    }
+    all
+}
+
+fn loss_alerts(all: &[Alert], state: AlertState) -> Vec<(String, BTreeMap<String, String>)> {
+    all.iter()
+        .filter(|a| a.kind == "loss" && a.state == state)
+        .map(|a| (a.alertname.clone(), a.labels.clone()))
+        .collect()
+}
+
+/// p1, p2 in paris and b1 in berlin probe l1, l2 in lyon. From 10 s the paris → lyon
+/// link loses 20%: four paths lose packets, berlin → lyon is clean. One site-pair loss
+/// alert, none per path; it resolves after the loss stops.
+#[test]
+fn loss_on_a_site_pair_is_one_alert_not_one_per_path() {
+    let mut e = engine();
+    mesh(
+        &mut e,
+        &[
+            ("p1", "paris", None, "10.1.0.1"),
+            ("p2", "paris", None, "10.1.0.2"),
+            ("b1", "berlin", None, "10.2.0.1"),
+            ("l1", "lyon", None, "10.3.0.1"),
+            ("l2", "lyon", None, "10.3.0.2"),
+        ],
+    );
+    let paths = |a: &str, s: u64| -> Vec<(&'static str, u32, u32)> {
+        let cut = a.starts_with('p') && (10..60).contains(&s);
+        let rx = if cut { 8 } else { 10 };
+        match a {
+            "l1" | "l2" => vec![("10.2.0.1", 10, 0)],
+            _ => vec![("10.3.0.1", rx, 10 - rx), ("10.3.0.2", rx, 10 - rx)],
+        }
+    };
+    let agents = ["p1", "p2", "b1", "l1", "l2"];
+    let all = run(&mut e, 1..=59, &agents, paths);
+    let fired = loss_alerts(&all, AlertState::Firing);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    let (name, labels) = &fired[0];
+    assert_eq!(name, "PathpulseSitePairLoss");
+    assert_eq!(labels["src_site"], "paris");
+    assert_eq!(labels["dst_site"], "lyon");
+    assert!(!labels.contains_key("src") && !labels.contains_key("isp"));
+    let a = all
+        .iter()
+        .find(|a| a.alertname == "PathpulseSitePairLoss")
+        .expect("fired");
+    // The summed counts of the window it fired on (which began before the loss did).
+    assert!(a.value.is_some_and(|v| (0.05..=0.2).contains(&v)), "{a:?}");
+    assert!(
+        a.annotations["summary"].contains("paths from site paris to site lyon"),
+        "{a:?}"
+    );
+    // Summed, the evidence is there sooner than on any single path.
+    let alone = {
+        let mut e = engine();
+        let all = run(&mut e, 1..=59, &["p1"], paths);
+        all.iter()
+            .filter(|a| a.kind == "loss" && a.state == AlertState::Firing)
+            .map(|a| a.starts_at_ms)
+            .min()
+            .expect("a path alone fires")
+    };
+    assert!(a.starts_at_ms < alone, "{} vs {alone}", a.starts_at_ms);
+    let all = run(&mut e, 60..=120, &agents, paths);
+    assert_eq!(
+        loss_alerts(&all, AlertState::Resolved)
+            .iter()
+            .map(|a| a.0.as_str())
+            .collect::<Vec<_>>(),
+        ["PathpulseSitePairLoss"]
+    );
+    assert!(loss_alerts(&all, AlertState::Firing).is_empty(), "{all:?}");
+    assert!(e.active().is_empty(), "{:?}", e.active());
+}
+
+/// a1 and a2 (two sites, ISP x) and c1 (ISP y) probe outside targets. From 10 s ISP x
+/// loses 20% of every packet: one ISP loss alert, none per path.
+#[test]
+fn loss_across_an_isp_is_one_alert_not_one_per_path() {
+    let mut e = engine();
+    mesh(
+        &mut e,
+        &[
+            ("a1", "s1", Some("isp-x"), "10.1.0.1"),
+            ("a2", "s2", Some("isp-x"), "10.2.0.1"),
+            ("c1", "s3", Some("isp-y"), "10.3.0.1"),
+        ],
+    );
+    let paths = |a: &str, s: u64| -> Vec<(&'static str, u32, u32)> {
+        let rx = if a.starts_with('a') && s >= 10 { 8 } else { 10 };
+        vec![
+            ("192.0.2.1", rx, 10 - rx),
+            ("192.0.2.2", rx, 10 - rx),
+            ("192.0.2.3", rx, 10 - rx),
+        ]
+    };
+    let all = run(&mut e, 1..=60, &["a1", "a2", "c1"], paths);
+    let fired = loss_alerts(&all, AlertState::Firing);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].0, "PathpulseIspLoss");
+    assert_eq!(
+        fired[0].1.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["alertname", "isp", "severity"]
+    );
+    assert_eq!(fired[0].1["isp"], "isp-x");
+    // Persisted and restored, it is the same subject again.
+    let saved = e.firing();
+    let mut again = engine();
+    again.restore(saved.clone(), T0 + 61_000);
+    assert_eq!(again.firing(), saved);
+}
+
+/// Loss on one path of a group (or on the paths of one agent of an ISP) is the path's
+/// own: per-path alerts, no roll-up, as fast as without any group.
+#[test]
+fn loss_on_one_path_of_a_group_is_the_paths_alert() {
+    let agents = [
+        ("p1", "paris", Some("isp-x"), "10.1.0.1"),
+        ("p2", "paris", Some("isp-x"), "10.1.0.2"),
+        ("l1", "lyon", None, "10.3.0.1"),
+        ("l2", "lyon", None, "10.3.0.2"),
+    ];
+    // p1 → l1 loses 30% from 10 s; p2's paths are clean.
+    let paths = |a: &str, s: u64| -> Vec<(&'static str, u32, u32)> {
+        let rx = if a == "p1" && s >= 10 { 7 } else { 10 };
+        match a {
+            "p1" | "p2" => vec![("10.3.0.1", rx, 10 - rx), ("10.3.0.2", 10, 0)],
+            _ => vec![("10.1.0.1", 10, 0)],
+        }
+    };
+    let names = ["p1", "p2", "l1", "l2"];
+    let mut grouped = engine();
+    mesh(&mut grouped, &agents);
+    let with = run(&mut grouped, 1..=40, &names, paths);
+    let mut plain = engine();
+    let without = run(&mut plain, 1..=40, &names, paths);
+    let fired = loss_alerts(&with, AlertState::Firing);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].0, "PathpulseLoss");
+    assert_eq!(fired[0].1["dst"], "10.3.0.1");
+    let start = |v: &[Alert]| {
+        v.iter()
+            .find(|a| a.alertname == "PathpulseLoss")
+            .map(|a| a.starts_at_ms)
+    };
+    assert_eq!(start(&with), start(&without));
+
+    // All of p1's paths lose (p1's own uplink): its two paths to lyon are one agent
+    // pair each, but one source agent; they wait for p2's report (at most one interval),
+    // see no broad loss, and fire as path alerts.
+    let paths = |a: &str, s: u64| -> Vec<(&'static str, u32, u32)> {
+        let rx = if a == "p1" && s >= 10 { 7 } else { 10 };
+        match a {
+            "p1" | "p2" => vec![("10.3.0.1", rx, 10 - rx), ("10.3.0.2", rx, 10 - rx)],
+            _ => vec![("10.1.0.1", 10, 0)],
+        }
+    };
+    let mut grouped = engine();
+    mesh(&mut grouped, &agents);
+    let with = run(&mut grouped, 1..=40, &names, paths);
+    let without = run(&mut engine(), 1..=40, &names, paths);
+    let fired = loss_alerts(&with, AlertState::Firing);
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert!(
+        fired
+            .iter()
+            .all(|f| f.0 == "PathpulseLoss" && f.1["src"] == "p1")
+    );
+    let (w, wo) = (
+        start(&with).expect("fired"),
+        start(&without).expect("fired"),
+    );
+    assert!((wo..=wo + 2_000).contains(&w), "{w} vs {wo}");
+}
