@@ -347,6 +347,12 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
                 "{shown}"
             );
             assert!(shown["startsAt"].as_str().is_some_and(|s| s.ends_with('Z')));
+            // The webhook is told too: the firing alert again, with its verdict.
+            let verdict = shown["annotations"]["verdict"].clone();
+            hook.wait_alert(Duration::from_secs(5), |x| {
+                is_loss(x, "127.0.0.2", "firing") && x["annotations"]["verdict"] == verdict
+            })
+            .unwrap_or_else(|| panic!("the webhook never got the verdict: {:?}", hook.alerts()));
         }
 
         lab.clear_loss();
@@ -367,18 +373,34 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
     assert_eq!(firing_metric(&lab, http, "PathpulseLoss"), Some(0.0));
     let alerts = hook.alerts();
     for a in lossy {
-        let fired = alerts
+        let firing: Vec<&Value> = alerts
             .iter()
             .filter(|(_, x)| is_loss(x, a, "firing"))
-            .count();
+            .map(|x| &x.1)
+            .collect();
+        let episodes: std::collections::BTreeSet<&str> = firing
+            .iter()
+            .filter_map(|x| x["startsAt"].as_str())
+            .collect();
+        // Each firing alert is notified once, and once more if its verdict showed later.
+        for ep in &episodes {
+            let n: Vec<&&Value> = firing.iter().filter(|x| x["startsAt"] == *ep).collect();
+            assert!(
+                n.len() == 1
+                    || (n.len() == 2
+                        && n[0]["annotations"]["verdict"].is_null()
+                        && n[1]["annotations"]["verdict"].is_string()),
+                "{a}: {n:?}"
+            );
+        }
         let resolved = alerts
             .iter()
             .filter(|(_, x)| is_loss(x, a, "resolved"))
             .count();
         assert_eq!(
-            (fired, resolved),
+            (episodes.len(), resolved),
             (trials as usize, trials as usize),
-            "{a}: one firing and one resolved notification per trial (none again after the restart, no flapping)"
+            "{a}: one firing alert and one resolved notification per trial (none again after the restart, no flapping)"
         );
     }
     assert!(
