@@ -1062,9 +1062,12 @@ impl Engine {
         }
         todo.extend(
             self.slots
-                .keys()
-                .filter(|k| name_of(&k.subject) == Some(&*k.alertname))
-                .map(|k| k.subject.clone()),
+                .iter()
+                .filter(|(k, s)| {
+                    s.tracker.phase != super::rules::Phase::Ok
+                        && name_of(&k.subject) == Some(&*k.alertname)
+                })
+                .map(|(k, _)| k.subject.clone()),
         );
         let mut todo: Vec<(AlertKey, &[PathKey])> = todo
             .into_iter()
@@ -1212,10 +1215,12 @@ impl Engine {
             .cloned()
             .collect();
         let r = &self.rules[rule];
-        let active = self.slots.keys().any(|k| {
-            (matches!(k.subject, Subject::Isp { .. }) && *k.alertname == *r.isp_rollup_name)
-                || (matches!(k.subject, Subject::SitePair { .. })
-                    && *k.alertname == *r.site_rollup_name)
+        let active = self.slots.iter().any(|(k, s)| {
+            s.tracker.phase != super::rules::Phase::Ok
+                && ((matches!(k.subject, Subject::Isp { .. })
+                    && *k.alertname == *r.isp_rollup_name)
+                    || (matches!(k.subject, Subject::SitePair { .. })
+                        && *k.alertname == *r.site_rollup_name))
         });
         if waiting.is_empty() && !active {
             return Vec::new();

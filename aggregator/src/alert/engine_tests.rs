@@ -85,6 +85,11 @@ fn loss_fires_with_path_values_and_resolves() {
 fn one_alert_for_an_agent_that_stops_not_one_per_path() {
     let mut e = engine();
     e.agent_address("b", "10.0.0.2".parse().expect("ip"));
+    // a and c at one site, b at another: the paths to b are a site pair too, which
+    // raises no loss roll-up either.
+    for (agent, site) in [("a", "s1"), ("c", "s1"), ("b", "s2")] {
+        e.agent_hello(agent, Some(site), Some("isp-x"));
+    }
     let mut all = Vec::new();
     for s in 1..=60u64 {
         let now = T0 + s * 1000;
@@ -731,4 +736,44 @@ fn loss_on_one_path_of_a_group_is_the_paths_alert() {
         start(&without).expect("fired"),
     );
     assert!((wo..=wo + 2_000).contains(&w), "{w} vs {wo}");
+}
+
+/// A site cut seen by p1 one report before p2: p1's paths raise on their own first, and
+/// wait for p2's report instead of firing; with it the site pair rolls up, covering them.
+#[test]
+fn paths_that_raise_first_wait_for_the_rest_of_their_group() {
+    let mut e = engine();
+    mesh(
+        &mut e,
+        &[
+            ("p1", "paris", None, "10.1.0.1"),
+            ("p2", "paris", None, "10.1.0.2"),
+            ("l1", "lyon", None, "10.3.0.1"),
+            ("l2", "lyon", None, "10.3.0.2"),
+        ],
+    );
+    let paths = |a: &str, s: u64| -> Vec<(&'static str, u32, u32)> {
+        let from = if a == "p1" { 10 } else { 11 };
+        let rx = if s >= from { 5 } else { 10 };
+        match a {
+            "l1" | "l2" => vec![("10.1.0.1", 10, 0)],
+            _ => vec![("10.3.0.1", rx, 10 - rx), ("10.3.0.2", rx, 10 - rx)],
+        }
+    };
+    let all = run(&mut e, 1..=30, &["p1", "p2", "l1", "l2"], paths);
+    let fired = loss_alerts(&all, AlertState::Firing);
+    assert_eq!(
+        fired.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        ["PathpulseSitePairLoss"],
+        "{fired:?}"
+    );
+    // Alone, p1's paths would have fired by then.
+    let alone = run(&mut engine(), 1..=30, &["p1", "p2", "l1", "l2"], paths);
+    let first = |v: &[Alert]| {
+        v.iter()
+            .filter(|a| a.kind == "loss")
+            .map(|a| a.starts_at_ms)
+            .min()
+    };
+    assert!(first(&alone) <= first(&all), "{alone:?}");
 }
