@@ -407,7 +407,6 @@ impl Engine {
                 dst: Arc::from(p.dst.as_str()),
                 probe: p.probe(),
             };
-            let dst_agent = self.agent_watch(&key.dst, now_ms);
             let (key, h) = match self.paths.get_key_value(&key) {
                 Some((k, _)) => {
                     let k = k.clone();
@@ -449,19 +448,24 @@ impl Engine {
                     subject: Subject::Path(key.clone()),
                 };
                 let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
-                let mut v = evaluate_path(rule, &view, &tracker, now_ms);
-                if v.level == Level::Raise && dst_agent.is_some_and(|w| w.awaits(&view, now_ms)) {
-                    // No reply at all from an agent that may be stopping: the agent-down
-                    // alert will say it once, instead of one loss (or MOS) alert per path
-                    // to it.
-                    v.level = Level::Hold;
-                }
+                let v = evaluate_path(rule, &view, &tracker, now_ms);
                 if rule.has_rollups() && v.level != Level::Raise && lossy(rule, &view) {
                     // Not enough evidence on this path alone; its groups' summed counts
                     // may have it.
                     touched.push((i, key.clone()));
                 }
                 verdicts.push((i, akey, v));
+            }
+            if verdicts.iter().any(|(_, _, v)| v.level == Level::Raise)
+                && self.awaits_agent(&key, now_ms)
+            {
+                // No reply at all from an agent that may be stopping: the agent-down alert
+                // will say it once, instead of one loss (or MOS) alert per path to it.
+                for (_, _, v) in verdicts.iter_mut() {
+                    if v.level == Level::Raise {
+                        v.level = Level::Hold;
+                    }
+                }
             }
             for (i, akey, v) in verdicts.drain(..) {
                 if self.rules[i].has_rollups() {
@@ -719,12 +723,11 @@ impl Engine {
     }
 
     /// The first agent-stale rule (or the default): when an agent counts as stopped.
-    fn stale_rule(&self) -> Rule {
-        self.rules
-            .iter()
-            .find(|r| r.kind == RuleKind::AgentStale)
-            .cloned()
-            .unwrap_or_else(|| Rule::default_for(RuleKind::AgentStale))
+    fn stale_rule(&self) -> std::borrow::Cow<'_, Rule> {
+        match self.rules.iter().find(|r| r.kind == RuleKind::AgentStale) {
+            Some(r) => std::borrow::Cow::Borrowed(r),
+            None => std::borrow::Cow::Owned(Rule::default_for(RuleKind::AgentStale)),
+        }
     }
 
     /// Whether `dst` is (the address of) an agent that stopped reporting: its paths are
