@@ -491,7 +491,7 @@ impl Engine {
                 .map(|t| t.1.clone())
                 .collect();
             if !cands.is_empty() || !touched.is_empty() {
-                out.extend(self.settle_rollups(i, cands, &touched, now_ms));
+                out.extend(self.settle_rollups(i, cands, &touched, false, now_ms));
             }
         }
         out
@@ -1029,12 +1029,15 @@ impl Engine {
     /// candidate steps: held while a roll-up covering it is active or while its group may
     /// still roll up (another of its paths loses packets and some agent of the group has
     /// not reported since the candidate first raised, for at most the longest report
-    /// interval of those agents and a tick), raised otherwise.
+    /// interval of those agents and a tick), raised otherwise. An active roll-up is
+    /// evaluated (for its clear condition) only on the tick (`tick`): on reports it just
+    /// covers its paths, so a wide outage does not sum its group on every report.
     fn settle_rollups(
         &mut self,
         rule: usize,
         cands: Vec<(AlertKey, Verdict)>,
         touched: &[PathKey],
+        tick: bool,
         now_ms: u64,
     ) -> Vec<Alert> {
         let groups = self.take_groups();
@@ -1088,16 +1091,20 @@ impl Engine {
             .collect();
         todo.sort_by_key(|(k, _)| matches!(k.subject, Subject::SitePair { .. }));
         let mut out = Vec::new();
-        let mut covered: BTreeSet<PathKey> = BTreeSet::new();
-        for (key, members) in todo {
-            let v = self.rollup_verdict(rule, &key, members, &covered, now_ms);
-            out.extend(self.step(rule, key.clone(), v, now_ms));
-            if self
-                .slots
-                .get(&key)
+        // The active roll-ups: a path of one of them is covered.
+        let mut covering: BTreeSet<Subject> = BTreeSet::new();
+        let active = |e: &Engine, key: &AlertKey| {
+            e.slots
+                .get(key)
                 .is_some_and(|s| s.tracker.phase != super::rules::Phase::Ok)
-            {
-                covered.extend(members.iter().cloned());
+        };
+        for (key, members) in todo {
+            if tick || !active(self, &key) {
+                let v = self.rollup_verdict(rule, &key, members, &covering, now_ms);
+                out.extend(self.step(rule, key.clone(), v, now_ms));
+            }
+            if active(self, &key) {
+                covering.insert(key.subject.clone());
             }
         }
         for (akey, mut v) in cands {
@@ -1112,7 +1119,7 @@ impl Engine {
                     .filter_map(|g| groups.get(&g))
                     .any(|m| self.may_roll_up(rule, p, m, start, now_ms))
             };
-            if covered.contains(p) {
+            if self.covered(p, &covering) {
                 v.level = Level::Hold;
                 self.waits.remove(&akey);
             } else if undecided() {
@@ -1127,6 +1134,16 @@ impl Engine {
         out
     }
 
+    /// Whether a path is in one of the `covering` groups.
+    fn covered(&self, p: &PathKey, covering: &BTreeSet<Subject>) -> bool {
+        !covering.is_empty()
+            && self
+                .groups_of(p)
+                .iter()
+                .flatten()
+                .any(|g| covering.contains(g))
+    }
+
     /// A loss roll-up's verdict: the rule on the summed counts of its paths (those not
     /// waiting for an agent-down decision), raising only when the loss is broad: more
     /// than half of the paths with probes in the window lose more than the raise ratio,
@@ -1137,7 +1154,7 @@ impl Engine {
         rule: usize,
         key: &AlertKey,
         members: &[PathKey],
-        covered: &BTreeSet<PathKey>,
+        covering: &BTreeSet<Subject>,
         now_ms: u64,
     ) -> Verdict {
         let r = &self.rules[rule];
@@ -1169,7 +1186,7 @@ impl Engine {
                 .collect();
             let broad = distinct.len() >= 2
                 && 2 * lossy.len() > with_data
-                && !lossy.iter().all(|k| covered.contains(*k));
+                && !lossy.iter().all(|k| self.covered(k, covering));
             if !broad {
                 v.level = Level::Hold;
             }
@@ -1244,7 +1261,7 @@ impl Engine {
                 }
             }
         }
-        self.settle_rollups(rule, cands, &[], now_ms)
+        self.settle_rollups(rule, cands, &[], true, now_ms)
     }
 
     /// Alerts pending or firing now, firing first, then by name and labels.
