@@ -17,9 +17,10 @@ use pathpulse_metrics::store::PathKey;
 use pathpulse_wire::{ProbeKind, Report};
 use serde::{Deserialize, Serialize};
 
-use super::history::{Entry, PathHistory, PathView};
+use super::history::{Entry, GroupView, PathHistory, PathView};
 use super::rules::{
-    Level, Rule, RuleKind, Tracker, Transition, Verdict, evaluate_agent, evaluate_path,
+    Level, PathInput, Rule, RuleKind, Tracker, Transition, Verdict, evaluate_agent, evaluate_path,
+    stale_after,
 };
 
 /// History kept at least (the baseline's minute medians are taken from it).
@@ -41,10 +42,15 @@ pub enum Subject {
         dst: Arc<str>,
         probe: ProbeKind,
     },
-    /// Every path from one site to another is down (a roll-up of path-down alerts).
+    /// The paths from one site to another: every one down (a roll-up of path-down
+    /// alerts), or losing packets together (a loss roll-up).
     SitePair {
         src_site: Arc<str>,
         dst_site: Arc<str>,
+    },
+    /// The paths of the agents of one ISP, losing packets together (a loss roll-up).
+    Isp {
+        isp: Arc<str>,
     },
 }
 
@@ -115,6 +121,48 @@ impl AgentInfo {
     }
 }
 
+/// The target of a path is a mesh agent: what says whether that agent may be stopping.
+#[derive(Debug, Clone, Copy)]
+struct AgentWatch {
+    last_report_ms: u64,
+    interval_ms: u64,
+    stale_after_ms: u64,
+    /// The agent counts as stopped now (its agent-down alert covers the path).
+    stale: bool,
+}
+
+impl AgentWatch {
+    /// Whether a path to this agent whose replies stopped (its reports since the last
+    /// reply carry lost probes only) waits for the agent-down decision instead of raising
+    /// a loss alert: the agent is stale, or it has not reported since the replies stopped
+    /// and may turn stale yet (one tick of slack). An agent that reported after the
+    /// replies stopped is alive: the loss is the path's. A path whose last report had a
+    /// reply (partial loss) never waits.
+    fn awaits(&self, view: &PathView<'_>, now_ms: u64) -> bool {
+        let (silent, probed) = view.silence();
+        if !probed {
+            return false;
+        }
+        if self.stale {
+            return true;
+        }
+        let stopped_ms = now_ms.saturating_sub(silent.as_millis() as u64);
+        let alive_since = self.last_report_ms > stopped_ms + self.interval_ms;
+        !alive_since && now_ms < stopped_ms + self.stale_after_ms + TICK_MS
+    }
+}
+
+/// Whether a path loses more than a loss rule's raise ratio over the rule's shortest
+/// window (a point ratio, no confidence bound).
+fn lossy(rule: &Rule, view: &dyn PathInput) -> bool {
+    let first = rule.windows.first().copied().unwrap_or_default();
+    let (rx, lost) = view.counts(first);
+    rx + lost > 0 && lost as f64 > rule.raise * (rx + lost) as f64
+}
+
+/// The periodic evaluation's period (`super::TICK`), ms.
+const TICK_MS: u64 = 1_000;
+
 #[derive(Debug, Clone, Default)]
 struct Slot {
     tracker: Tracker,
@@ -142,6 +190,12 @@ pub struct Engine {
     slots: BTreeMap<AlertKey, Slot>,
     /// When firing alerts were restored (ms); 0 if never.
     restored_ms: u64,
+    /// Roll-up groups of two or more paths (ISP, site pair) and their paths; `None` when
+    /// paths or agents changed since it was built.
+    groups: Option<BTreeMap<Subject, Vec<PathKey>>>,
+    /// Loss alerts of paths that raise but wait for their group's roll-up to decide, and
+    /// since when (ms).
+    waits: BTreeMap<AlertKey, u64>,
 }
 
 fn fmt_value(kind: RuleKind, v: f64) -> String {
@@ -239,6 +293,8 @@ impl Engine {
             owners: BTreeMap::new(),
             slots: BTreeMap::new(),
             restored_ms: 0,
+            groups: None,
+            waits: BTreeMap::new(),
         }
     }
 
@@ -281,6 +337,7 @@ impl Engine {
         let a = self.agent_mut(agent);
         a.site = site.map(Arc::from);
         a.isp = isp.map(Arc::from);
+        self.groups = None;
     }
 
     /// The agent a target is (by name or by an address it connected from), if exactly one.
@@ -305,6 +362,7 @@ impl Engine {
                 .map(|(k, _)| k.clone())
                 .unwrap_or_else(|| Arc::from(agent));
             self.owners.entry(addr).or_default().insert(name);
+            self.groups = None;
         }
     }
 
@@ -341,6 +399,8 @@ impl Engine {
 
         let mut out = Vec::new();
         let mut verdicts: Vec<(usize, AlertKey, Verdict)> = Vec::new();
+        let mut rolled: Vec<(usize, AlertKey, Verdict)> = Vec::new();
+        let mut touched: Vec<(usize, PathKey)> = Vec::new();
         for p in &r.paths {
             let key = PathKey {
                 src: src.clone(),
@@ -353,12 +413,15 @@ impl Engine {
                     let h = self.paths.get_mut(&k).expect("just found");
                     (k, h)
                 }
-                None => (
-                    key.clone(),
-                    self.paths
-                        .entry(key)
-                        .or_insert_with(|| PathHistory::new(now_ms, 0)),
-                ),
+                None => {
+                    self.groups = None;
+                    (
+                        key.clone(),
+                        self.paths
+                            .entry(key)
+                            .or_insert_with(|| PathHistory::new(now_ms, 0)),
+                    )
+                }
             };
             h.add(
                 Entry {
@@ -386,10 +449,49 @@ impl Engine {
                 };
                 let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
                 let v = evaluate_path(rule, &view, &tracker, now_ms);
+                if rule.has_rollups() && v.level != Level::Raise && lossy(rule, &view) {
+                    // Not enough evidence on this path alone; its groups' summed counts
+                    // may have it.
+                    touched.push((i, key.clone()));
+                }
                 verdicts.push((i, akey, v));
             }
+            if verdicts.iter().any(|(_, _, v)| v.level == Level::Raise)
+                && self.awaits_agent(&key, now_ms)
+            {
+                // No reply at all from an agent that may be stopping: the agent-down alert
+                // will say it once, instead of one loss (or MOS) alert per path to it.
+                for (_, _, v) in verdicts.iter_mut() {
+                    if v.level == Level::Raise {
+                        v.level = Level::Hold;
+                    }
+                }
+            }
             for (i, akey, v) in verdicts.drain(..) {
+                if self.rules[i].has_rollups() {
+                    if v.level == Level::Raise {
+                        // Decided below, once every path of the report is in.
+                        rolled.push((i, akey, v));
+                        continue;
+                    }
+                    self.waits.remove(&akey);
+                }
                 out.extend(self.step(i, akey, v, now_ms));
+            }
+        }
+        for i in 0..self.rules.len() {
+            let cands: Vec<(AlertKey, Verdict)> = rolled
+                .iter()
+                .filter(|c| c.0 == i)
+                .map(|(_, k, v)| (k.clone(), v.clone()))
+                .collect();
+            let touched: Vec<PathKey> = touched
+                .iter()
+                .filter(|t| t.0 == i)
+                .map(|t| t.1.clone())
+                .collect();
+            if !cands.is_empty() || !touched.is_empty() {
+                out.extend(self.settle_rollups(i, cands, &touched, false, now_ms));
             }
         }
         out
@@ -511,6 +613,9 @@ impl Engine {
                     l.insert("src_site".into(), src_site.to_string());
                     l.insert("dst_site".into(), dst_site.to_string());
                 }
+                Subject::Isp { isp } => {
+                    l.insert("isp".into(), isp.to_string());
+                }
             }
             l
         });
@@ -520,9 +625,13 @@ impl Engine {
             Subject::Target { dst, probe } => {
                 format!("{dst} ({}) from every agent probing it", probe.as_str())
             }
-            Subject::SitePair { src_site, dst_site } => {
+            Subject::SitePair { src_site, dst_site } if r.kind == RuleKind::PathDown => {
                 format!("every path from site {src_site} to site {dst_site}")
             }
+            Subject::SitePair { src_site, dst_site } => {
+                format!("the paths from site {src_site} to site {dst_site}")
+            }
+            Subject::Isp { isp } => format!("the paths of ISP {isp}'s agents"),
         };
         let value = v.value.map(|x| fmt_value(r.kind, x));
         let threshold = v.threshold.map(|x| fmt_value(r.kind, x));
@@ -579,12 +688,7 @@ impl Engine {
 
     /// Agents whose reports stopped, per the first agent-stale rule (or the default).
     fn stale_agents(&self, now_ms: u64) -> BTreeSet<Arc<str>> {
-        let rule = self
-            .rules
-            .iter()
-            .find(|r| r.kind == RuleKind::AgentStale)
-            .cloned()
-            .unwrap_or_else(|| Rule::default_for(RuleKind::AgentStale));
+        let rule = self.stale_rule();
         self.agents
             .iter()
             .filter(|(_, a)| a.last_report_ms > 0)
@@ -599,6 +703,31 @@ impl Engine {
             })
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// What decides whether a path to `dst` without replies waits for "agent down": set
+    /// when `dst` is (the address of) a mesh agent.
+    fn agent_watch(&self, dst: &str, now_ms: u64) -> Option<AgentWatch> {
+        let a = self.agent_of(dst)?;
+        if a.last_report_ms == 0 {
+            return None;
+        }
+        let rule = self.stale_rule();
+        let interval = Duration::from_millis(a.interval_ms);
+        Some(AgentWatch {
+            last_report_ms: a.last_report_ms,
+            interval_ms: a.interval_ms,
+            stale_after_ms: stale_after(&rule, interval).as_millis() as u64,
+            stale: evaluate_agent(&rule, a.silent(now_ms), interval).level == Level::Raise,
+        })
+    }
+
+    /// The first agent-stale rule (or the default): when an agent counts as stopped.
+    fn stale_rule(&self) -> std::borrow::Cow<'_, Rule> {
+        match self.rules.iter().find(|r| r.kind == RuleKind::AgentStale) {
+            Some(r) => std::borrow::Cow::Borrowed(r),
+            None => std::borrow::Cow::Owned(Rule::default_for(RuleKind::AgentStale)),
+        }
     }
 
     /// Whether `dst` is (the address of) an agent that stopped reporting: its paths are
@@ -648,6 +777,7 @@ impl Engine {
                     }
                 }
                 RuleKind::PathDown => out.extend(self.tick_path_down(i, &stale, now_ms)),
+                _ if self.rules[i].has_rollups() => out.extend(self.tick_rollups(i, now_ms)),
                 _ => {}
             }
         }
@@ -660,7 +790,12 @@ impl Engine {
             .collect();
         for k in &forget {
             self.paths.remove(k);
+            self.groups = None;
         }
+        self.waits.retain(|k, _| match &k.subject {
+            Subject::Path(p) => self.paths.contains_key(p),
+            _ => false,
+        });
         let orphans: Vec<AlertKey> = self
             .slots
             .keys()
@@ -674,7 +809,7 @@ impl Engine {
                             .any(|p| &p.dst == dst && p.probe == *probe)
                 }
                 Subject::Agent(_) => false,
-                Subject::SitePair { .. } => {
+                Subject::SitePair { .. } | Subject::Isp { .. } => {
                     self.restored_ms + FORGET_PATH_AFTER.as_millis() as u64 <= now_ms
                         && self.paths.is_empty()
                 }
@@ -844,6 +979,291 @@ impl Engine {
         }
     }
 
+    /// The roll-up groups a path belongs to: its source's ISP, and its site pair (the
+    /// target is an agent's name or address, both agents declare a site).
+    fn groups_of(&self, k: &PathKey) -> [Option<Subject>; 2] {
+        let src = self.agents.get(&k.src);
+        let isp = src
+            .and_then(|a| a.isp.clone())
+            .map(|isp| Subject::Isp { isp });
+        let pair = src.and_then(|a| a.site.clone()).and_then(|src_site| {
+            let dst_site = self.agent_of(&k.dst)?.site.clone()?;
+            Some(Subject::SitePair { src_site, dst_site })
+        });
+        [isp, pair]
+    }
+
+    /// The roll-up groups of two or more paths, built again after paths or agents changed.
+    fn take_groups(&mut self) -> BTreeMap<Subject, Vec<PathKey>> {
+        if let Some(g) = self.groups.take() {
+            return g;
+        }
+        let mut g: BTreeMap<Subject, Vec<PathKey>> = BTreeMap::new();
+        for k in self.paths.keys() {
+            for s in self.groups_of(k).into_iter().flatten() {
+                g.entry(s).or_default().push(k.clone());
+            }
+        }
+        g.retain(|_, m| m.len() >= 2);
+        g
+    }
+
+    /// A path's view now.
+    fn view_of<'a>(&'a self, k: &PathKey, now_ms: u64) -> Option<PathView<'a>> {
+        let interval_ms = self.agents.get(&k.src).map_or(0, |a| a.interval_ms);
+        Some(PathView::new(self.paths.get(k)?, now_ms, interval_ms))
+    }
+
+    /// Whether a path waits for its target agent's agent-down decision (see
+    /// [`AgentWatch::awaits`]).
+    fn awaits_agent(&self, k: &PathKey, now_ms: u64) -> bool {
+        match (self.agent_watch(&k.dst, now_ms), self.view_of(k, now_ms)) {
+            (Some(w), Some(view)) => w.awaits(&view, now_ms),
+            _ => false,
+        }
+    }
+
+    /// Loss roll-ups of rule `rule`, decided when paths raise (`cands`, verdicts at the
+    /// Raise level) and on the tick. First every roll-up concerned is evaluated (those of
+    /// the candidates' groups and those active), ISP groups before site pairs; then each
+    /// candidate steps: held while a roll-up covering it is active or while its group may
+    /// still roll up (another of its paths loses packets and some agent of the group has
+    /// not reported since the candidate first raised, for at most the longest report
+    /// interval of those agents and a tick), raised otherwise. An active roll-up is
+    /// evaluated (for its clear condition) only on the tick (`tick`): on reports it just
+    /// covers its paths, so a wide outage does not sum its group on every report.
+    fn settle_rollups(
+        &mut self,
+        rule: usize,
+        cands: Vec<(AlertKey, Verdict)>,
+        touched: &[PathKey],
+        tick: bool,
+        now_ms: u64,
+    ) -> Vec<Alert> {
+        let groups = self.take_groups();
+        let r = &self.rules[rule];
+        let name_of = |s: &Subject| {
+            match s {
+                Subject::Isp { .. } => Some(r.isp_rollup_name.as_str()),
+                Subject::SitePair { .. } => Some(r.site_rollup_name.as_str()),
+                _ => None,
+            }
+            .filter(|n| !n.is_empty())
+        };
+        let mut todo: BTreeSet<Subject> = BTreeSet::new();
+        let paths = cands
+            .iter()
+            .filter_map(|(k, _)| match &k.subject {
+                Subject::Path(p) => Some(p),
+                _ => None,
+            })
+            .chain(touched);
+        for p in paths {
+            todo.extend(
+                self.groups_of(p)
+                    .into_iter()
+                    .flatten()
+                    .filter(|g| groups.contains_key(g)),
+            );
+        }
+        todo.extend(
+            self.slots
+                .iter()
+                .filter(|(k, s)| {
+                    s.tracker.phase != super::rules::Phase::Ok
+                        && name_of(&k.subject) == Some(&*k.alertname)
+                })
+                .map(|(k, _)| k.subject.clone()),
+        );
+        let mut todo: Vec<(AlertKey, &[PathKey])> = todo
+            .into_iter()
+            .filter_map(|s| {
+                let alertname = Arc::from(name_of(&s)?);
+                let members = groups.get(&s).map_or(&[][..], Vec::as_slice);
+                Some((
+                    AlertKey {
+                        alertname,
+                        subject: s,
+                    },
+                    members,
+                ))
+            })
+            .collect();
+        todo.sort_by_key(|(k, _)| matches!(k.subject, Subject::SitePair { .. }));
+        let mut out = Vec::new();
+        // The active roll-ups: a path of one of them is covered.
+        let mut covering: BTreeSet<Subject> = BTreeSet::new();
+        let active = |e: &Engine, key: &AlertKey| {
+            e.slots
+                .get(key)
+                .is_some_and(|s| s.tracker.phase != super::rules::Phase::Ok)
+        };
+        for (key, members) in todo {
+            if tick || !active(self, &key) {
+                let v = self.rollup_verdict(rule, &key, members, &covering, now_ms);
+                out.extend(self.step(rule, key.clone(), v, now_ms));
+            }
+            if active(self, &key) {
+                covering.insert(key.subject.clone());
+            }
+        }
+        for (akey, mut v) in cands {
+            let Subject::Path(p) = &akey.subject else {
+                continue;
+            };
+            let start = self.waits.get(&akey).copied().unwrap_or(now_ms);
+            let undecided = || {
+                self.groups_of(p)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|g| groups.get(&g))
+                    .any(|m| self.may_roll_up(rule, p, m, start, now_ms))
+            };
+            if self.covered(p, &covering) {
+                v.level = Level::Hold;
+                self.waits.remove(&akey);
+            } else if undecided() {
+                v.level = Level::Hold;
+                self.waits.insert(akey.clone(), start);
+            } else {
+                self.waits.remove(&akey);
+            }
+            out.extend(self.step(rule, akey, v, now_ms));
+        }
+        self.groups = Some(groups);
+        out
+    }
+
+    /// Whether a path is in one of the `covering` groups.
+    fn covered(&self, p: &PathKey, covering: &BTreeSet<Subject>) -> bool {
+        !covering.is_empty()
+            && self
+                .groups_of(p)
+                .iter()
+                .flatten()
+                .any(|g| covering.contains(g))
+    }
+
+    /// A loss roll-up's verdict: the rule on the summed counts of its paths (those not
+    /// waiting for an agent-down decision), raising only when the loss is broad: more
+    /// than half of the paths with probes in the window lose more than the raise ratio,
+    /// on at least two agent pairs (site pair) or from at least two agents (ISP), and
+    /// (site pair) not all of them covered by an ISP roll-up already.
+    fn rollup_verdict(
+        &self,
+        rule: usize,
+        key: &AlertKey,
+        members: &[PathKey],
+        covering: &BTreeSet<Subject>,
+        now_ms: u64,
+    ) -> Verdict {
+        let r = &self.rules[rule];
+        let (keys, views): (Vec<&PathKey>, Vec<PathView<'_>>) = members
+            .iter()
+            .filter(|k| !self.awaits_agent(k, now_ms))
+            .filter_map(|k| Some((k, self.view_of(k, now_ms)?)))
+            .unzip();
+        let group = GroupView { members: views };
+        let tracker = self.slots.get(key).map(|s| s.tracker).unwrap_or_default();
+        let mut v = evaluate_path(r, &group, &tracker, now_ms);
+        if v.level == Level::Raise {
+            let (mut with_data, mut lossy) = (0, Vec::new());
+            for (k, view) in keys.iter().zip(&group.members) {
+                let (rx, lost) = view.counts(v.window);
+                if rx + lost > 0 {
+                    with_data += 1;
+                    if lost as f64 > r.raise * (rx + lost) as f64 {
+                        lossy.push(*k);
+                    }
+                }
+            }
+            let distinct: BTreeSet<(&str, &str)> = lossy
+                .iter()
+                .map(|k| match key.subject {
+                    Subject::Isp { .. } => (&*k.src, ""),
+                    _ => (&*k.src, target_host(&k.dst)),
+                })
+                .collect();
+            let broad = distinct.len() >= 2
+                && 2 * lossy.len() > with_data
+                && !lossy.iter().all(|k| self.covered(k, covering));
+            if !broad {
+                v.level = Level::Hold;
+            }
+        }
+        v
+    }
+
+    /// Whether the group `members` of path `p` may still roll up: another of its paths
+    /// loses more than the raise ratio over the rule's shortest window, and an agent of
+    /// the group has not reported since `start_ms`, for at most the longest report
+    /// interval of those agents (and a tick).
+    fn may_roll_up(
+        &self,
+        rule: usize,
+        p: &PathKey,
+        members: &[PathKey],
+        start_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        let r = &self.rules[rule];
+        let others_lossy = members
+            .iter()
+            .filter(|m| *m != p)
+            .any(|m| self.view_of(m, now_ms).is_some_and(|v| lossy(r, &v)));
+        if !others_lossy {
+            return false;
+        }
+        let (mut pending, mut wait_ms) = (false, 0);
+        for m in members.iter().filter(|m| m.src != p.src) {
+            if let Some(a) = self.agents.get(&m.src) {
+                pending |= a.last_report_ms <= start_ms;
+                wait_ms = wait_ms.max(a.interval_ms);
+            }
+        }
+        pending && now_ms < start_ms + wait_ms + TICK_MS
+    }
+
+    /// The tick of a rule with roll-ups: waiting paths whose group did not roll up in
+    /// time fire; active roll-ups clear.
+    fn tick_rollups(&mut self, rule: usize, now_ms: u64) -> Vec<Alert> {
+        let name = self.names[rule].clone();
+        let waiting: Vec<AlertKey> = self
+            .waits
+            .keys()
+            .filter(|k| k.alertname == name)
+            .cloned()
+            .collect();
+        let r = &self.rules[rule];
+        let active = self.slots.iter().any(|(k, s)| {
+            s.tracker.phase != super::rules::Phase::Ok
+                && ((matches!(k.subject, Subject::Isp { .. })
+                    && *k.alertname == *r.isp_rollup_name)
+                    || (matches!(k.subject, Subject::SitePair { .. })
+                        && *k.alertname == *r.site_rollup_name))
+        });
+        if waiting.is_empty() && !active {
+            return Vec::new();
+        }
+        let mut cands = Vec::new();
+        for akey in waiting {
+            let v = match &akey.subject {
+                Subject::Path(p) => self.view_of(p, now_ms).map(|view| {
+                    let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
+                    evaluate_path(r, &view, &tracker, now_ms)
+                }),
+                _ => None,
+            };
+            match v {
+                Some(v) if v.level == Level::Raise => cands.push((akey, v)),
+                _ => {
+                    self.waits.remove(&akey);
+                }
+            }
+        }
+        self.settle_rollups(rule, cands, &[], true, now_ms)
+    }
+
     /// Alerts pending or firing now, firing first, then by name and labels.
     pub fn active(&self) -> Vec<Alert> {
         let mut v: Vec<Alert> = self
@@ -890,10 +1310,13 @@ fn subject_of(l: &BTreeMap<String, String>) -> Option<Subject> {
             probe: probe(p)?,
         }),
         (_, _, _, Some(a)) => Some(Subject::Agent(Arc::from(a.as_str()))),
-        _ => match (l.get("src_site"), l.get("dst_site")) {
-            (Some(s), Some(d)) => Some(Subject::SitePair {
+        _ => match (l.get("src_site"), l.get("dst_site"), l.get("isp")) {
+            (Some(s), Some(d), _) => Some(Subject::SitePair {
                 src_site: Arc::from(s.as_str()),
                 dst_site: Arc::from(d.as_str()),
+            }),
+            (None, None, Some(i)) => Some(Subject::Isp {
+                isp: Arc::from(i.as_str()),
             }),
             _ => None,
         },

@@ -391,6 +391,48 @@ impl PathInput for PathView<'_> {
     }
 }
 
+/// Several paths seen as one (a roll-up): their probe counts summed, their RTT
+/// histograms merged, never an average of their ratios. No baseline and no silence of
+/// its own.
+pub(super) struct GroupView<'a> {
+    pub members: Vec<PathView<'a>>,
+}
+
+impl PathInput for GroupView<'_> {
+    fn window(&self, window: Duration) -> WindowStats {
+        let stats: Vec<WindowStats> = self.members.iter().map(|m| m.window(window)).collect();
+        let (mut js, mut jn) = (0.0, 0u64);
+        for s in &stats {
+            if let Some(j) = s.jitter_us {
+                js += j;
+                jn += 1;
+            }
+        }
+        WindowStats {
+            window,
+            received: stats.iter().map(|s| s.received).sum(),
+            lost: stats.iter().map(|s| s.lost).sum(),
+            rtt: SparseHist::merged(stats.iter().map(|s| &s.rtt)),
+            jitter_us: (jn > 0).then(|| js / jn as f64),
+        }
+    }
+
+    fn counts(&self, window: Duration) -> (u64, u64) {
+        self.members
+            .iter()
+            .map(|m| m.counts(window))
+            .fold((0, 0), |(r, l), (mr, ml)| (r + mr, l + ml))
+    }
+
+    fn baseline_p50_us(&self) -> Option<u64> {
+        None
+    }
+
+    fn silence(&self) -> (Duration, bool) {
+        (Duration::ZERO, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +556,43 @@ mod tests {
             h.tail_rtt(&h.seek(now - 30_000)).buckets()[0],
             (100, u32::MAX)
         );
+    }
+
+    /// A group's loss is its paths' probe counts summed, not the mean of their ratios.
+    #[test]
+    fn a_group_sums_its_paths_counts() {
+        let add = |h: &mut PathHistory, received, lost| {
+            let mut rtt = SparseHist::new();
+            rtt.record(1_000 * received);
+            h.add(
+                Entry {
+                    end_ms: 10_000,
+                    sent: received + lost,
+                    received,
+                    lost,
+                    rtt,
+                    jitter_sum_us: 0,
+                    jitter_n: 0,
+                },
+                70_000,
+                10_000,
+            );
+        };
+        let (mut busy, mut thin) = (PathHistory::new(0, 0), PathHistory::new(0, 0));
+        add(&mut busy, 90, 10);
+        add(&mut thin, 1, 9);
+        let group = GroupView {
+            members: vec![
+                PathView::new(&busy, 10_000, 1_000),
+                PathView::new(&thin, 10_000, 1_000),
+            ],
+        };
+        let w = Duration::from_secs(3);
+        assert_eq!(group.counts(w), (91, 19));
+        let s = group.window(w);
+        assert_eq!((s.received, s.lost), (91, 19));
+        assert_eq!(s.rtt.buckets().len(), 2, "histograms merged: {s:?}");
+        assert_eq!(group.baseline_p50_us(), None);
     }
 
     #[test]

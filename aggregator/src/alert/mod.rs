@@ -61,6 +61,8 @@ pub struct Alerts {
     reports: std::sync::mpsc::SyncSender<(Report, u64)>,
     /// Reports not evaluated because the engine's queue was full.
     pub skipped: std::sync::atomic::AtomicU64,
+    /// Fingerprints of the firing alerts notified with their verdict.
+    explained: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Alerts {
@@ -102,6 +104,10 @@ impl Alerts {
 
     fn emit(&self, mut out: Vec<Alert>) {
         self.annotate(&mut out);
+        verdict::notified(
+            &out,
+            &mut self.explained.lock().unwrap_or_else(|e| e.into_inner()),
+        );
         if !out.is_empty() {
             for a in &out {
                 tracing::info!(
@@ -161,10 +167,34 @@ impl Alerts {
         self.engine().agent_hello(agent, site, isp);
     }
 
-    /// Periodic evaluation (agent stale, path down).
+    /// Periodic evaluation (agent stale, path down), and firing alerts notified again
+    /// once their localization verdict is known (it judges the last minute, so it
+    /// usually comes a few seconds after the alert fired).
     pub fn tick(&self, now_ms: u64) {
         let out = self.engine().tick(now_ms);
         self.emit(out);
+        let mut firing = self.engine().firing();
+        {
+            let explained = self.explained.lock().unwrap_or_else(|e| e.into_inner());
+            if firing.iter().all(|a| explained.contains(&a.fingerprint)) {
+                return;
+            }
+        }
+        self.annotate(&mut firing);
+        let again = verdict::newly_explained(
+            &firing,
+            &mut self.explained.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        if !again.is_empty() {
+            for a in &again {
+                tracing::info!(
+                    alertname = %a.alertname,
+                    verdict = %a.annotations.get("verdict").map_or("", String::as_str),
+                    "alert explained: notified again"
+                );
+            }
+            let _ = self.events.send(again);
+        }
     }
 
     /// Pending and firing alerts.
@@ -202,7 +232,11 @@ impl AlertSource for Alerts {
             add(&r.name, &r.severity, 0);
             if r.kind == rules::RuleKind::PathDown {
                 add(&r.rollup_name, &r.severity, 0);
-                add(&r.site_rollup_name, &r.severity, 0);
+            }
+            for n in [&r.site_rollup_name, &r.isp_rollup_name] {
+                if !n.is_empty() && (r.kind == rules::RuleKind::PathDown || r.has_rollups()) {
+                    add(n, &r.severity, 0);
+                }
             }
         }
         for a in &firing {
@@ -261,6 +295,9 @@ pub fn start(
             "firing alerts restored from the state directory"
         );
     }
+    // Restored alerts notified with their verdict need not be notified again.
+    let mut explained = std::collections::BTreeSet::new();
+    verdict::notified(&restored, &mut explained);
     engine.restore(restored, wall_clock_ms());
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Alert>>();
     let (report_tx, report_rx) = std::sync::mpsc::sync_channel::<(Report, u64)>(REPORT_QUEUE);
@@ -277,6 +314,7 @@ pub fn start(
         verdicts: Mutex::new((0, Vec::new())),
         reports: report_tx,
         skipped: std::sync::atomic::AtomicU64::new(0),
+        explained: Mutex::new(explained),
     });
     let client = deliver::client().map_err(StartError::Client)?;
     let firing_of = alerts.clone();

@@ -87,8 +87,12 @@ pub struct Rule {
     /// Path down: alertname of the roll-up alert when every agent probing a target lost it.
     pub rollup_name: String,
     /// Path down: alertname of the roll-up alert when every path from one site to another
-    /// is down (sites from the agents' hello).
+    /// is down (sites from the agents' hello). Loss: alertname of the roll-up alert when
+    /// the paths from one site to another lose packets together. Empty: no roll-up.
     pub site_rollup_name: String,
+    /// Loss: alertname of the roll-up alert when the paths of the agents of one ISP (the
+    /// `isp` of their hello) lose packets together. Empty: no roll-up.
+    pub isp_rollup_name: String,
 }
 
 fn secs(s: u64) -> Duration {
@@ -115,7 +119,8 @@ impl Rule {
             min_probes: 10,
             intervals: 3,
             rollup_name: "PathpulseTargetDown".into(),
-            site_rollup_name: "PathpulseSitePairDown".into(),
+            site_rollup_name: String::new(),
+            isp_rollup_name: String::new(),
         };
         match kind {
             RuleKind::Loss => Rule {
@@ -126,6 +131,8 @@ impl Rule {
                 clear_window: secs(30),
                 raise_for: Duration::ZERO,
                 clear_for: secs(10),
+                site_rollup_name: "PathpulseSitePairLoss".into(),
+                isp_rollup_name: "PathpulseIspLoss".into(),
                 ..base
             },
             RuleKind::Latency => Rule {
@@ -155,6 +162,7 @@ impl Rule {
                 raise_for: Duration::ZERO,
                 clear_for: Duration::ZERO,
                 min_probes: 1,
+                site_rollup_name: "PathpulseSitePairDown".into(),
                 ..base
             },
             RuleKind::AgentStale => Rule {
@@ -182,6 +190,12 @@ impl Rule {
         .into_iter()
         .map(Rule::default_for)
         .collect()
+    }
+
+    /// Whether the rule has loss roll-ups (per site pair, per ISP).
+    pub fn has_rollups(&self) -> bool {
+        self.kind == RuleKind::Loss
+            && !(self.site_rollup_name.is_empty() && self.isp_rollup_name.is_empty())
     }
 
     /// The longest window this rule reads.
@@ -219,6 +233,7 @@ pub struct RuleConfig {
     pub intervals: Option<u32>,
     pub rollup_name: Option<String>,
     pub site_rollup_name: Option<String>,
+    pub isp_rollup_name: Option<String>,
 }
 
 /// Label names reserved for the subject of an alert.
@@ -291,6 +306,12 @@ pub fn resolve_rules(
             (None, Some(k)) => {
                 let mut r = Rule::default_for(k);
                 match &c.name {
+                    Some(n) if k == RuleKind::Loss => {
+                        // Roll-ups of its own, named after it.
+                        r.site_rollup_name = format!("{n}SitePair");
+                        r.isp_rollup_name = format!("{n}Isp");
+                        r.name = n.clone();
+                    }
                     Some(n) => r.name = n.clone(),
                     None => {
                         err("name", "a new rule needs a name (its alertname)".into());
@@ -371,6 +392,21 @@ pub fn resolve_rules(
         }
         if let Some(n) = &c.site_rollup_name {
             r.site_rollup_name = n.clone();
+        }
+        if let Some(n) = &c.isp_rollup_name {
+            r.isp_rollup_name = n.clone();
+        }
+        for (k, n) in [
+            ("rollup_name", &r.rollup_name),
+            ("site_rollup_name", &r.site_rollup_name),
+            ("isp_rollup_name", &r.isp_rollup_name),
+        ] {
+            if !n.is_empty() && !label_name_ok(n) {
+                err(
+                    k,
+                    format!("`{n}` is not a valid alertname (or \"\" for none)"),
+                );
+            }
         }
         let worse_or_equal = if r.kind.lower_is_worse() {
             r.raise <= r.clear

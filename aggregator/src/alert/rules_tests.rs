@@ -11,6 +11,8 @@ struct FakePath {
     now_ms: u64,
     baseline_us: Option<u64>,
     last_reply_ms: u64,
+    /// RFC 3550 jitter the reports carried: (end ms, µs).
+    jitters: Vec<(u64, f64)>,
 }
 
 impl PathInput for FakePath {
@@ -28,6 +30,13 @@ impl PathInput for FakePath {
                 s.rtt.record(rtt);
             }
         }
+        let j: Vec<f64> = self
+            .jitters
+            .iter()
+            .filter(|j| j.0 > from)
+            .map(|j| j.1)
+            .collect();
+        s.jitter_us = (!j.is_empty()).then(|| j.iter().sum::<f64>() / j.len() as f64);
         s
     }
     fn baseline_p50_us(&self) -> Option<u64> {
@@ -425,4 +434,78 @@ fn bad_rules_are_all_reported() {
         ],
         "{errs:?}"
     );
+}
+
+#[test]
+fn loss_rollups_are_named_per_rule_and_can_be_switched_off() {
+    let d = Rule::default_for(RuleKind::Loss);
+    assert_eq!(
+        (d.site_rollup_name.as_str(), d.isp_rollup_name.as_str()),
+        ("PathpulseSitePairLoss", "PathpulseIspLoss")
+    );
+    assert!(d.has_rollups());
+    assert!(!Rule::default_for(RuleKind::Latency).has_rollups());
+    let cfg = vec![
+        RuleConfig {
+            name: Some("WanLoss".into()),
+            kind: Some(RuleKind::Loss),
+            ..RuleConfig::default()
+        },
+        RuleConfig {
+            name: Some("PathpulseLoss".into()),
+            site_rollup_name: Some(String::new()),
+            isp_rollup_name: Some(String::new()),
+            ..RuleConfig::default()
+        },
+    ];
+    let rules = resolve_rules(&cfg, true).expect("valid");
+    let wan = rules.iter().find(|r| r.name == "WanLoss").expect("added");
+    assert_eq!(
+        (wan.site_rollup_name.as_str(), wan.isp_rollup_name.as_str()),
+        ("WanLossSitePair", "WanLossIsp"),
+        "its own roll-ups, not the built-in rule's"
+    );
+    let loss = rules
+        .iter()
+        .find(|r| r.name == "PathpulseLoss")
+        .expect("loss");
+    assert!(!loss.has_rollups(), "both switched off");
+    let bad = vec![RuleConfig {
+        name: Some("PathpulseLoss".into()),
+        isp_rollup_name: Some("isp loss".into()),
+        ..RuleConfig::default()
+    }];
+    let errs = resolve_rules(&bad, true).expect_err("invalid");
+    assert_eq!(errs[0].key, "alert.rules[0].isp_rollup_name", "{errs:?}");
+}
+
+/// Jitter: the mean RFC 3550 jitter over 30 s against 30 ms, held 10 s; clear under
+/// 20 ms, held 30 s. A 10 s burst does not fire; 40 s of 45 ms does, and resolves.
+#[test]
+fn jitter_fires_above_its_threshold_and_clears_below_the_other() {
+    let rule = Rule::default_for(RuleKind::Jitter);
+    let (mut path, mut t, mut tr) = (FakePath::default(), Tracker::default(), Vec::new());
+    let mut raised_value = None;
+    for s in 1..=200u64 {
+        let now = s * 1000;
+        let high = (20..30).contains(&s) || (60..100).contains(&s);
+        path.reports.push((now, 10, 0, 20_000));
+        path.jitters
+            .push((now, if high { 45_000.0 } else { 5_000.0 }));
+        path.now_ms = now;
+        let v = evaluate_path(&rule, &path, &t, now);
+        if v.level == Level::Raise {
+            raised_value.get_or_insert(v.value);
+        }
+        if let Some(x) = t.step(v.level, now, rule.raise_for, rule.clear_for) {
+            tr.push((s, matches!(x, Transition::Fired { .. })));
+        }
+    }
+    // Mean over 30 s passes 30 ms after 19 s of 45 ms (s = 79), fires 10 s later; it
+    // falls under 20 ms after 19 s of 5 ms again (s = 119) and resolves 30 s later.
+    assert_eq!(tr.len(), 2, "{tr:?}");
+    assert!(tr[0].1 && (87..=91).contains(&tr[0].0), "{tr:?}");
+    assert!(!tr[1].1 && (147..=151).contains(&tr[1].0), "{tr:?}");
+    let v = raised_value.flatten().expect("a value in ms");
+    assert!((30.0..32.0).contains(&v), "{v}");
 }

@@ -1,9 +1,11 @@
 //! The fault-localization verdict (metrics' `localize`) that explains an alert, for its
 //! `verdict` annotation. Pure: verdicts and labels in, the matching verdict out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use pathpulse_metrics::localize::{Scope, Verdict};
+
+use super::engine::{Alert, AlertState};
 
 fn label<'a>(l: &'a BTreeMap<String, String>, k: &str) -> Option<&'a str> {
     l.get(k).map(String::as_str)
@@ -41,6 +43,37 @@ pub fn annotation(verdicts: &[Verdict], l: &BTreeMap<String, String>) -> Option<
             v.evidence
         )
     })
+}
+
+/// Which firing alerts to notify again because their verdict became known, given the
+/// fingerprints already notified with one (`explained`, kept to the alerts firing now).
+/// `firing`: the alerts firing now, annotated. A receiver gets the same alert (labels,
+/// `startsAt`) again with its `verdict` annotation: Alertmanager and the receivers
+/// written for it take a repeated firing alert as an update.
+pub fn newly_explained(firing: &[Alert], explained: &mut BTreeSet<String>) -> Vec<Alert> {
+    explained.retain(|fp| firing.iter().any(|a| &a.fingerprint == fp));
+    firing
+        .iter()
+        .filter(|a| a.annotations.contains_key("verdict"))
+        .filter(|a| explained.insert(a.fingerprint.clone()))
+        .cloned()
+        .collect()
+}
+
+/// Record what was notified: a firing alert sent with a verdict needs no second
+/// notification; a resolved one is gone.
+pub fn notified(alerts: &[Alert], explained: &mut BTreeSet<String>) {
+    for a in alerts {
+        match a.state {
+            AlertState::Firing if a.annotations.contains_key("verdict") => {
+                explained.insert(a.fingerprint.clone());
+            }
+            AlertState::Resolved => {
+                explained.remove(&a.fingerprint);
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +142,64 @@ mod tests {
             Some("isp isp-x (high confidence): 2 sites of isp-x lose packets")
         );
         assert_eq!(annotation(&[], &path), None);
+    }
+
+    fn alert(fp: &str, state: AlertState, verdict: Option<&str>) -> Alert {
+        let mut annotations = BTreeMap::new();
+        if let Some(v) = verdict {
+            annotations.insert("verdict".to_string(), v.to_string());
+        }
+        Alert {
+            fingerprint: fp.into(),
+            state,
+            alertname: "PathpulseLoss".into(),
+            kind: "loss".into(),
+            severity: "warning".into(),
+            labels: BTreeMap::new(),
+            annotations,
+            starts_at_ms: 1,
+            ends_at_ms: None,
+            value: None,
+            threshold: None,
+            window_seconds: 3.0,
+        }
+    }
+
+    /// A firing alert is notified again once, when its verdict first shows; not when it
+    /// fired with one already; again after it resolved and fired anew.
+    #[test]
+    fn a_verdict_that_shows_late_is_notified_once() {
+        use AlertState::{Firing, Resolved};
+        let mut seen = BTreeSet::new();
+        notified(
+            &[alert("a", Firing, None), alert("b", Firing, Some("isp x"))],
+            &mut seen,
+        );
+        let now = [alert("a", Firing, None), alert("b", Firing, Some("isp x"))];
+        assert!(
+            newly_explained(&now, &mut seen).is_empty(),
+            "no verdict yet for a"
+        );
+        let now = [
+            alert("a", Firing, Some("target t")),
+            alert("b", Firing, Some("isp x")),
+        ];
+        let again = newly_explained(&now, &mut seen);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].fingerprint, "a");
+        assert!(newly_explained(&now, &mut seen).is_empty(), "once");
+        // b resolves and fires again later, verdict known only then.
+        notified(&[alert("b", Resolved, None)], &mut seen);
+        notified(&[alert("b", Firing, None)], &mut seen);
+        let now = [alert("b", Firing, Some("isp x"))];
+        let again = newly_explained(&now, &mut seen);
+        assert_eq!(
+            again
+                .iter()
+                .map(|a| a.fingerprint.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(seen, BTreeSet::from(["b".to_string()]), "a no longer fires");
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use pathpulse_tests::lab::netns::Netns;
 use pathpulse_tests::webhook::WebhookReceiver;
 use pathpulse_tests::{
-    Proc, bin, http_get, median, require_program, require_root, run, wait_for, wait_for_fast,
+    Proc, bin, http_get, median, parse_metrics, require_program, require_root, run, select,
+    wait_for, wait_for_fast,
 };
 use serde_json::Value;
 
@@ -157,6 +158,92 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// `pathpulse_alerts_firing{alertname}` as the aggregator's /metrics says now.
+fn firing_metric(lab: &Lab, http: u16, alertname: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{http}/metrics");
+    let text = lab.ns.enter(|| http_get(&url).ok())?;
+    let m = parse_metrics(&text);
+    let s = select(&m, "pathpulse_alerts_firing", &[("alertname", alertname)]);
+    (s.len() == 1).then(|| s[0].value)
+}
+
+/// `pathpulse-aggregator demo --webhook URL` (no config file): every echo to 127.0.0.2
+/// is dropped, and the receiver gets the demo's firing loss alert.
+#[test]
+fn demo_with_a_webhook_delivers_its_alerts() {
+    let test = "demo_with_a_webhook_delivers_its_alerts";
+    if !require_root(test) || !require_program(test, "nft") {
+        return;
+    }
+    let _machine = crate::setup::shared();
+    let lab = Lab::new("dw");
+    let (code, out) = lab.ns.run(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "inet",
+            "imp",
+            "in",
+            "ip",
+            "daddr",
+            "127.0.0.2",
+            "icmp",
+            "type",
+            "echo-request",
+            "drop",
+        ],
+    );
+    assert_eq!(code, 0, "nft: {out}");
+    let hook = WebhookReceiver::serve(
+        lab.ns
+            .enter(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+    );
+    let url = hook.url();
+    let demo = lab.ns.spawn(
+        "demo",
+        &bin("pathpulse-aggregator"),
+        &[
+            "demo",
+            "--no-gateway",
+            "--http",
+            "127.0.0.1:9470",
+            "--webhook",
+            &url,
+        ],
+        lab.dir.path(),
+    );
+    let (_, a) = hook
+        .wait_alert(Duration::from_secs(30), |a| {
+            is_loss(a, "127.0.0.2", "firing") && a["labels"]["src"] == "demo-a"
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no firing loss alert from the demo within 30 s: {:?}\n{}",
+                hook.alerts(),
+                demo.log()
+            )
+        });
+    assert!(
+        a["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("demo-a → 127.0.0.2")),
+        "{a}"
+    );
+    assert!(
+        demo.log().contains(&format!("alerts go to {url}")),
+        "{}",
+        demo.log()
+    );
+    assert!(
+        !hook
+            .alerts()
+            .iter()
+            .any(|(_, a)| a["labels"]["dst"] == "127.0.0.3"),
+        "only the dropped path alerts"
+    );
+}
+
 /// Time from switching 20% loss on (several paths at once) to the webhook's receipt of
 /// the firing alert; an aggregator restart while alerts fire neither re-fires nor
 /// forgets them; each alert resolves after the loss stops; a clean path never alerts.
@@ -216,6 +303,9 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
         }
 
         if trial == 0 {
+            // The metric counts them.
+            assert_eq!(firing_metric(&lab, http, "PathpulseLoss"), Some(4.0));
+            assert_eq!(firing_metric(&lab, http, "PathpulsePathDown"), Some(0.0));
             // Restart while four alerts fire: they are there at once, and not sent again.
             let before: Vec<Value> = lab.get(&api).expect("api")["alerts"]
                 .as_array()
@@ -259,6 +349,12 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
                 "{shown}"
             );
             assert!(shown["startsAt"].as_str().is_some_and(|s| s.ends_with('Z')));
+            // The webhook is told too: the firing alert again, with its verdict.
+            let verdict = shown["annotations"]["verdict"].clone();
+            hook.wait_alert(Duration::from_secs(5), |x| {
+                is_loss(x, "127.0.0.2", "firing") && x["annotations"]["verdict"] == verdict
+            })
+            .unwrap_or_else(|| panic!("the webhook never got the verdict: {:?}", hook.alerts()));
         }
 
         lab.clear_loss();
@@ -276,20 +372,37 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
         std::thread::sleep(Duration::from_secs(3));
     }
 
+    assert_eq!(firing_metric(&lab, http, "PathpulseLoss"), Some(0.0));
     let alerts = hook.alerts();
     for a in lossy {
-        let fired = alerts
+        let firing: Vec<&Value> = alerts
             .iter()
             .filter(|(_, x)| is_loss(x, a, "firing"))
-            .count();
+            .map(|x| &x.1)
+            .collect();
+        let episodes: std::collections::BTreeSet<&str> = firing
+            .iter()
+            .filter_map(|x| x["startsAt"].as_str())
+            .collect();
+        // Each firing alert is notified once, and once more if its verdict showed later.
+        for ep in &episodes {
+            let n: Vec<&&Value> = firing.iter().filter(|x| x["startsAt"] == *ep).collect();
+            assert!(
+                n.len() == 1
+                    || (n.len() == 2
+                        && n[0]["annotations"]["verdict"].is_null()
+                        && n[1]["annotations"]["verdict"].is_string()),
+                "{a}: {n:?}"
+            );
+        }
         let resolved = alerts
             .iter()
             .filter(|(_, x)| is_loss(x, a, "resolved"))
             .count();
         assert_eq!(
-            (fired, resolved),
+            (episodes.len(), resolved),
             (trials as usize, trials as usize),
-            "{a}: one firing and one resolved notification per trial (none again after the restart, no flapping)"
+            "{a}: one firing alert and one resolved notification per trial (none again after the restart, no flapping)"
         );
     }
     assert!(
