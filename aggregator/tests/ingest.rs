@@ -596,3 +596,64 @@ async fn connection_limit_and_silent_connections_are_refused_and_counted() {
     ));
     agg.stop.cancel();
 }
+
+/// Revocation is checked on every connection, a resumed TLS session included: the agent
+/// reconnects with the same client configuration (its session tickets from the first
+/// connection) after `cert revoke`, and its hello is refused as `revoked` and counted.
+#[tokio::test]
+async fn a_revoked_agent_is_refused_on_its_next_connection_even_when_resumed() {
+    let agg = start().await;
+    let state = agg.dir.path().join("agg");
+    let ca = pki::load_ca(&state).expect("ca");
+    let out = agg.dir.path().join("resumer");
+    pki::issue_agent_recorded(&state, &ca, "resumer", &out, pki::AGENT_CERT_VALIDITY)
+        .expect("issue");
+    let cfg = pathpulse_agent::uplink::client_config(&out).expect("client config");
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let greet = |conn: quinn::Connection| async move {
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        frame::write(&mut send, &hello("resumer"))
+            .await
+            .expect("hello");
+        (answer(&mut recv).await, conn)
+    };
+    let conn = ep
+        .connect_with(cfg.clone(), agg.running.bound.quic, tls::SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("first handshake");
+    let (first, conn) = greet(conn).await;
+    assert!(
+        matches!(first, Some(ServerMsg::Welcome { .. })),
+        "{first:?}"
+    );
+    // Let the server's session tickets arrive, then leave.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.close(0u32.into(), b"bye");
+    let serials = pathpulse_aggregator::state::StateDb::open(&state)
+        .and_then(|db| db.revoke_name("resumer"))
+        .expect("revoke");
+    assert_eq!(serials.len(), 1);
+    let before = refused(&agg, RefuseReason::Revoked);
+    // Same configuration, same ticket store: the handshake may resume; the check is made
+    // per connection either way.
+    let again = ep
+        .connect_with(cfg, agg.running.bound.quic, tls::SERVER_NAME)
+        .expect("connect")
+        .await;
+    match again {
+        Err(e) => panic!("the revoked agent should get a refusal it can read, got {e}"),
+        Ok(conn) => {
+            let (second, _conn) = greet(conn).await;
+            match second {
+                Some(ServerMsg::Refused { reason, detail }) => {
+                    assert_eq!(reason, RefuseReason::Revoked, "{detail}");
+                    assert!(detail.contains("revoked"), "{detail}");
+                }
+                other => panic!("expected Refused(revoked), got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(refused(&agg, RefuseReason::Revoked), before + 1);
+    agg.stop.cancel();
+}

@@ -37,6 +37,80 @@ fn agent_with_a_foreign_ca_is_refused_and_counted() {
     assert!(
         pathpulse_tests::select(&m, "pathpulse_probes_sent_total", &[("src", "rogue")]).is_empty()
     );
+    // A clear error on both sides: the aggregator names the refused certificate, the agent
+    // says its uplink is down and why.
+    let agg_log = d.aggregator.as_ref().expect("aggregator").log();
+    assert!(
+        agg_log.contains("handshake refused") && agg_log.contains("certificate"),
+        "aggregator log:\n{agg_log}"
+    );
+    let rogue_log = wait_for(Duration::from_secs(10), || {
+        let l = _r.log();
+        l.contains("uplink down").then_some(l)
+    })
+    .unwrap_or_else(|| panic!("rogue agent log:\n{}", _r.log()));
+    assert!(
+        rogue_log.contains("certificate") || rogue_log.contains("UnknownIssuer"),
+        "the rogue agent's error names the certificate:\n{rogue_log}"
+    );
+}
+
+/// An agent whose certificate has expired is refused at the handshake, counted, and says
+/// why in its own log.
+#[test]
+fn agent_with_an_expired_certificate_is_refused_and_counted() {
+    let d = Deployment::start();
+    let agent_state = d.dir.path().join("stale");
+    let (code, text) = run(
+        &bin("pathpulse-aggregator"),
+        &[
+            "cert",
+            "issue",
+            "--name",
+            "stale",
+            "--out",
+            agent_state.join("identity").to_str().expect("utf-8"),
+            "--valid-for",
+            "1s",
+            "--state-dir",
+            d.state().to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    std::thread::sleep(Duration::from_secs(2));
+    let target = format!("tcp:127.0.0.1:{}", d.http);
+    let a = d.agent("stale", &agent_state, &[&target], &[]);
+    wait_for(Duration::from_secs(20), || {
+        (value(
+            &d.metrics(),
+            "pathpulse_ingest_refused_total",
+            &[("reason", "certificate")],
+        )
+        .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "expired certificate refused and counted; agent log:\n{}",
+            a.log()
+        )
+    });
+    assert!(value(&d.metrics(), "pathpulse_agent_up", &[("agent", "stale")]).is_none());
+    let agg_log = d.aggregator.as_ref().expect("aggregator").log();
+    assert!(
+        agg_log.contains("handshake refused") && agg_log.to_lowercase().contains("expired"),
+        "the aggregator names the expiry:\n{agg_log}"
+    );
+    let log = wait_for(Duration::from_secs(10), || {
+        let l = a.log();
+        l.contains("uplink down").then_some(l)
+    })
+    .unwrap_or_else(|| panic!("agent log:\n{}", a.log()));
+    assert!(
+        log.to_lowercase().contains("expired") || log.contains("certificate"),
+        "the agent's error says why:\n{log}"
+    );
 }
 
 #[test]
