@@ -22,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod durable;
 pub mod http;
+pub mod http_limit;
 pub mod ingest;
 pub mod limits;
 pub mod mesh;

@@ -175,6 +175,11 @@ pub async fn start(
             cfg.registration_rate,
         )),
     };
+    let listener = crate::http_limit::LimitedListener::new(
+        listener,
+        crate::http_limit::HttpLimits::default(),
+        http_auth.refused.clone(),
+    );
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());
     let expire_store = store.clone();
     let upkeep = liveness.register("store upkeep");
