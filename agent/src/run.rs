@@ -208,6 +208,17 @@ pub async fn run_with(
             let mut reg = export::registry(store.clone(), Role::Agent, export::wall_clock_ms);
             reg.register_collector(Box::new(UplinkCollector(uplinks.clone())));
             reg.register_collector(Box::new(ReflectorCollector(reflector_sockets)));
+            let refused = pathpulse_metrics::http_limit::Refused::default();
+            reg.register(
+                "pathpulse_http_refused",
+                "HTTP connections of /metrics refused or closed, by reason (connection or address limit, idle)",
+                refused.clone(),
+            );
+            let listener = pathpulse_metrics::http_limit::LimitedListener::new(
+                listener,
+                pathpulse_metrics::http_limit::HttpLimits::default(),
+                refused,
+            );
             let reg = Arc::new(reg);
             let app = pathpulse_metrics::http::metrics_router(reg)
                 .route("/healthz", axum::routing::get(|| async { "ok\n" }));

@@ -16,8 +16,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 
 use crate::state::StateDb;
@@ -51,7 +49,7 @@ impl AuthMode {
 }
 
 /// `pathpulse_http_refused_total{reason}`.
-pub type Refused = Family<Vec<(String, String)>, Counter>;
+pub type Refused = pathpulse_metrics::http_limit::Refused;
 
 /// Reasons counted (all present from the start, at 0).
 pub const REASONS: [&str; 6] = [

@@ -22,7 +22,6 @@ pub mod config;
 pub mod demo;
 pub mod durable;
 pub mod http;
-pub mod http_limit;
 pub mod ingest;
 pub mod limits;
 pub mod mesh;

@@ -175,9 +175,9 @@ pub async fn start(
             cfg.registration_rate,
         )),
     };
-    let listener = crate::http_limit::LimitedListener::new(
+    let listener = pathpulse_metrics::http_limit::LimitedListener::new(
         listener,
-        crate::http_limit::HttpLimits::default(),
+        pathpulse_metrics::http_limit::HttpLimits::default(),
         http_auth.refused.clone(),
     );
     let (stop_http, stop_expire) = (shutdown.clone(), shutdown.clone());

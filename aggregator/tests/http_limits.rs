@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use pathpulse_aggregator::auth::Refused;
-use pathpulse_aggregator::http_limit::{HttpLimits, LimitedListener};
+use pathpulse_metrics::http_limit::{HttpLimits, LimitedListener, Refused};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

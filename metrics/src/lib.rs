@@ -12,6 +12,7 @@
 pub mod durable;
 pub mod export;
 pub mod http;
+pub mod http_limit;
 pub mod localize;
 mod slot;
 pub mod stats;

@@ -1,4 +1,5 @@
-//! Bounds on the HTTP listener (the page, its API and `/metrics`): at most so many open
+//! Bounds on an HTTP listener (the aggregator's page, API and `/metrics`; an agent's
+//! `/metrics`): at most so many open
 //! connections, at most so many from one address, and none idle (no byte read or written)
 //! for longer than a deadline. A client that opens connections and sends nothing, or
 //! holds them open without reading (slowloris), cannot keep the page and `/metrics` from
@@ -18,9 +19,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
-use crate::auth::Refused;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
-/// Reasons counted here, beside the token reasons of [`crate::auth::REASONS`].
+/// `pathpulse_http_refused_total{reason}`.
+pub type Refused = Family<Vec<(String, String)>, Counter>;
+
+/// Reasons counted here (the aggregator counts its token refusals beside them).
 pub const REASONS: [&str; 3] = ["connection_limit", "address_limit", "idle"];
 
 #[derive(Debug, Clone, Copy)]
