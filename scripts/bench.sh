@@ -4,7 +4,8 @@
 # blackbox_exporter + Prometheus + Alertmanager, and a connection-churn soak of the
 # aggregator. Run as root (ICMP, fping -p, namespaces).
 #   scripts/bench.sh            # prints each figure, its peer's and the ratio
-#   scripts/bench.sh soak       # only the soak (SOAK_AGENTS=1000 SOAK_MINUTES=10 by default)
+#   scripts/bench.sh soak       # only the soak (SOAK_AGENTS=1000 SOAK_MINUTES=10 SOAK_WARMUP_S=10 by default;
+#                               # SOAK_WARMUP_S=330 measures once the windows are full)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -47,7 +48,7 @@ soak() {
   # Each simulated agent reconnects every 10 s on average (under the default registration
   # limit of 10 a minute), with one report of 10 paths per connection.
   target/release/pathpulse-loadgen --state-dir "$st" --aggregator 127.0.0.1:25470 \
-    --agents "$agents" --paths 10 --churn-ms 10000 --warmup-s 10 \
+    --agents "$agents" --paths 10 --churn-ms 10000 --warmup-s "${SOAK_WARMUP_S:-10}" \
     --duration-s $((minutes * 60)) --pid "$agg" --rss-every-s 30
   kill "$sampler" 2>/dev/null || true
   sleep 12  # the real agents' last reports
