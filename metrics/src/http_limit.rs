@@ -181,6 +181,27 @@ impl LimitedIo {
     }
 }
 
+impl LimitedIo {
+    /// A write's outcome: bytes written are progress; a pending write past the deadline
+    /// ends the connection.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.idled(cx) => Poll::Ready(Err(idle_error())),
+            other => other,
+        }
+    }
+}
+
 fn idle_error() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "HTTP connection idle too long")
 }
@@ -211,16 +232,8 @@ impl AsyncWrite for LimitedIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.progressed();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending if self.idled(cx) => Poll::Ready(Err(idle_error())),
-            other => other,
-        }
+        let r = Pin::new(&mut self.io).poll_write(cx, data);
+        self.wrote(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -236,16 +249,8 @@ impl AsyncWrite for LimitedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.progressed();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending if self.idled(cx) => Poll::Ready(Err(idle_error())),
-            other => other,
-        }
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
