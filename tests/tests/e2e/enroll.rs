@@ -144,6 +144,12 @@ fn reused_expired_unknown_and_foreign_tokens_are_refused_and_counted() {
         value(&d.metrics(), "pathpulse_enrollments_total", &[]),
         Some(2.0)
     );
+    // No token secret in the aggregator's log, used, reused, expired or refused.
+    let log = d.aggregator.as_ref().expect("aggregator").log();
+    for tok in [&t, &short, &fresh] {
+        let secret = tok.split('.').nth(1).expect("secret");
+        assert!(!log.contains(secret), "a token secret was logged:\n{log}");
+    }
 }
 
 #[test]
