@@ -14,7 +14,7 @@ pub mod export;
 pub mod http;
 pub mod http_limit;
 pub mod localize;
-mod slot;
+pub mod slot;
 pub mod stats;
 pub mod store;
 pub mod window;

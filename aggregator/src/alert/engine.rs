@@ -424,15 +424,8 @@ impl Engine {
                 }
             };
             h.add(
-                Entry {
-                    end_ms,
-                    sent: u64::from(p.sent),
-                    received: u64::from(p.received),
-                    lost: u64::from(p.lost),
-                    rtt: p.rtt.clone(),
-                    jitter_sum_us: p.jitter_us.map_or(0, u64::from),
-                    jitter_n: u32::from(p.jitter_us.is_some()),
-                },
+                Entry::new(end_ms, (p.received, p.lost), &p.rtt, p.jitter_us),
+                p.sent,
                 self.keep_ms,
                 now_ms,
             );

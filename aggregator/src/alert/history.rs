@@ -11,7 +11,8 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use pathpulse_wire::SparseHist;
+use pathpulse_metrics::slot::PackedHist;
+use pathpulse_wire::{SparseHist, hist};
 
 use super::rules::{PathInput, WindowStats};
 
@@ -24,29 +25,58 @@ const FINE_MS: u64 = 10_000;
 /// Older history is kept in entries of this length.
 const SLOT_MS: u64 = 5_000;
 
+/// One report, or the reports of one [`SLOT_MS`] folded together: 40 bytes and a packed
+/// histogram. The RTT buckets are coarsened to about 2 significant digits
+/// ([`pathpulse_wire::hist::coarse_index`]: quantiles within 0.4%), enough to judge a
+/// threshold and a fraction of the memory: 100,000 paths keep about 25 entries each.
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub end_ms: u64,
-    pub sent: u64,
-    pub received: u64,
-    pub lost: u64,
-    pub rtt: SparseHist,
+    pub received: u32,
+    pub lost: u32,
     /// Sum and count of the RFC 3550 jitter values of the reports in this entry (µs;
-    /// whole microseconds, so sums are exact in any order).
-    pub jitter_sum_us: u64,
+    /// whole microseconds, so sums are exact in any order; saturating).
+    pub jitter_sum_us: u32,
     pub jitter_n: u32,
+    pub rtt: PackedHist,
 }
 
 impl Entry {
+    /// A report's entry (counts saturate at `u32::MAX`, more than a path sends in a
+    /// window).
+    pub fn new(
+        end_ms: u64,
+        (received, lost): (u32, u32),
+        rtt: &SparseHist,
+        jitter_us: Option<u32>,
+    ) -> Entry {
+        Entry {
+            end_ms,
+            received,
+            lost,
+            jitter_sum_us: jitter_us.unwrap_or(0),
+            jitter_n: u32::from(jitter_us.is_some()),
+            rtt: PackedHist::from_sorted(
+                rtt.buckets()
+                    .iter()
+                    .map(|&(i, n)| (hist::coarse_index(i), n)),
+            ),
+        }
+    }
+
     fn absorb(&mut self, o: Entry) {
         self.end_ms = self.end_ms.max(o.end_ms);
-        self.sent += o.sent;
-        self.received += o.received;
-        self.lost += o.lost;
+        self.received = self.received.saturating_add(o.received);
+        self.lost = self.lost.saturating_add(o.lost);
         self.rtt.merge(&o.rtt);
-        self.jitter_sum_us += o.jitter_sum_us;
-        self.jitter_n += o.jitter_n;
+        self.jitter_sum_us = self.jitter_sum_us.saturating_add(o.jitter_sum_us);
+        self.jitter_n = self.jitter_n.saturating_add(o.jitter_n);
     }
+}
+
+/// The histograms of `entries` merged into one.
+fn merged<'a>(entries: impl Iterator<Item = &'a Entry>) -> SparseHist {
+    SparseHist::from_pairs(entries.flat_map(|e| e.rtt.pairs()).collect())
 }
 
 /// Running sum of the entries from index `first` on: those inside the window last read.
@@ -69,18 +99,18 @@ struct Tail {
 
 impl Tail {
     fn add(&mut self, e: &Entry) {
-        self.received += e.received;
-        self.lost += e.lost;
-        self.jitter_sum_us += e.jitter_sum_us;
+        self.received += u64::from(e.received);
+        self.lost += u64::from(e.lost);
+        self.jitter_sum_us += u64::from(e.jitter_sum_us);
         self.jitter_n += u64::from(e.jitter_n);
         if !self.overflow {
-            self.add_rtt(e.rtt.buckets());
+            self.add_rtt(e.rtt.pairs());
         }
     }
 
-    fn add_rtt(&mut self, b: &[(u32, u32)]) {
+    fn add_rtt(&mut self, b: impl Iterator<Item = (u32, u32)> + Clone) {
         let mut mine = 0;
-        let in_place = b.iter().all(|&(idx, _)| {
+        let in_place = b.clone().all(|(idx, _)| {
             while mine < self.rtt.len() && self.rtt[mine].0 < idx {
                 mine += 1;
             }
@@ -89,7 +119,7 @@ impl Tail {
         let mut overflow = false;
         if in_place {
             let mut mine = 0;
-            for &(idx, n) in b {
+            for (idx, n) in b {
                 while self.rtt[mine].0 < idx {
                     mine += 1;
                 }
@@ -101,8 +131,8 @@ impl Tail {
             }
         } else {
             let (old, mut i) = (std::mem::take(&mut self.rtt), 0);
-            self.rtt.reserve_exact(old.len() + b.len());
-            for &(idx, n) in b {
+            self.rtt.reserve_exact(old.len() + b.clone().count());
+            for (idx, n) in b {
                 while i < old.len() && old[i].0 < idx {
                     self.rtt.push(old[i]);
                     i += 1;
@@ -123,16 +153,16 @@ impl Tail {
     /// Take out an entry that was added (its buckets are all there, with at least its
     /// counts).
     fn sub(&mut self, e: &Entry) {
-        self.received -= e.received;
-        self.lost -= e.lost;
-        self.jitter_sum_us -= e.jitter_sum_us;
+        self.received -= u64::from(e.received);
+        self.lost -= u64::from(e.lost);
+        self.jitter_sum_us -= u64::from(e.jitter_sum_us);
         self.jitter_n -= u64::from(e.jitter_n);
         if self.overflow {
             return;
         }
         let mut mine = 0;
         let mut emptied = false;
-        for &(idx, n) in e.rtt.buckets() {
+        for (idx, n) in e.rtt.pairs() {
             while self.rtt[mine].0 < idx {
                 mine += 1;
             }
@@ -155,7 +185,8 @@ pub(super) struct PathHistory {
     last_reply_ms: Option<u64>,
     sent_since_reply: u64,
     minute: u64,
-    minute_p50s: VecDeque<u64>,
+    /// Minute medians in µs (`u32`: up to 71 minutes).
+    minute_p50s: VecDeque<u32>,
     /// The sum of the window last read (written while the rules read the history).
     tail: RefCell<Tail>,
 }
@@ -169,29 +200,27 @@ impl PathHistory {
         }
     }
 
-    pub fn add(&mut self, e: Entry, keep_ms: u64, now_ms: u64) {
+    /// Add a report's entry; `sent` is its probes sent (for the silence of path-down).
+    pub fn add(&mut self, e: Entry, sent: u32, keep_ms: u64, now_ms: u64) {
         if e.received > 0 {
             self.last_reply_ms = Some(self.last_reply_ms.unwrap_or(0).max(e.end_ms));
             self.sent_since_reply = 0;
         } else {
-            self.sent_since_reply += e.sent;
+            self.sent_since_reply += u64::from(sent);
         }
         // A minute closes when the first entry of a later one arrives: its median joins
         // the baseline (its entries are still kept: the history covers more than 60 s).
         let minute = e.end_ms / 60_000;
         if minute > self.minute {
             let closed = self.minute;
-            let hist = SparseHist::merged(
-                self.entries
-                    .iter()
-                    .filter(|x| x.end_ms / 60_000 == closed)
-                    .map(|x| &x.rtt),
-            );
+            let hist = merged(self.entries.iter().filter(|x| x.end_ms / 60_000 == closed));
             if let Some(p50) = hist.quantile(0.5) {
                 if self.minute_p50s.len() >= BASELINE_MINUTES {
                     self.minute_p50s.pop_front();
                 }
-                self.minute_p50s.push_back(p50);
+                self.minute_p50s.reserve_exact(1);
+                self.minute_p50s
+                    .push_back(u32::try_from(p50).unwrap_or(u32::MAX));
             }
             self.minute = minute;
         }
@@ -207,6 +236,9 @@ impl PathHistory {
         } else {
             tail.first += 1;
         }
+        // Grown one entry at a time, not doubled: the count settles (reports in the kept
+        // window, folded) and 100,000 paths would each carry the slack.
+        self.entries.reserve_exact(1);
         self.entries.insert(pos, e);
         self.last_data_ms = now_ms;
         while self
@@ -280,7 +312,7 @@ impl PathHistory {
                 t.overflow = false;
                 t.rtt.clear();
                 for e in self.entries.range(t.first..) {
-                    t.add_rtt(e.rtt.buckets());
+                    t.add_rtt(e.rtt.pairs());
                 }
             }
         }
@@ -290,7 +322,7 @@ impl PathHistory {
     /// The merged RTT histogram of the window `seek` moved to.
     fn tail_rtt(&self, t: &Tail) -> SparseHist {
         if t.overflow {
-            SparseHist::merged(self.entries.range(t.first..).map(|e| &e.rtt))
+            merged(self.entries.range(t.first..))
         } else {
             SparseHist::from_pairs(t.rtt.clone())
         }
@@ -303,12 +335,12 @@ impl PathHistory {
         let inside = || self.entries.iter().rev().take_while(|e| e.end_ms > from_ms);
         let (mut r, mut l, mut js, mut jn) = (0, 0, 0, 0);
         for e in inside() {
-            r += e.received;
-            l += e.lost;
-            js += e.jitter_sum_us;
+            r += u64::from(e.received);
+            l += u64::from(e.lost);
+            js += u64::from(e.jitter_sum_us);
             jn += u64::from(e.jitter_n);
         }
-        (r, l, js, jn, SparseHist::merged(inside().map(|e| &e.rtt)))
+        (r, l, js, jn, merged(inside()))
     }
 }
 
@@ -364,7 +396,9 @@ impl PathInput for PathView<'_> {
             .iter()
             .rev()
             .take_while(|e| e.end_ms > from)
-            .fold((0, 0), |(r, l), e| (r + e.received, l + e.lost))
+            .fold((0, 0), |(r, l), e| {
+                (r + u64::from(e.received), l + u64::from(e.lost))
+            })
     }
 
     fn baseline_p50_us(&self) -> Option<u64> {
@@ -376,7 +410,7 @@ impl PathInput for PathView<'_> {
         let mut v = [0u64; BASELINE_MINUTES];
         let v = &mut v[..m.len()];
         for (x, &y) in v.iter_mut().zip(m) {
-            *x = y;
+            *x = u64::from(y);
         }
         let mid = v.len() / 2;
         Some(*v.select_nth_unstable(mid).1)
@@ -446,16 +480,8 @@ mod tests {
         for _ in 0..n {
             rtt.record(base + rng.random_range(0..base / 4 + 1));
         }
-        let jitter = rng.random_bool(0.5).then(|| rng.random_range(0..5_000u64));
-        Entry {
-            end_ms,
-            sent: u64::from(n) + 1,
-            received: u64::from(n),
-            lost: rng.random_range(0..2),
-            rtt,
-            jitter_sum_us: jitter.unwrap_or(0),
-            jitter_n: u32::from(jitter.is_some()),
-        }
+        let jitter = rng.random_bool(0.5).then(|| rng.random_range(0..5_000u32));
+        Entry::new(end_ms, (n, rng.random_range(0..2)), &rtt, jitter)
     }
 
     /// The running sum agrees with merging the window's entries, whatever the order of
@@ -477,7 +503,7 @@ mod tests {
                     _ => rng.random_range(0..1_000),
                 });
                 let e = entry(&mut rng, end);
-                h.add(e, keep_ms, now);
+                h.add(e, 1, keep_ms, now);
                 for _ in 0..rng.random_range(0..4) {
                     let w = windows[rng.random_range(0..windows.len())];
                     let from = now.saturating_sub(w);
@@ -510,7 +536,7 @@ mod tests {
             now += 1_000;
             let end = now - rng.random_range(0..2_000);
             let e = entry(&mut rng, end);
-            h.add(e, 70_000, now);
+            h.add(e, 1, 70_000, now);
             let view = PathView::new(&h, now, 1_000);
             for w in [3, 30, 60, 10, 30] {
                 let w = Duration::from_secs(w);
@@ -533,21 +559,20 @@ mod tests {
     /// the sum is exact again once the entries that overflowed left the window.
     #[test]
     fn bucket_overflow_falls_back_to_the_merge() {
-        let big = |end_ms, n| Entry {
-            end_ms,
-            sent: 1,
-            received: 1,
-            lost: 0,
-            rtt: SparseHist::from_pairs(vec![(100, n), (200, 1)]),
-            jitter_sum_us: 0,
-            jitter_n: 0,
+        let big = |end_ms, n| {
+            Entry::new(
+                end_ms,
+                (1, 0),
+                &SparseHist::from_pairs(vec![(100, n), (200, 1)]),
+                None,
+            )
         };
         let mut h = PathHistory::new(0, 0);
         let now = 100_000;
-        h.add(big(now - 20_000, 3_000_000_000), 70_000, now);
+        h.add(big(now - 20_000, 3_000_000_000), 1, 70_000, now);
         let _ = h.seek(now - 30_000);
-        h.add(big(now - 1_000, 3_000_000_000), 70_000, now);
-        h.add(big(now, 5), 70_000, now);
+        h.add(big(now - 1_000, 3_000_000_000), 1, 70_000, now);
+        h.add(big(now, 5), 1, 70_000, now);
         for from in [now - 30_000, now - 5_000, now - 30_000, now - 500] {
             let t = h.seek(from);
             assert_eq!(h.tail_rtt(&t), h.window_merged(from).4, "from {from}");
@@ -558,22 +583,31 @@ mod tests {
         );
     }
 
+    /// An entry is 40 bytes and its histogram coarse: 100,000 paths keep about 25 each.
+    #[test]
+    fn entries_are_small_and_coarse() {
+        assert_eq!(std::mem::size_of::<Entry>(), 40);
+        let mut rtt = SparseHist::new();
+        for v in 20_000..20_500 {
+            rtt.record(v);
+        }
+        let e = Entry::new(0, (500, 0), &rtt, None);
+        let (fine, coarse) = (rtt.buckets().len(), e.rtt.pairs().count());
+        assert!(coarse * 8 <= fine + 8, "{fine} buckets -> {coarse}");
+        let q = |h: &SparseHist| h.quantile(0.95).expect("samples") as f64;
+        let (a, b) = (q(&rtt), q(&e.rtt.to_hist()));
+        assert!((a - b).abs() / a < 0.005, "p95 {a} -> {b}");
+    }
+
     /// A group's loss is its paths' probe counts summed, not the mean of their ratios.
     #[test]
     fn a_group_sums_its_paths_counts() {
         let add = |h: &mut PathHistory, received, lost| {
             let mut rtt = SparseHist::new();
-            rtt.record(1_000 * received);
+            rtt.record(1_000 * u64::from(received));
             h.add(
-                Entry {
-                    end_ms: 10_000,
-                    sent: received + lost,
-                    received,
-                    lost,
-                    rtt,
-                    jitter_sum_us: 0,
-                    jitter_n: 0,
-                },
+                Entry::new(10_000, (received, lost), &rtt, None),
+                received + lost,
                 70_000,
                 10_000,
             );
@@ -602,7 +636,7 @@ mod tests {
         h.minute_p50s.extend([9, 1, 7, 3]);
         assert_eq!(view(&h), None);
         h.minute_p50s.extend([5, 2]);
-        let mut v: Vec<u64> = h.minute_p50s.iter().copied().collect();
+        let mut v: Vec<u64> = h.minute_p50s.iter().map(|&x| u64::from(x)).collect();
         v.sort_unstable();
         assert_eq!(view(&h), Some(v[v.len() / 2]));
         h.minute_p50s = (0..60).rev().collect();

@@ -11,6 +11,11 @@
 //! a few of the paths lose one probe in five. Without it each agent has its own
 //! destinations.
 //!
+//! Each path has a base RTT of its own (1–40 ms, from its names) and every sample adds up
+//! to 500 µs of jitter; `--wide-rtt` draws a new base for every report instead (every
+//! window then spans 1–40 ms: the histograms' worst case, and the figures before
+//! 2026-12-04).
+//!
 //! `--churn-ms MS`: each simulated agent instead connects, says hello, sends one report,
 //! waits for its answer, disconnects and does it again after about MS (connection churn;
 //! the soak benchmark). `--rss-every-s N` with `--pid` prints the aggregator's RSS every
@@ -50,6 +55,9 @@ struct Args {
     /// and after the measured interval.
     metrics: Option<String>,
     mesh: bool,
+    /// `--wide-rtt`: each report of a path draws a new base RTT (1–40 ms), as the loadgen
+    /// did before 2026-12-04, so a path's window histograms span the whole range.
+    wide_rtt: bool,
 }
 
 /// The destinations of simulated agent `i`.
@@ -103,6 +111,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .context("--rss-every-s")?,
         metrics: get("--metrics"),
         mesh: args.iter().any(|a| a == "--mesh"),
+        wide_rtt: args.iter().any(|a| a == "--wide-rtt"),
     })
 }
 
@@ -114,9 +123,29 @@ struct Totals {
     latency_us: Mutex<Option<Histogram<u64>>>,
 }
 
-/// One report of `paths` paths with a few RTT samples each (1 probe/s per path); with
-/// `lossy`, about one path in 25 loses one probe of its five.
-fn report(agent: &str, seq: u64, paths: &[String], lossy: bool, rng: &mut impl Rng) -> ClientMsg {
+/// A path's base RTT, 1–40 ms, the same in every report (a path's RTT is its distance).
+fn base_rtt_us(agent: &str, dst: &str) -> u64 {
+    // FNV-1a: stable across runs and processes.
+    let h = agent
+        .bytes()
+        .chain([0])
+        .chain(dst.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    1_000 + h % 39_000
+}
+
+/// One report of `paths` paths with five RTT samples each: the path's base RTT plus up to
+/// 500 µs of jitter (`wide`: a new base for every report); with `lossy`, about one path
+/// in 25 loses one probe of its five.
+fn report(
+    agent: &str,
+    seq: u64,
+    paths: &[String],
+    (lossy, wide): (bool, bool),
+    rng: &mut impl Rng,
+) -> ClientMsg {
     let paths = paths
         .iter()
         .map(|dst| {
@@ -129,7 +158,10 @@ fn report(agent: &str, seq: u64, paths: &[String], lossy: bool, rng: &mut impl R
                 lost,
                 ..PathReport::default()
             };
-            let base = rng.random_range(1_000..40_000u64);
+            let base = match wide {
+                true => rng.random_range(1_000..40_000u64),
+                false => base_rtt_us(agent, dst),
+            };
             for _ in 0..p.received {
                 let v = base + rng.random_range(0..500u64);
                 p.rtt.record(v);
@@ -185,7 +217,11 @@ async fn churner(
             let answer = frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await?;
             if matches!(answer, Some(ServerMsg::Welcome { .. })) {
                 let t = Instant::now();
-                frame::write(&mut send, &report(&name, seq, &paths, args.mesh, &mut rng)).await?;
+                frame::write(
+                    &mut send,
+                    &report(&name, seq, &paths, (args.mesh, args.wide_rtt), &mut rng),
+                )
+                .await?;
                 let answer = frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await?;
                 if matches!(answer, Some(ServerMsg::Ack { .. })) && t >= measure_from {
                     totals.acked.fetch_add(1, Ordering::Relaxed);
@@ -297,7 +333,7 @@ async fn agent(
     while Instant::now() < end {
         tick.tick().await;
         seq += 1;
-        let msg = report(&name, seq, &paths, args.mesh, &mut rng);
+        let msg = report(&name, seq, &paths, (args.mesh, args.wide_rtt), &mut rng);
         let bytes = frame::encode(&msg).map_err(|e| anyhow!("encode: {e}"))?;
         sent_at
             .lock()
