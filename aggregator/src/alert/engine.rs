@@ -1094,7 +1094,14 @@ impl Engine {
         for (key, members) in todo {
             if tick || !active(self, &key) {
                 let v = self.rollup_verdict(rule, &key, members, &covering, now_ms);
-                out.extend(self.step(rule, key.clone(), v, now_ms));
+                let stepped = self.step(rule, key.clone(), v, now_ms);
+                if stepped
+                    .as_ref()
+                    .is_some_and(|a| a.state == AlertState::Resolved)
+                {
+                    self.end_held_episode(rule, members, now_ms);
+                }
+                out.extend(stepped);
             }
             if active(self, &key) {
                 covering.insert(key.subject.clone());
@@ -1125,6 +1132,39 @@ impl Engine {
         }
         self.groups = Some(groups);
         out
+    }
+
+    /// A roll-up resolved: the loss its paths showed was its episode, alerted and now over.
+    /// Each member path that lost probes within the rule's raise windows and whose own
+    /// alert is not active (it was held) gets the resolution time as if its own alert had
+    /// resolved, so raising it again needs evidence from after now; otherwise the long
+    /// raise window, still full of the episode, would raise the path's own alert right
+    /// after its roll-up resolved. A path alert firing on its own is left alone.
+    fn end_held_episode(&mut self, rule: usize, members: &[PathKey], now_ms: u64) {
+        let longest = self.rules[rule]
+            .windows
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or_default();
+        let lost: Vec<PathKey> = members
+            .iter()
+            .filter(|k| {
+                self.view_of(k, now_ms)
+                    .is_some_and(|v| v.counts(longest).1 > 0)
+            })
+            .cloned()
+            .collect();
+        for p in lost {
+            let key = AlertKey {
+                alertname: self.names[rule].clone(),
+                subject: Subject::Path(p),
+            };
+            let slot = self.slots.entry(key).or_default();
+            if slot.tracker.phase == super::rules::Phase::Ok {
+                slot.tracker.resolved_ms = Some(now_ms);
+            }
+        }
     }
 
     /// Whether a path is in one of the `covering` groups.

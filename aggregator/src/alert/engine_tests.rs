@@ -830,3 +830,60 @@ fn paths_that_raise_first_wait_for_the_rest_of_their_group() {
     };
     assert!(first(&alone) <= first(&all), "{alone:?}");
 }
+
+/// p1 and p2 (paris) probe l1 (lyon): the site pair paris → lyon is two paths of two
+/// agent pairs. 30% loss on both from 10 s to 30 s, then clean.
+fn paris_lyon_cut(a: &str, s: u64) -> Vec<(&'static str, u32, u32)> {
+    let rx = if a.starts_with('p') && (10..30).contains(&s) {
+        7
+    } else {
+        10
+    };
+    match a {
+        "l1" => vec![("10.1.0.1", 10, 0)],
+        _ => vec![("10.3.0.1", rx, 10 - rx)],
+    }
+}
+
+/// When a roll-up resolves, the paths it held do not raise their own loss alerts on the
+/// episode still in their long raise windows (60 s): after the roll-up resolved, as after
+/// a path's own alert resolved, raising needs evidence from after the resolution.
+#[test]
+fn paths_held_by_a_roll_up_stay_quiet_when_it_resolves() {
+    let mut e = engine();
+    mesh(
+        &mut e,
+        &[
+            ("p1", "paris", None, "10.1.0.1"),
+            ("p2", "paris", None, "10.1.0.2"),
+            ("l1", "lyon", None, "10.3.0.1"),
+        ],
+    );
+    let agents = ["p1", "p2", "l1"];
+    let all = run(&mut e, 1..=120, &agents, paris_lyon_cut);
+    let fired = loss_alerts(&all, AlertState::Firing);
+    assert_eq!(
+        fired.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        ["PathpulseSitePairLoss"],
+        "{fired:?}"
+    );
+    assert_eq!(
+        loss_alerts(&all, AlertState::Resolved)
+            .iter()
+            .map(|a| a.0.as_str())
+            .collect::<Vec<_>>(),
+        ["PathpulseSitePairLoss"]
+    );
+    assert!(e.active().is_empty(), "{:?}", e.active());
+    // New loss after the resolution raises again (the roll-up: both paths lose).
+    let again = run(&mut e, 121..=140, &agents, |a, s| {
+        paris_lyon_cut(a, s - 111)
+    });
+    assert_eq!(
+        loss_alerts(&again, AlertState::Firing)
+            .iter()
+            .map(|f| f.0.as_str())
+            .collect::<Vec<_>>(),
+        ["PathpulseSitePairLoss"]
+    );
+}

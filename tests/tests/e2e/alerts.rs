@@ -109,6 +109,18 @@ impl Lab {
     }
 
     pub fn agent(&self, name: &str, ca_state: &Path, quics: &[u16], targets: &[&str]) -> Proc {
+        self.agent_with(name, ca_state, quics, targets, &[])
+    }
+
+    /// [`Lab::agent`] with more arguments of `pathpulse-agent run` (`--site`, `--isp`, ...).
+    pub fn agent_with(
+        &self,
+        name: &str,
+        ca_state: &Path,
+        quics: &[u16],
+        targets: &[&str],
+        extra: &[&str],
+    ) -> Proc {
         let state = self.path(name);
         let (code, text) = run(
             &bin("pathpulse-aggregator"),
@@ -142,6 +154,7 @@ impl Lab {
             args.push("--target".into());
             args.push((*t).into());
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.ns
             .spawn(name, &bin("pathpulse-agent"), &refs, self.dir.path())

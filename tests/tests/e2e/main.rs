@@ -24,6 +24,7 @@ mod prometheus;
 mod rate_limit;
 mod reload;
 mod remote_write;
+mod rollup;
 mod security;
 mod setup;
 mod sites;
