@@ -377,8 +377,11 @@ fn main() -> anyhow::Result<()> {
     let ca = Ca::load_or_create(&ca_dir)?;
     eprintln!("loadgen: issuing {} agent certificates", args.agents);
     let mut configs = Vec::with_capacity(args.agents);
+    // Valid for the whole run and an hour more: an hour, as it was, expired in the middle
+    // of a soak with an hour of warm-up, and every handshake after was refused.
+    let valid = args.warmup + args.duration + Duration::from_secs(3600);
     for i in 0..args.agents {
-        let cert = ca.issue_agent(&format!("load-{i}"), Duration::from_secs(3600))?;
+        let cert = ca.issue_agent(&format!("load-{i}"), valid)?;
         let rustls_cfg = tls::client_config(ca.cert_pem(), cert.identity()?)?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_cfg)
             .map_err(|e| anyhow!("QUIC TLS configuration: {e}"))?;
