@@ -1,10 +1,12 @@
-// jemalloc instead of glibc's malloc. Ingest of 1,000 simulated agents × 100 paths at
-// 1 report/s (bench section 4, back to back on one machine, 60 s each, 2026-12-04):
-// glibc 86,843–87,915 path-reports/s applied on 0.99–1.01 cores with 6–19 simulated
-// agents dropped as too slow, 8.1–8.5 KiB RSS per path; jemalloc with the settings below
-// 105,665/s on 0.75 cores, none dropped, 7.99 KiB per path (104,558/s, 8.25 KiB with its
-// defaults). Two arenas (the ingest tasks and the alert engine's thread), freed pages
-// returned after 1 s by a background thread.
+// jemalloc instead of glibc's malloc, for ingest CPU. 1,000 simulated agents × 100 paths
+// at 1 report/s (bench section 4, 2026-12-04, same machine and load): glibc applied
+// 86,843–87,915 path-reports/s on 0.99–1.01 cores, and 6–19 simulated agents were dropped
+// for hellos that waited over 10 s; jemalloc with the settings below 105,665/s on 0.75
+// cores (100,647/s on 0.82 cores over 7 min), none dropped. It costs memory once the
+// windows are full: 9.16 KiB of RSS a path after 7 min, still growing slowly, where glibc
+// levelled off at 8.64 (README, "Where the aggregator's memory goes"). Two arenas (the
+// ingest tasks and the alert engine's thread), freed pages returned after 1 s by a
+// background thread.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
