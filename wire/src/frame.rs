@@ -31,8 +31,10 @@ pub enum FrameError {
     Decode(#[from] postcard::Error),
     #[error("stream closed in the middle of a frame")]
     Truncated,
+    /// The source is kept for the cause behind it: a QUIC stream's "connection lost"
+    /// wraps why (a TLS alert from the peer, a timeout), which `{:#}` then shows.
     #[error("i/o: {0}")]
-    Io(std::io::Error),
+    Io(#[source] std::io::Error),
 }
 
 impl From<std::io::Error> for FrameError {
