@@ -460,6 +460,19 @@ impl Engine {
                     }
                 }
             }
+            let mos_raises = |vs: &[(usize, AlertKey, Verdict)], rules: &[Rule]| {
+                vs.iter()
+                    .any(|(i, _, v)| v.level == Level::Raise && rules[*i].kind == RuleKind::Mos)
+            };
+            if mos_raises(&verdicts, &self.rules) && self.in_active_rollup(&key) {
+                // The group's loss brings the path's MOS down: the loss roll-up alerts
+                // the incident once, instead of one MOS alert per path of the group.
+                for (i, _, v) in verdicts.iter_mut() {
+                    if v.level == Level::Raise && self.rules[*i].kind == RuleKind::Mos {
+                        v.level = Level::Hold;
+                    }
+                }
+            }
             for (i, akey, v) in verdicts.drain(..) {
                 if self.rules[i].has_rollups() {
                     if v.level == Level::Raise {
@@ -984,6 +997,28 @@ impl Engine {
             Some(Subject::SitePair { src_site, dst_site })
         });
         [isp, pair]
+    }
+
+    /// Whether a loss roll-up of one of the path's groups is pending or firing.
+    fn in_active_rollup(&self, p: &PathKey) -> bool {
+        self.groups_of(p).into_iter().flatten().any(|g| {
+            self.rules.iter().any(|r| {
+                let name = match g {
+                    Subject::Isp { .. } => &r.isp_rollup_name,
+                    Subject::SitePair { .. } => &r.site_rollup_name,
+                    _ => return false,
+                };
+                let key = AlertKey {
+                    alertname: Arc::from(name.as_str()),
+                    subject: g.clone(),
+                };
+                !name.is_empty()
+                    && self
+                        .slots
+                        .get(&key)
+                        .is_some_and(|s| s.tracker.phase != super::rules::Phase::Ok)
+            })
+        })
     }
 
     /// The roll-up groups of two or more paths, built again after paths or agents changed.

@@ -887,3 +887,53 @@ fn paths_held_by_a_roll_up_stay_quiet_when_it_resolves() {
         ["PathpulseSitePairLoss"]
     );
 }
+
+/// While a loss roll-up covers a path, the path's MOS (which the group's loss brings down)
+/// is not alerted per path: one incident, one alert. The same loss on a path of no group
+/// does raise its MOS alert (so the rule would fire here).
+#[test]
+fn a_loss_roll_up_holds_the_mos_alerts_of_its_paths() {
+    let long_cut = |a: &str, s: u64| -> Vec<(&'static str, u32, u32)> {
+        let rx = if a != "l1" && (10..70).contains(&s) {
+            7
+        } else {
+            10
+        };
+        match a {
+            "l1" => vec![("10.1.0.1", 10, 0)],
+            "x1" => vec![("10.9.0.1", rx, 10 - rx)],
+            _ => vec![("10.3.0.1", rx, 10 - rx)],
+        }
+    };
+    let mut e = engine();
+    mesh(
+        &mut e,
+        &[
+            ("p1", "paris", None, "10.1.0.1"),
+            ("p2", "paris", None, "10.1.0.2"),
+            ("l1", "lyon", None, "10.3.0.1"),
+            ("x1", "oslo", None, "10.4.0.1"),
+        ],
+    );
+    let all = run(&mut e, 1..=150, &["p1", "p2", "l1", "x1"], long_cut);
+    let fired = |kind: &str| -> Vec<(String, Option<String>)> {
+        all.iter()
+            .filter(|a| a.kind == kind && a.state == AlertState::Firing)
+            .map(|a| (a.alertname.clone(), a.labels.get("src").cloned()))
+            .collect()
+    };
+    let mut loss: Vec<_> = fired("loss");
+    loss.sort();
+    assert_eq!(
+        loss,
+        [
+            ("PathpulseLoss".to_string(), Some("x1".to_string())),
+            ("PathpulseSitePairLoss".to_string(), None),
+        ]
+    );
+    assert_eq!(
+        fired("mos"),
+        [("PathpulseMosLow".to_string(), Some("x1".to_string()))],
+        "only the path of no group"
+    );
+}

@@ -274,8 +274,9 @@ fn episode(
 
     // The whole story as the webhook got it.
     let alerts: Vec<Value> = hook.alerts().into_iter().map(|(_, a)| a).collect();
-    // Other rules have no roll-up: what they said is shown, not asserted (MOS, from the
-    // same loss, fires per path after its 10 s `for`).
+    // Other rules have no roll-up: what they said is shown; MOS, which the group's loss
+    // brings down, is held on the covered paths while their loss roll-up is active
+    // (asserted below).
     let text = |a: &Value, k: &str| a["labels"][k].as_str().unwrap_or("-").to_string();
     let others: Vec<String> = alerts
         .iter()
@@ -301,8 +302,12 @@ fn episode(
         })
         .count();
     println!(
-        "alerts of other rules (not asserted): {others:?}; PathpulseMosLow on {mos_covered} of the {} covered paths",
+        "alerts of other rules: {others:?}; PathpulseMosLow on {mos_covered} of the {} covered paths",
         s.covered.len()
+    );
+    assert_eq!(
+        mos_covered, 0,
+        "a covered path's MOS alert is held by its loss roll-up: {others:?}"
     );
     // 1. Exactly one roll-up episode with the group's labels (notified once, and once
     //    more if its localization verdict showed later), resolved once; no roll-up of
