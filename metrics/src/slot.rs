@@ -121,15 +121,9 @@ impl Slot {
         }
     }
 
-    /// Keep `packed` as the slot's histograms: in place when the length did not change
-    /// (only counts grew), else one allocation of the exact size (growing a `Vec` and
-    /// shrinking it leaves small free chunks between long-lived ones).
+    /// Keep `packed` as the slot's histograms (see [`keep`]).
     fn store(&mut self, packed: &[u8]) {
-        if packed.len() == self.hists.len() {
-            self.hists.copy_from_slice(packed);
-        } else {
-            self.hists = Box::from(packed);
-        }
+        keep(&mut self.hists, packed);
     }
 
     /// The RTT and IPDV buckets, in index order.
@@ -168,7 +162,8 @@ impl PackedHist {
     /// From buckets in index order; equal neighbours are added up, zero counts dropped.
     pub fn from_sorted(buckets: impl Iterator<Item = (u32, u32)>) -> PackedHist {
         SCRATCH.with_borrow_mut(|out| {
-            pack_one(out, buckets);
+            out.clear();
+            put_pairs(out, buckets);
             PackedHist(Box::from(out.as_slice()))
         })
     }
@@ -192,12 +187,9 @@ impl PackedHist {
             return;
         }
         SCRATCH.with_borrow_mut(|out| {
-            pack_one(out, MergeSorted::new(self.pairs(), other.pairs()));
-            if out.len() == self.0.len() {
-                self.0.copy_from_slice(out);
-            } else {
-                self.0 = Box::from(out.as_slice());
-            }
+            out.clear();
+            put_pairs(out, MergeSorted::new(self.pairs(), other.pairs()));
+            keep(&mut self.0, out);
         });
     }
 
@@ -210,9 +202,20 @@ impl PackedHist {
     }
 }
 
-/// Pack one sorted bucket sequence (equal neighbours added up) into `out`.
-fn pack_one(out: &mut Vec<u8>, buckets: impl Iterator<Item = (u32, u32)>) {
-    out.clear();
+/// Keep `packed` in `dst`: in place when the length did not change (only counts grew),
+/// else one allocation of the exact size (growing a `Vec` and shrinking it leaves small
+/// free chunks between long-lived ones).
+fn keep(dst: &mut Box<[u8]>, packed: &[u8]) {
+    if packed.len() == dst.len() {
+        dst.copy_from_slice(packed);
+    } else {
+        *dst = Box::from(packed);
+    }
+}
+
+/// Append a sorted bucket sequence as `(index delta, count)` varints (equal neighbours
+/// added up, zero counts dropped).
+fn put_pairs(out: &mut Vec<u8>, buckets: impl Iterator<Item = (u32, u32)>) {
     let (mut prev, mut run): (u32, Option<(u32, u32)>) = (0, None);
     let mut flush = |out: &mut Vec<u8>, (idx, n): (u32, u32)| {
         put(out, idx - prev);
@@ -246,18 +249,10 @@ fn pack(
     ipdv: impl Iterator<Item = (u32, u32)>,
 ) {
     out.clear();
-    let put_all = |out: &mut Vec<u8>, it: &mut dyn Iterator<Item = (u32, u32)>| {
-        let mut prev = 0;
-        for (idx, n) in it {
-            put(out, idx - prev);
-            put(out, n);
-            prev = idx;
-        }
-    };
-    put_all(out, &mut rtt.filter(|b| b.1 > 0));
+    put_pairs(out, rtt);
     let rtt_end = out.len();
     out.extend_from_slice(&[0, 0]);
-    put_all(out, &mut ipdv.filter(|b| b.1 > 0));
+    put_pairs(out, ipdv);
     if out.len() == rtt_end + 2 {
         // No IPDV: the terminator is not needed either.
         out.truncate(rtt_end);

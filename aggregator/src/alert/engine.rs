@@ -460,15 +460,14 @@ impl Engine {
                     }
                 }
             }
-            let mos_raises = |vs: &[(usize, AlertKey, Verdict)], rules: &[Rule]| {
-                vs.iter()
-                    .any(|(i, _, v)| v.level == Level::Raise && rules[*i].kind == RuleKind::Mos)
+            let mos_raise = |i: usize, v: &Verdict| {
+                v.level == Level::Raise && self.rules[i].kind == RuleKind::Mos
             };
-            if mos_raises(&verdicts, &self.rules) && self.in_active_rollup(&key) {
+            if verdicts.iter().any(|(i, _, v)| mos_raise(*i, v)) && self.in_active_rollup(&key) {
                 // The group's loss brings the path's MOS down: the loss roll-up alerts
                 // the incident once, instead of one MOS alert per path of the group.
                 for (i, _, v) in verdicts.iter_mut() {
-                    if v.level == Level::Raise && self.rules[*i].kind == RuleKind::Mos {
+                    if mos_raise(*i, v) {
                         v.level = Level::Hold;
                     }
                 }
@@ -1008,15 +1007,16 @@ impl Engine {
                     Subject::SitePair { .. } => &r.site_rollup_name,
                     _ => return false,
                 };
+                if name.is_empty() {
+                    return false;
+                }
                 let key = AlertKey {
                     alertname: Arc::from(name.as_str()),
                     subject: g.clone(),
                 };
-                !name.is_empty()
-                    && self
-                        .slots
-                        .get(&key)
-                        .is_some_and(|s| s.tracker.phase != super::rules::Phase::Ok)
+                self.slots
+                    .get(&key)
+                    .is_some_and(|s| s.tracker.phase != super::rules::Phase::Ok)
             })
         })
     }

@@ -33,6 +33,9 @@ use pathpulse_tests::{
 use serde_json::Value;
 
 use crate::alerts::Lab;
+// The loss rule resolves after 10 s at ≤ 1%, held 5 s (instead of 30 s and 10 s), for its
+// per-path alerts and its roll-ups alike; every other rule is the default.
+use crate::sites::ALERT_RULES;
 
 /// A fresh namespace: every port is free.
 const QUIC: u16 = 4470;
@@ -45,16 +48,6 @@ const EPISODE: Duration = Duration::from_secs(12);
 
 /// Watched after the roll-up resolved (six report intervals), before the last checks.
 const AFTER: Duration = Duration::from_secs(3);
-
-/// The loss rule resolves after 10 s at ≤ 1%, held 5 s (instead of 30 s and 10 s), for
-/// its per-path alerts and its roll-ups alike; every other rule is the default.
-const ALERT_RULES: &str = r#"
-[alert]
-[[alert.rules]]
-name = "PathpulseLoss"
-clear_window = "10s"
-clear_for = "5s"
-"#;
 
 /// Full mesh: every agent probes every other.
 const MESH: &str = r#"

@@ -30,7 +30,7 @@ const QUIC_PORT: u16 = 4470;
 
 /// Alert rules of the lab's aggregator: the loss alert clears after 10 s at ≤ 1% (held
 /// 5 s) instead of 30 s (held 10 s), so a test sees it resolve in about 20 s.
-const ALERT_RULES: &str = r#"
+pub const ALERT_RULES: &str = r#"
 [alert]
 [[alert.rules]]
 name = "PathpulseLoss"
