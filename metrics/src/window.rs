@@ -10,7 +10,7 @@ use pathpulse_wire::{PathReport, SparseHist};
 
 use pathpulse_wire::hist::MergeSorted;
 
-use crate::slot::{Pairs, Slot};
+use crate::slot::Slot;
 
 /// STAMP's per-direction view of a slot or window (boxed in slots: most paths have none).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -74,6 +74,55 @@ pub struct WindowView {
     pub lost: u64,
     /// STAMP paths: per direction.
     pub dir: Option<Box<DirView>>,
+}
+
+/// Slots being merged into a view. Each slot's buckets are sorted: they are merged in one
+/// pass per slot, into two buffers reused for the whole view.
+#[derive(Default)]
+struct Acc {
+    rtt: Vec<(u32, u32)>,
+    ipdv: Vec<(u32, u32)>,
+    scratch: Vec<(u32, u32)>,
+    received: u64,
+    lost: u64,
+    dir: Option<Box<DirView>>,
+}
+
+impl Acc {
+    fn add(&mut self, s: &Slot) {
+        let (r, i) = s.pairs();
+        for (acc, add) in [(&mut self.rtt, r), (&mut self.ipdv, i)] {
+            self.scratch.clear();
+            self.scratch
+                .extend(MergeSorted::new(acc.iter().copied(), add));
+            std::mem::swap(acc, &mut self.scratch);
+        }
+        self.received += u64::from(s.received);
+        self.lost += u64::from(s.lost);
+        merge_dir(&mut self.dir, s.dir.as_deref());
+    }
+
+    /// The view so far (the buckets copied: more slots may follow).
+    fn view(&self) -> WindowView {
+        WindowView {
+            hist: SparseHist::from_pairs(self.rtt.clone()),
+            ipdv: SparseHist::from_pairs(self.ipdv.clone()),
+            received: self.received,
+            lost: self.lost,
+            dir: self.dir.clone(),
+        }
+    }
+
+    fn into_view(self) -> WindowView {
+        // Already sorted and unique: `from_pairs` only checks that.
+        WindowView {
+            hist: SparseHist::from_pairs(self.rtt),
+            ipdv: SparseHist::from_pairs(self.ipdv),
+            received: self.received,
+            lost: self.lost,
+            dir: self.dir,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -155,6 +204,30 @@ impl PathWindows {
         self.merge(|s| s.end_ms() > from && s.start_ms() <= now_ms)
     }
 
+    /// [`view`](Self::view) of several windows at once, shortest first, in one pass over
+    /// the slots (newest first: a shorter window's slots are the newest of a longer one's).
+    /// A scrape asks for the three of every path.
+    pub fn views<const N: usize>(&self, windows_ms: [u64; N], now_ms: u64) -> [WindowView; N] {
+        debug_assert!(windows_ms.is_sorted(), "windows shortest first");
+        let mut out: [WindowView; N] = std::array::from_fn(|_| WindowView::default());
+        let mut acc = Acc::default();
+        let mut w = 0;
+        for s in self.slots.iter().rev().filter(|s| s.start_ms() <= now_ms) {
+            while w < N && s.end_ms() <= now_ms.saturating_sub(windows_ms[w]) {
+                out[w] = acc.view();
+                w += 1;
+            }
+            if w == N {
+                break;
+            }
+            acc.add(s);
+        }
+        for v in &mut out[w..] {
+            *v = acc.view();
+        }
+        out
+    }
+
     /// Merge the slots that start in `[from_ms, to_ms)`: a closed period for sampling.
     /// Exact for periods of whole fine slots within the last [`FINE_MS`], or of whole
     /// coarse slots beyond.
@@ -163,27 +236,11 @@ impl PathWindows {
     }
 
     fn merge(&self, take: impl Fn(&Slot) -> bool) -> WindowView {
-        let mut v = WindowView::default();
-        let (mut rtt, mut ipdv, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
-        // Each slot's buckets are sorted: merge them in one pass per slot, into two buffers
-        // reused for the whole view.
-        let mut merge_into = |acc: &mut Vec<(u32, u32)>, add: Pairs<'_>| {
-            scratch.clear();
-            scratch.extend(MergeSorted::new(acc.iter().copied(), add));
-            std::mem::swap(acc, &mut scratch);
-        };
+        let mut acc = Acc::default();
         for s in self.slots.iter().filter(|s| take(s)) {
-            let (r, i) = s.pairs();
-            merge_into(&mut rtt, r);
-            merge_into(&mut ipdv, i);
-            v.received += u64::from(s.received);
-            v.lost += u64::from(s.lost);
-            merge_dir(&mut v.dir, s.dir.as_deref());
+            acc.add(s);
         }
-        // Already sorted and unique: `from_pairs` only checks that.
-        v.hist = SparseHist::from_pairs(rtt);
-        v.ipdv = SparseHist::from_pairs(ipdv);
-        v
+        acc.into_view()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -245,6 +302,38 @@ mod tests {
                 .all(|(a, b)| a.end_ms() <= b.start_ms()),
             "slots overlap"
         );
+    }
+
+    #[test]
+    fn views_in_one_pass_equal_each_view() {
+        // Reports with gaps, late replays, lost probes and a future one; every `now` from
+        // before the first report to after the last, including slot edges.
+        let mut w = PathWindows::default();
+        let t0 = 1_000_000_000u64;
+        let mut x = 12_345u64;
+        for i in 0..90u64 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            if x >> 61 == 0 {
+                continue; // a gap
+            }
+            let late = if x >> 60 == 15 { 40_000 } else { 0 };
+            let start = (t0 + i * 5_000).saturating_sub(late);
+            let rtts: Vec<u64> = (0..x % 7)
+                .map(|j| 100 + (x >> 20) % 5_000 + j * 37)
+                .collect();
+            w.add(
+                start,
+                &report(&rtts, (x % 3) as u32),
+                t0 + i * 5_000 + 5_000,
+            );
+        }
+        w.add(t0 + 460_000, &report(&[9], 0), t0 + 450_000);
+        for now in (t0 + 150_000..t0 + 520_000).step_by(2_500) {
+            let got = w.views([10_000, 60_000, 300_000], now);
+            let want = [10_000, 60_000, 300_000].map(|ms| w.view(ms, now));
+            assert_eq!(got, want, "now = t0 + {}", now - t0);
+        }
+        assert!(w.views([10_000, 300_000], t0 + 449_999)[1].received > 0);
     }
 
     #[test]
