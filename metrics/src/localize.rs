@@ -82,7 +82,7 @@ pub fn observations(store: &Store, now_ms: u64) -> Vec<PathObs> {
         .iter()
         .map(|(k, st)| {
             let agent = store.agents.get(&*k.src);
-            let v = st.windows.view(WINDOW_MS, now_ms);
+            let (received, lost) = st.windows.counts(WINDOW_MS, now_ms);
             let one_min = WINDOWS
                 .iter()
                 .position(|(_, ms)| *ms == WINDOW_MS)
@@ -93,8 +93,8 @@ pub fn observations(store: &Store, now_ms: u64) -> Vec<PathObs> {
                 src_isp: agent.and_then(|a| a.isp.clone()),
                 dst: k.dst.to_string(),
                 dst_site: sites.site_of(&k.dst).map(str::to_string),
-                lost: v.lost,
-                received: v.received,
+                lost,
+                received,
                 hops: hop_views(st, now_ms)
                     .into_iter()
                     .map(|h| HopObs {

@@ -204,6 +204,18 @@ impl PathWindows {
         self.merge(|s| s.end_ms() > from && s.start_ms() <= now_ms)
     }
 
+    /// Received and lost over `(now - window, now]`: [`view`](Self::view)'s counts
+    /// without merging histograms.
+    pub fn counts(&self, window_ms: u64, now_ms: u64) -> (u64, u64) {
+        let from = now_ms.saturating_sub(window_ms);
+        self.slots
+            .iter()
+            .filter(|s| s.end_ms() > from && s.start_ms() <= now_ms)
+            .fold((0, 0), |(r, l), s| {
+                (r + u64::from(s.received), l + u64::from(s.lost))
+            })
+    }
+
     /// [`view`](Self::view) of several windows at once, shortest first, in one pass over
     /// the slots (newest first: a shorter window's slots are the newest of a longer one's).
     /// A scrape asks for the three of every path.
@@ -332,6 +344,9 @@ mod tests {
             let got = w.views([10_000, 60_000, 300_000], now);
             let want = [10_000, 60_000, 300_000].map(|ms| w.view(ms, now));
             assert_eq!(got, want, "now = t0 + {}", now - t0);
+            for (ms, v) in [10_000, 60_000, 300_000].iter().zip(&want) {
+                assert_eq!(w.counts(*ms, now), (v.received, v.lost));
+            }
         }
         assert!(w.views([10_000, 300_000], t0 + 449_999)[1].received > 0);
     }
