@@ -3,6 +3,7 @@
 //! same exposition.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
@@ -236,6 +237,7 @@ fn directional(
 impl Collector for StoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = (self.clock)();
+        let (mut rollups, split) = self.rollups_in_chunks(now);
         // A poisoned lock means a panic elsewhere; still export what is there.
         let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         // The cardinality budget: per-path series for the first paths only (in key order,
@@ -330,21 +332,25 @@ impl Collector for StoreCollector {
                 )?;
         }
 
-        // Windowed views, computed once per path and window. The roll-ups need every
-        // path's, but only the budgeted paths' (the first ones) are kept: the others are
-        // folded into their groups as they are computed (holding all of them took about
-        // 3 KB a path at every scrape, 320 MB at 100,000 paths).
-        let mut rollups = Rollups::default();
+        // Windowed views, computed once per path and window. Only the budgeted paths'
+        // (the first ones) are kept; the roll-ups need every path's, and those not folded
+        // in already (`split`) are folded in as they are computed (holding all of them
+        // took about 3 KB a path at every scrape, 320 MB at 100,000 paths).
         let mut budgeted: Vec<PathViews> = Vec::with_capacity(paths.len());
         for (i, (k, st)) in store.paths.iter().enumerate() {
-            let groups = rollups.groups_of(&store, &sites, k);
-            if i >= paths.len() && groups == (None, None) {
+            let (keep, fold) = (i < paths.len(), split.covers(k));
+            if !keep && !fold {
+                break;
+            }
+            let groups = groups_of(&store, &sites, k);
+            if !keep && groups == (None, None) {
                 continue;
             }
-            let mut vs = st.windows.views(WINDOWS.map(|(_, ms)| ms), now).into_iter();
-            let vs = WINDOWS.map(|(w, _)| (w, vs.next().unwrap_or_default()));
-            rollups.add(groups, &vs);
-            if i < paths.len() {
+            let vs = path_views(st, now);
+            if fold {
+                rollups.add(groups, &vs);
+            }
+            if keep {
                 budgeted.push((k, vs));
             }
         }
@@ -919,56 +925,169 @@ impl Merged {
 
 /// The groups of the roll-ups, each with its paths' merged views: per site pair
 /// (`src_site`, `dst_site`; `external` for destinations that are not agents) and per ISP
-/// of the source agent.
+/// of the source agent. Owned names: a scrape fills them over several holds of the lock.
 #[derive(Default)]
-struct Rollups<'a> {
-    pairs: std::collections::BTreeMap<(&'a str, &'a str), Merged>,
-    isps: std::collections::BTreeMap<&'a str, Merged>,
+struct Rollups {
+    pairs: BTreeMap<String, BTreeMap<String, Merged>>,
+    isps: BTreeMap<String, Merged>,
 }
 
 /// A path's site pair and ISP, where known.
 type Groups<'a> = (Option<(&'a str, &'a str)>, Option<&'a str>);
 
-impl<'a> Rollups<'a> {
-    fn groups_of(&self, store: &'a Store, sites: &DstSites<'a>, k: &'a PathKey) -> Groups<'a> {
-        let agent = store.agents.get(&*k.src);
-        let pair = agent.and_then(|a| known(a.site.as_deref())).map(|site| {
-            let dst = known(sites.site_of(&k.dst)).unwrap_or("external");
-            (site, dst)
-        });
-        (pair, agent.and_then(|a| known(a.isp.as_deref())))
-    }
+fn groups_of<'a>(store: &'a Store, sites: &DstSites<'a>, k: &'a PathKey) -> Groups<'a> {
+    let agent = store.agents.get(&*k.src);
+    let pair = agent.and_then(|a| known(a.site.as_deref())).map(|site| {
+        let dst = known(sites.site_of(&k.dst)).unwrap_or("external");
+        (site, dst)
+    });
+    (pair, agent.and_then(|a| known(a.isp.as_deref())))
+}
 
-    fn add(&mut self, (pair, isp): Groups<'a>, views: &[(&'static str, WindowView); 3]) {
-        if let Some(pair) = pair {
-            self.pairs.entry(pair).or_default().add(views);
+fn group<'a, 'm, K: Ord + std::borrow::Borrow<str> + From<&'m str>, V: Default>(
+    map: &'a mut BTreeMap<K, V>,
+    name: &'m str,
+) -> &'a mut V {
+    if !map.contains_key(name) {
+        map.insert(K::from(name), V::default());
+    }
+    map.get_mut(name).expect("inserted above")
+}
+
+impl Rollups {
+    fn add(&mut self, (pair, isp): Groups<'_>, views: &[(&'static str, WindowView); 3]) {
+        if let Some((src, dst)) = pair {
+            group(group(&mut self.pairs, src), dst).add(views);
         }
         if let Some(isp) = isp {
-            self.isps.entry(isp).or_default().add(views);
+            group(&mut self.isps, isp).add(views);
         }
     }
+}
+
+/// Which paths a scrape's main hold of the lock folds into the roll-ups; the ones after
+/// it were folded a chunk at a time before ([`StoreCollector::rollups_in_chunks`]).
+enum Split {
+    /// All paths (everything fits the budget).
+    All,
+    /// Those up to and including this key (the last budgeted path when the chunks began),
+    /// or none.
+    UpTo(Option<PathKey>),
+}
+
+impl Split {
+    fn covers(&self, k: &PathKey) -> bool {
+        match self {
+            Split::All => true,
+            Split::UpTo(b) => b.as_ref().is_some_and(|b| k <= b),
+        }
+    }
+}
+
+/// Paths whose views are folded into the roll-ups per hold of the store's lock outside
+/// the budget: a few milliseconds each, so ingest waits that long at most, not the whole
+/// scrape (a second at 100,000 paths).
+const ROLLUP_CHUNK: usize = 1_000;
+
+impl StoreCollector {
+    /// Fold the paths beyond the budget into their roll-ups, [`ROLLUP_CHUNK`] at a time,
+    /// the lock released in between. A path that arrives in between may be missed by this
+    /// scrape, as one that arrives after it is.
+    fn rollups_in_chunks(&self, now: u64) -> (Rollups, Split) {
+        let (first, split) = {
+            let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            let budget = store.path_budget.unwrap_or(usize::MAX);
+            if budget >= store.paths.len() {
+                return (Rollups::default(), Split::All);
+            }
+            match budget.checked_sub(1) {
+                // After the last budgeted path.
+                Some(last) => match store.paths.keys().nth(last) {
+                    Some(k) => ((k.clone(), false), Split::UpTo(Some(k.clone()))),
+                    None => return (Rollups::default(), Split::All),
+                },
+                // No budgeted path: from the first.
+                None => match store.paths.keys().next() {
+                    Some(k) => ((k.clone(), true), Split::UpTo(None)),
+                    None => return (Rollups::default(), Split::All),
+                },
+            }
+        };
+        (self.fold_from(Rollups::default(), first, now), split)
+    }
+
+    /// Fold the paths from `from` (itself too when `inclusive`) to the end, a chunk per
+    /// hold of the lock.
+    fn fold_from(
+        &self,
+        mut r: Rollups,
+        (mut from, mut inclusive): (PathKey, bool),
+        now: u64,
+    ) -> Rollups {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        loop {
+            let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            let sites = store.dst_sites();
+            let start = if inclusive {
+                Included(&from)
+            } else {
+                Excluded(&from)
+            };
+            let mut last = None;
+            for (k, st) in store.paths.range((start, Unbounded)).take(ROLLUP_CHUNK) {
+                last = Some(k);
+                let groups = groups_of(&store, &sites, k);
+                if groups != (None, None) {
+                    r.add(groups, &path_views(st, now));
+                }
+            }
+            match last {
+                Some(k) => {
+                    from = k.clone();
+                    inclusive = false;
+                }
+                None => return r,
+            }
+            drop(sites);
+            drop(store);
+            // A mutex is not fair: relocked at once, it would stay ours. The pause lets
+            // a waiting ingest in (about 25 ms a scrape at 100,000 paths).
+            std::thread::sleep(std::time::Duration::from_micros(250));
+        }
+    }
+}
+
+/// A path's views of [`WINDOWS`], in one pass over its slots.
+fn path_views(st: &PathState, now: u64) -> [(&'static str, WindowView); 3] {
+    let mut vs = st.windows.views(WINDOWS.map(|(_, ms)| ms), now).into_iter();
+    WINDOWS.map(|(w, _)| (w, vs.next().unwrap_or_default()))
 }
 
 /// Roll-ups that are always exported, whatever the budget, from the merged window
 /// histograms of every path in the group.
 fn encode_rollups(enc: &mut DescriptorEncoder, r: &mut Rollups) -> Result<(), std::fmt::Error> {
-    r.pairs
-        .values_mut()
-        .chain(r.isps.values_mut())
-        .for_each(Merged::finish);
-    let (pairs, isps) = (&r.pairs, &r.isps);
+    r.isps.values_mut().for_each(Merged::finish);
+    for dsts in r.pairs.values_mut() {
+        dsts.values_mut().for_each(Merged::finish);
+    }
     type Group<'a> = (Vec<(&'static str, &'a str)>, &'a Merged);
     let groups: [(&str, Vec<Group>); 2] = [
         (
             "site_pair",
-            pairs
+            r.pairs
                 .iter()
-                .map(|((s, d), m)| (vec![("src_site", *s), ("dst_site", *d)], m))
+                .flat_map(|(s, dsts)| {
+                    dsts.iter()
+                        .map(move |(d, m)| (vec![("src_site", &**s), ("dst_site", &**d)], m))
+                })
                 .collect(),
         ),
         (
             "isp",
-            isps.iter().map(|(i, m)| (vec![("isp", *i)], m)).collect(),
+            r.isps
+                .iter()
+                .map(|(i, m)| (vec![("isp", &**i)], m))
+                .collect(),
         ),
     ];
     for (kind, list) in &groups {
@@ -1231,7 +1350,8 @@ mod tests {
             }
             assert_eq!(st.paths.len(), 39_800);
         }
-        let text = encode_text(&registry(store, Role::Aggregator, clock));
+        let reg = registry(store.clone(), Role::Aggregator, clock);
+        let text = encode_text(&reg);
         let per_path = text
             .lines()
             .filter(|l| l.starts_with("pathpulse_probes_sent_total{"))
@@ -1255,6 +1375,56 @@ mod tests {
             text.contains("pathpulse_site_pair_paths{src_site=\"site-0\",dst_site=\"site-1\"} 400")
         );
         assert!(text.contains("pathpulse_isp_paths{isp=\"isp-0\"} 19900"));
+        // Paths beyond the budget are folded into the roll-ups a chunk at a time, the
+        // lock released in between; wherever the budget ends, the roll-ups are the same.
+        let rollups = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("pathpulse_site_pair_") || l.starts_with("pathpulse_isp_")
+                })
+                .map(str::to_string)
+                .collect()
+        };
+        let want = rollups(&text);
+        assert!(want.len() > 300, "{}", want.len());
+        for budget in [0, 1, ROLLUP_CHUNK - 1, ROLLUP_CHUNK, 2 * ROLLUP_CHUNK + 1] {
+            store.lock().expect("lock").path_budget = Some(budget);
+            assert_eq!(rollups(&encode_text(&reg)), want, "budget {budget}");
+        }
+        // And ingest gets the lock between the chunks: a thread taking it over and over
+        // gets it many times during one scrape (held throughout, it would get it only in
+        // the instants before the scrape's first hold and after its last).
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+        let (done, got) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU32::new(0)),
+        );
+        store.lock().expect("lock").path_budget = Some(0);
+        let waiter = {
+            let (store, done, got) = (store.clone(), done.clone(), got.clone());
+            std::thread::spawn(move || {
+                while !done.load(Relaxed) {
+                    drop(store.lock().expect("lock"));
+                    got.fetch_add(1, Relaxed);
+                    std::thread::yield_now();
+                }
+            })
+        };
+        while got.load(Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        let before = got.load(Relaxed);
+        let text = encode_text(&reg);
+        let during = got.load(Relaxed) - before;
+        done.store(true, Relaxed);
+        waiter.join().expect("waiter");
+        assert_eq!(rollups(&text), want);
+        eprintln!("the waiter got the store's lock {during} times during one scrape");
+        assert!(
+            during >= 20,
+            "the waiter got the lock {during} times during a scrape of {} chunks",
+            39_800 / ROLLUP_CHUNK
+        );
     }
 
     #[test]

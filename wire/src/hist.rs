@@ -216,7 +216,10 @@ impl SparseHist {
     /// A histogram from `(bucket index, count)` pairs in any order: repeated indices are
     /// added up, zero counts dropped, indices past [`MAX_INDEX`] clamped to it.
     pub fn from_pairs(mut all: Vec<(u32, u32)>) -> SparseHist {
-        all.sort_unstable_by_key(|b| b.0);
+        // Merged windows come sorted: checking is a pass, sorting even sorted input more.
+        if !all.is_sorted_by_key(|b| b.0) {
+            all.sort_unstable_by_key(|b| b.0);
+        }
         let mut w = 0;
         for r in 0..all.len() {
             let (i, n) = all[r];
