@@ -120,6 +120,8 @@ struct Totals {
     acked: AtomicU64,
     refused: AtomicU64,
     connections: AtomicU64,
+    /// Sessions tried again (handshake or hello failed).
+    retried: AtomicU64,
     latency_us: Mutex<Option<Histogram<u64>>>,
 }
 
@@ -258,38 +260,42 @@ async fn agent(
     start: Instant,
 ) -> anyhow::Result<()> {
     let name = format!("load-{i}");
-    // A thousand handshakes at once can time out: try again, as a real agent would.
+    // A thousand handshakes at once can time out, and a hello that waits too long is
+    // closed by the aggregator: try again, as a real agent would.
     let mut attempt = 0;
-    let conn = loop {
+    let (conn, mut send, mut recv) = loop {
         attempt += 1;
-        match ep
-            .connect_with(cfg.clone(), args.aggregator, tls::SERVER_NAME)?
-            .await
-        {
-            Ok(c) => break c,
+        let session = async {
+            let conn = ep
+                .connect_with(cfg.clone(), args.aggregator, tls::SERVER_NAME)?
+                .await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            frame::write(
+                &mut send,
+                &ClientMsg::Hello(Hello {
+                    agent: name.clone(),
+                    session: rand::random(),
+                    software: "loadgen".into(),
+                    site: Some(format!("site-{}", i % 10)),
+                    isp: None,
+                }),
+            )
+            .await?;
+            match frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await? {
+                Some(ServerMsg::Welcome { .. }) => anyhow::Ok((conn, send, recv)),
+                other => bail!("no welcome: {other:?}"),
+            }
+        };
+        match session.await {
+            Ok(s) => break s,
             Err(e) if attempt < 5 => {
+                totals.retried.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 let _ = e;
             }
-            Err(e) => return Err(anyhow!("{name}: connect: {e}")),
+            Err(e) => return Err(anyhow!("{name}: connect: {e:#}")),
         }
     };
-    let (mut send, mut recv) = conn.open_bi().await?;
-    frame::write(
-        &mut send,
-        &ClientMsg::Hello(Hello {
-            agent: name.clone(),
-            session: rand::random(),
-            software: "loadgen".into(),
-            site: Some(format!("site-{}", i % 10)),
-            isp: None,
-        }),
-    )
-    .await?;
-    match frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await? {
-        Some(ServerMsg::Welcome { .. }) => {}
-        other => bail!("{name}: no welcome: {other:?}"),
-    }
     let sent_at: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
     let (sent2, totals2, measure_from) = (sent_at.clone(), totals.clone(), start + args.warmup);
     let reader = tokio::spawn(async move {
@@ -466,9 +472,10 @@ fn main() -> anyhow::Result<()> {
         let offered = args.agents as f64 * args.paths as f64 / args.interval.as_secs_f64();
         let applied = acked as f64 * args.paths as f64 / secs;
         println!(
-            "path-reports applied: {applied:.0}/s (offered {offered:.0}/s, ratio {:.3}); reports acknowledged: {acked}; refused: {}; agents failed: {failed}; connections: {}",
+            "path-reports applied: {applied:.0}/s (offered {offered:.0}/s, ratio {:.3}); reports acknowledged: {acked}; refused: {}; agents failed: {failed}; sessions retried: {}; connections: {}",
             applied / offered,
             totals.refused.load(Ordering::Relaxed),
+            totals.retried.load(Ordering::Relaxed),
             totals.connections.load(Ordering::Relaxed)
         );
         if let Some(h) = totals
