@@ -9,13 +9,16 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+use axum::body::Body;
+
 use crate::export::{
     OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE, encode_protobuf,
-    encode_text, openmetrics_to_prometheus,
 };
+use crate::stream::text_body;
 
 /// A router serving `GET /metrics` from `registry`: OpenMetrics when the scraper asks for
-/// it (Prometheus does), the classic text format otherwise (curl, promtool).
+/// it (Prometheus does), the classic text format otherwise (curl, promtool). The text is
+/// streamed in chunks as it is encoded (`stream.rs`), never held whole.
 pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Router<S> {
     Router::new().route(
         "/metrics",
@@ -37,13 +40,14 @@ pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>)
                         Err(e) => tracing::warn!(error = %e, "protobuf exposition failed; answering in text"),
                     }
                 }
-                let text = encode_text(&reg);
-                if accept.contains("application/openmetrics-text") {
-                    ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()
+                let classic = !accept.contains("application/openmetrics-text");
+                let content_type = if classic {
+                    PROMETHEUS_TEXT_CONTENT_TYPE
                 } else {
-                    let classic = openmetrics_to_prometheus(&text);
-                    ([(CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)], classic).into_response()
-                }
+                    OPENMETRICS_CONTENT_TYPE
+                };
+                let body = Body::new(text_body(reg, classic));
+                ([(CONTENT_TYPE, content_type)], body).into_response()
             }
         }),
     )
