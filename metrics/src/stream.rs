@@ -408,8 +408,13 @@ mod tests {
         conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n")
             .await
             .expect("request");
-        let mut first = vec![0u8; 2048];
-        let n = conn.read(&mut first).await.expect("read");
+        // The head and the first bytes of the body.
+        let (mut first, mut n) = (vec![0u8; 4096], 0);
+        while !first[..n].windows(4).any(|w| w == b"\r\n\r\n") && n < first.len() {
+            let got = conn.read(&mut first[n..]).await.expect("read");
+            assert!(got > 0, "connection closed after {n} bytes");
+            n += got;
+        }
         let head = String::from_utf8_lossy(&first[..n]).to_lowercase();
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert!(
