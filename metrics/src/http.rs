@@ -29,14 +29,17 @@ pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>)
                     .get(ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                // Prometheus with native histograms on asks for protobuf first.
+                // Prometheus with native histograms on asks for protobuf first. Built whole
+                // (prometheus-client builds every family first), off the runtime's workers.
                 if accept.contains("application/vnd.google.protobuf")
                     && accept.contains("io.prometheus.client.MetricFamily")
                 {
-                    match encode_protobuf(&reg) {
-                        Ok(body) => {
+                    let r = reg.clone();
+                    match tokio::task::spawn_blocking(move || encode_protobuf(&r)).await {
+                        Ok(Ok(body)) => {
                             return ([(CONTENT_TYPE, PROTOBUF_CONTENT_TYPE)], body).into_response();
                         }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "protobuf exposition failed; answering in text"),
                         Err(e) => tracing::warn!(error = %e, "protobuf exposition failed; answering in text"),
                     }
                 }
