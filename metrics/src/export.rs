@@ -784,7 +784,8 @@ impl Classic {
     }
 }
 
-/// Encode the registry in the OpenMetrics text format.
+/// Encode the registry in the OpenMetrics text format, whole (tests, the bench, tools);
+/// `/metrics` streams it instead (`stream.rs`).
 pub fn encode_text(reg: &Registry) -> String {
     // Sized from the last render: grown by doubling, a 73 MB exposition (10,000 paths) held
     // a 64 MB and a 128 MB buffer at once while it was copied.
