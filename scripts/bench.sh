@@ -4,6 +4,7 @@
 # blackbox_exporter + Prometheus + Alertmanager, and a connection-churn soak of the
 # aggregator. Run as root (ICMP, fping -p, namespaces).
 #   scripts/bench.sh            # prints each figure, its peer's and the ratio
+#   scripts/bench.sh mem        # only section 2, the agent's memory (MEM_STEADY_S=0 skips the 6 min wait)
 #   scripts/bench.sh soak       # only the soak (SOAK_AGENTS=1000 SOAK_MINUTES=10 SOAK_WARMUP_S=10 by default;
 #                               # SOAK_WARMUP_S=330 measures once the windows are full)
 set -euo pipefail
@@ -69,7 +70,54 @@ soak() {
 if [[ "${1:-}" == soak ]]; then soak; exit; fi
 
 cargo build --release --locked -q -p pathpulse-agent
-AGENT=target/release/pathpulse-agent
+# BENCH_AGENT=PATH measures another build (another branch's, side by side).
+AGENT=${BENCH_AGENT:-${CARGO_TARGET_DIR:-target}/release/pathpulse-agent}
+
+mem() { # section 2 alone: scripts/bench.sh mem
+  echo "== 2. Memory: 10,000 loopback targets at 1 probe/s, standalone /metrics, after 30 s and after 6 min"
+  # The windows fill for 5 to 6 minutes (5 s slots for the last minute, 1 min slots before),
+  # so the RSS after 6 minutes is the steady state; MEM_STEADY_S=0 skips that wait.
+  targets 10000 20
+  "$AGENT" run --config "$tmp/t10000.toml" --name mem --interval 1s --metrics-listen 127.0.0.1:19891 2>"$tmp/mem.log" & pid=$!
+  sleep 30
+  rss30=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  echo "pathpulse-agent RSS after 30 s: $((rss30 / 1024)) MiB for 10,000 targets (goal <= 40 MB; network_exporter documents 50-100 MB + 1-3 KB per target)"
+  steady=${MEM_STEADY_S:-330}
+  if [ "$steady" -gt 0 ]; then
+    sleep "$steady"
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    echo "pathpulse-agent RSS after $((30 + steady)) s (windows full): $((rss / 1024)) MiB"
+  fi
+  # Then as a deployment sees it: scraped every 15 s for 2 minutes with Prometheus's Accept
+  # header (OpenMetrics; the text of 10,000 paths is about 73 MB, streamed in chunks); the
+  # RSS 15 s after each scrape, the peak during the scrapes (VmHWM, reset to the RSS before
+  # them) and each scrape's time (render and transfer). Then one scrape in the classic format
+  # (curl, promtool) and one in protobuf (what Prometheus asks for with native histograms),
+  # each with its own peak.
+  om='application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.1'
+  pb="application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,$om"
+  scrape() { # ACCEPT -> bytes and seconds
+    python3 -c "import sys,time,urllib.request as u; t=time.monotonic(); n=len(u.urlopen(u.Request('http://127.0.0.1:19891/metrics', headers={'Accept': sys.argv[1]})).read()); print(n, round(time.monotonic()-t, 2))" "$1"
+  }
+  kib() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$pid/status"; }
+  echo 5 >"/proc/$pid/clear_refs"   # VmHWM := VmRSS
+  between=(); took=()
+  for _ in 1 2 3 4 5 6 7 8; do
+    read -r size secs < <(scrape "$om")
+    took+=("$secs")
+    sleep 15
+    between+=("$(($(kib VmRSS) / 1024))")
+  done
+  echo "pathpulse-agent scraped every 15 s for 2 min (OpenMetrics, exposition $((size / 1000000)) MB): RSS 15 s after each scrape ${between[*]} MiB, peak (VmHWM) $(($(kib VmHWM) / 1024)) MiB; each scrape took ${took[*]} s"
+  for f in "classic:text/plain" "protobuf:$pb"; do
+    echo 5 >"/proc/$pid/clear_refs"
+    read -r size secs < <(scrape "${f#*:}")
+    echo "one ${f%%:*} scrape: $((size / 1000000)) MB in $secs s, peak (VmHWM) $(($(kib VmHWM) / 1024)) MiB, RSS right after $(($(kib VmRSS) / 1024)) MiB"
+  done
+  kill $pid; wait $pid 2>/dev/null || true
+}
+
+if [[ "${1:-}" == mem ]]; then mem; exit; fi
 
 echo "== 1. CPU per probe: 1,000 loopback targets at 10 probes/s each, 30 s"
 targets 1000 10
@@ -88,29 +136,7 @@ fping_us=$(python3 -c "print($fping_cpu*1e6/300000)")
 echo "fping:           300000 probes, ${fping_cpu} s CPU, ${fping_us} us/probe"
 echo "ratio pathpulse/fping per probe: $(python3 -c "print(round($agent_us/$fping_us, 2))")  (goal <= 0.7)"
 
-echo "== 2. Memory: 10,000 loopback targets at 1 probe/s, standalone /metrics, after 30 s and after 6 min"
-# The windows fill for 5 to 6 minutes (5 s slots for the last minute, 1 min slots before),
-# so the RSS after 6 minutes is the steady state; MEM_STEADY_S=0 skips that wait.
-targets 10000 20
-"$AGENT" run --config "$tmp/t10000.toml" --name mem --interval 1s --metrics-listen 127.0.0.1:19891 2>"$tmp/mem.log" & pid=$!
-sleep 30
-rss30=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-echo "pathpulse-agent RSS after 30 s: $((rss30 / 1024)) MiB for 10,000 targets (goal <= 40 MB; network_exporter documents 50-100 MB + 1-3 KB per target)"
-steady=${MEM_STEADY_S:-330}
-if [ "$steady" -gt 0 ]; then
-  sleep "$steady"
-  rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-  echo "pathpulse-agent RSS after $((30 + steady)) s (windows full): $((rss / 1024)) MiB"
-fi
-# Then as a deployment sees it: scraped every 15 s for 2 minutes (the text exposition of
-# 10,000 paths is about 73 MB); the RSS between scrapes and the peak during one.
-for _ in 1 2 3 4 5 6 7 8; do
-  size=$(python3 -c "import urllib.request; print(len(urllib.request.urlopen('http://127.0.0.1:19891/metrics').read()))" || echo 0)
-  sleep 15
-done
-rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status"); hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-echo "pathpulse-agent scraped every 15 s for 2 min: RSS $((rss / 1024)) MiB 15 s after a scrape, peak (VmHWM) $((hwm / 1024)) MiB, exposition $((size / 1000000)) MB"
-kill $pid; wait $pid 2>/dev/null || true
+mem
 
 echo "== 3. Accuracy against the lab's truth, pathpulse and fping/ping side by side (lab tests, root)"
 # The lab scenarios are tests (they assert the bounds); here they run for their figures.

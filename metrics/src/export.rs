@@ -755,37 +755,54 @@ const SUMMARY_FAMILIES: [&str; 7] = [
 /// quantile families are typed `summary`, and `# UNIT` / `# EOF` are dropped.
 pub fn openmetrics_to_prometheus(om: &str) -> String {
     let mut out = String::with_capacity(om.len());
-    let mut pending_help: Option<(&str, &str)> = None;
+    let mut classic = Classic::default();
     for line in om.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            pending_help = Some((name, help));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, ty) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let (name, ty) = match ty {
-                "counter" => (format!("{name}_total"), "counter"),
-                _ if SUMMARY_FAMILIES.contains(&name) => (name.to_string(), "summary"),
-                "unknown" => (name.to_string(), "untyped"),
-                t => (name.to_string(), t),
-            };
-            if let Some((_, help)) = pending_help.take() {
-                out.push_str(&format!("# HELP {name} {help}\n"));
-            }
-            out.push_str(&format!("# TYPE {name} {ty}\n"));
-            continue;
-        }
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
+        classic.line(line, &mut out);
     }
     out
 }
 
-/// Encode the registry in the OpenMetrics text format.
+/// The conversion of [`openmetrics_to_prometheus`] one line at a time, so a streamed
+/// exposition is converted as it is written (`stream.rs`).
+#[derive(Debug, Default)]
+pub struct Classic {
+    /// The help of the family whose `# TYPE` line comes next.
+    pending_help: Option<String>,
+}
+
+impl Classic {
+    /// Append the classic form of one OpenMetrics `line` (without its `\n`) to `out`.
+    pub fn line(&mut self, line: &str, out: &mut String) {
+        use std::fmt::Write;
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (_, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            self.pending_help = Some(help.to_string());
+            return;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (suffix, ty) = match ty {
+                "counter" => ("_total", "counter"),
+                _ if SUMMARY_FAMILIES.contains(&name) => ("", "summary"),
+                "unknown" => ("", "untyped"),
+                t => ("", t),
+            };
+            if let Some(help) = self.pending_help.take() {
+                let _ = writeln!(out, "# HELP {name}{suffix} {help}");
+            }
+            let _ = writeln!(out, "# TYPE {name}{suffix} {ty}");
+            return;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            return;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+/// Encode the registry in the OpenMetrics text format, whole (tests, the bench, tools);
+/// `/metrics` streams it instead (`stream.rs`).
 pub fn encode_text(reg: &Registry) -> String {
     // Sized from the last render: grown by doubling, a 73 MB exposition (10,000 paths) held
     // a 64 MB and a 128 MB buffer at once while it was copied.

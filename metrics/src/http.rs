@@ -9,13 +9,16 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+use axum::body::Body;
+
 use crate::export::{
     OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE, encode_protobuf,
-    encode_text, openmetrics_to_prometheus,
 };
+use crate::stream::text_body;
 
 /// A router serving `GET /metrics` from `registry`: OpenMetrics when the scraper asks for
-/// it (Prometheus does), the classic text format otherwise (curl, promtool).
+/// it (Prometheus does), the classic text format otherwise (curl, promtool). The text is
+/// streamed in chunks as it is encoded (`stream.rs`), never held whole.
 pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Router<S> {
     Router::new().route(
         "/metrics",
@@ -26,24 +29,28 @@ pub fn metrics_router<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>)
                     .get(ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                // Prometheus with native histograms on asks for protobuf first.
+                // Prometheus with native histograms on asks for protobuf first. Built whole
+                // (prometheus-client builds every family first), off the runtime's workers.
                 if accept.contains("application/vnd.google.protobuf")
                     && accept.contains("io.prometheus.client.MetricFamily")
                 {
-                    match encode_protobuf(&reg) {
-                        Ok(body) => {
+                    let r = reg.clone();
+                    match tokio::task::spawn_blocking(move || encode_protobuf(&r)).await {
+                        Ok(Ok(body)) => {
                             return ([(CONTENT_TYPE, PROTOBUF_CONTENT_TYPE)], body).into_response();
                         }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "protobuf exposition failed; answering in text"),
                         Err(e) => tracing::warn!(error = %e, "protobuf exposition failed; answering in text"),
                     }
                 }
-                let text = encode_text(&reg);
-                if accept.contains("application/openmetrics-text") {
-                    ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()
+                let classic = !accept.contains("application/openmetrics-text");
+                let content_type = if classic {
+                    PROMETHEUS_TEXT_CONTENT_TYPE
                 } else {
-                    let classic = openmetrics_to_prometheus(&text);
-                    ([(CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)], classic).into_response()
-                }
+                    OPENMETRICS_CONTENT_TYPE
+                };
+                let body = Body::new(text_body(reg, classic));
+                ([(CONTENT_TYPE, content_type)], body).into_response()
             }
         }),
     )

@@ -4,7 +4,8 @@
 //! - [`window`]: per-path 10 s / 1 min / 5 min windows over sparse HDR histograms;
 //! - [`store`]: per-path and per-agent state that reports are applied to;
 //! - [`localize`]: where a problem is (LAN, site uplink, ISP, transit, target), pure;
-//! - [`export`]: every metric name and label set, as a prometheus-client collector.
+//! - [`export`]: every metric name and label set, as a prometheus-client collector;
+//! - [`stream`]: the text exposition streamed to the scraper in chunks.
 //!
 //! Used by the aggregator and by the agent's standalone `/metrics`, so both expose the
 //! same series.
@@ -17,6 +18,7 @@ pub mod localize;
 pub mod slot;
 pub mod stats;
 pub mod store;
+pub mod stream;
 pub mod window;
 
 pub use export::SharedStore;
