@@ -15,6 +15,7 @@ use pathpulse_metrics::slot::PackedHist;
 use pathpulse_wire::{SparseHist, hist};
 
 use super::rules::{PathInput, WindowStats};
+use crate::ui::history::{decode_us, encode_us};
 
 /// Minute medians kept for the latency baseline.
 const BASELINE_MINUTES: usize = 60;
@@ -185,8 +186,9 @@ pub(super) struct PathHistory {
     last_reply_ms: Option<u64>,
     sent_since_reply: u64,
     minute: u64,
-    /// Minute medians in µs (`u32`: up to 71 minutes).
-    minute_p50s: VecDeque<u32>,
+    /// Minute medians, log-coded in 16 bits as the page's points are (4 significant
+    /// digits, up to about 80 s: [`crate::ui::history::encode_us`]).
+    minute_p50s: VecDeque<u16>,
     /// The sum of the window last read (written while the rules read the history).
     tail: RefCell<Tail>,
 }
@@ -219,8 +221,7 @@ impl PathHistory {
                     self.minute_p50s.pop_front();
                 }
                 self.minute_p50s.reserve_exact(1);
-                self.minute_p50s
-                    .push_back(u32::try_from(p50).unwrap_or(u32::MAX));
+                self.minute_p50s.push_back(encode_us(Some(p50 as f64)));
             }
             self.minute = minute;
         }
@@ -406,14 +407,15 @@ impl PathInput for PathView<'_> {
         if m.len() < BASELINE_MIN_MINUTES {
             return None;
         }
-        // The median of at most 60 values, without an allocation.
-        let mut v = [0u64; BASELINE_MINUTES];
+        // The median of at most 60 values, without an allocation (the codes are in the
+        // values' order).
+        let mut v = [0u16; BASELINE_MINUTES];
         let v = &mut v[..m.len()];
         for (x, &y) in v.iter_mut().zip(m) {
-            *x = u64::from(y);
+            *x = y;
         }
         let mid = v.len() / 2;
-        Some(*v.select_nth_unstable(mid).1)
+        decode_us(*v.select_nth_unstable(mid).1)
     }
 
     fn silence(&self) -> (Duration, bool) {
@@ -633,13 +635,27 @@ mod tests {
     fn baseline_is_the_median_of_the_minute_medians() {
         let mut h = PathHistory::new(0, 0);
         let view = |h: &PathHistory| PathView::new(h, 0, 1_000).baseline_p50_us();
-        h.minute_p50s.extend([9, 1, 7, 3]);
+        let code = |us: u64| encode_us(Some(us as f64));
+        h.minute_p50s.extend([9_000, 1_000, 7_000, 3_000].map(code));
         assert_eq!(view(&h), None);
-        h.minute_p50s.extend([5, 2]);
-        let mut v: Vec<u64> = h.minute_p50s.iter().map(|&x| u64::from(x)).collect();
+        h.minute_p50s.extend([5_000, 2_000].map(code));
+        let mut v: Vec<u64> = h.minute_p50s.iter().filter_map(|&x| decode_us(x)).collect();
         v.sort_unstable();
         assert_eq!(view(&h), Some(v[v.len() / 2]));
-        h.minute_p50s = (0..60).rev().collect();
-        assert_eq!(view(&h), Some(30));
+        assert!(
+            v[v.len() / 2].abs_diff(5_000) <= 1,
+            "4 significant digits kept"
+        );
+        h.minute_p50s = (0..60).rev().map(|i| code(1_000 + i * 100)).collect();
+        assert!(
+            view(&h).is_some_and(|v| v.abs_diff(4_000) <= 1),
+            "{:?}",
+            view(&h)
+        );
+        h.minute_p50s = [u64::from(u32::MAX); 60].map(code).into();
+        assert!(
+            view(&h).is_some_and(|v| v > 60_000_000),
+            "saturates, not wraps"
+        );
     }
 }

@@ -126,15 +126,15 @@ impl Point {
 ///
 /// Packed: the oldest and the newest point are kept whole, every point after the oldest
 /// as its change from the one before it, field by field (zigzag varints: a steady path's
-/// point takes about 10 bytes instead of 20). Dropping the oldest point folds the first
-/// change into it; pushing appends one change.
+/// point takes about 11 bytes instead of 20). Dropping the oldest point folds the first
+/// change into it; pushing appends one change. 80 bytes and the changes.
 #[derive(Debug, Clone)]
 pub struct Ring {
-    step_ms: u64,
-    len: usize,
-    count: usize,
     /// Start of the newest point.
     newest_ms: u64,
+    step_ms: u32,
+    len: u16,
+    count: u16,
     oldest: Point,
     newest: Point,
     /// The changes from each point to the next, oldest first (`count - 1` of them).
@@ -202,12 +202,13 @@ fn take_delta(bytes: &[u8], from: &Point) -> (Point, usize) {
 }
 
 impl Ring {
+    /// `step_ms` up to 49 days, `len` up to 65,535 points (both clamped).
     pub fn new(step_ms: u64, len: usize) -> Ring {
         Ring {
-            step_ms,
-            len: len.max(1),
-            count: 0,
             newest_ms: 0,
+            step_ms: u32::try_from(step_ms).unwrap_or(u32::MAX).max(1),
+            len: u16::try_from(len).unwrap_or(u16::MAX).max(1),
+            count: 0,
             oldest: Point::default(),
             newest: Point::default(),
             deltas: Vec::new(),
@@ -221,8 +222,8 @@ impl Ring {
             if start_ms <= self.newest_ms {
                 return;
             }
-            let gap = ((start_ms - self.newest_ms) / self.step_ms).saturating_sub(1);
-            for _ in 0..gap.min(self.len as u64) {
+            let gap = ((start_ms - self.newest_ms) / self.step_ms()).saturating_sub(1);
+            for _ in 0..gap.min(u64::from(self.len)) {
                 self.append(Point::default());
             }
         }
@@ -254,24 +255,22 @@ impl Ring {
 
     /// `(start_ms, point)`, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = (u64, Point)> + '_ {
-        let n = self.count as u64;
-        let first = self
-            .newest_ms
-            .saturating_sub(n.saturating_sub(1) * self.step_ms);
+        let (n, step) = (u64::from(self.count), self.step_ms());
+        let first = self.newest_ms.saturating_sub(n.saturating_sub(1) * step);
         let mut at = 0;
         let mut cur = self.oldest;
-        (0..self.count).map(move |i| {
+        (0..n).map(move |i| {
             if i > 0 {
                 let (p, used) = take_delta(&self.deltas[at..], &cur);
                 at += used;
                 cur = p;
             }
-            (first + i as u64 * self.step_ms, cur)
+            (first + i * step, cur)
         })
     }
 
     pub fn step_ms(&self) -> u64 {
-        self.step_ms
+        u64::from(self.step_ms)
     }
 
     fn all_empty(&self) -> bool {
@@ -533,6 +532,11 @@ mod tests {
             }
         }
         Point::from_view(&v, Some((spread_us / 3) as f64 + (rng.next() % 20) as f64))
+    }
+
+    #[test]
+    fn a_ring_is_80_bytes_and_its_changes() {
+        assert_eq!(std::mem::size_of::<Ring>(), 80);
     }
 
     #[test]
