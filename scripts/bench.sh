@@ -50,7 +50,7 @@ soak() {
   # limit of 10 a minute), with one report of 10 paths per connection.
   target/release/pathpulse-loadgen --state-dir "$st" --aggregator 127.0.0.1:25470 \
     --agents "$agents" --paths 10 --churn-ms 10000 --warmup-s "${SOAK_WARMUP_S:-10}" \
-    --duration-s $((minutes * 60)) --pid "$agg" --rss-every-s 30
+    --duration-s $((minutes * 60)) --pid "$agg" --rss-every-s 30 | tee "$tmp/soak-loadgen.out"
   kill "$sampler" 2>/dev/null || true
   sleep 12  # the real agents' last reports
   for i in 0 1 2; do
@@ -64,7 +64,16 @@ soak() {
   python3 -c "import urllib.request; t=urllib.request.urlopen('http://127.0.0.1:29471/metrics').read().decode(); print('\n'.join('  '+l for l in t.splitlines() if l.startswith('pathpulse_ingest_refused_total{') and not l.endswith(' 0')) or '  none')"
   echo "aggregator warnings in its log: $(grep -c WARN "$tmp/soak-agg.log" || true)"
   grep WARN "$tmp/soak-agg.log" | sed -E 's/^[^ ]+ +//' | cut -c1-160 | sort | uniq -c | sort -rn | head -5 || true
+  # A soak whose churned sessions were mostly refused measured refusals, not churn (the
+  # loadgen's certificates once expired mid-run): more than 1% refused fails it.
+  local refused conns
+  refused=$(python3 -c "import urllib.request; t=urllib.request.urlopen('http://127.0.0.1:29471/metrics').read().decode(); print(int(sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith('pathpulse_ingest_refused_total{'))))")
+  conns=$(sed -nE 's/.*connections: ([0-9]+).*/\1/p' "$tmp/soak-loadgen.out" | tail -1)
   kill "$agg" $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true
+  if (( ${conns:-0} == 0 || refused * 100 > ${conns:-0} )); then
+    echo "SOAK INVALID: $refused refusals for ${conns:-0} churned connections (more than 1%)"
+    return 1
+  fi
 }
 
 if [[ "${1:-}" == soak ]]; then soak; exit; fi
