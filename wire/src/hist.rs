@@ -278,6 +278,34 @@ impl SparseHist {
         self.buckets.first().map(|b| lowest_of(b.0))
     }
 
+    /// The histogram reduced to the buckets [`quantile`](Self::quantile) answers for `qs`,
+    /// and the last one, each with the counts of the buckets folded into it: the quantiles
+    /// of `qs` and the count are unchanged, and so is [`min`](Self::min) when `qs` has 0.
+    /// What a scrape keeps of the windows it exports (a few buckets instead of dozens).
+    pub fn only_quantiles(&self, qs: &[f64]) -> SparseHist {
+        let total = self.count();
+        let mut ranks: Vec<u64> = qs
+            .iter()
+            .map(|q| ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1))
+            .collect();
+        ranks.sort_unstable();
+        let mut out = Vec::with_capacity(ranks.len() + 1);
+        let (mut seen, mut folded, mut next) = (0u64, 0u64, 0);
+        for (i, &(idx, n)) in self.buckets.iter().enumerate() {
+            seen += u64::from(n);
+            folded += u64::from(n);
+            let answers = next < ranks.len() && seen >= ranks[next];
+            while next < ranks.len() && seen >= ranks[next] {
+                next += 1;
+            }
+            if answers || i + 1 == self.buckets.len() {
+                out.push((idx, u32::try_from(folded).unwrap_or(u32::MAX)));
+                folded = 0;
+            }
+        }
+        SparseHist { buckets: out }
+    }
+
     pub fn max(&self) -> Option<u64> {
         self.buckets.last().map(|b| highest_of(b.0))
     }
@@ -392,6 +420,41 @@ mod tests {
                 );
             }
             assert_eq!(ours.count(), theirs.len());
+        }
+    }
+
+    #[test]
+    fn only_quantiles_keeps_the_quantiles_count_and_min() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let qs = [0.0, 0.5, 0.9, 0.99, 0.999];
+        for n in [0u64, 1, 2, 3, 10, 100, 1_000, 20_000] {
+            let mut h = SparseHist::new();
+            for _ in 0..n {
+                let v = if rng.random_bool(0.1) {
+                    rng.random_range(1..5_000_000)
+                } else {
+                    rng.random_range(20_000..20_500)
+                };
+                h.record(v);
+            }
+            let slim = h.only_quantiles(&qs);
+            for q in qs {
+                assert_eq!(slim.quantile(q), h.quantile(q), "n {n} q {q}");
+            }
+            assert_eq!((slim.count(), slim.min()), (h.count(), h.min()), "n {n}");
+            assert!(
+                slim.buckets().len() <= qs.len() + 1,
+                "{}",
+                slim.buckets().len()
+            );
+            if n >= 1_000 {
+                assert!(h.buckets().len() > 5 * slim.buckets().len(), "n {n}");
+                // Other quantiles are not kept.
+                assert!((1..100).any(|i| {
+                    let q = f64::from(i) / 100.0;
+                    slim.quantile(q) != h.quantile(q)
+                }));
+            }
         }
     }
 
