@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
-use pathpulse_metrics::Store;
 use pathpulse_metrics::store::PathKey;
 use pathpulse_metrics::window::WindowView;
+use pathpulse_metrics::{SharedStore, Store};
 
 /// Fine tier: step and length (10 min).
 pub const FINE_STEP_MS: u64 = 10_000;
@@ -344,15 +344,48 @@ pub struct Due {
     pub coarse: Option<u64>,
 }
 
-/// Read the periods `due` from the store (cheap enough to hold its lock; the history's
-/// lock is not needed, so the two are never held together).
+/// Paths read per hold of the store's lock by [`read_chunked`]: a few milliseconds.
+pub const READ_CHUNK: usize = 1_000;
+
+/// Read the periods `due` from the store (the history's lock is not needed, so the two
+/// are never held together).
 pub fn read(store: &Store, due: Due) -> Samples {
     if due.fine.is_none() && due.coarse.is_none() {
         return Vec::new();
     }
+    read_from(store, due, std::ops::Bound::Unbounded, usize::MAX)
+}
+
+/// [`read`] [`READ_CHUNK`] paths per hold of the store's lock, released in between, so
+/// ingest waits milliseconds, not the whole read (100,000 paths take about a second). A
+/// path that arrives in between may be missed for this period, like one that arrives after.
+pub fn read_chunked(store: &SharedStore, due: Due) -> Samples {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let mut out = Samples::new();
+    if due.fine.is_none() && due.coarse.is_none() {
+        return out;
+    }
+    loop {
+        let chunk = {
+            let st = store.lock().unwrap_or_else(|e| e.into_inner());
+            let from = out.last().map_or(Unbounded, |(k, _, _)| Excluded(k));
+            read_from(&st, due, from, READ_CHUNK)
+        };
+        let done = chunk.len() < READ_CHUNK;
+        out.extend(chunk);
+        if done {
+            return out;
+        }
+        // A mutex is not fair: relocked at once, it could stay ours.
+        std::thread::sleep(std::time::Duration::from_micros(250));
+    }
+}
+
+fn read_from(store: &Store, due: Due, from: std::ops::Bound<&PathKey>, n: usize) -> Samples {
     store
         .paths
-        .iter()
+        .range((from, std::ops::Bound::Unbounded))
+        .take(n)
         .map(|(k, st)| {
             let at = |end: Option<u64>, step: u64| {
                 end.map(|e| Point::from_view(&st.windows.range(e - step, e), st.jitter_us))
@@ -606,6 +639,35 @@ mod tests {
         let per_point = wide.heap_bytes() as f64 / FINE_LEN as f64;
         eprintln!("wide path: {per_point:.1} bytes a point packed");
         assert!(per_point < 20.0, "{per_point}");
+    }
+
+    #[test]
+    fn a_chunked_read_is_the_read_in_one() {
+        let store = Store::new(15_000);
+        let shared: SharedStore = std::sync::Arc::new(std::sync::Mutex::new(store));
+        let t0 = 1_800_000_000_000u64;
+        {
+            let mut st = shared.lock().expect("lock");
+            for a in 0..(2 * READ_CHUNK + 7) {
+                let mut r = report(t0, &[1_000 + a as u64, 2_000], u32::from(a % 3 == 0));
+                r.agent = format!("agent-{a:05}");
+                st.apply(&r, t0 + 5_000);
+            }
+        }
+        let due = Due {
+            fine: Some(t0 + FINE_STEP_MS),
+            coarse: Some(t0 + COARSE_STEP_MS),
+        };
+        let whole = read(&shared.lock().expect("lock"), due);
+        let chunked = read_chunked(&shared, due);
+        assert_eq!(whole.len(), 2 * READ_CHUNK + 7);
+        assert_eq!(chunked, whole);
+        assert!(
+            whole
+                .iter()
+                .all(|(_, f, c)| f.is_some_and(|p| p.received() == 2)
+                    && c.is_some_and(|p| p.received() == 2))
+        );
     }
 
     #[test]

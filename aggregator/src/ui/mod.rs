@@ -85,7 +85,14 @@ impl Ui {
             if due.fine.is_none() && due.coarse.is_none() {
                 continue;
             }
-            let samples = history::read(&lock(&self.store), due);
+            // Off the async workers, a chunk of paths per hold of the store's lock: read
+            // whole, 100,000 paths held the lock and a worker for about a second.
+            let store = self.store.clone();
+            let Ok(samples) =
+                tokio::task::spawn_blocking(move || history::read_chunked(&store, due)).await
+            else {
+                continue;
+            };
             let mut h = lock(&self.history);
             h.record(due, samples);
             tracing::debug!(
