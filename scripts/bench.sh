@@ -5,6 +5,8 @@
 # aggregator. Run as root (ICMP, fping -p, namespaces).
 #   scripts/bench.sh            # prints each figure, its peer's and the ratio
 #   scripts/bench.sh mem        # only section 2, the agent's memory (MEM_STEADY_S=0 skips the 6 min wait)
+#   scripts/bench.sh ingest     # only section 4 (LOADGEN_DURATION_S=30 LOADGEN_SCRAPE_S=0 by default;
+#                               # LOADGEN_DURATION_S=600 LOADGEN_SCRAPE_S=15 as Prometheus would see it)
 #   scripts/bench.sh soak       # only the soak (SOAK_AGENTS=1000 SOAK_MINUTES=10 SOAK_WARMUP_S=10 by default;
 #                               # SOAK_WARMUP_S=330 measures once the windows are full)
 set -euo pipefail
@@ -128,6 +130,35 @@ mem() { # section 2 alone: scripts/bench.sh mem
 
 if [[ "${1:-}" == mem ]]; then mem; exit; fi
 
+ingest() { # section 4 alone: scripts/bench.sh ingest
+  echo "== 4. Aggregator ingest: 1,000 simulated agents x 100 paths at 1 report/s over real QUIC + mTLS"
+  cargo build --release --locked -q -p pathpulse-aggregator -p pathpulse-tests --bins
+  local agg_state="$tmp/agg" agg scraper=""
+  # The loadgen reads the aggregator's receive-to-applied histogram from /metrics before and
+  # after; a path budget keeps those reads small (100,000 paths' series are about 1 GB of
+  # text). Roll-ups and everything else are as without it.
+  printf 'path_budget = 10\n' >"$tmp/agg.toml"
+  target/release/pathpulse-aggregator run --config "$tmp/agg.toml" --listen 127.0.0.1:24470 \
+    --http 127.0.0.1:29470 --state-dir "$agg_state" 2>"$tmp/agg.log" & agg=$!
+  sleep 2
+  # LOADGEN_SCRAPE_S=15 scrapes /metrics that often meanwhile, as Prometheus would: each
+  # scrape's time and the aggregator's RSS after it.
+  if (( ${LOADGEN_SCRAPE_S:-0} > 0 )); then
+    ( while sleep "$LOADGEN_SCRAPE_S"; do
+        t=$(python3 -c "import time,urllib.request as u; t=time.monotonic(); u.urlopen('http://127.0.0.1:29470/metrics').read(); print(round(time.monotonic()-t, 2))" 2>/dev/null) || continue
+        echo "scrape: $t s, aggregator RSS $(($(awk '/VmRSS/ {print $2}' "/proc/$agg/status") / 1024)) MiB"
+      done ) & scraper=$!
+  fi
+  target/release/pathpulse-loadgen --state-dir "$agg_state" --aggregator 127.0.0.1:24470 \
+    --agents "${LOADGEN_AGENTS:-1000}" --paths "${LOADGEN_PATHS:-100}" \
+    --duration-s "${LOADGEN_DURATION_S:-30}" --rss-every-s 60 --pid "$agg" \
+    --metrics http://127.0.0.1:29470/metrics
+  [[ -n "$scraper" ]] && kill "$scraper" 2>/dev/null
+  echo "agents whose QUIC connection timed out: $(grep -c 'reason=timed out' "$tmp/agg.log" || true)"
+  kill "$agg"; wait "$agg" 2>/dev/null || true
+}
+if [[ "${1:-}" == ingest ]]; then ingest; exit; fi
+
 echo "== 1. CPU per probe: 1,000 loopback targets at 10 probes/s each, 30 s"
 targets 1000 10
 "$AGENT" run --config "$tmp/t1000.toml" --name bench --interval 100ms --report-interval 1s \
@@ -154,20 +185,7 @@ cargo test --locked -q -p pathpulse-tests --test e2e -- --nocapture --test-threa
   sed -E 's/^test [^ ]+ \.\.\. //' |
   grep -E "^(p0\.|per-probe|idle link|loss|jitter|RTT samples)" || true
 
-echo "== 4. Aggregator ingest: 1,000 simulated agents x 100 paths at 1 report/s over real QUIC + mTLS"
-cargo build --release --locked -q -p pathpulse-aggregator -p pathpulse-tests --bins
-agg_state="$tmp/agg"
-# The loadgen reads the aggregator's receive-to-applied histogram from /metrics before and
-# after; a path budget keeps those two reads small (100,000 paths' series are about 1 GB of
-# text). Roll-ups and everything else are as without it.
-printf 'path_budget = 10\n' >"$tmp/agg.toml"
-target/release/pathpulse-aggregator run --config "$tmp/agg.toml" --listen 127.0.0.1:24470 \
-  --http 127.0.0.1:29470 --state-dir "$agg_state" 2>"$tmp/agg.log" & agg=$!
-sleep 2
-target/release/pathpulse-loadgen --state-dir "$agg_state" --aggregator 127.0.0.1:24470 \
-  --agents "${LOADGEN_AGENTS:-1000}" --paths "${LOADGEN_PATHS:-100}" --duration-s 30 --pid "$agg" \
-  --metrics http://127.0.0.1:29470/metrics
-kill "$agg"; wait "$agg" 2>/dev/null || true
+ingest
 
 echo "== 5. Time to alert: pathpulse vs blackbox_exporter + Prometheus + Alertmanager (about 25 minutes)"
 # The peer's exporter is needed only here.
