@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod durable;
+pub mod heap;
 pub mod http;
 pub mod ingest;
 pub mod limits;

@@ -97,6 +97,7 @@ pub async fn start(
     .map_err(|e| config_err("state_dir", e.to_string()))?;
     let mut registry = export::registry(store.clone(), Role::Aggregator, export::wall_clock_ms);
     export::register_alerts(&mut registry, alerts.clone());
+    registry.register_collector(Box::new(crate::heap::HeapCollector));
     let rw_stats = Arc::new(crate::remote_write::RemoteWriteStats::default());
     if cfg.remote_write.is_some() {
         registry.register_collector(Box::new(crate::remote_write::StatsCollector(

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 
 use pathpulse_wire::SparseHist;
-use pathpulse_wire::hist::MergeSorted;
+use pathpulse_wire::hist::{self, MergeSorted};
 
 use crate::window::DirView;
 
@@ -34,6 +34,27 @@ pub(crate) struct Slot {
 
 /// Bit of `Slot::span` set on 1 min slots.
 const COARSE: u32 = 1 << 31;
+
+/// 1 min slots (data older than [`crate::window::FINE_MS`], only in the 5 min window) keep
+/// RTT buckets at about 2 significant digits: neighbours grouped by up to 8
+/// ([`hist::coarse_index`]), so the 5 min window's RTT quantiles and minimum move by at most
+/// 0.4%. Three digits put every sample of a jittery minute in its own bucket (300 samples
+/// of 20 ms ± 250 µs: about 30 buckets, 4 at this resolution).
+pub const COARSE_RTT_BITS: u32 = 3;
+/// And IPDV buckets grouped by up to 32 ([`hist::coarse_index_by`]): the 5 min IPDV
+/// quantiles within 1.6%, values below 64 µs kept to the µs. IPDV sits at small values,
+/// where 3 digits are 1 µs buckets: 240 differences of a path jittering by 500 µs fill
+/// about 180 of them (450 bytes a slot, more than all its other data); the 5 min quantile of
+/// a few hundred such differences moves more than 1.6% from one window to the next anyway.
+pub const COARSE_IPDV_BITS: u32 = 5;
+
+fn coarse_rtt(b: impl Iterator<Item = (u32, u32)>) -> impl Iterator<Item = (u32, u32)> {
+    b.map(|(i, n)| (hist::coarse_index_by(i, COARSE_RTT_BITS), n))
+}
+
+fn coarse_ipdv(b: impl Iterator<Item = (u32, u32)>) -> impl Iterator<Item = (u32, u32)> {
+    b.map(|(i, n)| (hist::coarse_index_by(i, COARSE_IPDV_BITS), n))
+}
 
 impl Slot {
     /// Whether a slot can start at `start_ms`: a whole second before 2106.
@@ -74,6 +95,13 @@ impl Slot {
         self.start_s = u32::try_from(start_ms / 1000).unwrap_or(self.start_s);
         self.span = COARSE;
         self.extend_to(end_ms);
+        if !self.hists.is_empty() {
+            SCRATCH.with_borrow_mut(|out| {
+                let (rtt, ipdv) = self.pairs();
+                pack(out, coarse_rtt(rtt), coarse_ipdv(ipdv));
+                self.store(out);
+            });
+        }
     }
 
     /// Let the slot's data reach `end_ms` (keeps its start and kind).
@@ -89,30 +117,53 @@ impl Slot {
         if rtt.is_empty() && ipdv.is_empty() {
             return;
         }
+        let (rtt, ipdv) = (
+            rtt.buckets().iter().copied(),
+            ipdv.buckets().iter().copied(),
+        );
+        let coarse = self.coarse();
         SCRATCH.with_borrow_mut(|out| {
             let (mine_rtt, mine_ipdv) = self.pairs();
-            pack(
-                out,
-                MergeSorted::new(mine_rtt, rtt.buckets().iter().copied()),
-                MergeSorted::new(mine_ipdv, ipdv.buckets().iter().copied()),
-            );
+            if coarse {
+                pack(
+                    out,
+                    MergeSorted::new(mine_rtt, coarse_rtt(rtt)),
+                    MergeSorted::new(mine_ipdv, coarse_ipdv(ipdv)),
+                );
+            } else {
+                pack(
+                    out,
+                    MergeSorted::new(mine_rtt, rtt),
+                    MergeSorted::new(mine_ipdv, ipdv),
+                );
+            }
             self.store(out);
         });
     }
 
-    /// Fold another slot's data (counts, histograms, directions) into this one.
+    /// Fold another slot's data (counts, histograms, directions) into this one (a 1 min
+    /// slot's buckets made coarse).
     pub fn absorb(&mut self, other: &Slot) {
         self.received = self.received.saturating_add(other.received);
         self.lost = self.lost.saturating_add(other.lost);
         if !other.hists.is_empty() {
+            let coarse = self.coarse();
             SCRATCH.with_borrow_mut(|out| {
                 let (a_rtt, a_ipdv) = self.pairs();
                 let (b_rtt, b_ipdv) = other.pairs();
-                pack(
-                    out,
-                    MergeSorted::new(a_rtt, b_rtt),
-                    MergeSorted::new(a_ipdv, b_ipdv),
-                );
+                if coarse {
+                    pack(
+                        out,
+                        MergeSorted::new(a_rtt, coarse_rtt(b_rtt)),
+                        MergeSorted::new(a_ipdv, coarse_ipdv(b_ipdv)),
+                    );
+                } else {
+                    pack(
+                        out,
+                        MergeSorted::new(a_rtt, b_rtt),
+                        MergeSorted::new(a_ipdv, b_ipdv),
+                    );
+                }
                 self.store(out);
             });
         }

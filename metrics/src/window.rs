@@ -351,6 +351,77 @@ mod tests {
         assert!(w.views([10_000, 300_000], t0 + 449_999)[1].received > 0);
     }
 
+    /// A jittery path as the loadgen and a real agent send it: 5 samples a second of 20 ms
+    /// plus up to 500 µs, their IPDV. The 10 s and 1 min windows are exact; the 5 min
+    /// window's RTT quantiles and minimum are within 0.4% of the samples it covers and its
+    /// IPDV quantiles within 1.6% (1 min slots keep coarser buckets); and the path's slots
+    /// take a fraction of the bytes.
+    #[test]
+    fn one_minute_slots_are_coarse_and_within_their_bounds() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut w = PathWindows::default();
+        let (mut rtts, mut ipdvs) = (Vec::new(), Vec::new());
+        let t0 = 1_000_000_000u64;
+        let mut last = None;
+        let mut fine_bytes = 0;
+        for s in 0..400u64 {
+            let mut p = report(&[], 0);
+            for _ in 0..5 {
+                let v = 20_000 + rng.random_range(0..500u64);
+                p.rtt.record(v);
+                p.received += 1;
+                rtts.push(v);
+                if let Some(l) = last.replace(v) {
+                    p.ipdv.record(v.abs_diff(l));
+                    ipdvs.push(v.abs_diff(l));
+                }
+            }
+            // Each report's interval starts a second later and lasts 5 s, as the loadgen's.
+            w.add(t0 + s * 1_000, &p, t0 + s * 1_000 + 1_000);
+            if s == 60 {
+                fine_bytes = w.heap_bytes();
+            }
+        }
+        let now = t0 + 400_000;
+        let exact = |values: &[u64], n: u64| {
+            let mut h = SparseHist::new();
+            values[values.len() - n as usize..]
+                .iter()
+                .for_each(|&v| h.record(v));
+            h
+        };
+        for ms in [10_000, 60_000] {
+            let v = w.view(ms, now);
+            assert_eq!(v.hist, exact(&rtts, v.received), "{ms} ms window");
+        }
+        let five = w.view(300_000, now);
+        assert!(five.received >= 1_500, "{}", five.received);
+        let (rtt, ipdv) = (
+            exact(&rtts, five.received),
+            exact(&ipdvs, five.ipdv.count()),
+        );
+        assert_eq!(five.hist.count(), rtt.count());
+        let within = |got: Option<u64>, want: Option<u64>, share: f64, what: &str| {
+            let (g, w) = (got.unwrap_or(0) as f64, want.unwrap_or(0) as f64);
+            assert!(
+                (g - w).abs() <= (w * share).max(1.0),
+                "{what}: {g} vs {w} (±{share})"
+            );
+        };
+        for q in [0.0, 0.5, 0.9, 0.95, 0.99, 1.0] {
+            within(five.hist.quantile(q), rtt.quantile(q), 0.004, "rtt");
+            within(five.ipdv.quantile(q), ipdv.quantile(q), 0.016, "ipdv");
+        }
+        within(five.hist.min(), rtt.min(), 0.004, "min");
+        let bytes = w.heap_bytes();
+        // 13 fine slots of about 25 samples each and 5 coarse ones of 300.
+        assert!(
+            bytes < fine_bytes * 2,
+            "{bytes} bytes for 6 min, {fine_bytes} for the first minute"
+        );
+    }
+
     #[test]
     fn late_and_future_reports_stay_out_of_windows() {
         let mut w = PathWindows::default();

@@ -43,19 +43,26 @@ pub const fn index_of(value_us: u64) -> u32 {
 /// of the one read from the originals (the clamp value [`MAX_INDEX`] stays itself). Below
 /// 256 µs indices are kept (1 µs). Monotonic:
 /// sorted indices stay sorted and equal ones are adjacent. For copies kept only to judge
-/// thresholds (the alert engine's history), where 3 digits cost memory and say nothing more.
+/// thresholds (the alert engine's history) and for data older than a minute (the 1 min
+/// slots of the windows), where 3 digits cost memory and say little more.
 pub const fn coarse_index(index: u32) -> u32 {
-    // Indices from 1024 on come in groups of 1024 sub-buckets of one width: 8 per group
-    // is 0.4–0.8% of a value. Below, index = value in µs: 4 per group from 512 µs, 2 from
-    // 256 µs, the same share.
+    coarse_index_by(index, 3)
+}
+
+/// [`coarse_index`] with groups of up to `2^bits` neighbours (`bits` ≤ 10): a group spans
+/// at most `2^bits / 1024` of its values and a quantile moves by at most half that (`bits`
+/// = 3: 0.4%; 5: 1.6%). Values below 1024 µs are grouped less, to the same share, and
+/// those below `2^(11 - bits)` µs not at all (1 µs). Monotonic, as [`coarse_index`].
+pub const fn coarse_index_by(index: u32, bits: u32) -> u32 {
+    // Indices from 1024 on come in groups of 1024 sub-buckets of one width: 2^bits per
+    // group is 2^bits/1024–2^bits/512 of a value. Below, index = value in µs: one bit
+    // fewer per halving of the value, the same share.
     let bits = if index >= 1024 {
-        3
-    } else if index >= 512 {
-        2
-    } else if index >= 256 {
-        1
+        bits
     } else {
-        0
+        // index in [2^k, 2^(k+1)), k < 10: bits - (10 - k), at least 0.
+        let k = 31 - (index | 1).leading_zeros();
+        bits.saturating_sub(10 - k)
     };
     if bits == 0 {
         return index;
@@ -379,6 +386,33 @@ mod tests {
             } else {
                 assert_eq!(c, i);
             }
+        }
+    }
+
+    /// Coarser groups: order kept, valid, a value moved by at most half a group's share
+    /// (1.6% for 32 neighbours), values below 64 µs kept.
+    #[test]
+    fn coarse_index_by_five_bits_is_monotonic_and_within_sixteen_per_mille() {
+        let mut prev = 0;
+        let mut groups = 0;
+        for i in 0..=MAX_INDEX {
+            let c = coarse_index_by(i, 5);
+            assert!(c >= prev && c <= MAX_INDEX, "index {i} -> {c}");
+            groups += u32::from(c != prev);
+            prev = c;
+            let (v, cv) = (median_of(i) as f64, median_of(c) as f64);
+            if v >= 64.0 {
+                assert!((cv - v).abs() / v <= 0.017, "index {i}: {v} -> {cv}");
+            } else {
+                assert_eq!(c, i);
+            }
+        }
+        assert!(
+            groups < MAX_INDEX / 16,
+            "{groups} groups of {MAX_INDEX} indices"
+        );
+        for i in (0..=MAX_INDEX).step_by(7) {
+            assert_eq!(coarse_index_by(i, 3), coarse_index(i));
         }
     }
 

@@ -12,7 +12,8 @@
 //! destinations.
 //!
 //! Each path has a base RTT of its own (1–40 ms, from its names) and every sample adds up
-//! to 500 µs of jitter; `--wide-rtt` draws a new base for every report instead (every
+//! to 500 µs of jitter; its IPDV histogram holds the differences of consecutive samples, as
+//! an agent's does (the loadgen sent none before 2026-12-05); `--wide-rtt` draws a new base for every report instead (every
 //! window then spans 1–40 ms: the histograms' worst case, and the figures before
 //! 2026-12-04).
 //!
@@ -139,18 +140,21 @@ fn base_rtt_us(agent: &str, dst: &str) -> u64 {
 }
 
 /// One report of `paths` paths with five RTT samples each: the path's base RTT plus up to
-/// 500 µs of jitter (`wide`: a new base for every report); with `lossy`, about one path
+/// 500 µs of jitter (`wide`: a new base for every report), and their IPDV (each sample's
+/// difference from the path's previous one, kept in `last`); with `lossy`, about one path
 /// in 25 loses one probe of its five.
 fn report(
     agent: &str,
     seq: u64,
     paths: &[String],
+    last: &mut [Option<u64>],
     (lossy, wide): (bool, bool),
     rng: &mut impl Rng,
 ) -> ClientMsg {
     let paths = paths
         .iter()
-        .map(|dst| {
+        .zip(last.iter_mut())
+        .map(|(dst, last)| {
             let lost = u32::from(lossy && rng.random_range(0..25u32) == 0);
             let mut p = PathReport {
                 dst: dst.clone(),
@@ -168,6 +172,9 @@ fn report(
                 let v = base + rng.random_range(0..500u64);
                 p.rtt.record(v);
                 p.rtt_sum_us += v;
+                if let Some(l) = last.replace(v) {
+                    p.ipdv.record(v.abs_diff(l));
+                }
             }
             p
         })
@@ -194,6 +201,7 @@ async fn churner(
 ) -> anyhow::Result<()> {
     let name = format!("load-{i}");
     let paths = targets(&args, i);
+    let mut last = vec![None; paths.len()];
     let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64);
     let session: u64 = rand::random();
     let end = start + args.warmup + args.duration;
@@ -221,7 +229,14 @@ async fn churner(
                 let t = Instant::now();
                 frame::write(
                     &mut send,
-                    &report(&name, seq, &paths, (args.mesh, args.wide_rtt), &mut rng),
+                    &report(
+                        &name,
+                        seq,
+                        &paths,
+                        &mut last,
+                        (args.mesh, args.wide_rtt),
+                        &mut rng,
+                    ),
                 )
                 .await?;
                 let answer = frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await?;
@@ -330,6 +345,7 @@ async fn agent(
         }
     });
     let paths = targets(&args, i);
+    let mut last = vec![None; paths.len()];
     let mut rng = rand::rngs::SmallRng::seed_from_u64(i as u64);
     // Spread the agents over the interval, as real agents started at different times are.
     let offset = args.interval.mul_f64(i as f64 / args.agents as f64);
@@ -339,7 +355,14 @@ async fn agent(
     while Instant::now() < end {
         tick.tick().await;
         seq += 1;
-        let msg = report(&name, seq, &paths, (args.mesh, args.wide_rtt), &mut rng);
+        let msg = report(
+            &name,
+            seq,
+            &paths,
+            &mut last,
+            (args.mesh, args.wide_rtt),
+            &mut rng,
+        );
         let bytes = frame::encode(&msg).map_err(|e| anyhow!("encode: {e}"))?;
         sent_at
             .lock()
@@ -444,8 +467,14 @@ fn main() -> anyhow::Result<()> {
             (Some(pid), Some(every)) => {
                 while measured.elapsed() < args.duration {
                     if let Some((rss, _)) = proc_stats(pid) {
+                        let heap = match args.metrics.clone() {
+                            Some(url) => tokio::task::spawn_blocking(move || allocator(&url))
+                                .await
+                                .unwrap_or_default(),
+                            None => String::new(),
+                        };
                         println!(
-                            "rss t={:>4}s {:.1} MiB (connections so far: {})",
+                            "rss t={:>4}s {:.1} MiB (connections so far: {}){heap}",
                             measured.elapsed().as_secs(),
                             rss as f64 / 1024.0,
                             totals.connections.load(Ordering::Relaxed)
@@ -507,26 +536,58 @@ fn main() -> anyhow::Result<()> {
             let hz = 100.0;
             let paths = (args.agents * args.paths) as f64;
             println!(
-                "aggregator: RSS {:.1} MiB = {:.2} KiB per active path (goal <= 8 KB); CPU {:.2} cores",
+                "aggregator: RSS {:.1} MiB = {:.2} KiB per active path (goal <= 8 KB); CPU {:.2} cores{}",
                 rss as f64 / 1024.0,
                 rss as f64 / paths,
-                (c1 - c0) as f64 / hz / secs
+                (c1 - c0) as f64 / hz / secs,
+                args.metrics.as_deref().map(allocator).unwrap_or_default()
             );
         }
         anyhow::Ok(())
     })
 }
 
-/// `pathpulse_ingest_latency_seconds` by stage: cumulative counts per `le` bound.
-fn ingest_latency(url: &str) -> std::collections::HashMap<String, Vec<(f64, u64)>> {
-    let mut out: std::collections::HashMap<String, Vec<(f64, u64)>> = Default::default();
-    let text = match ureq::get(url).call() {
+/// The aggregator's `/metrics` text (empty, with a message, when it cannot be read).
+fn fetch(url: &str) -> String {
+    match ureq::get(url).call() {
         Ok(mut r) => r.body_mut().read_to_string().unwrap_or_default(),
         Err(e) => {
             eprintln!("loadgen: {url}: {e}");
-            return out;
+            String::new()
         }
-    };
+    }
+}
+
+/// `; allocator: allocated A, active B, resident C, retained D MiB` from the aggregator's
+/// `pathpulse_allocator_bytes{kind}` (how much of its RSS is live data), or nothing.
+fn allocator(url: &str) -> String {
+    let text = fetch(url);
+    let kinds: Vec<String> = ["allocated", "active", "resident", "retained"]
+        .iter()
+        .filter_map(|kind| {
+            let prefix = format!("pathpulse_allocator_bytes{{kind=\"{kind}\"}} ");
+            let v: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(format!("{kind} {:.1}", v / f64::from(1 << 20)))
+        })
+        .collect();
+    match kinds.is_empty() {
+        true => String::new(),
+        false => format!("; allocator: {} MiB", kinds.join(", ")),
+    }
+}
+
+/// `pathpulse_ingest_latency_seconds` by stage: cumulative counts per `le` bound.
+fn ingest_latency(url: &str) -> std::collections::HashMap<String, Vec<(f64, u64)>> {
+    let mut out: std::collections::HashMap<String, Vec<(f64, u64)>> = Default::default();
+    let text = fetch(url);
+    if text.is_empty() {
+        return out;
+    }
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("pathpulse_ingest_latency_seconds_bucket{") else {
             continue;
