@@ -6,7 +6,8 @@
 #   scripts/bench.sh            # prints each figure, its peer's and the ratio
 #   scripts/bench.sh mem        # only section 2, the agent's memory (MEM_STEADY_S=0 skips the 6 min wait)
 #   scripts/bench.sh ingest     # only section 4 (LOADGEN_DURATION_S=30 LOADGEN_SCRAPE_S=0 by default;
-#                               # LOADGEN_DURATION_S=600 LOADGEN_SCRAPE_S=15 as Prometheus would see it)
+#                               # LOADGEN_DURATION_S=600 LOADGEN_SCRAPE_S=15 as Prometheus would see it;
+#                               # LOADGEN_SAMPLES=1 for 1 probe/s a path instead of 5)
 #   scripts/bench.sh soak       # only the soak (SOAK_AGENTS=1000 SOAK_MINUTES=10 SOAK_WARMUP_S=10 by default;
 #                               # SOAK_WARMUP_S=330 measures once the windows are full)
 set -euo pipefail
@@ -151,6 +152,7 @@ ingest() { # section 4 alone: scripts/bench.sh ingest
   fi
   target/release/pathpulse-loadgen --state-dir "$agg_state" --aggregator 127.0.0.1:24470 \
     --agents "${LOADGEN_AGENTS:-1000}" --paths "${LOADGEN_PATHS:-100}" \
+    --samples "${LOADGEN_SAMPLES:-5}" \
     --duration-s "${LOADGEN_DURATION_S:-30}" --rss-every-s 60 --pid "$agg" \
     --metrics http://127.0.0.1:29470/metrics
   [[ -n "$scraper" ]] && kill "$scraper" 2>/dev/null

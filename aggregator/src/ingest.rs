@@ -56,6 +56,35 @@ pub struct Auth {
     pub state: Arc<StateDb>,
 }
 
+/// Receive buffer asked for the ingest's UDP socket: every agent's reports arrive on this
+/// one socket, and the kernel drops what does not fit while the endpoint is busy. With the
+/// default 208 KiB, 1,000 agents × 100 paths (about 10 MB/s) overflowed it within a minute
+/// (the kernel's `RcvbufErrors` rose by thousands a second), QUIC backed off and resent,
+/// and most connections timed out. 8 MiB holds most of a second of that traffic.
+pub const UDP_RECV_BUFFER: usize = 8 << 20;
+
+/// The ingest's UDP socket, bound to `addr`, with a receive buffer of [`UDP_RECV_BUFFER`]
+/// where the system allows it (beyond `net.core.rmem_max` only with `CAP_NET_ADMIN`).
+/// Returns the buffer the kernel granted (half what it reports: it counts its own
+/// bookkeeping twice) so the caller can warn when it is smaller.
+pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if socket.set_recv_buffer_size(UDP_RECV_BUFFER).is_err()
+        || socket.recv_buffer_size()? / 2 < UDP_RECV_BUFFER
+    {
+        // Above rmem_max: allowed to a privileged process (root, CAP_NET_ADMIN).
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &UDP_RECV_BUFFER,
+        );
+    }
+    socket.bind(&addr.into())?;
+    let granted = socket.recv_buffer_size()? / 2;
+    Ok((socket.into(), granted))
+}
+
 /// The QUIC server configuration from rustls's, with limits suited to report streams.
 pub fn server_config(tls_cfg: rustls::ServerConfig) -> anyhow::Result<quinn::ServerConfig> {
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls_cfg)
@@ -614,5 +643,32 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ingest's socket asks for a receive buffer of [`UDP_RECV_BUFFER`] and gets it as
+    /// root (CI), or unprivileged at least as much as `net.core.rmem_max` allows.
+    #[test]
+    fn the_ingest_socket_gets_a_large_receive_buffer() {
+        let (socket, granted) =
+            udp_socket("127.0.0.1:0".parse().expect("address")).expect("socket");
+        assert_ne!(socket.local_addr().expect("bound").port(), 0);
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let root = nix::unistd::geteuid().is_root();
+        let floor = match root {
+            true => UDP_RECV_BUFFER,
+            false => UDP_RECV_BUFFER.min(rmem_max),
+        };
+        assert!(
+            granted >= floor,
+            "granted {granted} B, rmem_max {rmem_max} B, root {root}"
+        );
     }
 }

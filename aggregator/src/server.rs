@@ -67,12 +67,29 @@ pub async fn start(
     )
     .map_err(|e| fatal(e.into()))?;
     let quic_cfg = ingest::server_config(tls_cfg).map_err(fatal)?;
-    let endpoint = quinn::Endpoint::server(quic_cfg, cfg.listen).map_err(|e| {
+    let listen_err = |e: std::io::Error| {
         config_err(
             "listen",
             format!("cannot listen on {} (udp): {e}", cfg.listen),
         )
-    })?;
+    };
+    let (socket, granted) = ingest::udp_socket(cfg.listen).map_err(listen_err)?;
+    if granted < ingest::UDP_RECV_BUFFER {
+        tracing::warn!(
+            granted,
+            wanted = ingest::UDP_RECV_BUFFER,
+            "the ingest's UDP receive buffer is smaller than asked (net.core.rmem_max); with many agents the kernel drops their packets (RcvbufErrors in /proc/net/snmp): raise it with `sysctl -w net.core.rmem_max=8388608`, or run with CAP_NET_ADMIN"
+        );
+    }
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| fatal(anyhow::anyhow!("no async runtime for the QUIC endpoint")))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quic_cfg),
+        socket,
+        runtime,
+    )
+    .map_err(listen_err)?;
     let quic = endpoint.local_addr().map_err(|e| fatal(e.into()))?;
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await

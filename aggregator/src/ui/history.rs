@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use pathpulse_metrics::store::PathKey;
-use pathpulse_metrics::window::WindowView;
+use pathpulse_metrics::window::{PathWindows, WindowView};
 use pathpulse_metrics::{SharedStore, Store};
 
 /// Fine tier: step and length (10 min).
@@ -353,11 +353,16 @@ pub fn read(store: &Store, due: Due) -> Samples {
     if due.fine.is_none() && due.coarse.is_none() {
         return Vec::new();
     }
-    read_from(store, due, std::ops::Bound::Unbounded, usize::MAX)
+    store
+        .paths
+        .iter()
+        .map(|(k, st)| sample(k.clone(), &st.windows, st.jitter_us, due))
+        .collect()
 }
 
-/// [`read`] [`READ_CHUNK`] paths per hold of the store's lock, released in between, so
-/// ingest waits milliseconds, not the whole read (100,000 paths take about a second). A
+/// [`read`], for a blocking thread: [`READ_CHUNK`] paths' windows copied per hold of the
+/// store's lock, their points computed with the lock free (read whole under the lock,
+/// 100,000 paths held it about a second, with ingest waiting on the async workers). A
 /// path that arrives in between may be missed for this period, like one that arrives after.
 pub fn read_chunked(store: &SharedStore, due: Due) -> Samples {
     use std::ops::Bound::{Excluded, Unbounded};
@@ -366,37 +371,42 @@ pub fn read_chunked(store: &SharedStore, due: Due) -> Samples {
         return out;
     }
     loop {
-        let chunk = {
+        let chunk: Vec<(PathKey, PathWindows, Option<f64>)> = {
             let st = store.lock().unwrap_or_else(|e| e.into_inner());
             let from = out.last().map_or(Unbounded, |(k, _, _)| Excluded(k));
-            read_from(&st, due, from, READ_CHUNK)
+            st.paths
+                .range((from, Unbounded))
+                .take(READ_CHUNK)
+                .map(|(k, p)| (k.clone(), p.windows.clone(), p.jitter_us))
+                .collect()
         };
         let done = chunk.len() < READ_CHUNK;
-        out.extend(chunk);
+        out.extend(
+            chunk
+                .into_iter()
+                .map(|(k, w, jitter)| sample(k, &w, jitter, due)),
+        );
         if done {
             return out;
         }
-        // A mutex is not fair: relocked at once, it could stay ours.
-        std::thread::sleep(std::time::Duration::from_micros(250));
     }
 }
 
-fn read_from(store: &Store, due: Due, from: std::ops::Bound<&PathKey>, n: usize) -> Samples {
-    store
-        .paths
-        .range((from, std::ops::Bound::Unbounded))
-        .take(n)
-        .map(|(k, st)| {
-            let at = |end: Option<u64>, step: u64| {
-                end.map(|e| Point::from_view(&st.windows.range(e - step, e), st.jitter_us))
-            };
-            (
-                k.clone(),
-                at(due.fine, FINE_STEP_MS),
-                at(due.coarse, COARSE_STEP_MS),
-            )
-        })
-        .collect()
+/// One path's points of the due periods.
+fn sample(
+    k: PathKey,
+    w: &PathWindows,
+    jitter_us: Option<f64>,
+    due: Due,
+) -> (PathKey, Option<Point>, Option<Point>) {
+    let at = |end: Option<u64>, step: u64| {
+        end.map(|e| Point::from_view(&w.range(e - step, e), jitter_us))
+    };
+    (
+        k,
+        at(due.fine, FINE_STEP_MS),
+        at(due.coarse, COARSE_STEP_MS),
+    )
 }
 
 impl History {

@@ -46,6 +46,9 @@ struct Ui {
     history: Mutex<History>,
     /// Serialized mesh per window, with the time it was made.
     mesh_cache: Mutex<HashMap<&'static str, (u64, Arc<String>)>>,
+    /// Held while a mesh is computed: clients that find the cache stale meanwhile wait
+    /// for that one and take it, rather than each computing their own.
+    mesh_computing: Mutex<()>,
     shutdown: CancellationToken,
 }
 
@@ -54,17 +57,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Ui {
-    fn mesh_json(&self, window: (&'static str, u64)) -> Arc<String> {
-        let now = wall_clock_ms();
-        if let Some((t, json)) = lock(&self.mesh_cache).get(window.0)
-            && now.saturating_sub(*t) < MESH_CACHE_MS
-        {
-            return json.clone();
+    fn cached_mesh(&self, window: &str) -> Option<Arc<String>> {
+        match lock(&self.mesh_cache).get(window) {
+            Some((t, json)) if wall_clock_ms().saturating_sub(*t) < MESH_CACHE_MS => {
+                Some(json.clone())
+            }
+            _ => None,
         }
-        let mesh = api::mesh(&lock(&self.store), window, now);
-        let json = Arc::new(serde_json::to_string(&mesh).unwrap_or_default());
-        lock(&self.mesh_cache).insert(window.0, (now, json.clone()));
-        json
+    }
+
+    /// The mesh of `window`, serialized: from the cache, or computed on a blocking thread
+    /// a chunk of paths per hold of the store's lock (100,000 paths' window views held the
+    /// lock and an async worker for about a second, every second with a page open).
+    async fn mesh_json(self: &Arc<Self>, window: (&'static str, u64)) -> Arc<String> {
+        if let Some(json) = self.cached_mesh(window.0) {
+            return json;
+        }
+        let ui = self.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            let _one = lock(&ui.mesh_computing);
+            if let Some(json) = ui.cached_mesh(window.0) {
+                return json;
+            }
+            let now = wall_clock_ms();
+            let mesh = api::mesh_chunked(&ui.store, window, now);
+            let json = Arc::new(serde_json::to_string(&mesh).unwrap_or_default());
+            // Fresh from when it was finished: a mesh that takes longer to compute than the
+            // cache lasts would otherwise be computed again and again while a page is open.
+            lock(&ui.mesh_cache).insert(window.0, (wall_clock_ms(), json.clone()));
+            json
+        })
+        .await;
+        made.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "computing the mesh failed");
+            Arc::new("{}".to_string())
+        })
     }
 
     fn agents_json(&self) -> String {
@@ -111,6 +138,7 @@ pub fn router(store: SharedStore, shutdown: CancellationToken) -> Router {
         store,
         history: Mutex::new(History::default()),
         mesh_cache: Mutex::new(HashMap::new()),
+        mesh_computing: Mutex::new(()),
         shutdown,
     });
     tokio::spawn(ui.clone().sample());
@@ -176,7 +204,7 @@ fn window_of(q: &WindowQuery) -> Result<(&'static str, u64), String> {
 
 async fn mesh(State(ui): State<Arc<Ui>>, Query(q): Query<WindowQuery>) -> Response {
     match window_of(&q) {
-        Ok(w) => json(ui.mesh_json(w).as_str()),
+        Ok(w) => json(ui.mesh_json(w).await.as_str()),
         Err(why) => bad_request(why),
     }
 }
@@ -256,7 +284,7 @@ async fn events(State(ui): State<Arc<Ui>>, Query(q): Query<WindowQuery>) -> Resp
                 pending.push(
                     Event::default()
                         .event("mesh")
-                        .data(ui.mesh_json(window).as_str()),
+                        .data(ui.mesh_json(window).await.as_str()),
                 );
             }
             let ev = pending.pop()?;

@@ -13,7 +13,9 @@
 //!
 //! Each path has a base RTT of its own (1–40 ms, from its names) and every sample adds up
 //! to 500 µs of jitter; its IPDV histogram holds the differences of consecutive samples, as
-//! an agent's does (the loadgen sent none before 2026-12-05); `--wide-rtt` draws a new base for every report instead (every
+//! an agent's does (the loadgen sent none before 2026-12-05). Each report carries 5 samples
+//! a path (5 probes/s at one report a second); `--samples N` sets it (1: the agent's
+//! default of 1 probe/s, reported every second). `--wide-rtt` draws a new base for every report instead (every
 //! window then spans 1–40 ms: the histograms' worst case, and the figures before
 //! 2026-12-04).
 //!
@@ -59,6 +61,11 @@ struct Args {
     /// `--wide-rtt`: each report of a path draws a new base RTT (1–40 ms), as the loadgen
     /// did before 2026-12-04, so a path's window histograms span the whole range.
     wide_rtt: bool,
+    /// `--samples N`: RTT samples per path per report (default 5: 5 probes/s per path at
+    /// one report a second; 1 is the agent's default of 1 probe/s reported every second).
+    samples: u32,
+    /// `--no-ipdv`: reports without IPDV, as the loadgen sent them before 2026-12-05.
+    no_ipdv: bool,
 }
 
 /// The destinations of simulated agent `i`.
@@ -113,6 +120,11 @@ fn parse_args() -> anyhow::Result<Args> {
         metrics: get("--metrics"),
         mesh: args.iter().any(|a| a == "--mesh"),
         wide_rtt: args.iter().any(|a| a == "--wide-rtt"),
+        no_ipdv: args.iter().any(|a| a == "--no-ipdv"),
+        samples: u32::try_from(num("--samples", 5)?)
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| anyhow!("--samples: 1 to 10000"))?,
     })
 }
 
@@ -139,18 +151,19 @@ fn base_rtt_us(agent: &str, dst: &str) -> u64 {
     1_000 + h % 39_000
 }
 
-/// One report of `paths` paths with five RTT samples each: the path's base RTT plus up to
-/// 500 µs of jitter (`wide`: a new base for every report), and their IPDV (each sample's
-/// difference from the path's previous one, kept in `last`); with `lossy`, about one path
-/// in 25 loses one probe of its five.
+/// One report of `paths` paths with `--samples` RTT samples each (5 by default): the
+/// path's base RTT plus up to 500 µs of jitter (`--wide-rtt`: a new base for every report),
+/// and their IPDV (each sample's difference from the path's previous one, kept in `last`);
+/// with `--mesh`, about one path in 25 loses one probe. The report covers one interval.
 fn report(
     agent: &str,
     seq: u64,
     paths: &[String],
     last: &mut [Option<u64>],
-    (lossy, wide): (bool, bool),
+    args: &Args,
     rng: &mut impl Rng,
 ) -> ClientMsg {
+    let (lossy, wide, n) = (args.mesh, args.wide_rtt, args.samples);
     let paths = paths
         .iter()
         .zip(last.iter_mut())
@@ -159,8 +172,8 @@ fn report(
             let mut p = PathReport {
                 dst: dst.clone(),
                 probe: Some(ProbeKind::Icmp),
-                sent: 5,
-                received: 5 - lost,
+                sent: n,
+                received: n - lost,
                 lost,
                 ..PathReport::default()
             };
@@ -172,7 +185,7 @@ fn report(
                 let v = base + rng.random_range(0..500u64);
                 p.rtt.record(v);
                 p.rtt_sum_us += v;
-                if let Some(l) = last.replace(v) {
+                if let Some(l) = last.replace(v).filter(|_| !args.no_ipdv) {
                     p.ipdv.record(v.abs_diff(l));
                 }
             }
@@ -183,7 +196,7 @@ fn report(
         seq,
         agent: agent.into(),
         interval_start_ms: pathpulse_metrics::export::wall_clock_ms(),
-        interval_ms: 5000,
+        interval_ms: u32::try_from(args.interval.as_millis()).unwrap_or(u32::MAX),
         paths,
         health: AgentHealth::default(),
     })
@@ -229,14 +242,7 @@ async fn churner(
                 let t = Instant::now();
                 frame::write(
                     &mut send,
-                    &report(
-                        &name,
-                        seq,
-                        &paths,
-                        &mut last,
-                        (args.mesh, args.wide_rtt),
-                        &mut rng,
-                    ),
+                    &report(&name, seq, &paths, &mut last, &args, &mut rng),
                 )
                 .await?;
                 let answer = frame::read::<ServerMsg, _>(&mut recv, DEFAULT_MAX_FRAME).await?;
@@ -355,14 +361,7 @@ async fn agent(
     while Instant::now() < end {
         tick.tick().await;
         seq += 1;
-        let msg = report(
-            &name,
-            seq,
-            &paths,
-            &mut last,
-            (args.mesh, args.wide_rtt),
-            &mut rng,
-        );
+        let msg = report(&name, seq, &paths, &mut last, &args, &mut rng);
         let bytes = frame::encode(&msg).map_err(|e| anyhow!("encode: {e}"))?;
         sent_at
             .lock()
