@@ -671,4 +671,16 @@ mod tests {
             "granted {granted} B, rmem_max {rmem_max} B, root {root}"
         );
     }
+
+    /// The .deb's sysctl.d file lets the (unprivileged) service have the buffer it asks for.
+    #[test]
+    fn the_packaged_rmem_max_fits_the_buffer() {
+        let conf = include_str!("../../packaging/60-pathpulse-aggregator.conf");
+        let rmem_max: usize = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("net.core.rmem_max = "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("net.core.rmem_max in the sysctl.d file");
+        assert!(rmem_max >= UDP_RECV_BUFFER, "{conf}");
+    }
 }

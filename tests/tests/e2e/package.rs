@@ -107,6 +107,8 @@ fn debs_hold_binary_unit_config_man_pages_and_completions() {
         .into_iter()
         // The agent's STAMP port, bound by systemd (socket activation).
         .chain((b == "agent").then(|| format!("/usr/lib/systemd/system/{name}.socket")))
+        // The aggregator's UDP receive buffer (net.core.rmem_max), applied at boot.
+        .chain((b == "aggregator").then(|| format!("/usr/lib/sysctl.d/60-{name}.conf")))
         {
             assert!(
                 files.contains(&want.as_str()),
