@@ -117,10 +117,32 @@ impl Slot {
         if rtt.is_empty() && ipdv.is_empty() {
             return;
         }
-        let (rtt, ipdv) = (
+        self.merge_in(
             rtt.buckets().iter().copied(),
             ipdv.buckets().iter().copied(),
         );
+    }
+
+    /// Fold another slot's data (counts, histograms, directions) into this one (a 1 min
+    /// slot's buckets made coarse).
+    pub fn absorb(&mut self, other: &Slot) {
+        self.received = self.received.saturating_add(other.received);
+        self.lost = self.lost.saturating_add(other.lost);
+        if !other.hists.is_empty() {
+            let (rtt, ipdv) = other.pairs();
+            self.merge_in(rtt, ipdv);
+        }
+        if let Some(d) = other.dir.as_deref() {
+            self.dir.get_or_insert_default().merge(d);
+        }
+    }
+
+    /// Merge sorted RTT and IPDV buckets into the slot's (made coarse in a 1 min slot).
+    fn merge_in(
+        &mut self,
+        rtt: impl Iterator<Item = (u32, u32)>,
+        ipdv: impl Iterator<Item = (u32, u32)>,
+    ) {
         let coarse = self.coarse();
         SCRATCH.with_borrow_mut(|out| {
             let (mine_rtt, mine_ipdv) = self.pairs();
@@ -139,37 +161,6 @@ impl Slot {
             }
             self.store(out);
         });
-    }
-
-    /// Fold another slot's data (counts, histograms, directions) into this one (a 1 min
-    /// slot's buckets made coarse).
-    pub fn absorb(&mut self, other: &Slot) {
-        self.received = self.received.saturating_add(other.received);
-        self.lost = self.lost.saturating_add(other.lost);
-        if !other.hists.is_empty() {
-            let coarse = self.coarse();
-            SCRATCH.with_borrow_mut(|out| {
-                let (a_rtt, a_ipdv) = self.pairs();
-                let (b_rtt, b_ipdv) = other.pairs();
-                if coarse {
-                    pack(
-                        out,
-                        MergeSorted::new(a_rtt, coarse_rtt(b_rtt)),
-                        MergeSorted::new(a_ipdv, coarse_ipdv(b_ipdv)),
-                    );
-                } else {
-                    pack(
-                        out,
-                        MergeSorted::new(a_rtt, b_rtt),
-                        MergeSorted::new(a_ipdv, b_ipdv),
-                    );
-                }
-                self.store(out);
-            });
-        }
-        if let Some(d) = other.dir.as_deref() {
-            self.dir.get_or_insert_default().merge(d);
-        }
     }
 
     /// Keep `packed` as the slot's histograms (see [`keep`]).
