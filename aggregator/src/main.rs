@@ -7,9 +7,11 @@
 // levelled off at 8.64 (README, "Where the aggregator's memory goes"). Two arenas (the
 // ingest tasks and the alert engine's thread), freed pages returned after 1 s by a
 // background thread.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+#[cfg(not(feature = "system-allocator"))]
 /// jemalloc's settings, read before `main` (`_RJEM_MALLOC_CONF` in the environment still
 /// overrides them): NUL-terminated, as C's `const char *malloc_conf`.
 const JEMALLOC_CONF: &[u8] =
@@ -18,6 +20,7 @@ const JEMALLOC_CONF: &[u8] =
 // tikv-jemalloc-sys links jemalloc with the `_rjem_` prefix; jemalloc declares this
 // pointer weak, so this definition is the one it reads. `export_name` is an unsafe
 // attribute (a symbol defined twice is undefined behaviour): nothing else defines it.
+#[cfg(not(feature = "system-allocator"))]
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: Option<&u8> = Some(&JEMALLOC_CONF[0]);

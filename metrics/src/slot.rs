@@ -5,8 +5,9 @@
 //! heap blocks of 64 or more). Slots are written a few times (one merge per report) and read
 //! once per scrape, so packing and unpacking on each access is cheap next to the memory.
 //!
-//! Layout of `hists`: the RTT buckets as (index delta, count) varint pairs, then a `0, 0`
-//! pair (a count is never 0), then the IPDV buckets the same way. Empty: no allocation.
+//! Layout of `hists`: the probes received and lost (two varints), the RTT buckets as
+//! (index delta, count) varint pairs, then a `0, 0` pair (a count is never 0), then the IPDV
+//! buckets the same way. Empty (nothing received, nothing lost): no allocation.
 
 use std::cell::RefCell;
 
@@ -15,8 +16,10 @@ use pathpulse_wire::hist::{self, MergeSorted};
 
 use crate::window::DirView;
 
-/// 40 bytes (checked in a test): the start in seconds and the coarse flag in the length's
-/// top bit save 8 of the 48 a `u64` start and a `bool` took, 1.5 MB at 10,000 paths.
+/// 32 bytes (checked in a test): the start in seconds and the coarse flag in the length's
+/// top bit save 8 of the 48 a `u64` start and a `bool` took, 1.5 MB at 10,000 paths; the
+/// counts packed with the histograms (2 bytes there for a slot's handful of probes) 8 more,
+/// 14 MB at 100,000 paths.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Slot {
     /// Start, in whole seconds since the epoch (slot starts are multiples of 5 s).
@@ -25,9 +28,8 @@ pub(crate) struct Slot {
     /// for a fine slot; for a 1 min slot, up to the end of the last fine slot folded into
     /// it (so it never reaches into a window its data is not in). Top bit: [`COARSE`].
     span: u32,
-    /// Counts of the slot (saturating: one path's probes in at most a minute).
-    pub received: u32,
-    pub lost: u32,
+    /// Counts and histograms (see the module's doc; counts saturate: one path's probes in
+    /// at most a minute).
     hists: Box<[u8]>,
     pub dir: Option<Box<DirView>>,
 }
@@ -98,7 +100,7 @@ impl Slot {
         if !self.hists.is_empty() {
             SCRATCH.with_borrow_mut(|out| {
                 let (rtt, ipdv) = self.pairs();
-                pack(out, coarse_rtt(rtt), coarse_ipdv(ipdv));
+                pack(out, self.counts(), coarse_rtt(rtt), coarse_ipdv(ipdv));
                 self.store(out);
             });
         }
@@ -112,12 +114,11 @@ impl Slot {
 
     /// Add an interval's counts and histograms.
     pub fn add(&mut self, rtt: &SparseHist, ipdv: &SparseHist, received: u32, lost: u32) {
-        self.received = self.received.saturating_add(received);
-        self.lost = self.lost.saturating_add(lost);
-        if rtt.is_empty() && ipdv.is_empty() {
+        if received == 0 && lost == 0 && rtt.is_empty() && ipdv.is_empty() {
             return;
         }
         self.merge_in(
+            (received, lost),
             rtt.buckets().iter().copied(),
             ipdv.buckets().iter().copied(),
         );
@@ -126,35 +127,39 @@ impl Slot {
     /// Fold another slot's data (counts, histograms, directions) into this one (a 1 min
     /// slot's buckets made coarse).
     pub fn absorb(&mut self, other: &Slot) {
-        self.received = self.received.saturating_add(other.received);
-        self.lost = self.lost.saturating_add(other.lost);
         if !other.hists.is_empty() {
             let (rtt, ipdv) = other.pairs();
-            self.merge_in(rtt, ipdv);
+            self.merge_in(other.counts(), rtt, ipdv);
         }
         if let Some(d) = other.dir.as_deref() {
             self.dir.get_or_insert_default().merge(d);
         }
     }
 
-    /// Merge sorted RTT and IPDV buckets into the slot's (made coarse in a 1 min slot).
+    /// Add counts and merge sorted RTT and IPDV buckets into the slot's (made coarse in a
+    /// 1 min slot).
     fn merge_in(
         &mut self,
+        (received, lost): (u32, u32),
         rtt: impl Iterator<Item = (u32, u32)>,
         ipdv: impl Iterator<Item = (u32, u32)>,
     ) {
         let coarse = self.coarse();
+        let (r, l) = self.counts();
+        let counts = (r.saturating_add(received), l.saturating_add(lost));
         SCRATCH.with_borrow_mut(|out| {
             let (mine_rtt, mine_ipdv) = self.pairs();
             if coarse {
                 pack(
                     out,
+                    counts,
                     MergeSorted::new(mine_rtt, coarse_rtt(rtt)),
                     MergeSorted::new(mine_ipdv, coarse_ipdv(ipdv)),
                 );
             } else {
                 pack(
                     out,
+                    counts,
                     MergeSorted::new(mine_rtt, rtt),
                     MergeSorted::new(mine_ipdv, ipdv),
                 );
@@ -168,11 +173,19 @@ impl Slot {
         keep(&mut self.hists, packed);
     }
 
+    /// Probes received and lost in the slot.
+    pub fn counts(&self) -> (u32, u32) {
+        let mut c = Pairs::new(&self.hists);
+        (c.get().unwrap_or(0), c.get().unwrap_or(0))
+    }
+
     /// The RTT and IPDV buckets, in index order.
     pub fn pairs(&self) -> (Pairs<'_>, Pairs<'_>) {
         let mut rtt = Pairs::new(&self.hists);
+        rtt.get();
+        rtt.get();
         // Skip to the IPDV section: past the RTT pairs and their terminator.
-        let mut rest = Pairs::new(&self.hists);
+        let mut rest = rtt.clone();
         while rest.next().is_some() {}
         rtt.end = rest.pos;
         let ipdv = Pairs {
@@ -197,39 +210,77 @@ impl Slot {
 /// One histogram packed like a slot's: `(index delta, count)` varints in one exact-size
 /// allocation (none when empty). For long-lived copies that are merged and read whole: about
 /// 2.5 bytes a bucket where a `SparseHist` takes 8 and its `Vec`'s slack.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PackedHist(Box<[u8]>);
+///
+/// `N` counts can ride in front of the buckets, as varints in the same allocation (the
+/// alert history's entries keep their probe counts there: 16 bytes a value as four `u32`
+/// fields and a separate box, 4–6 bytes here; merged by adding, saturating).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedHist<const N: usize = 0>(Box<[u8]>);
+
+impl<const N: usize> Default for PackedHist<N> {
+    fn default() -> Self {
+        PackedHist(Box::default())
+    }
+}
 
 impl PackedHist {
     /// From buckets in index order; equal neighbours are added up, zero counts dropped.
     pub fn from_sorted(buckets: impl Iterator<Item = (u32, u32)>) -> PackedHist {
-        SCRATCH.with_borrow_mut(|out| {
-            out.clear();
-            put_pairs(out, buckets);
-            PackedHist(Box::from(out.as_slice()))
-        })
+        Self::new([], buckets)
     }
 
     pub fn from_hist(h: &SparseHist) -> PackedHist {
         Self::from_sorted(h.buckets().iter().copied())
     }
+}
+
+impl<const N: usize> PackedHist<N> {
+    /// `counts` and buckets in index order (equal neighbours added up, zero counts
+    /// dropped). No allocation when the counts are 0 and there is no bucket.
+    pub fn new(counts: [u32; N], buckets: impl Iterator<Item = (u32, u32)>) -> Self {
+        SCRATCH.with_borrow_mut(|out| {
+            out.clear();
+            for c in counts {
+                put(out, c);
+            }
+            put_pairs(out, buckets);
+            if out.iter().all(|&b| b == 0) && out.len() == N {
+                return PackedHist(Box::default());
+            }
+            PackedHist(Box::from(out.as_slice()))
+        })
+    }
+
+    /// The counts (all 0 when empty).
+    pub fn counts(&self) -> [u32; N] {
+        let mut r = Pairs::new(&self.0);
+        std::array::from_fn(|_| r.get().unwrap_or(0))
+    }
 
     /// The buckets, in index order.
     pub fn pairs(&self) -> Pairs<'_> {
-        Pairs::new(&self.0)
+        let mut r = Pairs::new(&self.0);
+        for _ in 0..N {
+            r.get();
+        }
+        r
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// Add `other`'s counts (saturating, as [`SparseHist::merge`]).
-    pub fn merge(&mut self, other: &PackedHist) {
+    /// Add `other`'s counts and buckets (saturating, as [`SparseHist::merge`]).
+    pub fn merge(&mut self, other: &Self) {
         if other.is_empty() {
             return;
         }
+        let (a, b) = (self.counts(), other.counts());
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
+            for (x, y) in a.into_iter().zip(b) {
+                put(out, x.saturating_add(y));
+            }
             put_pairs(out, MergeSorted::new(self.pairs(), other.pairs()));
             keep(&mut self.0, out);
         });
@@ -284,13 +335,16 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Pack two sorted bucket sequences into the slot layout, into `out`.
+/// Pack counts and two sorted bucket sequences into the slot layout, into `out`.
 fn pack(
     out: &mut Vec<u8>,
+    (received, lost): (u32, u32),
     rtt: impl Iterator<Item = (u32, u32)>,
     ipdv: impl Iterator<Item = (u32, u32)>,
 ) {
     out.clear();
+    put(out, received);
+    put(out, lost);
     put_pairs(out, rtt);
     let rtt_end = out.len();
     out.extend_from_slice(&[0, 0]);
@@ -298,6 +352,10 @@ fn pack(
     if out.len() == rtt_end + 2 {
         // No IPDV: the terminator is not needed either.
         out.truncate(rtt_end);
+    }
+    if out == &[0, 0] {
+        // Nothing at all: no allocation.
+        out.clear();
     }
 }
 
@@ -428,7 +486,7 @@ mod tests {
         let (r, i) = unpack(&s);
         assert_eq!(r, SparseHist::merged(&rtts));
         assert_eq!(i, SparseHist::merged(&ipdvs));
-        assert_eq!((s.received, s.lost), (9, 3));
+        assert_eq!(s.counts(), (9, 3));
 
         // Absorbing a slot adds everything; an IPDV-only slot and an empty one too.
         let mut other = Slot::new(0, 5_000);
@@ -438,12 +496,19 @@ mod tests {
         let (r2, i2) = unpack(&s);
         assert_eq!(r2, r);
         assert_eq!(i2.count(), i.count() + 2);
-        assert_eq!(s.lost, 5);
+        assert_eq!(s.counts(), (9, 5));
+        // Counts alone (every probe lost) are kept; an empty slot allocates nothing.
+        let mut lost = Slot::new(0, 5_000);
+        assert_eq!((lost.counts(), lost.heap_bytes()), ((0, 0), 0));
+        lost.add(&hist(&[]), &hist(&[]), 0, u32::MAX);
+        lost.add(&hist(&[]), &hist(&[]), 0, 1);
+        assert_eq!(lost.counts(), (0, u32::MAX), "saturating");
+        assert_eq!(lost.pairs().0.count() + lost.pairs().1.count(), 0);
     }
 
     #[test]
-    fn a_slot_is_40_bytes_and_keeps_its_bounds() {
-        assert_eq!(std::mem::size_of::<Slot>(), 40);
+    fn a_slot_is_32_bytes_and_keeps_its_bounds() {
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
         let now_ms = 1_764_000_000_000;
         let mut s = Slot::new(now_ms, 5_000);
         assert_eq!(

@@ -97,8 +97,9 @@ impl Acc {
                 .extend(MergeSorted::new(acc.iter().copied(), add));
             std::mem::swap(acc, &mut self.scratch);
         }
-        self.received += u64::from(s.received);
-        self.lost += u64::from(s.lost);
+        let (received, lost) = s.counts();
+        self.received += u64::from(received);
+        self.lost += u64::from(lost);
         merge_dir(&mut self.dir, s.dir.as_deref());
     }
 
@@ -211,8 +212,9 @@ impl PathWindows {
         self.slots
             .iter()
             .filter(|s| s.end_ms() > from && s.start_ms() <= now_ms)
-            .fold((0, 0), |(r, l), s| {
-                (r + u64::from(s.received), l + u64::from(s.lost))
+            .map(Slot::counts)
+            .fold((0, 0), |(r, l), (sr, sl)| {
+                (r + u64::from(sr), l + u64::from(sl))
             })
     }
 

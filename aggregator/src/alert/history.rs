@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use pathpulse_metrics::slot::PackedHist;
+use pathpulse_metrics::slot::{PackedHist, Pairs};
 use pathpulse_wire::{SparseHist, hist};
 
 use super::rules::{PathInput, WindowStats};
@@ -26,25 +26,31 @@ const FINE_MS: u64 = 10_000;
 /// Older history is kept in entries of this length.
 const SLOT_MS: u64 = 5_000;
 
-/// One report, or the reports of one [`SLOT_MS`] folded together: 40 bytes and a packed
-/// histogram. The RTT buckets are coarsened to about 2 significant digits
-/// ([`pathpulse_wire::hist::coarse_index`]: quantiles within 0.4%), enough to judge a
-/// threshold and a fraction of the memory: 100,000 paths keep about 25 entries each.
+/// One report, or the reports of one [`SLOT_MS`] folded together: 24 bytes and one packed
+/// allocation holding its counts and its RTT histogram (was 40 bytes and a packed
+/// histogram: 100,000 paths keep about 25 entries each). The RTT buckets are coarsened to
+/// about 2 significant digits ([`pathpulse_wire::hist::coarse_index`]: quantiles within
+/// 0.4%), enough to judge a threshold and a fraction of the memory.
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub end_ms: u64,
+    /// Probes received and lost; sum and count of the RFC 3550 jitter values of the
+    /// reports in this entry (µs; whole microseconds, so sums are exact in any order).
+    /// All saturating at `u32::MAX`, more than a path sends in a window.
+    packed: PackedHist<4>,
+}
+
+/// An entry's counts, unpacked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Counts {
     pub received: u32,
     pub lost: u32,
-    /// Sum and count of the RFC 3550 jitter values of the reports in this entry (µs;
-    /// whole microseconds, so sums are exact in any order; saturating).
     pub jitter_sum_us: u32,
     pub jitter_n: u32,
-    pub rtt: PackedHist,
 }
 
 impl Entry {
-    /// A report's entry (counts saturate at `u32::MAX`, more than a path sends in a
-    /// window).
+    /// A report's entry.
     pub fn new(
         end_ms: u64,
         (received, lost): (u32, u32),
@@ -53,11 +59,13 @@ impl Entry {
     ) -> Entry {
         Entry {
             end_ms,
-            received,
-            lost,
-            jitter_sum_us: jitter_us.unwrap_or(0),
-            jitter_n: u32::from(jitter_us.is_some()),
-            rtt: PackedHist::from_sorted(
+            packed: PackedHist::new(
+                [
+                    received,
+                    lost,
+                    jitter_us.unwrap_or(0),
+                    u32::from(jitter_us.is_some()),
+                ],
                 rtt.buckets()
                     .iter()
                     .map(|&(i, n)| (hist::coarse_index(i), n)),
@@ -65,19 +73,29 @@ impl Entry {
         }
     }
 
+    pub fn counts(&self) -> Counts {
+        let [received, lost, jitter_sum_us, jitter_n] = self.packed.counts();
+        Counts {
+            received,
+            lost,
+            jitter_sum_us,
+            jitter_n,
+        }
+    }
+
+    pub fn rtt(&self) -> Pairs<'_> {
+        self.packed.pairs()
+    }
+
     fn absorb(&mut self, o: Entry) {
         self.end_ms = self.end_ms.max(o.end_ms);
-        self.received = self.received.saturating_add(o.received);
-        self.lost = self.lost.saturating_add(o.lost);
-        self.rtt.merge(&o.rtt);
-        self.jitter_sum_us = self.jitter_sum_us.saturating_add(o.jitter_sum_us);
-        self.jitter_n = self.jitter_n.saturating_add(o.jitter_n);
+        self.packed.merge(&o.packed);
     }
 }
 
 /// The histograms of `entries` merged into one.
 fn merged<'a>(entries: impl Iterator<Item = &'a Entry>) -> SparseHist {
-    SparseHist::from_pairs(entries.flat_map(|e| e.rtt.pairs()).collect())
+    SparseHist::from_pairs(entries.flat_map(|e| e.rtt()).collect())
 }
 
 /// Running sum of the entries from index `first` on: those inside the window last read.
@@ -100,12 +118,13 @@ struct Tail {
 
 impl Tail {
     fn add(&mut self, e: &Entry) {
-        self.received += u64::from(e.received);
-        self.lost += u64::from(e.lost);
-        self.jitter_sum_us += u64::from(e.jitter_sum_us);
-        self.jitter_n += u64::from(e.jitter_n);
+        let c = e.counts();
+        self.received += u64::from(c.received);
+        self.lost += u64::from(c.lost);
+        self.jitter_sum_us += u64::from(c.jitter_sum_us);
+        self.jitter_n += u64::from(c.jitter_n);
         if !self.overflow {
-            self.add_rtt(e.rtt.pairs());
+            self.add_rtt(e.rtt());
         }
     }
 
@@ -154,16 +173,17 @@ impl Tail {
     /// Take out an entry that was added (its buckets are all there, with at least its
     /// counts).
     fn sub(&mut self, e: &Entry) {
-        self.received -= u64::from(e.received);
-        self.lost -= u64::from(e.lost);
-        self.jitter_sum_us -= u64::from(e.jitter_sum_us);
-        self.jitter_n -= u64::from(e.jitter_n);
+        let c = e.counts();
+        self.received -= u64::from(c.received);
+        self.lost -= u64::from(c.lost);
+        self.jitter_sum_us -= u64::from(c.jitter_sum_us);
+        self.jitter_n -= u64::from(c.jitter_n);
         if self.overflow {
             return;
         }
         let mut mine = 0;
         let mut emptied = false;
-        for (idx, n) in e.rtt.pairs() {
+        for (idx, n) in e.rtt() {
             while self.rtt[mine].0 < idx {
                 mine += 1;
             }
@@ -204,7 +224,7 @@ impl PathHistory {
 
     /// Add a report's entry; `sent` is its probes sent (for the silence of path-down).
     pub fn add(&mut self, e: Entry, sent: u32, keep_ms: u64, now_ms: u64) {
-        if e.received > 0 {
+        if e.counts().received > 0 {
             self.last_reply_ms = Some(self.last_reply_ms.unwrap_or(0).max(e.end_ms));
             self.sent_since_reply = 0;
         } else {
@@ -313,7 +333,7 @@ impl PathHistory {
                 t.overflow = false;
                 t.rtt.clear();
                 for e in self.entries.range(t.first..) {
-                    t.add_rtt(e.rtt.pairs());
+                    t.add_rtt(e.rtt());
                 }
             }
         }
@@ -335,7 +355,7 @@ impl PathHistory {
     fn window_merged(&self, from_ms: u64) -> (u64, u64, u64, u64, SparseHist) {
         let inside = || self.entries.iter().rev().take_while(|e| e.end_ms > from_ms);
         let (mut r, mut l, mut js, mut jn) = (0, 0, 0, 0);
-        for e in inside() {
+        for e in inside().map(Entry::counts) {
             r += u64::from(e.received);
             l += u64::from(e.lost);
             js += u64::from(e.jitter_sum_us);
@@ -397,6 +417,7 @@ impl PathInput for PathView<'_> {
             .iter()
             .rev()
             .take_while(|e| e.end_ms > from)
+            .map(Entry::counts)
             .fold((0, 0), |(r, l), e| {
                 (r + u64::from(e.received), l + u64::from(e.lost))
             })
@@ -585,19 +606,37 @@ mod tests {
         );
     }
 
-    /// An entry is 40 bytes and its histogram coarse: 100,000 paths keep about 25 each.
+    /// An entry is 24 bytes, its counts packed with its histogram, which is coarse:
+    /// 100,000 paths keep about 25 each.
     #[test]
     fn entries_are_small_and_coarse() {
-        assert_eq!(std::mem::size_of::<Entry>(), 40);
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        // Counts round-trip, add up saturating when folded, and an entry of nothing
+        // allocates nothing.
+        let one = hist::SparseHist::new();
+        let mut a = Entry::new(5, (7, u32::MAX - 1), &one, Some(300));
+        a.absorb(Entry::new(9, (1, 3), &one, None));
+        let want = Counts {
+            received: 8,
+            lost: u32::MAX,
+            jitter_sum_us: 300,
+            jitter_n: 1,
+        };
+        assert_eq!((a.end_ms, a.counts(), a.rtt().count()), (9, want, 0));
+        let none = Entry::new(1, (0, 0), &one, None);
+        assert_eq!(
+            (none.counts(), none.packed.heap_bytes()),
+            (Counts::default(), 0)
+        );
         let mut rtt = SparseHist::new();
         for v in 20_000..20_500 {
             rtt.record(v);
         }
         let e = Entry::new(0, (500, 0), &rtt, None);
-        let (fine, coarse) = (rtt.buckets().len(), e.rtt.pairs().count());
+        let (fine, coarse) = (rtt.buckets().len(), e.rtt().count());
         assert!(coarse * 8 <= fine + 8, "{fine} buckets -> {coarse}");
         let q = |h: &SparseHist| h.quantile(0.95).expect("samples") as f64;
-        let (a, b) = (q(&rtt), q(&e.rtt.to_hist()));
+        let (a, b) = (q(&rtt), q(&SparseHist::from_pairs(e.rtt().collect())));
         assert!((a - b).abs() / a < 0.005, "p95 {a} -> {b}");
     }
 
