@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use pathpulse_wire::RefuseReason;
 
 use crate::localize::{HopView, Thresholds, hop_views, localize, observations};
+use crate::protobuf::Scrape;
 use crate::stats::{Z95, loss_ratio, min_detectable_loss, mos, wilson_interval};
 use crate::store::{
     CLASSIC_BOUNDS_US, DstSites, HealthTotals, HopState, INGEST_LATENCY_BOUNDS_US, LOCAL_REFUSALS,
@@ -43,6 +44,13 @@ pub fn wall_clock_ms() -> u64 {
 
 /// Shared handle to the store, as used by ingest, HTTP and export.
 pub type SharedStore = Arc<Mutex<Store>>;
+
+/// Taken by the tests that sample how much of a scrape holds the store lock, and by the
+/// tests that keep a core busy for seconds, so that none runs beside another: on two cores
+/// they preempt the sampled scrape, and a holder preempted under the lock looks like a long
+/// hold.
+#[cfg(test)]
+pub(crate) static LOCK_SAMPLING: Mutex<()> = Mutex::new(());
 
 #[derive(Debug)]
 struct StoreCollector {
@@ -131,8 +139,8 @@ const PATH_COUNTERS: [(&str, &str, CounterOf); 7] = [
     ),
 ];
 
-/// Each path's windowed views, computed once per scrape.
-type PathViews<'a> = (&'a PathKey, [(&'static str, WindowView); 3]);
+/// A path's windowed views, computed once per scrape.
+type PathViews = [(&'static str, WindowView); 3];
 
 /// A gauge family with `quantile` and `window` labels: `us(view, q)` in microseconds.
 fn window_quantiles(
@@ -144,7 +152,7 @@ fn window_quantiles(
     us: impl Fn(&WindowView, f64) -> Option<u64>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for ((_, vs), pl) in views.iter().zip(labels) {
+    for (vs, pl) in views.iter().zip(labels) {
         for (w, v) in vs {
             for (qs, q) in QUANTILES {
                 if let Some(us) = us(v, q) {
@@ -167,7 +175,7 @@ fn window_gauges(
     value: impl Fn(&WindowView) -> Option<f64>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for ((_, vs), pl) in views.iter().zip(labels) {
+    for (vs, pl) in views.iter().zip(labels) {
         for (w, v) in vs {
             if let Some(x) = value(v) {
                 m.encode_family(&with(pl, &[("window", w)]))?
@@ -191,7 +199,7 @@ fn directional(
         None,
         MetricType::Gauge,
     )?;
-    for ((_, vs), pl) in views.iter().zip(labels) {
+    for (vs, pl) in views.iter().zip(labels) {
         for (w, v) in vs {
             let Some(d) = v.dir.as_deref() else { continue };
             let ratios = [
@@ -218,7 +226,7 @@ fn directional(
         None,
         MetricType::Gauge,
     )?;
-    for ((_, vs), pl) in views.iter().zip(labels) {
+    for (vs, pl) in views.iter().zip(labels) {
         for (w, v) in vs {
             let Some(d) = v.dir.as_deref() else { continue };
             for (dir, h) in [("forward", &d.owd_forward), ("reverse", &d.owd_reverse)] {
@@ -234,8 +242,329 @@ fn directional(
     Ok(())
 }
 
+/// What one encoding of the store's families holds. Every family's descriptor is encoded
+/// whatever the part, so that the protobuf exposition, encoded a chunk of paths at a time
+/// (`protobuf.rs`), finds the same families in each encoding.
+struct Part<'p, 's> {
+    /// Budgeted paths whose series are encoded, with their labels and window views.
+    paths: &'p [(&'s PathKey, &'s PathState)],
+    labels: &'p [Labels<'s>],
+    views: &'p [PathViews],
+    /// The families over the whole store, or `None` to encode them empty.
+    whole: Option<Whole<'p>>,
+}
+
+/// What the families over the whole store read: the budget's counts, the localization,
+/// the roll-ups and the agents.
+struct Whole<'p> {
+    store: &'p Store,
+    /// Paths without per-path series at this scrape, and summed over scrapes.
+    over: usize,
+    dropped: u64,
+    /// Finished ([`Rollups::finish`]).
+    rollups: &'p Rollups,
+}
+
+/// Encode the store's families: `part`'s paths' series and, when asked, the families over
+/// the whole store.
+fn encode_store(
+    enc: &mut DescriptorEncoder,
+    part: Part<'_, '_>,
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    let Part {
+        paths,
+        labels,
+        views,
+        whole,
+    } = part;
+    let mut m = enc.encode_descriptor(
+        "pathpulse_paths_over_budget",
+        "Paths without per-path series at this scrape because of the cardinality budget (their site-pair and ISP roll-ups still count them).",
+        None,
+        MetricType::Gauge,
+    )?;
+    if let Some(w) = &whole {
+        m.encode_gauge(&(w.over as i64))?;
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_series_dropped",
+        "Paths left out of scrapes by the cardinality budget, summed over scrapes.",
+        None,
+        MetricType::Counter,
+    )?;
+    if let Some(w) = &whole {
+        m.encode_counter::<NoLabelSet, _, u64>(&w.dropped, None)?;
+    }
+
+    for (name, help, get) in PATH_COUNTERS {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (&(_, st), l) in paths.iter().zip(labels) {
+            m.encode_family(l)?
+                .encode_counter::<NoLabelSet, _, u64>(&get(st), None)?;
+        }
+    }
+
+    let mut m = enc.encode_descriptor(
+        "pathpulse_probes_in_flight",
+        "Probes sent and not yet answered or timed out, at the last report.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (&(_, st), l) in paths.iter().zip(labels) {
+        m.encode_family(l)?.encode_gauge(&st.in_flight)?;
+    }
+
+    let mut m = enc.encode_descriptor(
+        "pathpulse_rtt_seconds",
+        "Round-trip time of every answered probe.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (&(_, st), l) in paths.iter().zip(labels) {
+        let c = &st.cumulative;
+        let buckets: Vec<(f64, u64)> = CLASSIC_BOUNDS_US
+            .iter()
+            .map(|&b| secs(b as f64))
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(c.buckets.iter().copied())
+            .collect();
+        let (spans, deltas) = native_spans(&c.native);
+        let native = NativeHistogram {
+            schema: NATIVE_SCHEMA,
+            zero_threshold: 0.0,
+            zero_count: c.native_zero,
+            negative: NativeHistogramBuckets {
+                spans: &[],
+                deltas: &[],
+            },
+            positive: NativeHistogramBuckets {
+                spans: &spans,
+                deltas: &deltas,
+            },
+            created: None,
+        };
+        m.encode_family(l)?
+            .encode_histogram_with_native::<NoLabelSet>(
+                secs(c.sum_us as f64),
+                c.count,
+                &buckets,
+                None,
+                native,
+            )?;
+    }
+
+    window_quantiles(
+        enc,
+        "pathpulse_rtt_quantile_seconds",
+        "Exact RTT quantile over the window, from the merged HDR histogram (3 significant digits).",
+        views,
+        labels,
+        |v, q| v.hist.quantile(q),
+    )?;
+    window_gauges(
+        enc,
+        "pathpulse_loss_ratio",
+        "Lost / (received + lost) over the window.",
+        views,
+        labels,
+        |v| loss_ratio(v.lost, v.received),
+    )?;
+    window_gauges(
+        enc,
+        "pathpulse_loss_ratio_upper",
+        "Upper bound of the 95% Wilson confidence interval of the loss ratio over the window.",
+        views,
+        labels,
+        |v| wilson_interval(v.lost, v.lost + v.received, Z95).map(|(_, hi)| hi),
+    )?;
+
+    let mut m = enc.encode_descriptor(
+        "pathpulse_jitter_seconds",
+        "Interarrival jitter of the RTT, by definition (method).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (&(_, st), pl) in paths.iter().zip(labels) {
+        if let Some(j) = st.jitter_us {
+            let l = with(pl, &[("method", "rfc3550")]);
+            m.encode_family(&l)?.encode_gauge(&secs(j))?;
+        }
+    }
+
+    window_gauges(
+        enc,
+        "pathpulse_loss_detectable_ratio",
+        "Smallest loss ratio the window's probes detect with 95% confidence (about 3/n).",
+        views,
+        labels,
+        |v| min_detectable_loss(v.lost + v.received, 0.95),
+    )?;
+    window_quantiles(
+        enc,
+        "pathpulse_ipdv_seconds",
+        "Quantile of |RTT difference| between consecutive replies over the window (RFC 5481 IPDV).",
+        views,
+        labels,
+        |v, q| v.ipdv.quantile(q),
+    )?;
+    window_quantiles(
+        enc,
+        "pathpulse_pdv_seconds",
+        "Quantile of RTT minus the window's minimum RTT (RFC 5481 PDV).",
+        views,
+        labels,
+        |v, q| Some(v.hist.quantile(q)?.saturating_sub(v.hist.quantile(0.0)?)),
+    )?;
+
+    directional(enc, views, labels)?;
+
+    let mut m = enc.encode_descriptor(
+        "pathpulse_mos",
+        "E-model MOS estimate (1..4.5) from half the window's median RTT, RFC 3550 jitter and window loss.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for ((vs, (_, st)), pl) in views.iter().zip(paths).zip(labels) {
+        for (w, v) in vs {
+            let (Some(p50), Some(loss)) = (v.hist.quantile(0.5), loss_ratio(v.lost, v.received))
+            else {
+                continue;
+            };
+            let jitter_ms = st.jitter_us.unwrap_or(0.0) / 1000.0;
+            let score = mos(p50 as f64 / 2000.0, jitter_ms, loss);
+            m.encode_family(&with(pl, &[("window", w)]))?
+                .encode_gauge(&score)?;
+        }
+    }
+
+    encode_hops(enc, paths, now)?;
+
+    // The families over the whole store; empty ones (no agents, nothing localized, no
+    // groups) when `whole` is `None`.
+    let (empty_store, empty_rollups) = (Store::default(), Rollups::default());
+    let (store, rollups) = whole
+        .as_ref()
+        .map_or((&empty_store, &empty_rollups), |w| (w.store, w.rollups));
+    let mut m = enc.encode_descriptor(
+        "pathpulse_fault_verdict",
+        "1 per current localization verdict: where the packet loss of the last minute is (scope lan, site_uplink, isp, transit, target; suspect: the agent, site, ISP, router or target).",
+        None,
+        MetricType::Gauge,
+    )?;
+    if whole.is_some() {
+        for v in localize(&observations(store, now), &Thresholds::default()) {
+            let labels = [
+                ("scope", v.scope.as_str()),
+                ("suspect", v.suspect.as_str()),
+                ("confidence", v.confidence.as_str()),
+            ];
+            m.encode_family(&labels)?.encode_gauge(&1i64)?;
+        }
+    }
+    encode_rollups(enc, rollups)?;
+
+    let mut m = enc.encode_descriptor(
+        "pathpulse_agent_up",
+        "1 while the agent's reports arrive.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (a, st) in &store.agents {
+        let up = i64::from(store.agent_up(st, now));
+        m.encode_family(&[("agent", &**a)])?.encode_gauge(&up)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_agent_last_report_timestamp_seconds",
+        "When the agent's last report was applied (Unix time).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (a, st) in &store.agents {
+        if let Some(t) = st.last_report_ms {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_gauge(&(t as f64 / 1000.0))?;
+        }
+    }
+    agent_counters(
+        enc,
+        "pathpulse_stray_replies",
+        "Replies dropped because they answered no probe of this agent, by reason.",
+        "reason",
+        store,
+        |h| {
+            vec![
+                ("not_ours", h.stray_not_ours),
+                ("wrong_source", h.stray_wrong_source),
+                ("unknown_probe", h.stray_unknown_probe),
+            ]
+        },
+    )?;
+    agent_counters(
+        enc,
+        "pathpulse_socket_errors",
+        "Probe socket errors of the agent, by operation.",
+        "op",
+        store,
+        |h| vec![("send", h.send_errors), ("recv", h.recv_errors)],
+    )?;
+    agent_counters(
+        enc,
+        "pathpulse_rtt_samples",
+        "RTT samples by the clock they came from: kernel timestamps, or the monotonic clock around the syscalls when a stamp was missing.",
+        "clock",
+        store,
+        |h| {
+            vec![
+                ("kernel", h.rtt_kernel_clock),
+                ("monotonic", h.rtt_monotonic_clock),
+            ]
+        },
+    )?;
+    let mut m = enc.encode_descriptor(
+        "pathpulse_stamp_reflector_reflected",
+        "STAMP test packets the agent's reflector answered.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (a, st) in &store.agents {
+        m.encode_family(&[("agent", &**a)])?
+            .encode_counter::<NoLabelSet, _, u64>(&st.health.stamp_reflected, None)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_stamp_reflector_dropped",
+        "Datagrams the agent's STAMP reflector dropped without answering, by reason.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (a, st) in &store.agents {
+        let reasons = pathpulse_wire::stamp::ReflectorCounts::default().dropped();
+        for ((reason, _), v) in reasons.iter().zip(st.health.stamp_dropped) {
+            m.encode_family(&[("agent", &**a), ("reason", reason)])?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "pathpulse_scheduling_lag_seconds",
+        "Largest delay of a probe behind its schedule in the agent's last report interval.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (a, st) in &store.agents {
+        m.encode_family(&[("agent", &**a)])?
+            .encode_gauge(&secs(f64::from(st.last_scheduling_lag_us)))?;
+    }
+    Ok(())
+}
+
 impl Collector for StoreCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Within `encode_protobuf`: a chunk of paths at a time.
+        if let Some(mut scrape) = Scrape::take() {
+            let r = self.encode_in_chunks(&mut enc, &mut scrape);
+            scrape.resume();
+            return r;
+        }
         let now = (self.clock)();
         let (mut rollups, split) = self.rollups_in_chunks(now);
         // A poisoned lock means a panic elsewhere; still export what is there.
@@ -249,24 +578,7 @@ impl Collector for StoreCollector {
             .map(|(k, st)| (k, &**st))
             .collect();
         let over = store.paths.len() - paths.len();
-        let dropped = self
-            .dropped
-            .fetch_add(over as u64, std::sync::atomic::Ordering::Relaxed)
-            + over as u64;
-        enc.encode_descriptor(
-            "pathpulse_paths_over_budget",
-            "Paths without per-path series at this scrape because of the cardinality budget (their site-pair and ISP roll-ups still count them).",
-            None,
-            MetricType::Gauge,
-        )?
-        .encode_gauge(&(over as i64))?;
-        enc.encode_descriptor(
-            "pathpulse_series_dropped",
-            "Paths left out of scrapes by the cardinality budget, summed over scrapes.",
-            None,
-            MetricType::Counter,
-        )?
-        .encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
+        let dropped = self.count_dropped(over);
 
         // Each budgeted path's labels, built once for all its series.
         let sites = store.dst_sites();
@@ -275,68 +587,11 @@ impl Collector for StoreCollector {
             .map(|(k, _)| path_labels(k, &store, &sites))
             .collect();
 
-        for (name, help, get) in PATH_COUNTERS {
-            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (&(_, st), l) in paths.iter().zip(&labels) {
-                m.encode_family(l)?
-                    .encode_counter::<NoLabelSet, _, u64>(&get(st), None)?;
-            }
-        }
-
-        let mut m = enc.encode_descriptor(
-            "pathpulse_probes_in_flight",
-            "Probes sent and not yet answered or timed out, at the last report.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (&(_, st), l) in paths.iter().zip(&labels) {
-            m.encode_family(l)?.encode_gauge(&st.in_flight)?;
-        }
-
-        let mut m = enc.encode_descriptor(
-            "pathpulse_rtt_seconds",
-            "Round-trip time of every answered probe.",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (&(_, st), l) in paths.iter().zip(&labels) {
-            let c = &st.cumulative;
-            let buckets: Vec<(f64, u64)> = CLASSIC_BOUNDS_US
-                .iter()
-                .map(|&b| secs(b as f64))
-                .chain(std::iter::once(f64::INFINITY))
-                .zip(c.buckets.iter().copied())
-                .collect();
-            let (spans, deltas) = native_spans(&c.native);
-            let native = NativeHistogram {
-                schema: NATIVE_SCHEMA,
-                zero_threshold: 0.0,
-                zero_count: c.native_zero,
-                negative: NativeHistogramBuckets {
-                    spans: &[],
-                    deltas: &[],
-                },
-                positive: NativeHistogramBuckets {
-                    spans: &spans,
-                    deltas: &deltas,
-                },
-                created: None,
-            };
-            m.encode_family(l)?
-                .encode_histogram_with_native::<NoLabelSet>(
-                    secs(c.sum_us as f64),
-                    c.count,
-                    &buckets,
-                    None,
-                    native,
-                )?;
-        }
-
         // Windowed views, computed once per path and window. Only the budgeted paths'
         // (the first ones) are kept; the roll-ups need every path's, and those not folded
         // in already (`split`) are folded in as they are computed (holding all of them
         // took about 3 KB a path at every scrape, 320 MB at 100,000 paths).
-        let mut budgeted: Vec<PathViews> = Vec::with_capacity(paths.len());
+        let mut views: Vec<PathViews> = Vec::with_capacity(paths.len());
         for (i, (k, st)) in store.paths.iter().enumerate() {
             let (keep, fold) = (i < paths.len(), split.covers(k));
             if !keep && !fold {
@@ -351,190 +606,132 @@ impl Collector for StoreCollector {
                 rollups.add(groups, &vs);
             }
             if keep {
-                budgeted.push((k, vs.map(|(w, v)| (w, slim(v)))));
+                views.push(vs.map(|(w, v)| (w, slim(v))));
             }
         }
-        let views = &budgeted[..];
+        rollups.finish();
+        let whole = Whole {
+            store: &store,
+            over,
+            dropped,
+            rollups: &rollups,
+        };
+        let part = Part {
+            paths: &paths,
+            labels: &labels,
+            views: &views,
+            whole: Some(whole),
+        };
+        encode_store(&mut enc, part, now)
+    }
+}
 
-        window_quantiles(
-            &mut enc,
-            "pathpulse_rtt_quantile_seconds",
-            "Exact RTT quantile over the window, from the merged HDR histogram (3 significant digits).",
-            views,
-            &labels,
-            |v, q| v.hist.quantile(q),
-        )?;
-        window_gauges(
-            &mut enc,
-            "pathpulse_loss_ratio",
-            "Lost / (received + lost) over the window.",
-            views,
-            &labels,
-            |v| loss_ratio(v.lost, v.received),
-        )?;
-        window_gauges(
-            &mut enc,
-            "pathpulse_loss_ratio_upper",
-            "Upper bound of the 95% Wilson confidence interval of the loss ratio over the window.",
-            views,
-            &labels,
-            |v| wilson_interval(v.lost, v.lost + v.received, Z95).map(|(_, hi)| hi),
-        )?;
+/// One chunk of budgeted paths copied out of the store, to be encoded with the lock free
+/// (the protobuf exposition).
+#[derive(Debug)]
+struct PathChunk {
+    paths: Vec<(PathKey, PathState)>,
+    labels: Vec<Labels<'static>>,
+    views: Vec<PathViews>,
+    now: u64,
+}
 
-        let mut m = enc.encode_descriptor(
-            "pathpulse_jitter_seconds",
-            "Interarrival jitter of the RTT, by definition (method).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (&(_, st), pl) in paths.iter().zip(&labels) {
-            if let Some(j) = st.jitter_us {
-                let l = with(pl, &[("method", "rfc3550")]);
-                m.encode_family(&l)?.encode_gauge(&secs(j))?;
-            }
-        }
+impl Collector for PathChunk {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let paths: Vec<(&PathKey, &PathState)> = self.paths.iter().map(|(k, st)| (k, st)).collect();
+        let part = Part {
+            paths: &paths,
+            labels: &self.labels,
+            views: &self.views,
+            whole: None,
+        };
+        encode_store(&mut enc, part, self.now)
+    }
+}
 
-        window_gauges(
-            &mut enc,
-            "pathpulse_loss_detectable_ratio",
-            "Smallest loss ratio the window's probes detect with 95% confidence (about 3/n).",
-            views,
-            &labels,
-            |v| min_detectable_loss(v.lost + v.received, 0.95),
-        )?;
-        window_quantiles(
-            &mut enc,
-            "pathpulse_ipdv_seconds",
-            "Quantile of |RTT difference| between consecutive replies over the window (RFC 5481 IPDV).",
-            views,
-            &labels,
-            |v, q| v.ipdv.quantile(q),
-        )?;
-        window_quantiles(
-            &mut enc,
-            "pathpulse_pdv_seconds",
-            "Quantile of RTT minus the window's minimum RTT (RFC 5481 PDV).",
-            views,
-            &labels,
-            |v, q| Some(v.hist.quantile(q)?.saturating_sub(v.hist.quantile(0.0)?)),
-        )?;
+impl StoreCollector {
+    /// Add this scrape's paths over the budget to the running sum; the sum.
+    fn count_dropped(&self, over: usize) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.dropped.fetch_add(over as u64, Relaxed) + over as u64
+    }
 
-        directional(&mut enc, views, &labels)?;
-
-        let mut m = enc.encode_descriptor(
-            "pathpulse_mos",
-            "E-model MOS estimate (1..4.5) from half the window's median RTT, RFC 3550 jitter and window loss.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (((_, vs), (_, st)), pl) in views.iter().zip(&paths).zip(&labels) {
-            for (w, v) in vs {
-                let (Some(p50), Some(loss)) =
-                    (v.hist.quantile(0.5), loss_ratio(v.lost, v.received))
-                else {
-                    continue;
+    /// The store's families for the protobuf exposition: the budgeted paths'
+    /// [`Scrape::chunk`] at a time, each chunk copied under the lock and encoded into
+    /// `scrape` with it free; then the families over the whole store into `enc`, with no
+    /// path's series. Paths that come or go in between are treated as by the roll-ups'
+    /// chunks ([`StoreCollector::fold_from`]).
+    fn encode_in_chunks(
+        &self,
+        enc: &mut DescriptorEncoder,
+        scrape: &mut Scrape,
+    ) -> Result<(), std::fmt::Error> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        type Owned = (Option<(String, String)>, Option<String>);
+        let now = (self.clock)();
+        let mut rollups = Rollups::default();
+        let (mut last, mut emitted) = (None::<PathKey>, 0usize);
+        loop {
+            let (mut chunk, groups) = {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                let budget = store.path_budget.unwrap_or(usize::MAX);
+                let n = scrape.chunk.min(budget.saturating_sub(emitted));
+                let sites = store.dst_sites();
+                let start = last.as_ref().map_or(Unbounded, Excluded);
+                let mut chunk = PathChunk {
+                    paths: Vec::with_capacity(n),
+                    labels: Vec::with_capacity(n),
+                    views: Vec::with_capacity(n),
+                    now,
                 };
-                let jitter_ms = st.jitter_us.unwrap_or(0.0) / 1000.0;
-                let score = mos(p50 as f64 / 2000.0, jitter_ms, loss);
-                m.encode_family(&with(pl, &[("window", w)]))?
-                    .encode_gauge(&score)?;
+                let mut groups: Vec<Owned> = Vec::with_capacity(n);
+                for (k, st) in store.paths.range((start, Unbounded)).take(n) {
+                    let labels = path_labels(k, &store, &sites)
+                        .into_iter()
+                        .map(|(name, v)| (name, Cow::Owned(v.into_owned())))
+                        .collect();
+                    let (pair, isp) = groups_of(&store, &sites, k);
+                    let pair = pair.map(|(a, b)| (a.to_string(), b.to_string()));
+                    groups.push((pair, isp.map(str::to_string)));
+                    chunk.labels.push(labels);
+                    chunk.paths.push((k.clone(), (**st).clone()));
+                }
+                (chunk, groups)
+            };
+            let Some((k, _)) = chunk.paths.last() else {
+                break;
+            };
+            last = Some(k.clone());
+            emitted += chunk.paths.len();
+            for ((_, st), (pair, isp)) in chunk.paths.iter().zip(&groups) {
+                let vs = path_views(&st.windows, now);
+                let g = (
+                    pair.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+                    isp.as_deref(),
+                );
+                rollups.add(g, &vs);
+                chunk.views.push(vs.map(|(w, v)| (w, slim(v))));
             }
+            scrape.add(Box::new(chunk))?;
         }
-
-        encode_hops(&mut enc, &store, &paths, now)?;
-        encode_rollups(&mut enc, &mut rollups)?;
-
-        let mut m = enc.encode_descriptor(
-            "pathpulse_agent_up",
-            "1 while the agent's reports arrive.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (a, st) in &store.agents {
-            let up = i64::from(store.agent_up(st, now));
-            m.encode_family(&[("agent", &**a)])?.encode_gauge(&up)?;
-        }
-        let mut m = enc.encode_descriptor(
-            "pathpulse_agent_last_report_timestamp_seconds",
-            "When the agent's last report was applied (Unix time).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (a, st) in &store.agents {
-            if let Some(t) = st.last_report_ms {
-                m.encode_family(&[("agent", &**a)])?
-                    .encode_gauge(&(t as f64 / 1000.0))?;
-            }
-        }
-        agent_counters(
-            &mut enc,
-            "pathpulse_stray_replies",
-            "Replies dropped because they answered no probe of this agent, by reason.",
-            "reason",
-            &store,
-            |h| {
-                vec![
-                    ("not_ours", h.stray_not_ours),
-                    ("wrong_source", h.stray_wrong_source),
-                    ("unknown_probe", h.stray_unknown_probe),
-                ]
-            },
-        )?;
-        agent_counters(
-            &mut enc,
-            "pathpulse_socket_errors",
-            "Probe socket errors of the agent, by operation.",
-            "op",
-            &store,
-            |h| vec![("send", h.send_errors), ("recv", h.recv_errors)],
-        )?;
-        agent_counters(
-            &mut enc,
-            "pathpulse_rtt_samples",
-            "RTT samples by the clock they came from: kernel timestamps, or the monotonic clock around the syscalls when a stamp was missing.",
-            "clock",
-            &store,
-            |h| {
-                vec![
-                    ("kernel", h.rtt_kernel_clock),
-                    ("monotonic", h.rtt_monotonic_clock),
-                ]
-            },
-        )?;
-        let mut m = enc.encode_descriptor(
-            "pathpulse_stamp_reflector_reflected",
-            "STAMP test packets the agent's reflector answered.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (a, st) in &store.agents {
-            m.encode_family(&[("agent", &**a)])?
-                .encode_counter::<NoLabelSet, _, u64>(&st.health.stamp_reflected, None)?;
-        }
-        let mut m = enc.encode_descriptor(
-            "pathpulse_stamp_reflector_dropped",
-            "Datagrams the agent's STAMP reflector dropped without answering, by reason.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (a, st) in &store.agents {
-            let reasons = pathpulse_wire::stamp::ReflectorCounts::default().dropped();
-            for ((reason, _), v) in reasons.iter().zip(st.health.stamp_dropped) {
-                m.encode_family(&[("agent", &**a), ("reason", reason)])?
-                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-            }
-        }
-        let mut m = enc.encode_descriptor(
-            "pathpulse_scheduling_lag_seconds",
-            "Largest delay of a probe behind its schedule in the agent's last report interval.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (a, st) in &store.agents {
-            m.encode_family(&[("agent", &**a)])?
-                .encode_gauge(&secs(f64::from(st.last_scheduling_lag_us)))?;
-        }
-        Ok(())
+        // The paths over the budget, into the roll-ups only.
+        let mut rollups = self.fold_from(rollups, last, now);
+        rollups.finish();
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let over = store.paths.len().saturating_sub(emitted);
+        let whole = Whole {
+            store: &store,
+            over,
+            dropped: self.count_dropped(over),
+            rollups: &rollups,
+        };
+        let part = Part {
+            paths: &[],
+            labels: &[],
+            views: &[],
+            whole: Some(whole),
+        };
+        encode_store(enc, part, now)
     }
 }
 
@@ -860,13 +1057,7 @@ fn native_spans(buckets: &crate::store::NativeBuckets) -> (Vec<(i32, u32)>, Vec<
     (spans, deltas)
 }
 
-/// The Prometheus protobuf exposition (native histograms), for scrapers that ask for it.
-pub fn encode_protobuf(registry: &Registry) -> Result<Vec<u8>, String> {
-    prometheus_client::encoding::prometheus_protobuf::encode_to_vec(registry)
-        .map_err(|e| format!("{e:?}"))
-}
-
-/// Content type of the protobuf exposition.
+/// Content type of the protobuf exposition (`protobuf.rs`).
 pub const PROTOBUF_CONTENT_TYPE: &str =
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
@@ -972,6 +1163,14 @@ fn group<'a, 'm, K: Ord + std::borrow::Borrow<str> + From<&'m str>, V: Default>(
 }
 
 impl Rollups {
+    /// Merge each group's gathered views, once every path is in.
+    fn finish(&mut self) {
+        self.isps.values_mut().for_each(Merged::finish);
+        for dsts in self.pairs.values_mut() {
+            dsts.values_mut().for_each(Merged::finish);
+        }
+    }
+
     fn add(&mut self, (pair, isp): Groups<'_>, views: &[(&'static str, WindowView); 3]) {
         if let Some((src, dst)) = pair {
             group(group(&mut self.pairs, src), dst).add(views);
@@ -1011,7 +1210,7 @@ impl StoreCollector {
     /// the lock released in between. A path that arrives in between may be missed by this
     /// scrape, as one that arrives after it is.
     fn rollups_in_chunks(&self, now: u64) -> (Rollups, Split) {
-        let (first, split) = {
+        let (after, split) = {
             let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
             let budget = store.path_budget.unwrap_or(usize::MAX);
             if budget >= store.paths.len() {
@@ -1020,42 +1219,30 @@ impl StoreCollector {
             match budget.checked_sub(1) {
                 // After the last budgeted path.
                 Some(last) => match store.paths.keys().nth(last) {
-                    Some(k) => ((k.clone(), false), Split::UpTo(Some(k.clone()))),
+                    Some(k) => (Some(k.clone()), Split::UpTo(Some(k.clone()))),
                     None => return (Rollups::default(), Split::All),
                 },
                 // No budgeted path: from the first.
-                None => match store.paths.keys().next() {
-                    Some(k) => ((k.clone(), true), Split::UpTo(None)),
-                    None => return (Rollups::default(), Split::All),
-                },
+                None => (None, Split::UpTo(None)),
             }
         };
-        (self.fold_from(Rollups::default(), first, now), split)
+        (self.fold_from(Rollups::default(), after, now), split)
     }
 
-    /// Fold the paths from `from` (itself too when `inclusive`) to the end, a chunk at a
+    /// Fold the paths after `after` (from the first when `None`) to the end, a chunk at a
     /// time: under the lock only a copy of each path's slots and its groups' names is taken
     /// (about a millisecond a chunk); the views are merged and folded with the lock free.
     /// Merging them under the lock held it for 50–90 ms a chunk and nearly the whole scrape
     /// (seconds at 100,000 paths with IPDV), and ingest, waiting on the two async workers,
     /// starved until QUIC connections timed out.
-    fn fold_from(
-        &self,
-        mut r: Rollups,
-        (mut from, mut inclusive): (PathKey, bool),
-        now: u64,
-    ) -> Rollups {
-        use std::ops::Bound::{Excluded, Included, Unbounded};
+    fn fold_from(&self, mut r: Rollups, mut after: Option<PathKey>, now: u64) -> Rollups {
+        use std::ops::Bound::{Excluded, Unbounded};
         type Copied = ((Option<(String, String)>, Option<String>), PathWindows);
         loop {
             let chunk: Vec<Copied> = {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
                 let sites = store.dst_sites();
-                let start = if inclusive {
-                    Included(&from)
-                } else {
-                    Excluded(&from)
-                };
+                let start = after.as_ref().map_or(Unbounded, Excluded);
                 let mut chunk = Vec::with_capacity(ROLLUP_CHUNK);
                 let mut last = None;
                 for (k, st) in store.paths.range((start, Unbounded)).take(ROLLUP_CHUNK) {
@@ -1067,10 +1254,7 @@ impl StoreCollector {
                     }
                 }
                 match last {
-                    Some(k) => {
-                        from = k.clone();
-                        inclusive = false;
-                    }
+                    Some(k) => after = Some(k.clone()),
                     None => return r,
                 }
                 chunk
@@ -1106,12 +1290,8 @@ fn path_views(windows: &PathWindows, now: u64) -> [(&'static str, WindowView); 3
 }
 
 /// Roll-ups that are always exported, whatever the budget, from the merged window
-/// histograms of every path in the group.
-fn encode_rollups(enc: &mut DescriptorEncoder, r: &mut Rollups) -> Result<(), std::fmt::Error> {
-    r.isps.values_mut().for_each(Merged::finish);
-    for dsts in r.pairs.values_mut() {
-        dsts.values_mut().for_each(Merged::finish);
-    }
+/// histograms of every path in the group ([`Rollups::finish`]ed).
+fn encode_rollups(enc: &mut DescriptorEncoder, r: &Rollups) -> Result<(), std::fmt::Error> {
     type Group<'a> = (Vec<(&'static str, &'a str)>, &'a Merged);
     let groups: [(&str, Vec<Group>); 2] = [
         (
@@ -1190,10 +1370,10 @@ fn hop_labels<'a>(k: &'a PathKey, ttl: &'a str, h: &'a HopState) -> Labels<'a> {
 }
 
 /// The per-hop view toward targets (hop discovery): counters, RTT quantiles and loss per
-/// window, ICMP rate limiting, route changes.
+/// window, ICMP rate limiting, route changes (the paths' own; the fault verdicts that
+/// follow them are over the whole store).
 fn encode_hops(
     enc: &mut DescriptorEncoder,
-    store: &Store,
     paths: &[(&PathKey, &PathState)],
     now: u64,
 ) -> Result<(), std::fmt::Error> {
@@ -1283,20 +1463,6 @@ fn encode_hops(
     for &(k, st) in paths.iter().filter(|(_, st)| !st.hops.is_empty()) {
         m.encode_family(&[("src", &*k.src), ("anchor", &*k.dst)])?
             .encode_counter::<NoLabelSet, _, u64>(&st.route_changes, None)?;
-    }
-    let mut m = enc.encode_descriptor(
-        "pathpulse_fault_verdict",
-        "1 per current localization verdict: where the packet loss of the last minute is (scope lan, site_uplink, isp, transit, target; suspect: the agent, site, ISP, router or target).",
-        None,
-        MetricType::Gauge,
-    )?;
-    for v in localize(&observations(store, now), &Thresholds::default()) {
-        let labels = [
-            ("scope", v.scope.as_str()),
-            ("suspect", v.suspect.as_str()),
-            ("confidence", v.confidence.as_str()),
-        ];
-        m.encode_family(&labels)?.encode_gauge(&1i64)?;
     }
     Ok(())
 }
@@ -1446,6 +1612,7 @@ mod tests {
             Arc::new(AtomicU64::new(0)),
         );
         store.lock().expect("lock").path_budget = Some(0);
+        let _alone = LOCK_SAMPLING.lock().unwrap_or_else(|e| e.into_inner());
         let waiter = {
             let (store, done, free, taken) =
                 (store.clone(), done.clone(), free.clone(), taken.clone());

@@ -5,7 +5,8 @@
 //! - [`store`]: per-path and per-agent state that reports are applied to;
 //! - [`localize`]: where a problem is (LAN, site uplink, ISP, transit, target), pure;
 //! - [`export`]: every metric name and label set, as a prometheus-client collector;
-//! - [`stream`]: the text exposition streamed to the scraper in chunks.
+//! - [`stream`]: the text exposition streamed to the scraper in chunks;
+//! - [`protobuf`]: the protobuf exposition, encoded a chunk of paths at a time.
 //!
 //! Used by the aggregator and by the agent's standalone `/metrics`, so both expose the
 //! same series.
@@ -15,6 +16,7 @@ pub mod export;
 pub mod http;
 pub mod http_limit;
 pub mod localize;
+pub mod protobuf;
 pub mod slot;
 pub mod stats;
 pub mod store;

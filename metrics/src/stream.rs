@@ -231,6 +231,17 @@ pub fn text_body(registry: Arc<Registry>, classic: bool) -> ChunkBody {
     text_body_with(registry, classic, CHUNK)
 }
 
+/// A body of pieces encoded beforehand (the protobuf exposition, `protobuf.rs`), sent one
+/// after the other, each freed once sent.
+pub fn pieces_body(pieces: Vec<Bytes>) -> ChunkBody {
+    let (_, rx) = mpsc::channel(1);
+    ChunkBody {
+        rx,
+        rest: pieces.into(),
+        done: true,
+    }
+}
+
 fn text_body_with(registry: Arc<Registry>, classic: bool, chunk: usize) -> ChunkBody {
     let (tx, rx) = mpsc::channel(QUEUE);
     let encoder_tx = tx.clone();
