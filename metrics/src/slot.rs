@@ -6,8 +6,9 @@
 //! once per scrape, so packing and unpacking on each access is cheap next to the memory.
 //!
 //! Layout of `hists`: the probes received and lost (two varints), the RTT buckets as
-//! (index delta, count) varint pairs, then a `0, 0` pair (a count is never 0), then the IPDV
-//! buckets the same way. Empty (nothing received, nothing lost): no allocation.
+//! varints (index delta and count, one byte for most buckets: see [`put_pairs`]), then
+//! [`END`], then the IPDV buckets the same way. Empty (nothing received, nothing lost): no
+//! allocation.
 
 use std::cell::RefCell;
 
@@ -207,9 +208,9 @@ impl Slot {
     }
 }
 
-/// One histogram packed like a slot's: `(index delta, count)` varints in one exact-size
-/// allocation (none when empty). For long-lived copies that are merged and read whole: about
-/// 2.5 bytes a bucket where a `SparseHist` takes 8 and its `Vec`'s slack.
+/// One histogram packed like a slot's: its buckets as varints ([`put_pairs`]) in one
+/// exact-size allocation (none when empty). For long-lived copies that are merged and read
+/// whole: 1–3 bytes a bucket where a `SparseHist` takes 8 and its `Vec`'s slack.
 ///
 /// `N` counts can ride in front of the buckets, as varints in the same allocation (the
 /// alert history's entries keep their probe counts there: 16 bytes a value as four `u32`
@@ -241,7 +242,7 @@ impl<const N: usize> PackedHist<N> {
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
             for c in counts {
-                put(out, c);
+                put(out, u64::from(c));
             }
             put_pairs(out, buckets);
             if out.iter().all(|&b| b == 0) && out.len() == N {
@@ -279,7 +280,7 @@ impl<const N: usize> PackedHist<N> {
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
             for (x, y) in a.into_iter().zip(b) {
-                put(out, x.saturating_add(y));
+                put(out, u64::from(x.saturating_add(y)));
             }
             put_pairs(out, MergeSorted::new(self.pairs(), other.pairs()));
             keep(&mut self.0, out);
@@ -306,13 +307,18 @@ fn keep(dst: &mut Box<[u8]>, packed: &[u8]) {
     }
 }
 
-/// Append a sorted bucket sequence as `(index delta, count)` varints (equal neighbours
-/// added up, zero counts dropped).
+/// Append a sorted bucket sequence as varints (equal neighbours added up, zero counts
+/// dropped): per bucket `index delta << 1 | (count != 1)`, then the count unless it is 1.
+/// Most buckets of a slot hold one sample (a jittery path's few dozen samples spread over
+/// as many buckets): one byte for those where a `(delta, count)` pair took two.
 fn put_pairs(out: &mut Vec<u8>, buckets: impl Iterator<Item = (u32, u32)>) {
     let (mut prev, mut run): (u32, Option<(u32, u32)>) = (0, None);
     let mut flush = |out: &mut Vec<u8>, (idx, n): (u32, u32)| {
-        put(out, idx - prev);
-        put(out, n);
+        let token = u64::from(idx - prev) << 1 | u64::from(n != 1);
+        put(out, token);
+        if n != 1 {
+            put(out, u64::from(n));
+        }
         prev = idx;
     };
     for (idx, n) in buckets.filter(|b| b.1 > 0) {
@@ -343,11 +349,11 @@ fn pack(
     ipdv: impl Iterator<Item = (u32, u32)>,
 ) {
     out.clear();
-    put(out, received);
-    put(out, lost);
+    put(out, u64::from(received));
+    put(out, u64::from(lost));
     put_pairs(out, rtt);
     let rtt_end = out.len();
-    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&END);
     put_pairs(out, ipdv);
     if out.len() == rtt_end + 2 {
         // No IPDV: the terminator is not needed either.
@@ -359,8 +365,12 @@ fn pack(
     }
 }
 
+/// Ends the RTT buckets of a slot: a bucket token with a count following (delta 0) and
+/// the count 0, which no bucket has.
+const END: [u8; 2] = [1, 0];
+
 /// LEB128 varint.
-fn put(out: &mut Vec<u8>, mut v: u32) {
+fn put(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -368,7 +378,7 @@ fn put(out: &mut Vec<u8>, mut v: u32) {
     out.push(v as u8);
 }
 
-/// Reads (index, count) pairs until a zero count or `end`.
+/// Reads (index, count) buckets (see [`put_pairs`]) until [`END`] or `end`.
 #[derive(Debug, Clone)]
 pub struct Pairs<'a> {
     bytes: &'a [u8],
@@ -387,15 +397,20 @@ impl<'a> Pairs<'a> {
         }
     }
 
+    /// A count (saturating at `u32::MAX`; counts are written from `u32`s).
     fn get(&mut self) -> Option<u32> {
-        let mut v = 0u32;
-        for shift in (0..35).step_by(7) {
+        self.get64().map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+    }
+
+    fn get64(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
             if self.pos >= self.end {
                 return None;
             }
             let b = *self.bytes.get(self.pos)?;
             self.pos += 1;
-            v |= u32::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+            v |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
             if b & 0x80 == 0 {
                 return Some(v);
             }
@@ -407,11 +422,15 @@ impl<'a> Pairs<'a> {
 impl Iterator for Pairs<'_> {
     type Item = (u32, u32);
     fn next(&mut self) -> Option<(u32, u32)> {
-        let delta = self.get()?;
-        let n = self.get()?;
+        let token = self.get64()?;
+        let n = match token & 1 {
+            0 => 1,
+            _ => self.get()?,
+        };
         if n == 0 {
             return None;
         }
+        let delta = u32::try_from(token >> 1).unwrap_or(u32::MAX);
         self.idx = self.idx.saturating_add(delta);
         Some((self.idx, n))
     }
@@ -527,6 +546,50 @@ mod tests {
         assert!(Slot::can_start(u64::from(u32::MAX) * 1000));
         assert!(!Slot::can_start(u64::from(u32::MAX) * 1000 + 1000));
         assert!(!Slot::can_start(1_500));
+    }
+
+    /// A jittery path's slot (25 samples of 20 ms + up to 500 µs, their 24 differences):
+    /// most buckets hold one sample and take one byte; the buckets read back as merged.
+    /// Value 0 (the first IPDV bucket, delta 0) and counts above 1 round-trip too.
+    #[test]
+    fn single_sample_buckets_take_one_byte() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut s = Slot::new(0, 5_000);
+        let (mut all_rtt, mut all_ipdv) = (SparseHist::new(), SparseHist::new());
+        let mut last = None;
+        for _ in 0..5 {
+            let v: Vec<u64> = (0..5).map(|_| 20_000 + rng.random_range(0..500)).collect();
+            let d: Vec<u64> = v
+                .iter()
+                .filter_map(|&x| last.replace(x).map(|l: u64| x.abs_diff(l)))
+                .collect();
+            let (r, i) = (hist(&v), hist(&d));
+            s.add(&r, &i, 5, 0);
+            all_rtt.merge(&r);
+            all_ipdv.merge(&i);
+        }
+        assert_eq!(unpack(&s), (all_rtt.clone(), all_ipdv.clone()));
+        let buckets = all_rtt.buckets().len() + all_ipdv.buckets().len();
+        let repeated = all_rtt
+            .buckets()
+            .iter()
+            .chain(all_ipdv.buckets())
+            .filter(|b| b.1 > 1)
+            .count();
+        // A byte a bucket, one more for each repeated bucket's count; counts, END, the
+        // first RTT index's second byte and a few deltas beyond 63 buckets.
+        assert!(
+            s.heap_bytes() <= buckets + repeated + 8,
+            "{} bytes for {buckets} buckets ({repeated} with more than one sample)",
+            s.heap_bytes()
+        );
+
+        let mut z = Slot::new(0, 5_000);
+        z.add(&hist(&[]), &hist(&[0, 0, 0, 7]), 0, 0);
+        z.add(&hist(&[]), &hist(&[0]), 0, 0);
+        let (r, i) = unpack(&z);
+        assert_eq!((r.count(), i.buckets()), (0, &[(0, 4), (7, 1)][..]));
     }
 
     #[test]
