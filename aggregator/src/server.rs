@@ -83,7 +83,10 @@ pub async fn start(
     }
     let runtime = quinn::default_runtime()
         .ok_or_else(|| fatal(anyhow::anyhow!("no async runtime for the QUIC endpoint")))?;
-    let endpoint = quinn::Endpoint::new(
+    let socket = Arc::new(ingest::OneDatagram(
+        runtime.wrap_udp_socket(socket).map_err(listen_err)?,
+    ));
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(quic_cfg),
         socket,
