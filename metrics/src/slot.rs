@@ -15,12 +15,11 @@ use std::cell::RefCell;
 use pathpulse_wire::SparseHist;
 use pathpulse_wire::hist::{self, MergeSorted};
 
-use crate::window::DirView;
-
-/// 32 bytes (checked in a test): the start in seconds and the coarse flag in the length's
+/// 24 bytes (checked in a test): the start in seconds and the coarse flag in the length's
 /// top bit save 8 of the 48 a `u64` start and a `bool` took, 1.5 MB at 10,000 paths; the
 /// counts packed with the histograms (2 bytes there for a slot's handful of probes) 8 more,
-/// 14 MB at 100,000 paths.
+/// 14 MB at 100,000 paths; STAMP's per-direction views kept beside the slots of the paths
+/// that have them ([`crate::window::PathWindows`]) instead of a pointer in every slot 8 more.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Slot {
     /// Start, in whole seconds since the epoch (slot starts are multiples of 5 s).
@@ -32,7 +31,6 @@ pub(crate) struct Slot {
     /// Counts and histograms (see the module's doc; counts saturate: one path's probes in
     /// at most a minute).
     hists: Box<[u8]>,
-    pub dir: Option<Box<DirView>>,
 }
 
 /// Bit of `Slot::span` set on 1 min slots.
@@ -125,15 +123,12 @@ impl Slot {
         );
     }
 
-    /// Fold another slot's data (counts, histograms, directions) into this one (a 1 min
-    /// slot's buckets made coarse).
+    /// Fold another slot's counts and histograms into this one (a 1 min slot's buckets
+    /// made coarse).
     pub fn absorb(&mut self, other: &Slot) {
         if !other.hists.is_empty() {
             let (rtt, ipdv) = other.pairs();
             self.merge_in(other.counts(), rtt, ipdv);
-        }
-        if let Some(d) = other.dir.as_deref() {
-            self.dir.get_or_insert_default().merge(d);
         }
     }
 
@@ -200,11 +195,6 @@ impl Slot {
 
     pub fn heap_bytes(&self) -> usize {
         self.hists.len()
-            + self.dir.as_ref().map_or(0, |d| {
-                std::mem::size_of::<DirView>()
-                    + d.owd_forward.heap_bytes()
-                    + d.owd_reverse.heap_bytes()
-            })
     }
 }
 
@@ -534,8 +524,8 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_32_bytes_and_keeps_its_bounds() {
-        assert_eq!(std::mem::size_of::<Slot>(), 32);
+    fn a_slot_is_24_bytes_and_keeps_its_bounds() {
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
         let now_ms = 1_764_000_000_000;
         let mut s = Slot::new(now_ms, 5_000);
         assert_eq!(
@@ -606,7 +596,6 @@ mod tests {
         let mut s = Slot::new(0, 5_000);
         s.add(&hist(&[41, 38, 52, 40, 39]), &hist(&[3, 14, 12, 1]), 5, 0);
         assert!(s.heap_bytes() <= 24, "{} bytes", s.heap_bytes());
-        assert!(std::mem::size_of::<Slot>() <= 48);
         assert_eq!(Slot::default().heap_bytes(), 0);
     }
 }

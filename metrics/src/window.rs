@@ -12,7 +12,8 @@ use pathpulse_wire::hist::MergeSorted;
 
 use crate::slot::Slot;
 
-/// STAMP's per-direction view of a slot or window (boxed in slots: most paths have none).
+/// STAMP's per-direction view of a slot or window (kept beside a path's slots, only for
+/// paths that have one: most have none).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DirView {
     pub attributed: u64,
@@ -89,7 +90,7 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, s: &Slot) {
+    fn add(&mut self, s: &Slot, dir: Option<&DirView>) {
         let (r, i) = s.pairs();
         for (acc, add) in [(&mut self.rtt, r), (&mut self.ipdv, i)] {
             self.scratch.clear();
@@ -100,7 +101,7 @@ impl Acc {
         let (received, lost) = s.counts();
         self.received += u64::from(received);
         self.lost += u64::from(lost);
-        merge_dir(&mut self.dir, s.dir.as_deref());
+        merge_dir(&mut self.dir, dir);
     }
 
     /// The view so far (the buckets copied: more slots may follow).
@@ -131,6 +132,12 @@ pub struct PathWindows {
     /// In start order; the capacity is kept at the longest length reached (one more slot
     /// at a time), not doubled.
     slots: Vec<Slot>,
+    /// STAMP paths: the per-direction view of each slot that has one, by the slot's start,
+    /// in start order. Beside the slots rather than in them: a pointer in every slot was 8
+    /// bytes × 18 slots for every path, where most paths (ICMP, UDP, TCP) have none.
+    /// Boxed so that it is one thin pointer (8 bytes) in every path's windows.
+    #[allow(clippy::box_collection)]
+    dirs: Option<Box<Vec<(u64, DirView)>>>,
 }
 
 impl PathWindows {
@@ -150,10 +157,9 @@ impl PathWindows {
             self.slots.reserve_exact(1);
             self.slots.insert(pos, Slot::new(start, SLOT_MS as u32));
         }
-        let slot = &mut self.slots[pos];
-        slot.add(&p.rtt, &p.ipdv, p.received, p.lost);
+        self.slots[pos].add(&p.rtt, &p.ipdv, p.received, p.lost);
         if let Some(d) = &p.directional {
-            slot.dir.get_or_insert_default().add(d);
+            self.dir_mut(start).add(d);
         }
         self.compact(now_ms);
         true
@@ -171,13 +177,11 @@ impl PathWindows {
             let coarse = s.start_ms() - s.start_ms() % COARSE_MS;
             let merge_into_previous =
                 i > 0 && self.slots[i - 1].start_ms() == coarse && self.slots[i - 1].coarse();
+            let fine_start = s.start_ms();
             if merge_into_previous {
                 let fine = self.slots.remove(i);
                 let c = &mut self.slots[i - 1];
                 c.absorb(&fine);
-                if let Some(d) = c.dir.as_mut() {
-                    d.shrink_to_fit();
-                }
                 let end = c.end_ms().max(fine.end_ms());
                 c.extend_to(end);
             } else {
@@ -185,6 +189,11 @@ impl PathWindows {
                 let end = c.end_ms();
                 c.make_coarse(coarse, end);
                 i += 1;
+            }
+            if let Some(d) = self.take_dir(fine_start) {
+                let into = self.dir_mut(coarse);
+                into.merge(&d);
+                into.shrink_to_fit();
             }
         }
     }
@@ -197,6 +206,40 @@ impl PathWindows {
             .take_while(|s| s.end_ms() + MAX_WINDOW_MS <= now_ms)
             .count();
         self.slots.drain(..old);
+        if let Some(d) = self.dirs.as_mut() {
+            let slots = &self.slots;
+            d.retain(|(start, _)| slots.binary_search_by_key(start, Slot::start_ms).is_ok());
+            if d.is_empty() {
+                self.dirs = None;
+            }
+        }
+    }
+
+    /// The per-direction view of the slot starting at `start_ms`, if it has one.
+    fn dir_of(&self, start_ms: u64) -> Option<&DirView> {
+        let d = self.dirs.as_deref()?;
+        let i = d.binary_search_by_key(&start_ms, |e| e.0).ok()?;
+        Some(&d[i].1)
+    }
+
+    /// The per-direction view of the slot starting at `start_ms`, made if it has none.
+    fn dir_mut(&mut self, start_ms: u64) -> &mut DirView {
+        let d = self.dirs.get_or_insert_default();
+        let i = match d.binary_search_by_key(&start_ms, |e| e.0) {
+            Ok(i) => i,
+            Err(i) => {
+                d.insert(i, (start_ms, DirView::default()));
+                i
+            }
+        };
+        &mut d[i].1
+    }
+
+    /// Remove the per-direction view of the slot starting at `start_ms`.
+    fn take_dir(&mut self, start_ms: u64) -> Option<DirView> {
+        let d = self.dirs.as_mut()?;
+        let i = d.binary_search_by_key(&start_ms, |e| e.0).ok()?;
+        Some(d.remove(i).1)
     }
 
     /// Merge the slots that overlap `(now - window, now]`.
@@ -234,7 +277,7 @@ impl PathWindows {
             if w == N {
                 break;
             }
-            acc.add(s);
+            acc.add(s, self.dir_of(s.start_ms()));
         }
         for v in &mut out[w..] {
             *v = acc.view();
@@ -252,7 +295,7 @@ impl PathWindows {
     fn merge(&self, take: impl Fn(&Slot) -> bool) -> WindowView {
         let mut acc = Acc::default();
         for s in self.slots.iter().filter(|s| take(s)) {
-            acc.add(s);
+            acc.add(s, self.dir_of(s.start_ms()));
         }
         acc.into_view()
     }
@@ -264,6 +307,13 @@ impl PathWindows {
     pub fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.slots.iter().map(Slot::heap_bytes).sum::<usize>()
+            + self.dirs.as_deref().map_or(0, |d| {
+                std::mem::size_of::<Vec<(u64, DirView)>>()
+                    + d.capacity() * std::mem::size_of::<(u64, DirView)>()
+                    + d.iter()
+                        .map(|(_, v)| v.owd_forward.heap_bytes() + v.owd_reverse.heap_bytes())
+                        .sum::<usize>()
+            })
     }
 }
 
@@ -424,6 +474,86 @@ mod tests {
             bytes <= 2_100 && bytes < fine_bytes * 2,
             "{bytes} bytes for 6 min, {fine_bytes} for the first minute"
         );
+    }
+
+    /// STAMP paths: the per-direction views, kept beside the slots, follow them: each
+    /// window's per-direction counts and one-way delays are those of the reports it covers
+    /// (1 min slots included), and they leave with the slots. A path without any has none.
+    #[test]
+    fn directional_views_follow_their_slots() {
+        use pathpulse_wire::stamp::Directional;
+        let mut w = PathWindows::default();
+        let t0 = 2_000_000_020_000u64;
+        // (interval start, forward lost, OWD forward µs) of every report.
+        let mut sent = Vec::new();
+        for s in 0..400u64 {
+            let mut p = report(&[20_000], 0);
+            if s % 3 != 0 {
+                let fwd = 10_000 + s;
+                p.directional = Some(Directional {
+                    attributed: 2,
+                    forward_lost: u32::from(s % 5 == 0),
+                    reverse_lost: 0,
+                    owd_forward: {
+                        let mut h = SparseHist::new();
+                        h.record(fwd);
+                        h
+                    },
+                    owd_reverse: SparseHist::new(),
+                });
+                sent.push((t0 + s * 1_000, u64::from(s % 5 == 0), fwd));
+            }
+            assert!(w.add(t0 + s * 1_000, &p, t0 + s * 1_000 + 1_000));
+        }
+        let now = t0 + 400_000;
+        let slot_of = |t: u64| t - t % SLOT_MS;
+        for (_, ms) in WINDOWS {
+            let v = w.view(ms, now);
+            let d = v.dir.expect("a STAMP path's window has directions");
+            // The reports whose slot the window takes (its slots overlap the window).
+            let inside: Vec<_> = sent
+                .iter()
+                .filter(|&&(t, _, _)| {
+                    // Reports whose slot expired have none.
+                    w.slots
+                        .iter()
+                        .find(|x| x.start_ms() <= slot_of(t) && slot_of(t) < x.end_ms())
+                        .is_some_and(|s| s.end_ms() > now - ms && s.start_ms() <= now)
+                })
+                .collect();
+            assert_eq!(d.attributed, 2 * inside.len() as u64, "{ms} ms");
+            assert_eq!(
+                d.forward_lost,
+                inside.iter().map(|x| x.1).sum::<u64>(),
+                "{ms} ms"
+            );
+            assert_eq!(d.owd_forward.count(), inside.len() as u64, "{ms} ms");
+            let min = inside.iter().map(|x| x.2).min().expect("reports");
+            let got = d.owd_forward.min().expect("samples");
+            assert!(got.abs_diff(min) * 200 <= min, "{ms} ms: {got} vs {min}");
+        }
+        let dirs = w.dirs.as_deref().expect("directions kept");
+        assert_eq!(
+            dirs.len(),
+            w.slots.len(),
+            "one view per slot, all have reports"
+        );
+        assert!(
+            dirs.iter()
+                .zip(&w.slots)
+                .all(|((start, _), s)| *start == s.start_ms())
+        );
+        // Everything expires with the slots.
+        w.expire(now + 2 * MAX_WINDOW_MS);
+        assert!(w.is_empty() && w.dirs.is_none(), "{:?}", w.dirs);
+        assert_eq!(
+            w.heap_bytes(),
+            w.slots.capacity() * std::mem::size_of::<Slot>()
+        );
+
+        let mut plain = PathWindows::default();
+        plain.add(t0, &report(&[20_000], 0), t0 + 1_000);
+        assert!(plain.dirs.is_none() && plain.view(60_000, t0 + 1_000).dir.is_none());
     }
 
     #[test]
