@@ -85,49 +85,6 @@ pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<(std::net::UdpS
     Ok((socket.into(), granted))
 }
 
-/// The ingest's socket as quinn's runtime wraps it, sending one datagram at a time (no
-/// GSO). quinn gives every connection a send buffer sized for a whole GSO batch the first
-/// time it sends (10 datagrams of the path MTU, about 14 KiB, a 16 KiB allocation) and
-/// keeps it for the life of the connection. The aggregator sends agents acknowledgements
-/// and small replies, never a batch: 1,000 agents' buffers held 16 MB for nothing.
-#[derive(Debug)]
-pub struct OneDatagram(pub Arc<dyn quinn::AsyncUdpSocket>);
-
-impl quinn::AsyncUdpSocket for OneDatagram {
-    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
-        self.0.clone().create_io_poller()
-    }
-
-    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
-        self.0.try_send(transmit)
-    }
-
-    fn poll_recv(
-        &self,
-        cx: &mut std::task::Context,
-        bufs: &mut [std::io::IoSliceMut<'_>],
-        meta: &mut [quinn::udp::RecvMeta],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.0.poll_recv(cx, bufs, meta)
-    }
-
-    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.local_addr()
-    }
-
-    fn max_transmit_segments(&self) -> usize {
-        1
-    }
-
-    fn max_receive_segments(&self) -> usize {
-        self.0.max_receive_segments()
-    }
-
-    fn may_fragment(&self) -> bool {
-        self.0.may_fragment()
-    }
-}
-
 /// The QUIC server configuration from rustls's, with limits suited to report streams.
 pub fn server_config(tls_cfg: rustls::ServerConfig) -> anyhow::Result<quinn::ServerConfig> {
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls_cfg)
@@ -137,6 +94,12 @@ pub fn server_config(tls_cfg: rustls::ServerConfig) -> anyhow::Result<quinn::Ser
     transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    // One datagram a send, no GSO batch: quinn gives every connection a send buffer for a
+    // whole batch (10 datagrams of the path MTU, a 16 KiB allocation) the first time it
+    // sends several at once (the handshake's certificates) and keeps it for the life of the
+    // connection. The aggregator sends agents acknowledgements and small replies: 1,000
+    // agents' buffers held 16 MB for nothing.
+    transport.enable_segmentation_offload(false);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
@@ -715,65 +678,21 @@ mod tests {
         );
     }
 
-    /// The endpoint's socket sends one datagram at a time (so quinn sizes no connection's
-    /// send buffer for a GSO batch) and otherwise is the runtime's socket: a datagram goes
-    /// out and one comes in through it.
-    #[tokio::test]
-    async fn the_endpoint_socket_sends_one_datagram_at_a_time() {
-        use quinn::AsyncUdpSocket;
-        let (socket, _) = udp_socket("127.0.0.1:0".parse().expect("address")).expect("socket");
-        let runtime = quinn::default_runtime().expect("tokio runtime");
-        let inner = runtime.wrap_udp_socket(socket).expect("wrapped");
-        let one = Arc::new(OneDatagram(inner.clone()));
-        assert_eq!(one.max_transmit_segments(), 1);
-        assert_eq!(one.max_receive_segments(), inner.max_receive_segments());
-        let here = one.local_addr().expect("bound");
-        assert_eq!(here, inner.local_addr().expect("bound"));
-
-        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
-        peer.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let transmit = quinn::udp::Transmit {
-            destination: peer.local_addr().expect("peer address"),
-            ecn: None,
-            contents: b"ack",
-            segment_size: None,
-            src_ip: None,
-        };
-        // As quinn sends: wait until writable, try, and wait again if the socket says so.
-        let mut poller = one.clone().create_io_poller();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
-                    .await
-                    .expect("writable");
-                match one.try_send(&transmit) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    r => break r.expect("sent"),
-                }
-            }
-        })
-        .await
-        .expect("in time");
-        let mut buf = [0u8; 16];
-        let (n, from) = peer.recv_from(&mut buf).expect("received");
-        assert_eq!((&buf[..n], from), (&b"ack"[..], here));
-
-        peer.send_to(b"report", here).expect("sent back");
-        let mut data = [0u8; 64];
-        let mut meta = [quinn::udp::RecvMeta::default()];
-        let n = tokio::time::timeout(
-            Duration::from_secs(5),
-            std::future::poll_fn(|cx| {
-                let mut bufs = [std::io::IoSliceMut::new(&mut data)];
-                one.poll_recv(cx, &mut bufs, &mut meta)
-            }),
-        )
-        .await
-        .expect("in time")
-        .expect("received");
-        assert_eq!((n, meta[0].len), (1, 6));
-        assert_eq!(&data[..6], b"report");
+    /// The QUIC server sends one datagram at a time (no per-connection GSO buffer).
+    #[test]
+    fn the_quic_server_sends_without_segmentation_offload() {
+        let ca = tls::Ca::generate("test").expect("CA");
+        let server = ca
+            .issue_server(&[], Duration::from_secs(3600))
+            .expect("server certificate");
+        let tls_cfg = tls::server_config(ca.cert_pem(), server.identity().expect("identity"))
+            .expect("TLS config");
+        let cfg = server_config(tls_cfg).expect("QUIC config");
+        let transport = format!("{:?}", cfg.transport);
+        assert!(
+            transport.contains("enable_segmentation_offload: false"),
+            "{transport}"
+        );
     }
 
     /// The .deb's sysctl.d file lets the (unprivileged) service have the buffer it asks for.

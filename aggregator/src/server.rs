@@ -83,10 +83,7 @@ pub async fn start(
     }
     let runtime = quinn::default_runtime()
         .ok_or_else(|| fatal(anyhow::anyhow!("no async runtime for the QUIC endpoint")))?;
-    let socket = Arc::new(ingest::OneDatagram(
-        runtime.wrap_udp_socket(socket).map_err(listen_err)?,
-    ));
-    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+    let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(quic_cfg),
         socket,

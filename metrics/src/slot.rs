@@ -6,9 +6,9 @@
 //! once per scrape, so packing and unpacking on each access is cheap next to the memory.
 //!
 //! Layout of `hists`: the probes received and lost (two varints), the RTT buckets as
-//! varints (index delta and count, one byte for most buckets: see [`put_pairs`]), then
-//! [`END`], then the IPDV buckets the same way. Empty (nothing received, nothing lost): no
-//! allocation.
+//! varints (index delta and count, one byte for most buckets: see `put_pairs`), then the
+//! two bytes `END` and the IPDV buckets the same way (both left out when there is no IPDV).
+//! Empty (nothing received, nothing lost, no bucket): no allocation.
 
 use std::cell::RefCell;
 
@@ -198,9 +198,10 @@ impl Slot {
     }
 }
 
-/// One histogram packed like a slot's: its buckets as varints ([`put_pairs`]) in one
-/// exact-size allocation (none when empty). For long-lived copies that are merged and read
-/// whole: 1–3 bytes a bucket where a `SparseHist` takes 8 and its `Vec`'s slack.
+/// One histogram packed like a slot's: its buckets as varints (one byte for most buckets
+/// of 1–3 samples, a few more for a far neighbour or a large count) in one exact-size
+/// allocation (none when empty). For long-lived copies that are merged and read whole,
+/// where a `SparseHist` takes 8 bytes a bucket and its `Vec`'s slack.
 ///
 /// `N` counts can ride in front of the buckets, as varints in the same allocation (the
 /// alert history's entries keep their probe counts there: 16 bytes a value as four `u32`
@@ -376,7 +377,7 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Reads (index, count) buckets (see [`put_pairs`]) until [`END`] or `end`.
+/// Reads (index, count) buckets (see `put_pairs`) until `END` or `end`.
 #[derive(Debug, Clone)]
 pub struct Pairs<'a> {
     bytes: &'a [u8],
@@ -455,7 +456,7 @@ mod tests {
     }
 
     /// A packed histogram holds the same buckets as the `SparseHist` it came from, merges
-    /// like `SparseHist::merge` and takes about 2.5 bytes a bucket.
+    /// like `SparseHist::merge` and takes at most 4 bytes a bucket here.
     #[test]
     fn packed_hist_round_trips_and_merges() {
         use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -569,8 +570,9 @@ mod tests {
         }
         assert_eq!(unpack(&s), (all_rtt.clone(), all_ipdv.clone()));
         let buckets = all_rtt.buckets().len() + all_ipdv.buckets().len();
-        // A byte a bucket; counts, END, the first RTT index's second byte and the deltas
-        // beyond 31 (IPDV values more than 31 µs apart): 50 bytes here (about twice as many as pairs).
+        // A byte a bucket; counts, END, the first RTT index's second and third bytes and
+        // the deltas beyond 31 (IPDV values more than 31 µs apart): 50 bytes here, about
+        // half what (delta, count) pairs took.
         assert!(
             s.heap_bytes() <= buckets + 12,
             "{} bytes for {buckets} buckets",

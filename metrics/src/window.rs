@@ -208,9 +208,12 @@ impl PathWindows {
         self.slots.drain(..old);
         if let Some(d) = self.dirs.as_mut() {
             let slots = &self.slots;
+            let before = d.len();
             d.retain(|(start, _)| slots.binary_search_by_key(start, Slot::start_ms).is_ok());
             if d.is_empty() {
                 self.dirs = None;
+            } else if d.len() < before {
+                d.shrink_to_fit();
             }
         }
     }
@@ -228,6 +231,9 @@ impl PathWindows {
         let i = match d.binary_search_by_key(&start_ms, |e| e.0) {
             Ok(i) => i,
             Err(i) => {
+                // One more at a time, as the slots: doubled, a STAMP path's 19 or so
+                // views would sit in room for 32 (80 bytes each).
+                d.reserve_exact(1);
                 d.insert(i, (start_ms, DirView::default()));
                 i
             }
@@ -533,6 +539,12 @@ mod tests {
             assert!(got.abs_diff(min) * 200 <= min, "{ms} ms: {got} vs {min}");
         }
         let dirs = w.dirs.as_deref().expect("directions kept");
+        assert!(
+            dirs.capacity() <= dirs.len() + 1,
+            "room for {} views, {} kept",
+            dirs.capacity(),
+            dirs.len()
+        );
         assert_eq!(
             dirs.len(),
             w.slots.len(),
