@@ -205,14 +205,17 @@ impl PathWindows {
             .iter()
             .take_while(|s| s.end_ms() + MAX_WINDOW_MS <= now_ms)
             .count();
+        if old == 0 {
+            // Every report calls this: nothing to do most of the time.
+            return;
+        }
         self.slots.drain(..old);
         if let Some(d) = self.dirs.as_mut() {
             let slots = &self.slots;
-            let before = d.len();
             d.retain(|(start, _)| slots.binary_search_by_key(start, Slot::start_ms).is_ok());
             if d.is_empty() {
                 self.dirs = None;
-            } else if d.len() < before {
+            } else {
                 d.shrink_to_fit();
             }
         }
