@@ -232,30 +232,24 @@ impl<const N: usize> PackedHist<N> {
     pub fn new(counts: [u32; N], buckets: impl Iterator<Item = (u32, u32)>) -> Self {
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
-            for c in counts {
-                put(out, u64::from(c));
-            }
-            put_pairs(out, buckets);
-            if out.iter().all(|&b| b == 0) && out.len() == N {
-                return PackedHist(Box::default());
-            }
+            pack_into(out, counts, buckets);
             PackedHist(Box::from(out.as_slice()))
         })
     }
 
+    /// The packed bytes, read where they lie.
+    pub fn view(&self) -> PackedRef<'_, N> {
+        PackedRef(&self.0)
+    }
+
     /// The counts (all 0 when empty).
     pub fn counts(&self) -> [u32; N] {
-        let mut r = Pairs::new(&self.0);
-        std::array::from_fn(|_| r.get().unwrap_or(0))
+        self.view().counts()
     }
 
     /// The buckets, in index order.
     pub fn pairs(&self) -> Pairs<'_> {
-        let mut r = Pairs::new(&self.0);
-        for _ in 0..N {
-            r.get();
-        }
-        r
+        self.view().pairs()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -267,13 +261,9 @@ impl<const N: usize> PackedHist<N> {
         if other.is_empty() {
             return;
         }
-        let (a, b) = (self.counts(), other.counts());
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
-            for (x, y) in a.into_iter().zip(b) {
-                put(out, u64::from(x.saturating_add(y)));
-            }
-            put_pairs(out, MergeSorted::new(self.pairs(), other.pairs()));
+            self.view().merge_into(other.view(), out);
             keep(&mut self.0, out);
         });
     }
@@ -284,6 +274,65 @@ impl<const N: usize> PackedHist<N> {
 
     pub fn heap_bytes(&self) -> usize {
         self.0.len()
+    }
+}
+
+/// The bytes of a [`PackedHist`] where they lie: in its own allocation, or among others in
+/// one buffer (the alert history keeps all entries of a path in one, each allocation of a
+/// few dozen bytes costing its own rounding and bookkeeping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedRef<'a, const N: usize = 0>(&'a [u8]);
+
+impl<'a, const N: usize> PackedRef<'a, N> {
+    /// Bytes written by [`pack_into`] or [`PackedRef::merge_into`] (others read as
+    /// whatever buckets they happen to decode to, never out of `bytes`).
+    pub fn new(bytes: &'a [u8]) -> Self {
+        PackedRef(bytes)
+    }
+
+    pub fn bytes(self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The counts (all 0 when empty).
+    pub fn counts(self) -> [u32; N] {
+        let mut r = Pairs::new(self.0);
+        std::array::from_fn(|_| r.get().unwrap_or(0))
+    }
+
+    /// The buckets, in index order.
+    pub fn pairs(self) -> Pairs<'a> {
+        let mut r = Pairs::new(self.0);
+        for _ in 0..N {
+            r.get();
+        }
+        r
+    }
+
+    /// Append the packing of `self` and `other` added up (counts saturating, as
+    /// [`SparseHist::merge`]) to `out`.
+    pub fn merge_into(self, other: PackedRef<'_, N>, out: &mut Vec<u8>) {
+        let (a, b) = (self.counts(), other.counts());
+        let counts: [u32; N] = std::array::from_fn(|i| a[i].saturating_add(b[i]));
+        pack_into(out, counts, MergeSorted::new(self.pairs(), other.pairs()));
+    }
+}
+
+/// Append `counts` and buckets in index order (equal neighbours added up, zero counts
+/// dropped) to `out` as a [`PackedRef`] reads them; nothing when the counts are 0 and
+/// there is no bucket.
+pub fn pack_into<const N: usize>(
+    out: &mut Vec<u8>,
+    counts: [u32; N],
+    buckets: impl Iterator<Item = (u32, u32)>,
+) {
+    let start = out.len();
+    for c in counts {
+        put(out, u64::from(c));
+    }
+    put_pairs(out, buckets);
+    if out.len() == start + N && out[start..].iter().all(|&b| b == 0) {
+        out.truncate(start);
     }
 }
 
@@ -369,7 +418,7 @@ fn pack(
 const END: [u8; 2] = [3, 0];
 
 /// LEB128 varint.
-fn put(out: &mut Vec<u8>, mut v: u64) {
+pub fn put(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -402,20 +451,23 @@ impl<'a> Pairs<'a> {
     }
 
     fn get64(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..70).step_by(7) {
-            if self.pos >= self.end {
-                return None;
-            }
-            let b = *self.bytes.get(self.pos)?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
+        get(&self.bytes[..self.end.min(self.bytes.len())], &mut self.pos)
     }
+}
+
+/// Read a LEB128 varint at `*pos` and move past it; `None` (and `*pos` somewhere after) at
+/// the end of `bytes` or on a varint longer than 10 bytes.
+pub fn get(bytes: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..70).step_by(7) {
+        let b = *bytes.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 impl Iterator for Pairs<'_> {
