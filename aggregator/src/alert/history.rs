@@ -118,12 +118,14 @@ impl<'a> EntryRef<'a> {
 /// A path's entries, sorted by end, in one byte buffer of exact size: each entry is its end
 /// as a varint delta from the previous entry's end (the first's from `base_ms`), the
 /// length of its packed bytes (a varint), then those bytes ([`PackedRef`]: its four counts
-/// and RTT buckets). About 16 bytes an entry of a report of 5 probes, where an entry of its
-/// own took 24 bytes in a `VecDeque` and an allocation of 16–32 more (about 600 bytes a
-/// path at 100,000 paths of 5 probes a second).
+/// and RTT buckets). About 16 bytes an entry of a report of 5 probes (and the buffer's
+/// rounding up to the allocator's size class, up to 64 bytes above 256), where an entry of
+/// its own took 24 bytes in a `VecDeque` and an allocation of 16–32 more: 650–800 bytes a
+/// path less at 100,000 paths of 5 probes a second (README, "Sixth round").
 ///
 /// Entries are read in order by scanning (a path has about 25); they are added at the end
-/// (a late report: spliced in), taken from the front and folded in place.
+/// (a late report: spliced in), taken from the front and folded in place (one pass over
+/// the entries folds all that are due, [`Entries::iter_at`]).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Entries {
     base_ms: u64,
@@ -141,15 +143,9 @@ pub(super) struct Iter<'a> {
     end_ms: u64,
 }
 
-impl<'a> Iterator for Iter<'a> {
-    type Item = EntryRef<'a>;
-    fn next(&mut self) -> Option<EntryRef<'a>> {
-        if self.pos >= self.buf.len() {
-            return None;
-        }
+impl<'a> Iter<'a> {
+    fn read(&mut self) -> Option<EntryRef<'a>> {
         let at = self.pos;
-        // The buffer is only written by `Entries` itself: a short read ends the iteration
-        // (the rest unreadable) rather than panicking.
         let delta = slot::get(self.buf, &mut self.pos)?;
         let len = usize::try_from(slot::get(self.buf, &mut self.pos)?).ok()?;
         let bytes = self.buf.get(self.pos..self.pos.checked_add(len)?)?;
@@ -161,6 +157,22 @@ impl<'a> Iterator for Iter<'a> {
             at,
             next: self.pos,
         })
+    }
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = EntryRef<'a>;
+    fn next(&mut self) -> Option<EntryRef<'a>> {
+        if self.pos >= self.buf.len() {
+            return None;
+        }
+        // Only `Entries` writes the buffer; were it ever short, the iteration ends there
+        // (and stays ended) instead of reading past it or from the middle of an entry.
+        let e = self.read();
+        if e.is_none() {
+            self.pos = self.buf.len();
+        }
+        e
     }
 }
 
@@ -222,32 +234,35 @@ impl Entries {
         let bytes = e.packed.view().bytes();
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
-            if self.len == 0 || self.last_ms <= e.end_ms {
+            // A late report is written before the first entry ending after it, whose delta
+            // is then from this one's end.
+            let (mut prev_ms, mut pos) = (self.base_ms, 0);
+            let late = (self.len > 0 && self.last_ms > e.end_ms)
+                .then(|| {
+                    self.iter().find(|x| {
+                        let after = x.end_ms > e.end_ms;
+                        if !after {
+                            prev_ms = x.end_ms;
+                            pos += 1;
+                        }
+                        after
+                    })
+                })
+                .flatten();
+            let Some(next) = late else {
                 let delta = if self.len == 0 {
                     self.base_ms = e.end_ms;
+                    self.last_ms = e.end_ms;
                     0
                 } else {
-                    e.end_ms - self.last_ms
+                    e.end_ms.saturating_sub(self.last_ms)
                 };
                 put_entry(out, delta, bytes);
                 let end = self.buf.len();
                 self.splice(end..end, out);
-                self.last_ms = e.end_ms;
+                self.last_ms = self.last_ms.max(e.end_ms);
                 self.len += 1;
                 return self.len() - 1;
-            }
-            // A late report: written before the first entry ending after it, whose delta is
-            // then from this one's end.
-            let (mut prev_ms, mut pos) = (self.base_ms, 0);
-            let Some(next) = self.iter().find(|x| {
-                let after = x.end_ms > e.end_ms;
-                if !after {
-                    prev_ms = x.end_ms;
-                    pos += 1;
-                }
-                after
-            }) else {
-                unreachable!("the last entry ends after the new one");
             };
             if pos == 0 {
                 prev_ms = e.end_ms;
@@ -277,24 +292,37 @@ impl Entries {
         }
     }
 
-    /// Fold the entry at index `i` (≥ 1) into the one before it (which then ends where it
+    /// Where entry `i` starts in the buffer and where the entry before it ends (`base_ms`
+    /// for the first): what [`Entries::iter_at`] starts from.
+    pub fn cursor(&self, i: usize) -> (usize, u64) {
+        match i.checked_sub(1).and_then(|j| self.iter().nth(j)) {
+            Some(x) => (x.next, x.end_ms),
+            None => (0, self.base_ms),
+        }
+    }
+
+    /// The entries from a [`Entries::cursor`] on.
+    pub fn iter_at(&self, (at, before_ms): (usize, u64)) -> Iter<'_> {
+        Iter {
+            buf: &self.buf,
+            pos: at,
+            end_ms: before_ms,
+        }
+    }
+
+    /// Fold the entry after the one at `cursor` into it (it then ends where the later one
     /// did).
-    fn fold(&mut self, i: usize) {
+    pub fn fold_at(&mut self, cursor: (usize, u64)) {
         SCRATCH.with_borrow_mut(|out| {
-            let mut it = self.iter();
-            let before = match i {
-                0 => return,
-                1 => Some(self.base_ms),
-                _ => it.by_ref().nth(i - 2).map(|x| x.end_ms),
-            };
-            let (Some(before), Some(a), Some(b)) = (before, it.next(), it.next()) else {
+            let mut it = self.iter_at(cursor);
+            let (Some(a), Some(b)) = (it.next(), it.next()) else {
                 return;
             };
             // The merged bytes, then their header written after them and rotated in front.
             out.clear();
             a.packed.merge_into(b.packed, out);
             let len = out.len();
-            slot::put(out, b.end_ms - before);
+            slot::put(out, b.end_ms - cursor.1);
             slot::put(out, len as u64);
             let head = out.len() - len;
             out.rotate_right(head);
@@ -304,6 +332,7 @@ impl Entries {
         });
     }
 }
+
 /// The histograms of `entries` merged into one.
 fn merged<'a>(entries: impl Iterator<Item = EntryRef<'a>>) -> SparseHist {
     SparseHist::from_pairs(entries.flat_map(|e| e.rtt()).collect())
@@ -487,9 +516,10 @@ impl PathHistory {
     /// exact to 5 s).
     fn fold(&mut self, now_ms: u64) {
         let tail = self.tail.get_mut();
-        let mut i = 1;
+        // Entry `i - 1` starts at `cursor`: one pass over the entries, folds included.
+        let (mut i, mut cursor) = (1, self.entries.cursor(0));
         loop {
-            let mut it = self.entries.from(i - 1);
+            let mut it = self.entries.iter_at(cursor);
             let (Some(a), Some(b)) = (it.next(), it.next()) else {
                 break;
             };
@@ -498,6 +528,7 @@ impl PathHistory {
             }
             if a.end_ms / SLOT_MS != b.end_ms / SLOT_MS {
                 i += 1;
+                cursor = (a.next, a.end_ms);
                 continue;
             }
             // The folded entry ends where the later one did: it is in the sum when that
@@ -509,7 +540,7 @@ impl PathHistory {
                 tail.add(&a);
                 tail.first = i - 1;
             }
-            self.entries.fold(i);
+            self.entries.fold_at(cursor);
         }
     }
 
@@ -853,7 +884,7 @@ mod tests {
                     }
                     _ if model.len() >= 2 => {
                         let i = rng.random_range(1..model.len());
-                        e.fold(i);
+                        e.fold_at(e.cursor(i - 1));
                         let (b, a) = (model.remove(i), &mut model[i - 1]);
                         let (ca, cb) = (a.1, b.1);
                         a.0 = b.0;
@@ -871,7 +902,10 @@ mod tests {
                 }
                 assert_eq!(contents(&e), model, "round {round} step {step}");
                 assert_eq!(e.len(), model.len());
-                for probe in [0, now.saturating_sub(5_000), now] {
+                let ends = model
+                    .iter()
+                    .flat_map(|m| [m.0.saturating_sub(1), m.0, m.0 + 1]);
+                for probe in ends.chain([0, now.saturating_sub(5_000), now]) {
                     let want = model.partition_point(|m| m.0 <= probe);
                     assert_eq!(e.ending_by(probe), want, "round {round} step {step}");
                 }
@@ -890,7 +924,7 @@ mod tests {
         let mut b = Entries::default();
         b.insert(&Entry::new(5, (7, u32::MAX - 1), &one, Some(300)));
         b.insert(&Entry::new(9, (1, 3), &one, None));
-        b.fold(1);
+        b.fold_at(b.cursor(0));
         let want = Counts {
             received: 8,
             lost: u32::MAX,
