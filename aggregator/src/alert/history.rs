@@ -231,43 +231,48 @@ impl Entries {
 
     /// Insert `e` among the entries, after those ending at or before it; returns its index.
     pub fn insert(&mut self, e: &Entry) -> usize {
-        let bytes = e.packed.view().bytes();
+        if self.len > 0
+            && self.last_ms > e.end_ms
+            && let Some(pos) = self.insert_late(e)
+        {
+            return pos;
+        }
+        let delta = if self.len == 0 {
+            self.base_ms = e.end_ms;
+            self.last_ms = e.end_ms;
+            0
+        } else {
+            e.end_ms.saturating_sub(self.last_ms)
+        };
+        let end = self.buf.len();
         SCRATCH.with_borrow_mut(|out| {
             out.clear();
-            // A late report is written before the first entry ending after it, whose delta
-            // is then from this one's end.
+            put_entry(out, delta, e.packed.view().bytes());
+            self.splice(end..end, out);
+        });
+        self.last_ms = self.last_ms.max(e.end_ms);
+        self.len += 1;
+        self.len() - 1
+    }
+
+    /// A late report: written before the first entry ending after it, whose delta is then
+    /// from this one's end. `None` when no entry ends after it.
+    fn insert_late(&mut self, e: &Entry) -> Option<usize> {
+        SCRATCH.with_borrow_mut(|out| {
             let (mut prev_ms, mut pos) = (self.base_ms, 0);
-            let late = (self.len > 0 && self.last_ms > e.end_ms)
-                .then(|| {
-                    self.iter().find(|x| {
-                        let after = x.end_ms > e.end_ms;
-                        if !after {
-                            prev_ms = x.end_ms;
-                            pos += 1;
-                        }
-                        after
-                    })
-                })
-                .flatten();
-            let Some(next) = late else {
-                let delta = if self.len == 0 {
-                    self.base_ms = e.end_ms;
-                    self.last_ms = e.end_ms;
-                    0
-                } else {
-                    e.end_ms.saturating_sub(self.last_ms)
-                };
-                put_entry(out, delta, bytes);
-                let end = self.buf.len();
-                self.splice(end..end, out);
-                self.last_ms = self.last_ms.max(e.end_ms);
-                self.len += 1;
-                return self.len() - 1;
-            };
+            let next = self.iter().find(|x| {
+                let after = x.end_ms > e.end_ms;
+                if !after {
+                    (prev_ms, pos) = (x.end_ms, pos + 1);
+                }
+                after
+            })?;
             if pos == 0 {
+                // The new first entry: the deltas start from its end.
                 prev_ms = e.end_ms;
             }
-            put_entry(out, e.end_ms - prev_ms, bytes);
+            out.clear();
+            put_entry(out, e.end_ms - prev_ms, e.packed.view().bytes());
             put_entry(out, next.end_ms - e.end_ms, next.packed.bytes());
             let range = next.at..next.next;
             if pos == 0 {
@@ -275,7 +280,7 @@ impl Entries {
             }
             self.splice(range, out);
             self.len += 1;
-            pos
+            Some(pos)
         })
     }
 
