@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::history::{Entry, GroupView, PathHistory, PathView};
 use super::rules::{
-    Level, PathInput, Rule, RuleKind, Tracker, Transition, Verdict, evaluate_agent, evaluate_path,
-    stale_after,
+    Level, PathInput, Rule, RuleKind, Tracker, Transition, Verdict, evaluate_agent,
+    evaluate_group_loss, evaluate_path, stale_after,
 };
 
 /// History kept at least (the baseline's minute medians are taken from it).
@@ -51,6 +51,11 @@ pub enum Subject {
     /// The paths of the agents of one ISP, losing packets together (a loss roll-up).
     Isp {
         isp: Arc<str>,
+    },
+    /// Most paths of one agent, to two or more targets, losing packets together: the
+    /// agent's own side (a loss roll-up).
+    Source {
+        src: Arc<str>,
     },
 }
 
@@ -158,6 +163,24 @@ fn lossy(rule: &Rule, view: &dyn PathInput) -> bool {
     let first = rule.windows.first().copied().unwrap_or_default();
     let (rx, lost) = view.counts(first);
     rx + lost > 0 && lost as f64 > rule.raise * (rx + lost) as f64
+}
+
+/// A source roll-up's wait (see [`Engine::source_waits`]) is forgotten after this long
+/// without the source raising again, ms.
+const FORGET_SOURCE_WAIT_MS: u64 = 60_000;
+
+/// How many paths of `paths` are from agent `src`, up to 2.
+fn agent_paths(paths: &BTreeMap<PathKey, PathHistory>, src: &Arc<str>) -> usize {
+    let from = PathKey {
+        src: src.clone(),
+        dst: Arc::from(""),
+        probe: ProbeKind::Icmp,
+    };
+    paths
+        .range(from..)
+        .take_while(|(k, _)| k.src == *src)
+        .take(2)
+        .count()
 }
 
 /// The periodic evaluation's period (`super::TICK`), ms.
@@ -621,6 +644,17 @@ impl Engine {
                 Subject::Isp { isp } => {
                     l.insert("isp".into(), isp.to_string());
                 }
+                Subject::Source { src } => {
+                    l.insert("src".into(), src.to_string());
+                    if let Some(a) = self.agents.get(src) {
+                        if let Some(s) = &a.site {
+                            l.insert("src_site".into(), s.to_string());
+                        }
+                        if let Some(i) = &a.isp {
+                            l.insert("isp".into(), i.to_string());
+                        }
+                    }
+                }
             }
             l
         });
@@ -637,6 +671,9 @@ impl Engine {
                 format!("the paths from site {src_site} to site {dst_site}")
             }
             Subject::Isp { isp } => format!("the paths of ISP {isp}'s agents"),
+            Subject::Source { src } => {
+                format!("the paths of agent {src} (its own side: its LAN or uplink)")
+            }
         };
         let value = v.value.map(|x| fmt_value(r.kind, x));
         let threshold = v.threshold.map(|x| fmt_value(r.kind, x));
@@ -797,8 +834,12 @@ impl Engine {
             self.paths.remove(k);
             self.groups = None;
         }
-        self.waits.retain(|k, _| match &k.subject {
-            Subject::Path(p) => self.paths.contains_key(p),
+        let paths = &self.paths;
+        self.waits.retain(|k, since| match &k.subject {
+            Subject::Path(p) => paths.contains_key(p),
+            Subject::Source { src } => {
+                *since + FORGET_SOURCE_WAIT_MS > now_ms && agent_paths(paths, src) > 0
+            }
             _ => false,
         });
         let orphans: Vec<AlertKey> = self
@@ -817,6 +858,10 @@ impl Engine {
                 Subject::SitePair { .. } | Subject::Isp { .. } => {
                     self.restored_ms + FORGET_PATH_AFTER.as_millis() as u64 <= now_ms
                         && self.paths.is_empty()
+                }
+                Subject::Source { src } => {
+                    self.restored_ms + FORGET_PATH_AFTER.as_millis() as u64 <= now_ms
+                        && self.agent_paths(src) == 0
                 }
             })
             .cloned()
@@ -984,9 +1029,11 @@ impl Engine {
         }
     }
 
-    /// The roll-up groups a path belongs to: its source's ISP, and its site pair (the
-    /// target is an agent's name or address, both agents declare a site).
-    fn groups_of(&self, k: &PathKey) -> [Option<Subject>; 2] {
+    /// The roll-up groups a path belongs to: its source's ISP, its site pair (the target
+    /// is an agent's name or address, both agents declare a site), and its source agent.
+    /// Source groups are not kept in the engine's groups (they are the agent's range of
+    /// `paths`: see [`Engine::members_of`]).
+    fn groups_of(&self, k: &PathKey) -> [Option<Subject>; 3] {
         let src = self.agents.get(&k.src);
         let isp = src
             .and_then(|a| a.isp.clone())
@@ -995,7 +1042,31 @@ impl Engine {
             let dst_site = self.agent_of(&k.dst)?.site.clone()?;
             Some(Subject::SitePair { src_site, dst_site })
         });
-        [isp, pair]
+        let source = Subject::Source { src: k.src.clone() };
+        [isp, pair, Some(source)]
+    }
+
+    /// The paths of a roll-up group: kept in `groups` (ISP, site pair), or an agent's paths
+    /// (source); empty for a group of fewer than two paths.
+    fn members_of(&self, groups: &BTreeMap<Subject, Vec<PathKey>>, s: &Subject) -> Vec<PathKey> {
+        match s {
+            Subject::Source { src } => {
+                let from = PathKey {
+                    src: src.clone(),
+                    dst: Arc::from(""),
+                    probe: ProbeKind::Icmp,
+                };
+                let m: Vec<PathKey> = self
+                    .paths
+                    .range(from..)
+                    .map(|(k, _)| k)
+                    .take_while(|k| k.src == *src)
+                    .cloned()
+                    .collect();
+                if m.len() >= 2 { m } else { Vec::new() }
+            }
+            _ => groups.get(s).cloned().unwrap_or_default(),
+        }
     }
 
     /// Whether a loss roll-up of one of the path's groups is pending or firing.
@@ -1005,6 +1076,7 @@ impl Engine {
                 let name = match g {
                     Subject::Isp { .. } => &r.isp_rollup_name,
                     Subject::SitePair { .. } => &r.site_rollup_name,
+                    Subject::Source { .. } => &r.source_rollup_name,
                     _ => return false,
                 };
                 if name.is_empty() {
@@ -1029,11 +1101,19 @@ impl Engine {
         let mut g: BTreeMap<Subject, Vec<PathKey>> = BTreeMap::new();
         for k in self.paths.keys() {
             for s in self.groups_of(k).into_iter().flatten() {
+                if matches!(s, Subject::Source { .. }) {
+                    continue;
+                }
                 g.entry(s).or_default().push(k.clone());
             }
         }
         g.retain(|_, m| m.len() >= 2);
         g
+    }
+
+    /// How many paths an agent has (up to 2: all that matters for a source group).
+    fn agent_paths(&self, src: &Arc<str>) -> usize {
+        agent_paths(&self.paths, src)
     }
 
     /// A path's view now.
@@ -1074,6 +1154,7 @@ impl Engine {
             match s {
                 Subject::Isp { .. } => Some(r.isp_rollup_name.as_str()),
                 Subject::SitePair { .. } => Some(r.site_rollup_name.as_str()),
+                Subject::Source { .. } => Some(r.source_rollup_name.as_str()),
                 _ => None,
             }
             .filter(|n| !n.is_empty())
@@ -1087,12 +1168,10 @@ impl Engine {
             })
             .chain(touched);
         for p in paths {
-            todo.extend(
-                self.groups_of(p)
-                    .into_iter()
-                    .flatten()
-                    .filter(|g| groups.contains_key(g)),
-            );
+            todo.extend(self.groups_of(p).into_iter().flatten().filter(|g| match g {
+                Subject::Source { src } => self.agent_paths(src) >= 2,
+                _ => groups.contains_key(g),
+            }));
         }
         todo.extend(
             self.slots
@@ -1103,11 +1182,11 @@ impl Engine {
                 })
                 .map(|(k, _)| k.subject.clone()),
         );
-        let mut todo: Vec<(AlertKey, &[PathKey])> = todo
+        let mut todo: Vec<(AlertKey, Vec<PathKey>)> = todo
             .into_iter()
             .filter_map(|s| {
                 let alertname = Arc::from(name_of(&s)?);
-                let members = groups.get(&s).map_or(&[][..], Vec::as_slice);
+                let members = self.members_of(&groups, &s);
                 Some((
                     AlertKey {
                         alertname,
@@ -1117,7 +1196,13 @@ impl Engine {
                 ))
             })
             .collect();
-        todo.sort_by_key(|(k, _)| matches!(k.subject, Subject::SitePair { .. }));
+        // The widest explanation first: an agent's own side only when neither its ISP
+        // nor a site pair explains its paths' loss.
+        todo.sort_by_key(|(k, _)| match k.subject {
+            Subject::Isp { .. } => 0,
+            Subject::SitePair { .. } => 1,
+            _ => 2,
+        });
         let mut out = Vec::new();
         // The active roll-ups: a path of one of them is covered.
         let mut covering: BTreeSet<Subject> = BTreeSet::new();
@@ -1128,13 +1213,16 @@ impl Engine {
         };
         for (key, members) in todo {
             if tick || !active(self, &key) {
-                let v = self.rollup_verdict(rule, &key, members, &covering, now_ms);
+                let mut v = self.rollup_verdict(rule, &key, &members, &covering, now_ms);
+                if matches!(key.subject, Subject::Source { .. }) {
+                    self.source_waits(rule, &key, &members, &groups, &mut v, now_ms);
+                }
                 let stepped = self.step(rule, key.clone(), v, now_ms);
                 if stepped
                     .as_ref()
                     .is_some_and(|a| a.state == AlertState::Resolved)
                 {
-                    self.end_held_episode(rule, members, now_ms);
+                    self.end_held_episode(rule, &members, now_ms);
                 }
                 out.extend(stepped);
             }
@@ -1202,6 +1290,45 @@ impl Engine {
         }
     }
 
+    /// A source roll-up that raises waits, as a path does, while a wider group of its
+    /// paths (ISP, site pair) may still roll up: another agent of that group loses
+    /// packets and has not reported since the source first raised (for at most that
+    /// group's longest report interval and a tick). Then the wider group, evaluated first,
+    /// covers the paths, or the source fires.
+    fn source_waits(
+        &mut self,
+        rule: usize,
+        key: &AlertKey,
+        members: &[PathKey],
+        groups: &BTreeMap<Subject, Vec<PathKey>>,
+        v: &mut Verdict,
+        now_ms: u64,
+    ) {
+        if v.level != Level::Raise {
+            self.waits.remove(key);
+            return;
+        }
+        let start = self.waits.get(key).copied().unwrap_or(now_ms);
+        // One member per wider group is enough: they all share the source agent.
+        let mut wider: BTreeMap<Subject, &PathKey> = BTreeMap::new();
+        for p in members {
+            for g in self.groups_of(p).into_iter().flatten() {
+                if groups.contains_key(&g) {
+                    wider.entry(g).or_insert(p);
+                }
+            }
+        }
+        let undecided = wider
+            .iter()
+            .any(|(g, p)| self.may_roll_up(rule, p, &groups[g], start, now_ms));
+        if undecided {
+            v.level = Level::Hold;
+            self.waits.insert(key.clone(), start);
+        } else {
+            self.waits.remove(key);
+        }
+    }
+
     /// Whether a path is in one of the `covering` groups.
     fn covered(&self, p: &PathKey, covering: &BTreeSet<Subject>) -> bool {
         !covering.is_empty()
@@ -1233,7 +1360,7 @@ impl Engine {
             .unzip();
         let group = GroupView { members: views };
         let tracker = self.slots.get(key).map(|s| s.tracker).unwrap_or_default();
-        let mut v = evaluate_path(r, &group, &tracker, now_ms);
+        let mut v = evaluate_group_loss(r, &group, &tracker, now_ms);
         if v.level == Level::Raise {
             let (mut with_data, mut lossy) = (0, Vec::new());
             for (k, view) in keys.iter().zip(&group.members) {
@@ -1308,7 +1435,9 @@ impl Engine {
                 && ((matches!(k.subject, Subject::Isp { .. })
                     && *k.alertname == *r.isp_rollup_name)
                     || (matches!(k.subject, Subject::SitePair { .. })
-                        && *k.alertname == *r.site_rollup_name))
+                        && *k.alertname == *r.site_rollup_name)
+                    || (matches!(k.subject, Subject::Source { .. })
+                        && *k.alertname == *r.source_rollup_name))
         });
         if waiting.is_empty() && !active {
             return Vec::new();
@@ -1373,6 +1502,9 @@ fn subject_of(l: &BTreeMap<String, String>) -> Option<Subject> {
             dst: Arc::from(d.as_str()),
             probe: probe(p)?,
         })),
+        (Some(s), None, None, None) => Some(Subject::Source {
+            src: Arc::from(s.as_str()),
+        }),
         (None, Some(d), Some(p), _) => Some(Subject::Target {
             dst: Arc::from(d.as_str()),
             probe: probe(p)?,

@@ -14,6 +14,24 @@ fn engine() -> Engine {
     )
 }
 
+/// The default rules without the loss rule's source roll-up: for tests about path
+/// alerts on an agent whose every path loses.
+fn without_source(mut rules: Vec<Rule>) -> Vec<Rule> {
+    for r in &mut rules {
+        r.source_rollup_name.clear();
+    }
+    rules
+}
+
+fn engine_without_source() -> Engine {
+    Engine::new(
+        without_source(Rule::defaults()),
+        EngineConfig {
+            external_url: "http://agg.example:9470".into(),
+        },
+    )
+}
+
 /// One report of `agent` for the second ending at `end_ms`: per target (dst, received, lost).
 fn report(agent: &str, end_ms: u64, paths: &[(&str, u32, u32)]) -> Report {
     Report {
@@ -133,7 +151,8 @@ fn one_alert_for_an_agent_that_stops_not_one_per_path() {
 /// an agent is never held at all.
 #[test]
 fn total_loss_to_an_agent_that_keeps_reporting_is_loss() {
-    let mut e = engine();
+    // Every path of a loses: path alerts here, not a's source roll-up.
+    let mut e = engine_without_source();
     e.agent_address("b", "10.0.0.2".parse().expect("ip"));
     e.agent_address("d", "10.0.0.4".parse().expect("ip"));
     let mut first = BTreeMap::new();
@@ -488,7 +507,8 @@ fn engine_cost_during_an_isp_outage() {
 /// resolves at once; a new rule starts from the history already kept.
 #[test]
 fn reloaded_rules_keep_firing_alerts_and_resolve_removed_ones() {
-    let mut e = engine();
+    // Both paths of a lose: path alerts here, not a's source roll-up.
+    let mut e = engine_without_source();
     let mut now = T0;
     // 30% loss on two paths until both PathpulseLoss alerts fire.
     let mut fired = 0;
@@ -505,7 +525,7 @@ fn reloaded_rules_keep_firing_alerts_and_resolve_removed_ones() {
 
     // The same rules, the loss rule's clear threshold raised to 40%: nothing is notified
     // by the reload itself, both alerts still fire.
-    let mut rules = Rule::defaults();
+    let mut rules = without_source(Rule::defaults());
     for r in rules.iter_mut().filter(|r| r.name == "PathpulseLoss") {
         r.clear = 0.4;
     }
@@ -670,7 +690,7 @@ fn loss_on_a_site_pair_is_one_alert_not_one_per_path() {
     );
     // Summed, the evidence is there sooner than on any single path.
     let alone = {
-        let mut e = engine();
+        let mut e = engine_without_source();
         let all = run(&mut e, 1..=59, &["p1"], paths);
         all.iter()
             .filter(|a| a.kind == "loss" && a.state == AlertState::Firing)
@@ -764,8 +784,9 @@ fn loss_on_one_path_of_a_group_is_the_paths_alert() {
     assert_eq!(start(&with), start(&without));
 
     // All of p1's paths lose (p1's own uplink): its two paths to lyon are one agent
-    // pair each, but one source agent; they wait for p2's report (at most one interval),
-    // see no broad loss, and fire as path alerts.
+    // pair each, but one source agent; the source roll-up waits for p2's report (at most
+    // one interval), sees no broad loss on the site pair, and fires: one alert on p1's
+    // side, no path alert.
     let paths = |a: &str, s: u64| -> Vec<(&'static str, u32, u32)> {
         let rx = if a == "p1" && s >= 10 { 7 } else { 10 };
         match a {
@@ -778,15 +799,19 @@ fn loss_on_one_path_of_a_group_is_the_paths_alert() {
     let with = run(&mut grouped, 1..=40, &names, paths);
     let without = run(&mut engine(), 1..=40, &names, paths);
     let fired = loss_alerts(&with, AlertState::Firing);
-    assert_eq!(fired.len(), 2, "{fired:?}");
-    assert!(
-        fired
-            .iter()
-            .all(|f| f.0 == "PathpulseLoss" && f.1["src"] == "p1")
-    );
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].0, "PathpulseSourceLoss");
+    assert_eq!(fired[0].1["src"], "p1");
+    assert_eq!(fired[0].1["src_site"], "paris");
+    assert!(!fired[0].1.contains_key("dst"), "{fired:?}");
+    let source_start = |v: &[Alert]| {
+        v.iter()
+            .find(|a| a.alertname == "PathpulseSourceLoss")
+            .map(|a| a.starts_at_ms)
+    };
     let (w, wo) = (
-        start(&with).expect("fired"),
-        start(&without).expect("fired"),
+        source_start(&with).expect("fired"),
+        source_start(&without).expect("fired"),
     );
     assert!((wo..=wo + 2_000).contains(&w), "{w} vs {wo}");
 }
@@ -936,4 +961,137 @@ fn a_loss_roll_up_holds_the_mos_alerts_of_its_paths() {
         [("PathpulseMosLow".to_string(), Some("x1".to_string()))],
         "only the path of no group"
     );
+}
+
+/// One 500 ms report of `agent` ending at `end_ms`: per target (dst, loss probability),
+/// 5 probes each (10 probes/s), each lost at random with that probability.
+fn half_second_report(
+    rng: &mut rand::rngs::StdRng,
+    agent: &str,
+    end_ms: u64,
+    paths: &[(&str, f64)],
+) -> Report {
+    use rand::Rng;
+    let counts: Vec<(&str, u32, u32)> = paths
+        .iter()
+        .map(|&(dst, p)| {
+            let lost = (0..5).filter(|_| rng.random::<f64>() < p).count() as u32;
+            (dst, 5 - lost, lost)
+        })
+        .collect();
+    let mut r = report(agent, end_ms, &counts);
+    r.seq = end_ms / 500;
+    r.interval_start_ms = end_ms - 500;
+    r.interval_ms = 500;
+    r
+}
+
+/// Seconds from a loss onset at 30 s to the first loss-kind alert out of `e`, for a lone
+/// agent probing `FIVE` targets: 1% background loss, then `onset` loss on the first four
+/// (within 60 s); also whether anything of the loss kind fired before the onset or on
+/// the clean fifth path.
+const FIVE: [&str; 5] = [
+    "192.0.2.1",
+    "192.0.2.2",
+    "192.0.2.3",
+    "192.0.2.4",
+    "192.0.2.9",
+];
+
+fn onset_delay(e: &mut Engine, seed: u64, onset: f64) -> (Option<f64>, Vec<Alert>) {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut wrong = Vec::new();
+    for i in 1..=180u64 {
+        let now = T0 + i * 500;
+        let lossy = i > 60;
+        let paths: Vec<(&str, f64)> = FIVE
+            .iter()
+            .enumerate()
+            .map(|(k, d)| (*d, if lossy && k < 4 { onset } else { 0.01 }))
+            .collect();
+        let mut out = e.on_report(&half_second_report(&mut rng, "a", now, &paths), now);
+        if i % 2 == 0 {
+            out.extend(e.tick(now));
+        }
+        for a in out
+            .into_iter()
+            .filter(|a| a.kind == "loss" && a.state == AlertState::Firing)
+        {
+            if !lossy || a.labels.get("dst").is_some_and(|d| d == FIVE[4]) {
+                wrong.push(a);
+            } else {
+                return (Some((i - 60) as f64 * 0.5), wrong);
+            }
+        }
+    }
+    (None, wrong)
+}
+
+/// A lone agent probes five targets at 10 probes/s with 500 ms reports; 20% random loss
+/// starts on four of them (its own LAN or uplink). Over 60 seeded onsets its one
+/// `PathpulseSourceLoss` fires (times counted from the onset in report time: no probe
+/// timeout here), at the median sooner than the first of the four path alerts does with
+/// the source roll-up switched off: the group pools 50 probes a second, and reads 1 and
+/// 2 s windows. Nothing fires before the onset (30 s of 1% background loss each time) or on
+/// the clean path; and 10 minutes of 1% background loss on all five raise nothing.
+#[test]
+fn an_agents_paths_losing_together_are_one_source_alert_sooner_than_any_path_alone() {
+    let (mut pooled, mut alone, mut first_is_source) = (Vec::new(), Vec::new(), 0);
+    for seed in 0..60 {
+        let mut e = engine();
+        let (d, wrong) = onset_delay(&mut e, seed, 0.2);
+        assert!(wrong.is_empty(), "seed {seed}: {wrong:?}");
+        pooled.push(d.expect("a loss alert fires within 60 s"));
+        // The first alert is the source roll-up, or (the onset race, when a path's own
+        // evidence is there a report before the group's) a path alert.
+        let fired = e.firing();
+        assert_eq!(fired.len(), 1, "seed {seed}: {fired:?}");
+        if fired[0].alertname == "PathpulseSourceLoss" {
+            first_is_source += 1;
+            assert_eq!(fired[0].labels["src"], "a");
+            assert!(fired[0].annotations["summary"].contains("agent a"));
+        }
+        let mut e = engine_without_source();
+        let (d, wrong) = onset_delay(&mut e, seed, 0.2);
+        assert!(wrong.is_empty(), "seed {seed}: {wrong:?}");
+        alone.push(d.expect("a path alert fires within 60 s"));
+    }
+    let q = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * p).ceil() as usize).max(1) - 1]
+    };
+    let (pm, p95) = (q(&mut pooled, 0.5), q(&mut pooled, 0.95));
+    let (am, a95) = (q(&mut alone, 0.5), q(&mut alone, 0.95));
+    println!(
+        "20% loss on 4 of 5 paths, 10 probes/s, 500 ms reports, 60 onsets: source roll-up median {pm} s, p95 {p95} s; first path alert alone median {am} s, p95 {a95} s"
+    );
+    println!("the first alert was the source roll-up in {first_is_source} of 60 onsets");
+    // Pooled, the median is a report sooner; the tail is no longer (the first of four
+    // paths racing alone is fast too: the roll-up's gain is one alert that says where).
+    assert!(pm < am && p95 <= a95, "{pooled:?} vs {alone:?}");
+    assert!(p95 <= 2.5, "{pooled:?}");
+    assert!(first_is_source >= 50, "{first_is_source} of 60");
+
+    // 10 minutes of 1% background loss on all five paths, five seeds: the source
+    // roll-up never fires. (The path rule alone may: about 1% a path in 10 minutes with
+    // reports every 500 ms, 5 of 30 lost in 3 s; one of these 25 path-runs does.)
+    use rand::SeedableRng;
+    let mut path_alarms = 0;
+    for seed in 100..105 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut e = engine();
+        for i in 1..=1200u64 {
+            let now = T0 + i * 500;
+            let paths: Vec<(&str, f64)> = FIVE.iter().map(|d| (*d, 0.01)).collect();
+            let mut out = e.on_report(&half_second_report(&mut rng, "a", now, &paths), now);
+            out.extend(e.tick(now));
+            for a in out.iter().filter(|a| a.kind == "loss") {
+                assert_eq!(a.alertname, "PathpulseLoss", "seed {seed} at {i}: {a:?}");
+                path_alarms += usize::from(a.state == AlertState::Firing);
+            }
+        }
+    }
+    println!("1% background, 5 × 5 paths × 10 minutes: {path_alarms} path alarms");
+    assert!(path_alarms <= 2, "{path_alarms}");
 }

@@ -233,7 +233,11 @@ impl AlertSource for Alerts {
             if r.kind == rules::RuleKind::PathDown {
                 add(&r.rollup_name, &r.severity, 0);
             }
-            for n in [&r.site_rollup_name, &r.isp_rollup_name] {
+            for n in [
+                &r.site_rollup_name,
+                &r.isp_rollup_name,
+                &r.source_rollup_name,
+            ] {
                 if !n.is_empty() && (r.kind == rules::RuleKind::PathDown || r.has_rollups()) {
                     add(n, &r.severity, 0);
                 }

@@ -440,8 +440,16 @@ fn bad_rules_are_all_reported() {
 fn loss_rollups_are_named_per_rule_and_can_be_switched_off() {
     let d = Rule::default_for(RuleKind::Loss);
     assert_eq!(
-        (d.site_rollup_name.as_str(), d.isp_rollup_name.as_str()),
-        ("PathpulseSitePairLoss", "PathpulseIspLoss")
+        (
+            d.site_rollup_name.as_str(),
+            d.isp_rollup_name.as_str(),
+            d.source_rollup_name.as_str()
+        ),
+        (
+            "PathpulseSitePairLoss",
+            "PathpulseIspLoss",
+            "PathpulseSourceLoss"
+        )
     );
     assert!(d.has_rollups());
     assert!(!Rule::default_for(RuleKind::Latency).has_rollups());
@@ -455,21 +463,26 @@ fn loss_rollups_are_named_per_rule_and_can_be_switched_off() {
             name: Some("PathpulseLoss".into()),
             site_rollup_name: Some(String::new()),
             isp_rollup_name: Some(String::new()),
+            source_rollup_name: Some(String::new()),
             ..RuleConfig::default()
         },
     ];
     let rules = resolve_rules(&cfg, true).expect("valid");
     let wan = rules.iter().find(|r| r.name == "WanLoss").expect("added");
     assert_eq!(
-        (wan.site_rollup_name.as_str(), wan.isp_rollup_name.as_str()),
-        ("WanLossSitePair", "WanLossIsp"),
+        (
+            wan.site_rollup_name.as_str(),
+            wan.isp_rollup_name.as_str(),
+            wan.source_rollup_name.as_str()
+        ),
+        ("WanLossSitePair", "WanLossIsp", "WanLossSource"),
         "its own roll-ups, not the built-in rule's"
     );
     let loss = rules
         .iter()
         .find(|r| r.name == "PathpulseLoss")
         .expect("loss");
-    assert!(!loss.has_rollups(), "both switched off");
+    assert!(!loss.has_rollups(), "all three switched off");
     let bad = vec![RuleConfig {
         name: Some("PathpulseLoss".into()),
         isp_rollup_name: Some("isp loss".into()),

@@ -23,6 +23,14 @@ pub const AGENT_TIMING: [&str; 6] = [
     "500ms",
 ];
 
+/// The default rules without the loss rule's source roll-up.
+const NO_SOURCE_ROLLUP: &str = r#"
+[alert]
+[[alert.rules]]
+name = "PathpulseLoss"
+source_rollup_name = ""
+"#;
+
 /// A namespace with an nftables input chain for loss, and a directory for state and logs.
 pub struct Lab {
     pub ns: Netns,
@@ -275,7 +283,16 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
     let state = lab.path("agg");
     let (quic, http) = (4470, 9470); // a fresh namespace: every port is free
     let webhook = hook.url();
-    let agg_args = ["--webhook", webhook.as_str()];
+    // Four of the agent's five paths lose: by default that is one source roll-up (the
+    // next test); this one is about path alerts, so the roll-up is off.
+    let config = lab.path("aggregator.toml");
+    std::fs::write(&config, NO_SOURCE_ROLLUP).expect("write aggregator.toml");
+    let agg_args = [
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--webhook",
+        webhook.as_str(),
+    ];
     let mut agg = lab.aggregator("aggregator", &state, quic, http, &agg_args);
     let lossy = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
     let clean = "127.0.0.9";
@@ -459,6 +476,127 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
     assert!(
         to_alert.iter().all(|t| *t < 15.0),
         "every alert within 15 s: {to_alert:?}"
+    );
+}
+
+/// A lone agent probes five loopback targets (10 probes/s, 500 ms timeout and reports,
+/// default rules); 20% random loss starts on four of them at once, as on the agent's own
+/// uplink. The first loss alert at the webhook is the agent's one `PathpulseSourceLoss`
+/// (its paths pooled: 40 lossy probes a second); the time from `nft add rule` to its
+/// receipt is printed (`PATHPULSE_SOURCE_TRIALS` onsets, 3 by default). It resolves after
+/// the loss stops; the clean path never alerts.
+#[test]
+fn loss_on_most_of_an_agents_paths_is_one_source_alert_in_seconds() {
+    let test = "loss_on_most_of_an_agents_paths_is_one_source_alert_in_seconds";
+    if !require_root(test) || !require_program(test, "nft") {
+        return;
+    }
+    let _machine = crate::setup::exclusive();
+    let lab = Lab::new("as");
+    let hook = WebhookReceiver::serve(
+        lab.ns
+            .enter(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+    );
+    let state = lab.path("agg");
+    let (quic, http) = (4470, 9470);
+    let webhook = hook.url();
+    let _agg = lab.aggregator(
+        "aggregator",
+        &state,
+        quic,
+        http,
+        &["--webhook", webhook.as_str()],
+    );
+    let lossy = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    let clean = "127.0.0.9";
+    let mut targets = lossy.to_vec();
+    targets.push(clean);
+    let _agent = lab.agent("as-agent", &state, &[quic], &targets);
+    std::thread::sleep(Duration::from_secs(10));
+    let is_source = |a: &Value, status: &str| {
+        a["labels"]["alertname"] == "PathpulseSourceLoss"
+            && a["labels"]["src"] == "as-agent"
+            && a["status"] == status
+    };
+    let trials = std::env::var("PATHPULSE_SOURCE_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3u32);
+    let (mut to_alert, mut first_is_source) = (Vec::new(), 0);
+    for trial in 0..trials {
+        let t0 = Instant::now();
+        for a in lossy {
+            lab.loss(a, 20);
+        }
+        let loss_kind = |a: &Value| {
+            a["labels"]["alertname"] == "PathpulseSourceLoss"
+                || a["labels"]["alertname"] == "PathpulseLoss"
+        };
+        let (at, first) = wait_for_fast(Duration::from_secs(40), || {
+            hook.alerts()
+                .into_iter()
+                .find(|(at, x)| *at > t0 && loss_kind(x) && x["status"] == "firing")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "trial {trial}: no loss alert within 40 s: {:?}",
+                hook.alerts()
+            )
+        });
+        to_alert.push(secs(at - t0));
+        if is_source(&first, "firing") {
+            first_is_source += 1;
+        } else {
+            println!("trial {trial}: a path alert came first (the onset race): {first}");
+        }
+        // The source roll-up fires (if a path's own alert came first, soon after it).
+        let (_, fired) = wait_for_fast(Duration::from_secs(20), || {
+            hook.alerts()
+                .into_iter()
+                .find(|(at, x)| *at > t0 && is_source(x, "firing"))
+        })
+        .unwrap_or_else(|| panic!("trial {trial}: no source roll-up: {:?}", hook.alerts()));
+        assert!(fired["labels"]["dst"].is_null(), "{fired}");
+        assert!(
+            fired["annotations"]["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("agent as-agent")),
+            "{fired}"
+        );
+        lab.clear_loss();
+        let t1 = Instant::now();
+        wait_for(Duration::from_secs(150), || {
+            hook.alerts()
+                .into_iter()
+                .find(|(at, x)| *at > t1 && is_source(x, "resolved"))
+        })
+        .unwrap_or_else(|| panic!("trial {trial}: not resolved within 150 s"));
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let alerts = hook.alerts();
+    assert!(
+        !alerts.iter().any(|(_, x)| x["labels"]["dst"] == clean),
+        "the clean path never alerted"
+    );
+    let path_alerts = alerts
+        .iter()
+        .filter(|(_, x)| x["labels"]["alertname"] == "PathpulseLoss" && x["status"] == "firing")
+        .count();
+    to_alert.sort_by(f64::total_cmp);
+    println!(
+        "time to the first loss alert, 20% loss on 4 of 5 paths, 10 probes/s, 500 ms timeout and reports, {} onsets: median {:.2} s, max {:.2} s; all {:?}; the source roll-up first in {first_is_source}; path alerts {path_alerts}",
+        to_alert.len(),
+        median(&to_alert),
+        to_alert.last().copied().unwrap_or(f64::NAN),
+        to_alert
+    );
+    assert!(
+        2 * first_is_source > trials,
+        "the source roll-up came first in {first_is_source} of {trials}"
+    );
+    assert!(
+        to_alert.iter().all(|t| *t < 10.0),
+        "every alert within 10 s: {to_alert:?}"
     );
 }
 

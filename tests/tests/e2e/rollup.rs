@@ -58,7 +58,12 @@ leave_after = "30s"
 "#;
 
 /// The alertnames of the loss rule and its roll-ups (the assertions are about these).
-const LOSS_NAMES: [&str; 3] = ["PathpulseLoss", "PathpulseSitePairLoss", "PathpulseIspLoss"];
+const LOSS_NAMES: [&str; 4] = [
+    "PathpulseLoss",
+    "PathpulseSitePairLoss",
+    "PathpulseIspLoss",
+    "PathpulseSourceLoss",
+];
 
 /// One roll-up episode: who loses, what must come out of it.
 struct Scenario<'a> {
@@ -368,6 +373,17 @@ fn episode(
     assert!(
         onset.is_empty() || !strict(),
         "PATHPULSE_ROLLUP_STRICT: covered paths alerted before the roll-up: {onset:?}"
+    );
+    // An agent's source roll-up (all its paths lose) waits for the wider groups and is
+    // covered by them; one that fired first is the same onset race.
+    let sources: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == "PathpulseSourceLoss" && a["status"] == "firing")
+        .collect();
+    println!("source roll-ups that fired: {}", sources.len());
+    assert!(
+        sources.is_empty() || !strict(),
+        "PATHPULSE_ROLLUP_STRICT: source roll-ups fired: {sources:?}"
     );
     // 3. The control paths: one per-path loss alert each, resolved; no loss alert for
     //    any other path.
