@@ -165,6 +165,8 @@ impl IcmpProber {
         // replies (after 4 old timeouts) count as stray rather than late.
         let retention = (self.timeout * 4).max(Duration::from_secs(10));
         let mut matcher = Matcher::new(token, ident, retention);
+        // Every target is probed every `interval`: a later probe answered tells loss early.
+        matcher.set_spacing(Some(self.interval));
         let mut sched = self.schedule();
         let (mut buf4, mut buf6) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         let (mut events4, mut events6) = (Vec::new(), Vec::new());
@@ -191,7 +193,10 @@ impl IcmpProber {
             match wake {
                 Wake::Stop => return,
                 Wake::Timer => {}
-                Wake::Plan(Some(p)) => sched = self.replan(p),
+                Wake::Plan(Some(p)) => {
+                    sched = self.replan(p);
+                    matcher.set_spacing(Some(self.interval));
+                }
                 Wake::Plan(None) => plan_open = false,
                 Wake::Received(Ok(())) => {
                     recv_backoff.reset();

@@ -78,7 +78,44 @@ struct InFlight {
     addr: IpAddr,
     sent_mono: Instant,
     tx_kernel: Option<KernelNs>,
+    /// The probe's timeout, ms (its deadline is `sent_mono` plus this).
+    timeout_ms: u32,
 }
+
+/// What the matcher keeps of a target's replies: the newest probe answered, and the
+/// RFC 6298 smoothed RTT and its variation (µs), for the early loss decision.
+#[derive(Debug, Clone, Copy, Default)]
+struct Answered {
+    last_id: u64,
+    srtt_us: u32,
+    rttvar_us: u32,
+}
+
+impl Answered {
+    fn sample(&mut self, rtt: Duration) {
+        let r = rtt.as_micros().min(u128::from(u32::MAX)) as u32;
+        if self.last_id == 0 {
+            (self.srtt_us, self.rttvar_us) = (r, r / 2);
+        } else {
+            let dev = self.srtt_us.abs_diff(r);
+            self.rttvar_us = ((3 * u64::from(self.rttvar_us) + u64::from(dev)) / 4) as u32;
+            self.srtt_us = ((7 * u64::from(self.srtt_us) + u64::from(r)) / 8) as u32;
+        }
+    }
+
+    /// How long after a probe's successor was sent its reply is normally in: the
+    /// smoothed RTT, four variations and the reordering slack ([`REORDER_SLACK`], or a
+    /// quarter of the smoothed RTT if more).
+    fn reply_within(&self) -> Duration {
+        let (srtt, var) = (u64::from(self.srtt_us), u64::from(self.rttvar_us));
+        Duration::from_micros(srtt + 4 * var) + REORDER_SLACK.max(Duration::from_micros(srtt / 4))
+    }
+}
+
+/// How much later than usual a probe's reply may come after the reply of a probe sent
+/// after it (reordering) before the early decision counts it lost: at least this, a
+/// quarter of the smoothed RTT on long paths (RFC 8985's reordering window).
+pub const REORDER_SLACK: Duration = Duration::from_millis(50);
 
 /// What the reply looked like on the wire, as the socket layer parsed it.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +140,10 @@ pub struct Matcher {
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     recent: Recent,
     retention: Duration,
-    last_answered: HashMap<usize, u64>,
+    answered: HashMap<usize, Answered>,
+    /// Time between two probes of a target, when every target has the same (the ICMP
+    /// prober): enables the early loss decision (see [`Matcher::expire`]).
+    spacing: Option<Duration>,
 }
 
 impl Matcher {
@@ -119,8 +159,14 @@ impl Matcher {
             deadlines: BinaryHeap::new(),
             recent: Recent::new(Instant::now()),
             retention,
-            last_answered: HashMap::new(),
+            answered: HashMap::new(),
+            spacing: None,
         }
+    }
+
+    /// The time between two probes of the same target (`None`: no early loss decision).
+    pub fn set_spacing(&mut self, spacing: Option<Duration>) {
+        self.spacing = spacing.filter(|s| !s.is_zero());
     }
 
     pub fn token(&self) -> u64 {
@@ -138,7 +184,8 @@ impl Matcher {
         id
     }
 
-    /// The probe left the socket at `sent_mono`; it is lost if unanswered by `deadline`.
+    /// The probe left the socket at `sent_mono`; it is lost if unanswered by `sent_mono +
+    /// timeout`, or earlier (see [`Matcher::expire`]).
     pub fn sent(
         &mut self,
         id: u64,
@@ -147,6 +194,8 @@ impl Matcher {
         sent_mono: Instant,
         timeout: Duration,
     ) {
+        let timeout_ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
         self.inflight.insert(
             id,
             InFlight {
@@ -154,10 +203,16 @@ impl Matcher {
                 addr,
                 sent_mono,
                 tx_kernel: None,
+                timeout_ms,
             },
         );
         self.by_seq.insert(id as u16, id);
-        self.deadlines.push(Reverse((sent_mono + timeout, id)));
+        let early = match (self.spacing, self.answered.get(&target)) {
+            (Some(spacing), Some(a)) => Some(spacing + a.reply_within()),
+            _ => None,
+        };
+        let first = early.map_or(timeout, |e| e.min(timeout));
+        self.deadlines.push(Reverse((sent_mono + first, id)));
     }
 
     /// Kernel TX timestamp for the in-flight probe with this sequence.
@@ -205,13 +260,15 @@ impl Matcher {
                 _ => None,
             }
             .filter(|k| *k <= mono + KERNEL_SLACK);
-            let last = self.last_answered.entry(p.target).or_insert(0);
-            let reordered = id < *last;
-            *last = (*last).max(id);
+            let rtt = kernel.unwrap_or(mono);
+            let a = self.answered.entry(p.target).or_default();
+            let reordered = id < a.last_id;
+            a.sample(rtt);
+            a.last_id = a.last_id.max(id);
             self.recent.remember(id, p.target, p.addr, true, r.rx_mono);
             return Outcome::Reply {
                 target: p.target,
-                rtt: kernel.unwrap_or(mono),
+                rtt,
                 reordered,
                 kernel_timestamps: kernel.is_some(),
             };
@@ -231,6 +288,14 @@ impl Matcher {
     }
 
     /// Declare lost every probe whose deadline has passed; returns their targets.
+    ///
+    /// The early decision (with a spacing set, once the target has answered): a probe is
+    /// lost before its timeout when a probe sent after it to the same target has been
+    /// answered and its own reply is overdue, i.e. one spacing, the smoothed RTT, four
+    /// RTT variations and [`REORDER_SLACK`] after it was sent (RFC 8985's idea: a later
+    /// packet delivered is evidence of loss). Until a later probe is answered it is looked
+    /// at again every spacing, up to its timeout. A reply after the decision is late, as
+    /// after a timeout.
     pub fn expire(&mut self, now: Instant) -> Vec<usize> {
         let mut lost = Vec::new();
         while let Some(Reverse((t, id))) = self.deadlines.peek().copied() {
@@ -238,6 +303,18 @@ impl Matcher {
                 break;
             }
             self.deadlines.pop();
+            let undecided = self.inflight.get(&id).and_then(|p| {
+                let timeout_at = p.sent_mono + Duration::from_millis(u64::from(p.timeout_ms));
+                let later_answered = self.answered.get(&p.target).is_some_and(|a| a.last_id > id);
+                (t < timeout_at && !later_answered).then(|| {
+                    let again = self.spacing.map_or(timeout_at, |s| now + s);
+                    again.min(timeout_at)
+                })
+            });
+            if let Some(again) = undecided {
+                self.deadlines.push(Reverse((again, id)));
+                continue;
+            }
             if let Some(p) = self.inflight.remove(&id) {
                 if self.by_seq.get(&(id as u16)) == Some(&id) {
                     self.by_seq.remove(&(id as u16));
@@ -462,6 +539,95 @@ mod tests {
         assert_eq!(shrunk(3000, 10_000), None, "over a quarter full");
         assert_eq!(shrunk(2000, 10_000), Some(4096));
         assert_eq!(shrunk(9000, 40_000), Some(18_000));
+    }
+
+    fn is_reply(o: Outcome, reordered_want: bool) -> bool {
+        matches!(o, Outcome::Reply { reordered, .. } if reordered == reordered_want)
+    }
+
+    /// With the spacing set, a probe is lost before its timeout once a probe sent after it
+    /// is answered and its own reply is overdue (one spacing + smoothed RTT + 4 × RTT
+    /// variation + the reordering slack after it was sent); a reply after that is late.
+    /// Without a later answer it waits, looked at again every spacing, up to its timeout;
+    /// a reply reordered by less than the slack is a reply; without a spacing nothing is
+    /// decided early.
+    #[test]
+    fn a_later_probe_answered_decides_loss_before_the_timeout() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        m.set_spacing(Some(ms(100)));
+        // First answer: srtt 1 ms, variation 0.5 ms.
+        let a = send(&mut m, 0, "127.0.0.2", t0);
+        assert!(is_reply(
+            m.reply(&reply(&a, "127.0.0.2", t0 + ms(1))),
+            false
+        ));
+        // b is lost; c, sent 100 ms after it, is answered.
+        let b = send(&mut m, 0, "127.0.0.2", t0 + ms(100));
+        let c = send(&mut m, 0, "127.0.0.2", t0 + ms(200));
+        assert!(is_reply(
+            m.reply(&reply(&c, "127.0.0.2", t0 + ms(201))),
+            false
+        ));
+        // b's early deadline: 100 ms + 100 + 1 + 4 × 0.5 + 50.
+        assert!(m.expire(t0 + ms(252)).is_empty());
+        assert_eq!(
+            m.expire(t0 + ms(253)),
+            vec![0],
+            "decided 1.85 s before the timeout"
+        );
+        assert_eq!(
+            m.reply(&reply(&b, "127.0.0.2", t0 + ms(260))),
+            Outcome::Late { target: 0 }
+        );
+        // d is lost, e (sent after it) not answered yet: d waits, looked at again one
+        // spacing later, and is lost once e is answered.
+        let d = send(&mut m, 0, "127.0.0.2", t0 + ms(300));
+        let e = send(&mut m, 0, "127.0.0.2", t0 + ms(400));
+        let d_early = t0 + ms(300) + ms(100) + m.answered[&0].reply_within();
+        assert!(m.expire(d_early).is_empty(), "no later answer yet");
+        assert!(is_reply(
+            m.reply(&reply(&e, "127.0.0.2", d_early + ms(20))),
+            false
+        ));
+        assert!(m.expire(d_early + ms(99)).is_empty());
+        assert_eq!(m.expire(d_early + ms(100)), vec![0]);
+        assert_eq!(
+            m.reply(&reply(&d, "127.0.0.2", d_early + ms(150))),
+            Outcome::Late { target: 0 }
+        );
+        // f and g: g's reply first, f's 40 ms after it (reordered, within the slack): a
+        // reply, flagged reordered, nothing lost.
+        let f = send(&mut m, 0, "127.0.0.2", t0 + ms(600));
+        let g = send(&mut m, 0, "127.0.0.2", t0 + ms(700));
+        assert!(is_reply(
+            m.reply(&reply(&g, "127.0.0.2", t0 + ms(701))),
+            false
+        ));
+        assert!(m.expire(t0 + ms(740)).is_empty());
+        assert!(is_reply(
+            m.reply(&reply(&f, "127.0.0.2", t0 + ms(741))),
+            true
+        ));
+        assert!(m.expire(t0 + ms(900)).is_empty());
+        // Another target's answers say nothing about target 1, which has none of its own:
+        // its probe is lost at its timeout only.
+        let h = send(&mut m, 1, "127.0.0.3", t0 + ms(1000));
+        assert!(m.expire(t0 + ms(1000) + TIMEOUT - ms(1)).is_empty());
+        assert_eq!(m.expire(t0 + ms(1000) + TIMEOUT), vec![1]);
+        drop(h);
+        // Without a spacing: the timeout only, even with a later probe answered.
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        let a = send(&mut m, 0, "127.0.0.2", t0);
+        let b = send(&mut m, 0, "127.0.0.2", t0 + ms(100));
+        assert!(is_reply(
+            m.reply(&reply(&b, "127.0.0.2", t0 + ms(101))),
+            false
+        ));
+        assert!(m.expire(t0 + TIMEOUT - ms(1)).is_empty());
+        assert_eq!(m.expire(t0 + TIMEOUT), vec![0]);
+        drop(a);
     }
 
     #[test]
