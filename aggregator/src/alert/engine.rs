@@ -1371,9 +1371,15 @@ impl Engine {
         now_ms: u64,
     ) -> Verdict {
         let r = &self.rules[rule];
+        // A source group is what is left of the agent's paths once the wider roll-ups
+        // have covered theirs: an agent whose paths to another site lose with that site
+        // pair, and one path elsewhere with a loss of its own, is that site pair and that
+        // path, not its own side.
+        let source = matches!(key.subject, Subject::Source { .. });
         let (keys, views): (Vec<&PathKey>, Vec<PathView<'_>>) = members
             .iter()
             .filter(|k| !self.awaits_agent(k, now_ms))
+            .filter(|k| !source || !self.covered(k, covering))
             .filter_map(|k| Some((k, self.view_of(k, now_ms)?)))
             .unzip();
         let group = GroupView { members: views };

@@ -1095,3 +1095,42 @@ fn an_agents_paths_losing_together_are_one_source_alert_sooner_than_any_path_alo
     println!("1% background, 5 × 5 paths × 10 minutes: {path_alarms} path alarms");
     assert!(path_alarms <= 2, "{path_alarms}");
 }
+
+/// The end-to-end site-pair scenario: a full mesh of e1, e2 (site east) and w1 (west);
+/// from 10 s the paths toward w1 lose 30% (the site pair east → west) and so does
+/// e2 → e1 (the control). e2's two paths both lose, but one is the site pair's: its
+/// source group is what is left (e2 → e1 alone), no roll-up; the control is its own
+/// path alert, the site pair one roll-up.
+#[test]
+fn a_source_group_leaves_out_the_paths_a_wider_roll_up_covers() {
+    let mut e = engine();
+    mesh(
+        &mut e,
+        &[
+            ("e1", "east", None, "10.1.0.1"),
+            ("e2", "east", None, "10.1.0.2"),
+            ("w1", "west", None, "10.2.0.1"),
+        ],
+    );
+    let paths = |a: &str, s: u64| -> Vec<(&'static str, u32, u32)> {
+        let on = (10..40).contains(&s);
+        let p = |lossy: bool| if on && lossy { (7, 3) } else { (10, 0) };
+        let row = |dst: &'static str, lossy: bool| (dst, p(lossy).0, p(lossy).1);
+        match a {
+            "e1" => vec![row("10.1.0.2", false), row("10.2.0.1", true)],
+            "e2" => vec![row("10.1.0.1", true), row("10.2.0.1", true)],
+            _ => vec![row("10.1.0.1", false), row("10.1.0.2", false)],
+        }
+    };
+    let all = run(&mut e, 1..=39, &["e1", "e2", "w1"], paths);
+    let fired = loss_alerts(&all, AlertState::Firing);
+    let names: Vec<&str> = fired.iter().map(|f| f.0.as_str()).collect();
+    assert!(names.contains(&"PathpulseSitePairLoss"), "{fired:?}");
+    assert!(!names.contains(&"PathpulseSourceLoss"), "{fired:?}");
+    assert!(
+        fired
+            .iter()
+            .any(|f| f.0 == "PathpulseLoss" && f.1["src"] == "e2" && f.1["dst"] == "10.1.0.1"),
+        "the control's own alert: {fired:?}"
+    );
+}
