@@ -8,6 +8,7 @@
 //! estimated offset between the two clocks (the smallest seen, allowed to grow slowly),
 //! so a replayed report lands where it belongs instead of looking fresh.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -169,8 +170,11 @@ fn lossy(rule: &Rule, view: &dyn PathInput) -> bool {
 /// without the source raising again, ms.
 const FORGET_SOURCE_WAIT_MS: u64 = 60_000;
 
-/// How many paths of `paths` are from agent `src`, up to 2.
-fn agent_paths(paths: &BTreeMap<PathKey, PathHistory>, src: &Arc<str>) -> usize {
+/// The paths of `paths` from agent `src` (a range: keys order by source first).
+fn agent_range<'a>(
+    paths: &'a BTreeMap<PathKey, PathHistory>,
+    src: &'a Arc<str>,
+) -> impl Iterator<Item = &'a PathKey> {
     let from = PathKey {
         src: src.clone(),
         dst: Arc::from(""),
@@ -178,9 +182,13 @@ fn agent_paths(paths: &BTreeMap<PathKey, PathHistory>, src: &Arc<str>) -> usize 
     };
     paths
         .range(from..)
-        .take_while(|(k, _)| k.src == *src)
-        .take(2)
-        .count()
+        .map(|(k, _)| k)
+        .take_while(move |k| k.src == *src)
+}
+
+/// How many paths of `paths` are from agent `src`, up to 2.
+fn agent_paths(paths: &BTreeMap<PathKey, PathHistory>, src: &Arc<str>) -> usize {
+    agent_range(paths, src).take(2).count()
 }
 
 /// The periodic evaluation's period (`super::TICK`), ms.
@@ -1048,24 +1056,17 @@ impl Engine {
 
     /// The paths of a roll-up group: kept in `groups` (ISP, site pair), or an agent's paths
     /// (source); empty for a group of fewer than two paths.
-    fn members_of(&self, groups: &BTreeMap<Subject, Vec<PathKey>>, s: &Subject) -> Vec<PathKey> {
+    fn members_of<'g>(
+        &self,
+        groups: &'g BTreeMap<Subject, Vec<PathKey>>,
+        s: &Subject,
+    ) -> Cow<'g, [PathKey]> {
         match s {
             Subject::Source { src } => {
-                let from = PathKey {
-                    src: src.clone(),
-                    dst: Arc::from(""),
-                    probe: ProbeKind::Icmp,
-                };
-                let m: Vec<PathKey> = self
-                    .paths
-                    .range(from..)
-                    .map(|(k, _)| k)
-                    .take_while(|k| k.src == *src)
-                    .cloned()
-                    .collect();
-                if m.len() >= 2 { m } else { Vec::new() }
+                let m: Vec<PathKey> = agent_range(&self.paths, src).cloned().collect();
+                Cow::Owned(if m.len() >= 2 { m } else { Vec::new() })
             }
-            _ => groups.get(s).cloned().unwrap_or_default(),
+            _ => Cow::Borrowed(groups.get(s).map_or(&[][..], Vec::as_slice)),
         }
     }
 
@@ -1182,7 +1183,7 @@ impl Engine {
                 })
                 .map(|(k, _)| k.subject.clone()),
         );
-        let mut todo: Vec<(AlertKey, Vec<PathKey>)> = todo
+        let mut todo: Vec<(AlertKey, Cow<'_, [PathKey]>)> = todo
             .into_iter()
             .filter_map(|s| {
                 let alertname = Arc::from(name_of(&s)?);
