@@ -4,6 +4,7 @@
 # blackbox_exporter + Prometheus + Alertmanager, and a connection-churn soak of the
 # aggregator. Run as root (ICMP, fping -p, namespaces).
 #   scripts/bench.sh            # prints each figure, its peer's and the ratio
+#   scripts/bench.sh cpu        # only section 1, the agent's CPU per probe against fping
 #   scripts/bench.sh mem        # only section 2, the agent's memory (MEM_STEADY_S=0 skips the 6 min wait)
 #   scripts/bench.sh ingest     # only section 4 (LOADGEN_DURATION_S=30 LOADGEN_SCRAPE_S=0 by default;
 #                               # LOADGEN_DURATION_S=600 LOADGEN_SCRAPE_S=15 as Prometheus would see it;
@@ -161,22 +162,27 @@ ingest() { # section 4 alone: scripts/bench.sh ingest
 }
 if [[ "${1:-}" == ingest ]]; then ingest; exit; fi
 
-echo "== 1. CPU per probe: 1,000 loopback targets at 10 probes/s each, 30 s"
-targets 1000 10
-"$AGENT" run --config "$tmp/t1000.toml" --name bench --interval 100ms --report-interval 1s \
-  --metrics-listen 127.0.0.1:19890 2>"$tmp/agent.log" & pid=$!
-sleep 3
-s0=$(metric_sum http://127.0.0.1:19890/metrics pathpulse_probes_sent_total); c0=$(cpu_ticks $pid)
-sleep 30
-s1=$(metric_sum http://127.0.0.1:19890/metrics pathpulse_probes_sent_total); c1=$(cpu_ticks $pid)
-kill $pid; wait $pid 2>/dev/null || true
-agent_us=$(python3 -c "print(($c1-$c0)/$hz*1e6/($s1-$s0))")
-echo "pathpulse-agent: $((s1 - s0)) probes, $(python3 -c "print(($c1-$c0)/$hz)") s CPU, ${agent_us} us/probe"
-fping_out=$( { /usr/bin/time -f "%U %S" fping -C 300 -p 100 -i 0.1 -q -f "$tmp/t1000.txt" >/dev/null 2>"$tmp/fping.err"; } 2>&1 || true)
-fping_cpu=$(tail -1 "$tmp/fping.err" | awk '{print $1 + $2}')
-fping_us=$(python3 -c "print($fping_cpu*1e6/300000)")
-echo "fping:           300000 probes, ${fping_cpu} s CPU, ${fping_us} us/probe"
-echo "ratio pathpulse/fping per probe: $(python3 -c "print(round($agent_us/$fping_us, 2))")  (goal <= 0.7)"
+cpu() { # section 1 alone: scripts/bench.sh cpu
+  echo "== 1. CPU per probe: 1,000 loopback targets at 10 probes/s each, 30 s"
+  targets 1000 10
+  "$AGENT" run --config "$tmp/t1000.toml" --name bench --interval 100ms --report-interval 1s \
+    --metrics-listen 127.0.0.1:19890 2>"$tmp/agent.log" & pid=$!
+  sleep 3
+  s0=$(metric_sum http://127.0.0.1:19890/metrics pathpulse_probes_sent_total); c0=$(cpu_ticks $pid)
+  sleep 30
+  s1=$(metric_sum http://127.0.0.1:19890/metrics pathpulse_probes_sent_total); c1=$(cpu_ticks $pid)
+  kill $pid; wait $pid 2>/dev/null || true
+  agent_us=$(python3 -c "print(($c1-$c0)/$hz*1e6/($s1-$s0))")
+  echo "pathpulse-agent: $((s1 - s0)) probes, $(python3 -c "print(($c1-$c0)/$hz)") s CPU, ${agent_us} us/probe"
+  fping_out=$( { /usr/bin/time -f "%U %S" fping -C 300 -p 100 -i 0.1 -q -f "$tmp/t1000.txt" >/dev/null 2>"$tmp/fping.err"; } 2>&1 || true)
+  fping_cpu=$(tail -1 "$tmp/fping.err" | awk '{print $1 + $2}')
+  fping_us=$(python3 -c "print($fping_cpu*1e6/300000)")
+  echo "fping:           300000 probes, ${fping_cpu} s CPU, ${fping_us} us/probe"
+  echo "ratio pathpulse/fping per probe: $(python3 -c "print(round($agent_us/$fping_us, 2))")  (goal <= 0.7)"
+}
+if [[ "${1:-}" == cpu ]]; then cpu; exit; fi
+
+cpu
 
 mem
 

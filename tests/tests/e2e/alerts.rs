@@ -24,6 +24,24 @@ pub const AGENT_TIMING: [&str; 6] = [
 ];
 
 /// The default rules without the loss rule's source roll-up.
+/// The loss injected at each onset, percent: `PATHPULSE_LOSS_PERCENT` (20; the issue's
+/// goal speaks of 20–30%).
+fn loss_percent() -> u32 {
+    std::env::var("PATHPULSE_LOSS_PERCENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|p| (1..=100).contains(p))
+        .unwrap_or(20)
+}
+
+/// The 95th percentile (nearest rank) of a sorted slice.
+fn p95(sorted: &[f64]) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * 0.95).ceil() as usize).max(1) - 1)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 const NO_SOURCE_ROLLUP: &str = r#"
 [alert]
 [[alert.rules]]
@@ -317,7 +335,7 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
     for trial in 0..trials {
         let t0 = Instant::now();
         for a in lossy {
-            lab.loss(a, 20);
+            lab.loss(a, loss_percent());
         }
         for a in lossy {
             let (at, _) = wait_for_fast(Duration::from_secs(40), || {
@@ -459,12 +477,12 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
     );
 
     to_alert.sort_by(f64::total_cmp);
-    let p95 = to_alert[((to_alert.len() as f64 * 0.95).ceil() as usize).max(1) - 1];
     println!(
-        "time to alert, 20% loss, 10 probes/s, 500 ms timeout and reports, {} samples: median {:.2} s, p95 {:.2} s, max {:.2} s; all {:?}",
+        "time to alert, {}% loss, 10 probes/s, 500 ms timeout and reports, {} samples: median {:.2} s, p95 {:.2} s, max {:.2} s; all {:?}",
+        loss_percent(),
         to_alert.len(),
         median(&to_alert),
-        p95,
+        p95(&to_alert),
         to_alert.last().copied().unwrap_or(f64::NAN),
         to_alert
     );
@@ -526,7 +544,7 @@ fn loss_on_most_of_an_agents_paths_is_one_source_alert_in_seconds() {
     for trial in 0..trials {
         let t0 = Instant::now();
         for a in lossy {
-            lab.loss(a, 20);
+            lab.loss(a, loss_percent());
         }
         let loss_kind = |a: &Value| {
             a["labels"]["alertname"] == "PathpulseSourceLoss"
@@ -584,9 +602,11 @@ fn loss_on_most_of_an_agents_paths_is_one_source_alert_in_seconds() {
         .count();
     to_alert.sort_by(f64::total_cmp);
     println!(
-        "time to the first loss alert, 20% loss on 4 of 5 paths, 10 probes/s, 500 ms timeout and reports, {} onsets: median {:.2} s, max {:.2} s; all {:?}; the source roll-up first in {first_is_source}; path alerts {path_alerts}",
+        "time to the first loss alert, {}% loss on 4 of 5 paths, 10 probes/s, 500 ms timeout and reports, {} onsets: median {:.2} s, p95 {:.2} s, max {:.2} s; all {:?}; the source roll-up first in {first_is_source}; path alerts {path_alerts}",
+        loss_percent(),
         to_alert.len(),
         median(&to_alert),
+        p95(&to_alert),
         to_alert.last().copied().unwrap_or(f64::NAN),
         to_alert
     );
