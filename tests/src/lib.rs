@@ -349,6 +349,13 @@ pub fn wait_for_fast<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> 
     }
 }
 
+/// Value at quantile `q` of a sorted slice, nearest rank (as HDR computes it: the sample
+/// of rank ceil(q n)); NaN for an empty slice.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted.get(rank - 1).copied().unwrap_or(f64::NAN)
+}
+
 /// Median of a slice (sorted copy).
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();

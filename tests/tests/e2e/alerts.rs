@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use pathpulse_tests::lab::netns::Netns;
 use pathpulse_tests::webhook::WebhookReceiver;
 use pathpulse_tests::{
-    Proc, bin, http_get, median, parse_metrics, require_program, require_root, run, select,
-    wait_for, wait_for_fast,
+    Proc, bin, http_get, median, parse_metrics, quantile, require_program, require_root, run,
+    select, wait_for, wait_for_fast,
 };
 use serde_json::Value;
 
@@ -23,7 +23,6 @@ pub const AGENT_TIMING: [&str; 6] = [
     "500ms",
 ];
 
-/// The default rules without the loss rule's source roll-up.
 /// The loss injected at each onset, percent: `PATHPULSE_LOSS_PERCENT` (20; the issue's
 /// goal speaks of 20–30%).
 fn loss_percent() -> u32 {
@@ -34,14 +33,7 @@ fn loss_percent() -> u32 {
         .unwrap_or(20)
 }
 
-/// The 95th percentile (nearest rank) of a sorted slice.
-fn p95(sorted: &[f64]) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 * 0.95).ceil() as usize).max(1) - 1)
-        .copied()
-        .unwrap_or(f64::NAN)
-}
-
+/// The default rules without the loss rule's source roll-up.
 const NO_SOURCE_ROLLUP: &str = r#"
 [alert]
 [[alert.rules]]
@@ -482,7 +474,7 @@ fn loss_alert_reaches_a_webhook_in_seconds_survives_a_restart_and_resolves() {
         loss_percent(),
         to_alert.len(),
         median(&to_alert),
-        p95(&to_alert),
+        quantile(&to_alert, 0.95),
         to_alert.last().copied().unwrap_or(f64::NAN),
         to_alert
     );
@@ -606,7 +598,7 @@ fn loss_on_most_of_an_agents_paths_is_one_source_alert_in_seconds() {
         loss_percent(),
         to_alert.len(),
         median(&to_alert),
-        p95(&to_alert),
+        quantile(&to_alert, 0.95),
         to_alert.last().copied().unwrap_or(f64::NAN),
         to_alert
     );

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pathpulse_tests::lab::impair::{Delay, Impairment, Loss};
 use pathpulse_tests::lab::netns::Netns;
 use pathpulse_tests::lab::{ADDR_B, Link};
-use pathpulse_tests::{Proc, Sample, bin, parse_metrics, require_program, require_root};
+use pathpulse_tests::{Proc, Sample, bin, parse_metrics, quantile, require_program, require_root};
 
 use crate::setup::value;
 
@@ -52,12 +52,6 @@ fn agent_in(ns: &Netns, dir: &std::path::Path, target: &str, interval: &str) -> 
         ],
         dir,
     )
-}
-
-/// Value at quantile `q` as HDR computes it: the sample of rank ceil(q n).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
-    sorted[rank - 1]
 }
 
 /// Round-trip times (ms) from the emulator's log, per echo identifier and sequence: reply
