@@ -65,6 +65,8 @@ pub struct FileConfig {
     /// aggregator sees its connection come from).
     pub advertise: Option<Vec<String>>,
     pub clock_sync: Option<ClockSync>,
+    pub confirm_probes: Option<u32>,
+    pub confirm_spacing: Option<String>,
 }
 
 /// Flags of `pathpulse-agent run` (also the environment: `PATHPULSE_<FLAG>`).
@@ -179,6 +181,14 @@ pub struct RunArgs {
     /// not see; namespaces sharing one clock). Default kernel.
     #[arg(long, value_name = "MODE", env = "PATHPULSE_CLOCK_SYNC")]
     pub clock_sync: Option<ClockSync>,
+    /// Probes of the confirmation burst an ICMP path sends after a lost probe, kept out of
+    /// its loss and RTT figures and sent to the aggregators at once for fast alerts (0
+    /// turns bursts off; default 60, at most 1000).
+    #[arg(long, value_name = "N", env = "PATHPULSE_CONFIRM_PROBES")]
+    pub confirm_probes: Option<u32>,
+    /// Time between the probes of a confirmation burst (default 5ms; 1ms .. 100ms).
+    #[arg(long, value_name = "DUR", env = "PATHPULSE_CONFIRM_SPACING")]
+    pub confirm_spacing: Option<String>,
 }
 
 /// The validated configuration the agent runs with.
@@ -210,6 +220,8 @@ pub struct AgentConfig {
     pub advertise: Vec<std::net::IpAddr>,
     /// Who says the host clock is synchronized (STAMP's S bit).
     pub clock_sync: ClockSync,
+    /// Confirmation bursts of ICMP paths (read at start).
+    pub confirm: crate::probe::confirm::Confirmation,
 }
 
 /// Where the STAMP reflector listens. Sockets passed by systemd (socket activation,
@@ -540,6 +552,26 @@ impl AgentConfig {
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let mut confirm = crate::probe::confirm::Confirmation::default();
+        if let Some(n) = args.confirm_probes.or(file.confirm_probes) {
+            if n <= crate::probe::confirm::MAX_PROBES {
+                confirm.probes = n;
+            } else {
+                c.err(
+                    "confirm_probes",
+                    format!("{n} is outside 0 .. {}", crate::probe::confirm::MAX_PROBES),
+                );
+            }
+        }
+        confirm.spacing = c.duration(
+            "confirm_spacing",
+            args.confirm_spacing
+                .as_deref()
+                .or(file.confirm_spacing.as_deref()),
+            crate::probe::confirm::DEFAULT_SPACING,
+            Duration::from_millis(1),
+            Duration::from_millis(100),
+        );
         let mut spool = SpoolLimits::default();
         if let Some(n) = args.spool_max_reports.or(file.spool_max_reports) {
             if (1..=10_000_000).contains(&n) {
@@ -609,6 +641,7 @@ impl AgentConfig {
                 stamp_key,
                 advertise,
                 clock_sync: args.clock_sync.or(file.clock_sync).unwrap_or_default(),
+                confirm,
             })
         } else {
             Err(ConfigErrors(c.0))

@@ -181,6 +181,7 @@ mod tests {
             targets: targets.into(),
             interval: std::time::Duration::from_secs(1),
             timeout: std::time::Duration::from_secs(1),
+            confirm: Default::default(),
         };
         let kept = crate::probe::hops::hop_targets(&plan);
         let labels: Vec<&str> = kept.iter().map(|(_, t)| t.label.as_str()).collect();

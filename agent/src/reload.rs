@@ -31,6 +31,8 @@ pub struct ProbePlan {
     pub targets: Arc<[(usize, TargetSpec)]>,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Confirmation bursts of the ICMP prober.
+    pub confirm: crate::probe::confirm::Confirmation,
 }
 
 impl ProbePlan {
@@ -192,6 +194,14 @@ pub fn restart_keys(running: &AgentConfig, new: &AgentConfig) -> Vec<&'static st
     check("stamp_key_file", running.stamp_key != new.stamp_key);
     check("advertise", running.advertise != new.advertise);
     check("clock_sync", running.clock_sync != new.clock_sync);
+    check(
+        "confirm_probes",
+        running.confirm.probes != new.confirm.probes,
+    );
+    check(
+        "confirm_spacing",
+        running.confirm.spacing != new.confirm.spacing,
+    );
     keys
 }
 
@@ -302,6 +312,7 @@ impl Reloader {
             targets: planned.into(),
             interval,
             timeout,
+            confirm: old_plan.confirm,
         });
         d
     }
@@ -401,6 +412,7 @@ mod tests {
             advertise: vec![],
             spool: Default::default(),
             clock_sync: Default::default(),
+            confirm: Default::default(),
         }
     }
 
@@ -418,6 +430,7 @@ mod tests {
             targets: start.targets.iter().cloned().enumerate().collect(),
             interval: start.interval,
             timeout: start.timeout,
+            confirm: Default::default(),
         };
         let (tx, mut rx) = watch::channel(plan);
         let r = Reloader::new(start.clone(), tx, shared.clone(), Resolver::new([]));
@@ -476,6 +489,7 @@ mod peer_tests {
             targets: start.targets.iter().cloned().enumerate().collect(),
             interval: start.interval,
             timeout: start.timeout,
+            confirm: Default::default(),
         };
         let (tx, rx) = watch::channel(plan);
         let r = Reloader::new(start.clone(), tx, shared.clone(), Resolver::new([]));

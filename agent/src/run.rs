@@ -96,6 +96,7 @@ pub async fn run_with(
         targets: targets.iter().cloned().enumerate().collect(),
         interval: cfg.interval,
         timeout: cfg.timeout,
+        confirm: cfg.confirm,
     });
     let reloader = Arc::new(Reloader::new(
         AgentConfig {
@@ -180,6 +181,7 @@ pub async fn run_with(
                 spool,
                 status: status.clone(),
                 mesh: Some((join.clone(), board.clone())),
+                confirms: Some(shared.confirms()),
             };
             uplink_txs.push((a.clone(), tx, status));
             tasks.spawn(up.run(shutdown.clone()));

@@ -7,9 +7,11 @@
 //! are ignored); an added path gets a new slot.
 
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 
+use pathpulse_wire::message::ConfirmPath;
 use pathpulse_wire::{AgentHealth, PathReport, ProbeKind};
 
 use crate::probe::matcher::StrayReason;
@@ -22,14 +24,20 @@ pub struct Paths {
     retiring: Vec<usize>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
     paths: Mutex<Paths>,
     health: Mutex<AgentHealth>,
     /// Woken when a path's interval so far shows loss an alert may act on, so that the
     /// reporter sends early instead of at the end of a long report interval.
     lossy: Notify,
+    /// Finished confirmation bursts, for every uplink (see `probe::confirm`); when each
+    /// was finished, so that an uplink drops what waited for a connection.
+    confirms: broadcast::Sender<(Instant, ConfirmPath)>,
 }
+
+/// Finished bursts an uplink may be behind by before it skips the oldest.
+const CONFIRM_QUEUE: usize = 256;
 
 /// A path wakes the reporter early when this many of its last 30 decided probes were lost
 /// (and one of them in the current interval). At 1% background loss about 0.4% of losses
@@ -67,7 +75,31 @@ impl Shared {
             }),
             health: Mutex::default(),
             lossy: Notify::new(),
+            confirms: broadcast::channel(CONFIRM_QUEUE).0,
         }
+    }
+
+    /// A confirmation burst of path `i` finished, `others` of the prober's still under way
+    /// (ignored for a freed slot).
+    pub fn confirmed(&self, i: usize, o: crate::probe::confirm::Outcome, others: usize) {
+        let path = match self.lock_paths().slots.get(i) {
+            Some(Some(p)) => ConfirmPath {
+                dst: p.dst.clone(),
+                probe: p.probe.unwrap_or(ProbeKind::Icmp),
+                sent: o.sent,
+                received: o.received,
+                lost: o.lost,
+                others_under_way: u32::try_from(others).unwrap_or(u32::MAX),
+            },
+            _ => return,
+        };
+        // No uplink listening (standalone agent): nobody to tell.
+        let _ = self.confirms.send((Instant::now(), path));
+    }
+
+    /// Finished confirmation bursts from now on.
+    pub fn confirms(&self) -> broadcast::Receiver<(Instant, ConfirmPath)> {
+        self.confirms.subscribe()
     }
 
     /// A probe on path `i` is lost.
@@ -80,6 +112,12 @@ impl Shared {
         if early {
             self.lossy.notify_one();
         }
+    }
+
+    /// Has path `i` lost [`EARLY_LOST`] or more of its last 30 decided probes? Its regular
+    /// probes then say enough by themselves: no confirmation burst.
+    pub fn visibly_lossy(&self, i: usize) -> bool {
+        matches!(self.lock_paths().slots.get(i), Some(Some(p)) if p.recent_losses() >= EARLY_LOST)
     }
 
     /// Does some path's interval so far still show loss worth an early report? (A wake-up

@@ -14,11 +14,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use pathpulse_wire::{ClientMsg, Hello, Join, RefuseReason, Report, ServerMsg, frame, tls};
-use tokio::sync::mpsc;
+use pathpulse_wire::{
+    ClientMsg, Confirm, ConfirmPath, Hello, Join, RefuseReason, Report, ServerMsg, frame, tls,
+};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -52,7 +54,14 @@ pub struct Uplink {
     pub status: Arc<UplinkStatus>,
     /// Join the aggregator's mesh with this, and apply its peer lists to the board.
     pub mesh: Option<(Join, Arc<PeerBoard>)>,
+    /// Finished confirmation bursts ([`crate::shared::Shared::confirms`]): written at once
+    /// while connected, never spooled.
+    pub confirms: Option<broadcast::Receiver<(Instant, ConfirmPath)>>,
 }
+
+/// A confirmation burst older than this when the uplink could send it is dropped: it is
+/// evidence for a real-time decision, and a reconnection makes it stale.
+pub const CONFIRM_FRESH: Duration = Duration::from_secs(1);
 
 /// The QUIC client configuration from the agent's identity and the aggregator's CA.
 pub fn client_config(identity_dir: &std::path::Path) -> anyhow::Result<quinn::ClientConfig> {
@@ -368,6 +377,17 @@ impl Uplink {
                     self.enqueue(next_seq, r);
                     self.pump(&mut st, next_seq, &mut acks).await?;
                 }
+                c = recv_confirm(&mut self.confirms) => match c {
+                    Ok((at, path)) if at.elapsed() <= CONFIRM_FRESH => {
+                        let msg = ClientMsg::Confirm(Confirm { paths: vec![path] });
+                        st.send.write_all(&frame::encode(&msg)?).await?;
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(aggregator = %self.aggregator, skipped = n, "confirmation bursts skipped (uplink behind)");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => self.confirms = None,
+                },
                 m = acks.recv() => match m {
                     Some(Ok(m)) => self.answer(&mut st, m)?,
                     Some(Err(e)) => return Err(e),
@@ -437,6 +457,16 @@ async fn read_peers(
                 }
             }
         }
+    }
+}
+
+/// The next finished burst; never resolves without a receiver.
+async fn recv_confirm(
+    rx: &mut Option<broadcast::Receiver<(Instant, ConfirmPath)>>,
+) -> Result<(Instant, ConfirmPath), broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

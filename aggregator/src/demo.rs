@@ -128,6 +128,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), RunE
             advertise: vec![],
             spool: Default::default(),
             clock_sync: Default::default(),
+            confirm: Default::default(),
         };
         agents.push(tokio::spawn(pathpulse_agent::run(acfg, shutdown.clone())));
     }

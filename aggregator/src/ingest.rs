@@ -489,7 +489,7 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
     let (store, max_frame, agent, name) = (&peer.store, peer.max_frame, &peer.agent, &peer.name);
     let alerts = &peer.alerts;
     let mut session = None;
-    // Answers go in the version of the agent's last frame (2 or 3).
+    // Answers go in the version of the agent's last frame (2 to 4).
     let mut version = frame::PROTOCOL_VERSION;
     let mut received;
     loop {
@@ -575,7 +575,7 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                 Ok(()) => {
                     // Without `[mesh]` a join is accepted and changes nothing.
                     if let Some(m) = &peer.mesh {
-                        m.join(agent, &peer.conn, j);
+                        m.join(agent, &peer.conn, j, version);
                     }
                     (None, None)
                 }
@@ -637,6 +637,31 @@ async fn handle_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
                     (None, Some(ServerMsg::Ack { seq }))
                 }
             },
+            // Confirmation bursts have no answer: a bad one is counted and dropped (a
+            // refusal would read as one of the reports in flight).
+            (ClientMsg::Confirm(_), None) => {
+                tracing::warn!(%agent, "confirmation burst before hello; dropped");
+                refuse(store, RefuseReason::NoHello);
+                (None, None)
+            }
+            (ClientMsg::Confirm(c), Some(_)) => {
+                match pathpulse_wire::message::validate_confirm(&c) {
+                    Err(why) => {
+                        tracing::warn!(%agent, error = %why, "malformed confirmation burst; dropped");
+                        refuse(store, RefuseReason::Malformed);
+                    }
+                    Ok(()) => {
+                        store
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .confirmed(agent, &c);
+                        if let Some(a) = &alerts {
+                            a.on_confirm(agent, &c, wall_clock_ms());
+                        }
+                    }
+                }
+                (None, None)
+            }
         };
         if let Some((reason, detail)) = refusal {
             tracing::warn!(%agent, reason = reason.as_str(), %detail, "refused");

@@ -657,3 +657,60 @@ async fn a_revoked_agent_is_refused_on_its_next_connection_even_when_resumed() {
     assert_eq!(refused(&agg, RefuseReason::Revoked), before + 1);
     agg.stop.cancel();
 }
+
+/// Confirmation bursts have no answer: a good one is counted per agent (and exported), a
+/// malformed one (more probes decided than sent) is counted as `malformed` and dropped
+/// without a refusal, which the agent would take for a refused report; the stream goes on
+/// and the next report is acknowledged.
+#[tokio::test]
+async fn confirmation_bursts_are_counted_and_bad_ones_dropped_without_a_refusal() {
+    let agg = start().await;
+    let id = identity(&agg, "c1");
+    let (_ep, conn) = connect(agg.running.bound.quic, &id).await.expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    frame::write(&mut send, &hello("c1")).await.expect("hello");
+    assert!(matches!(
+        answer(&mut recv).await,
+        Some(ServerMsg::Welcome { .. })
+    ));
+    let burst = |received, lost| {
+        ClientMsg::Confirm(pathpulse_wire::Confirm {
+            paths: vec![pathpulse_wire::ConfirmPath {
+                dst: "127.0.0.9".into(),
+                probe: pathpulse_wire::ProbeKind::Icmp,
+                sent: 60,
+                received,
+                lost,
+                others_under_way: 0,
+            }],
+        })
+    };
+    let malformed = refused(&agg, RefuseReason::Malformed);
+    for m in [burst(48, 12), burst(50, 20), burst(30, 0), report("c1", 1)] {
+        frame::write(&mut send, &m).await.expect("write");
+    }
+    assert_eq!(answer(&mut recv).await, Some(ServerMsg::Ack { seq: 1 }));
+    assert_eq!(refused(&agg, RefuseReason::Malformed), malformed + 1);
+    {
+        let store = agg.running.store.lock().expect("lock");
+        let a = &store.agents["c1"];
+        assert_eq!(
+            (a.confirm_bursts, a.confirm_received, a.confirm_lost),
+            (2, 78, 12)
+        );
+    }
+    use pathpulse_metrics::export;
+    let reg = export::registry(
+        agg.running.store.clone(),
+        export::Role::Aggregator,
+        export::wall_clock_ms,
+    );
+    let text = export::encode_text(&reg);
+    for line in [
+        "pathpulse_confirm_bursts_total{agent=\"c1\"} 2",
+        "pathpulse_confirm_probes_total{agent=\"c1\",result=\"lost\"} 12",
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
+    agg.stop.cancel();
+}

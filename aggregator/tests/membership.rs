@@ -121,6 +121,7 @@ async fn join(
     name: &str,
     site: &str,
     j: Join,
+    version: u16,
 ) -> (
     quinn::Endpoint,
     quinn::Connection,
@@ -130,14 +131,13 @@ async fn join(
     let id = identity(agg, name);
     let (ep, conn) = connect(agg.running.bound.quic, &id).await;
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    frame::write(&mut send, &hello(name, site))
-        .await
-        .expect("hello");
-    frame::write(&mut send, &ClientMsg::Join(j))
-        .await
-        .expect("join");
+    for m in [hello(name, site), ClientMsg::Join(j)] {
+        send.write_all(&frame::encode_as(&m, version).expect("encode"))
+            .await
+            .expect("hello and join");
+    }
     let (w, v) = read::<ServerMsg>(&mut recv).await.expect("welcome");
-    assert!(matches!(w, ServerMsg::Welcome { .. }) && v == frame::PROTOCOL_VERSION);
+    assert!(matches!(w, ServerMsg::Welcome { .. }) && v == version);
     let peers = tokio::time::timeout(Duration::from_secs(5), conn.accept_uni())
         .await
         .expect("peer stream in time")
@@ -145,10 +145,11 @@ async fn join(
     (ep, conn, send, peers)
 }
 
-async fn next_list(peers: &mut quinn::RecvStream) -> (u64, Vec<Peer>) {
+/// The next peer list, which must come in frames of `version` (the agent's).
+async fn next_list(peers: &mut quinn::RecvStream, version: u16) -> (u64, Vec<Peer>) {
     match read::<ServerMsg>(peers).await {
-        Some((ServerMsg::Peers { epoch, peers }, 3)) => (epoch, peers),
-        other => panic!("expected a peer list, got {other:?}"),
+        Some((ServerMsg::Peers { epoch, peers }, v)) if v == version => (epoch, peers),
+        other => panic!("expected a peer list in version {version}, got {other:?}"),
     }
 }
 
@@ -176,7 +177,8 @@ async fn peer_lists_follow_joins_and_leaves_and_protocol_2_agents_are_probed_not
         Some((ServerMsg::Ack { seq: 1 }, 2))
     );
 
-    // A protocol-3 agent joins: its list names the old agent, at its connection's address.
+    // A protocol-3 agent (the release before confirmation bursts) joins: its list names
+    // the old agent, at its connection's address, in version-3 frames it can read.
     let advertised = "192.0.2.1".parse().expect("ip");
     let (_ep1, _c1, _s1, mut peers1) = join(
         &agg,
@@ -186,9 +188,10 @@ async fn peer_lists_follow_joins_and_leaves_and_protocol_2_agents_are_probed_not
             advertise: vec![],
             stamp_port: None,
         },
+        3,
     )
     .await;
-    let (e1, list) = next_list(&mut peers1).await;
+    let (e1, list) = next_list(&mut peers1, 3).await;
     assert_eq!(names(&list), ["old"]);
     assert_eq!(list[0].addrs[0].to_string(), "127.0.0.1");
     assert_eq!(
@@ -205,11 +208,12 @@ async fn peer_lists_follow_joins_and_leaves_and_protocol_2_agents_are_probed_not
             advertise: vec![advertised],
             stamp_port: Some(8620),
         },
+        frame::PROTOCOL_VERSION,
     )
     .await;
-    let (_, list2) = next_list(&mut peers2).await;
+    let (_, list2) = next_list(&mut peers2, frame::PROTOCOL_VERSION).await;
     assert_eq!(names(&list2), ["new1", "old"]);
-    let (e2, list) = next_list(&mut peers1).await;
+    let (e2, list) = next_list(&mut peers1, 3).await;
     assert!(e2 > e1);
     assert_eq!(names(&list), ["new2", "old"]);
     assert_eq!(
@@ -238,7 +242,7 @@ async fn peer_lists_follow_joins_and_leaves_and_protocol_2_agents_are_probed_not
     // paths go from the store.
     c2.close(0u32.into(), b"bye");
     let gone_at = std::time::Instant::now();
-    let (_, list) = tokio::time::timeout(Duration::from_secs(5), next_list(&mut peers1))
+    let (_, list) = tokio::time::timeout(Duration::from_secs(5), next_list(&mut peers1, 3))
         .await
         .expect("a list without new2");
     assert_eq!(names(&list), ["old"]);

@@ -814,6 +814,28 @@ impl Collector for IngestCollector {
             m.encode_family(&[("agent", &**a)])?
                 .encode_counter::<NoLabelSet, _, u64>(&st.spool_dropped, None)?;
         }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_confirm_bursts",
+            "Confirmation bursts the agent sent after a suspected or lost probe (evidence for fast loss alerts; their probes are in no path counter).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            m.encode_family(&[("agent", &**a)])?
+                .encode_counter::<NoLabelSet, _, u64>(&st.confirm_bursts, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "pathpulse_confirm_probes",
+            "Probes of the agent's confirmation bursts, by result (received, lost).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (a, st) in &store.agents {
+            for (result, n) in [("received", st.confirm_received), ("lost", st.confirm_lost)] {
+                m.encode_family(&[("agent", &**a), ("result", result)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
         Ok(())
     }
 }

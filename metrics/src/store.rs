@@ -176,6 +176,12 @@ pub struct AgentState {
     /// Reports the agent dropped for this aggregator (spool bound, full queue), summed over
     /// its sessions.
     pub spool_dropped: u64,
+    /// Confirmation bursts the agent sent (`ClientMsg::Confirm`), and their probes
+    /// answered and lost: the extra probes it spent on fast alerts, kept out of the
+    /// paths' counters.
+    pub confirm_bursts: u64,
+    pub confirm_received: u64,
+    pub confirm_lost: u64,
     /// Labels from the agent's hello (`--site`, `--isp`).
     pub site: Option<String>,
     pub isp: Option<String>,
@@ -491,6 +497,17 @@ impl Store {
     }
 
     /// Count a refused connection, frame or report.
+    /// Count the confirmation bursts of an agent that said hello (ignored otherwise).
+    pub fn confirmed(&mut self, agent: &str, c: &pathpulse_wire::Confirm) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            for p in &c.paths {
+                a.confirm_bursts += 1;
+                a.confirm_received += u64::from(p.received);
+                a.confirm_lost += u64::from(p.lost);
+            }
+        }
+    }
+
     pub fn refuse(&mut self, reason: RefuseReason) {
         *self.refused.entry(reason.as_str()).or_default() += 1;
     }

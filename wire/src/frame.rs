@@ -9,7 +9,8 @@ pub const MAGIC: [u8; 2] = *b"PP";
 /// Protocol version spoken by this build. 2: path reports carry hops and STAMP's
 /// directional loss and one-way delay. 3: mesh membership (`ClientMsg::Join`,
 /// `ServerMsg::Peers`); version 2's messages are a subset of version 3's, encoded alike.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: confirmation bursts (`ClientMsg::Confirm`); a superset of version 3 in the same way.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Oldest version still accepted: an aggregator answers a version-2 agent in version-2
 /// frames (and never sends it a peer list).
 pub const MIN_PROTOCOL_VERSION: u16 = 2;

@@ -16,6 +16,6 @@ pub mod tls;
 
 pub use hist::SparseHist;
 pub use message::{
-    AgentHealth, ClientMsg, EnrollReply, EnrollRequest, Hello, HopReport, HopRole, Join,
-    PathReport, Peer, ProbeKind, RefuseReason, Report, ServerMsg,
+    AgentHealth, ClientMsg, Confirm, ConfirmPath, EnrollReply, EnrollRequest, Hello, HopReport,
+    HopRole, Join, PathReport, Peer, ProbeKind, RefuseReason, Report, ServerMsg,
 };

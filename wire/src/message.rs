@@ -189,6 +189,36 @@ pub enum ClientMsg {
     },
     /// Version 3, after the first hello of a connection: join the mesh (take peer lists).
     Join(Join),
+    /// Version 4: the outcome of confirmation bursts, sent as soon as a burst is decided
+    /// and never spooled (evidence for real-time alerts only; not in any metric of loss).
+    Confirm(Confirm),
+}
+
+/// Paths in one [`Confirm`] at most.
+pub const MAX_CONFIRM_PATHS: usize = 10_000;
+
+/// Confirmation bursts decided since the last `Confirm`: after a probe of a path is lost
+/// the agent sends a short burst of extra probes to that target, so that the aggregator
+/// can tell a loss onset from background loss within a fraction of a second instead of
+/// waiting for seconds of regular probes. The probe that started a burst is not in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirm {
+    pub paths: Vec<ConfirmPath>,
+}
+
+/// One decided burst toward one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmPath {
+    /// Destination as in the path's [`PathReport`].
+    pub dst: String,
+    pub probe: ProbeKind,
+    pub sent: u32,
+    pub received: u32,
+    pub lost: u32,
+    /// The agent's bursts toward other targets still under way when this one was decided:
+    /// more evidence about the agent's own side is on its way (the aggregator may wait
+    /// for it before it says which paths lose).
+    pub others_under_way: u32,
 }
 
 /// Addresses advertised per agent at most.
@@ -408,6 +438,31 @@ pub fn validate_report(r: &Report) -> Result<(), String> {
                 p.dst,
                 p.received,
                 p.rtt.count()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check a [`Confirm`] against the limits: what an aggregator must refuse.
+pub fn validate_confirm(c: &Confirm) -> Result<(), String> {
+    if c.paths.len() > MAX_CONFIRM_PATHS {
+        return Err(format!(
+            "{} confirmation bursts, limit {MAX_CONFIRM_PATHS}",
+            c.paths.len()
+        ));
+    }
+    for p in &c.paths {
+        if p.dst.is_empty() || p.dst.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "confirmation burst: destination of length {} out of 1..={MAX_NAME_LEN}",
+                p.dst.len()
+            ));
+        }
+        if u64::from(p.received) + u64::from(p.lost) > u64::from(p.sent) {
+            return Err(format!(
+                "confirmation burst to {}: {} received and {} lost of {} sent",
+                p.dst, p.received, p.lost, p.sent
             ));
         }
     }

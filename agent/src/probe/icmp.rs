@@ -4,6 +4,7 @@
 //! keys probes by the path's slot, so a reload (a new [`ProbePlan`]) keeps in-flight
 //! probes of targets that stay.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,9 +14,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::probe::confirm::Bursts;
 use crate::probe::hops::HOP_MAGIC;
 use crate::probe::icmp_socket::{Event, Family, IcmpSocket, OpenError, SocketKind};
-use crate::probe::matcher::{Matcher, Outcome, ReplyMeta, encode_payload};
+use crate::probe::matcher::{Matcher, Outcome, ReplyMeta, encode_payload, mark_confirm};
 use crate::reload::{ProbePlan, Selected};
 use crate::resolve::Resolver;
 use crate::schedule::Schedule;
@@ -31,6 +33,10 @@ pub struct IcmpProber {
     targets: Selected,
     interval: Duration,
     timeout: Duration,
+    /// Confirmation bursts (see `probe::confirm`), keyed by the path's slot.
+    bursts: Bursts,
+    /// Index in `targets` by slot, for the bursts.
+    by_slot: HashMap<usize, usize>,
     shared: Arc<Shared>,
     resolver: Arc<Resolver>,
     v4: Option<IcmpSocket>,
@@ -73,6 +79,14 @@ fn wants(targets: &Selected, f: Family) -> bool {
     })
 }
 
+fn by_slot(targets: &Selected) -> HashMap<usize, usize> {
+    targets
+        .iter()
+        .enumerate()
+        .map(|(t, (slot, _))| (*slot, t))
+        .collect()
+}
+
 fn describe(s: &IcmpSocket) -> String {
     let bpf = if s.filtered() { " with BPF filter" } else { "" };
     format!("{} {:?}{bpf}", s.family(), s.kind())
@@ -89,10 +103,13 @@ impl IcmpProber {
         beat: Arc<Beat>,
     ) -> (IcmpProber, Option<OpenError>) {
         let p = plan.borrow().clone();
+        let targets = p.of_kind(ProbeKind::Icmp);
         let mut prober = IcmpProber {
-            targets: p.of_kind(ProbeKind::Icmp),
+            by_slot: by_slot(&targets),
+            targets,
             interval: p.interval,
             timeout: p.timeout,
+            bursts: Bursts::new(p.confirm),
             shared,
             resolver,
             v4: None,
@@ -140,8 +157,15 @@ impl IcmpProber {
     /// Follow a new plan: sockets for new families, a schedule over the new targets.
     fn replan(&mut self, p: ProbePlan) -> Schedule {
         self.targets = p.of_kind(ProbeKind::Icmp);
+        self.by_slot = by_slot(&self.targets);
         self.interval = p.interval;
         self.timeout = p.timeout;
+        if p.confirm != self.bursts.config() {
+            self.bursts.reset(p.confirm);
+        }
+        // A slot is one path for good; its position in the list may change.
+        let by_slot = &self.by_slot;
+        self.bursts.retarget(|slot| by_slot.get(&slot).copied());
         for e in self.open_missing() {
             if self.v4.is_none() && self.v6.is_none() {
                 tracing::warn!(error = %e, "ICMP probes disabled; their paths count send errors");
@@ -173,12 +197,17 @@ impl IcmpProber {
         let mut recv_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut last_send_error: Option<std::io::ErrorKind> = None;
         let mut plan_open = true;
+        let mut burst_due = Vec::new();
         loop {
             self.beat.beat();
-            let next = [sched.next_due(), matcher.next_deadline()]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                sched.next_due(),
+                matcher.next_deadline(),
+                self.bursts.next_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let beat_at = Instant::now() + BEAT_EVERY;
             let sleep = tokio::time::sleep_until(next.unwrap_or(beat_at).min(beat_at).into());
             let wake = tokio::select! {
@@ -215,8 +244,15 @@ impl IcmpProber {
             let now = Instant::now();
             for due in sched.pop_due(now) {
                 self.shared.lag(due.lag.as_micros() as u64);
-                self.send(&mut matcher, due.target, &mut last_send_error)
+                self.send(&mut matcher, due.target, false, &mut last_send_error)
                     .await;
+            }
+            self.bursts.due(Instant::now(), &mut burst_due);
+            for (slot, t) in burst_due.drain(..) {
+                let ok = self.send(&mut matcher, t, true, &mut last_send_error).await;
+                if let Some(o) = self.bursts.sent(slot, ok) {
+                    self.shared.confirmed(slot, o, self.bursts.len());
+                }
             }
             let now = Instant::now();
             if matcher.next_deadline().is_some_and(|d| d <= now) {
@@ -235,17 +271,38 @@ impl IcmpProber {
                 });
                 self.on_events(&mut matcher, &mut events4, &mut events6);
                 if drained {
-                    for slot in matcher.expire(now) {
+                    for slot in matcher.suspected(now) {
+                        self.start_burst(slot, now);
+                    }
+                    for (slot, confirm) in matcher.expire(now) {
+                        if confirm {
+                            if let Some(o) = self.bursts.decided(slot, false) {
+                                self.shared.confirmed(slot, o, self.bursts.len());
+                            }
+                            continue;
+                        }
                         self.shared.lost(slot);
+                        self.start_burst(slot, now);
                     }
                 }
             }
         }
     }
 
+    /// A regular probe of path `slot` is suspected or decided lost: a confirmation burst,
+    /// unless the path's own recent probes already show the loss plainly.
+    fn start_burst(&mut self, slot: usize, now: Instant) {
+        let Some(&t) = self.by_slot.get(&slot) else {
+            return;
+        };
+        if self.bursts.config().probes > 0 && !self.shared.visibly_lossy(slot) {
+            self.bursts.start(slot, t, now);
+        }
+    }
+
     /// Match a batch of received events; RTT samples by clock are counted per batch (one
     /// health lock, not one per reply).
-    fn on_events(&self, matcher: &mut Matcher, v4: &mut Vec<Event>, v6: &mut Vec<Event>) {
+    fn on_events(&mut self, matcher: &mut Matcher, v4: &mut Vec<Event>, v6: &mut Vec<Event>) {
         let mut clocks = ClockCounts::default();
         for ev in v4.drain(..).chain(v6.drain(..)) {
             self.on_event(matcher, ev, &mut clocks);
@@ -265,46 +322,64 @@ impl IcmpProber {
         }
     }
 
+    /// Send probe `t` of the targets, a regular one or a confirmation probe (counted in
+    /// no path counter: see `probe::confirm`); returns whether it left the socket.
     async fn send(
         &self,
         matcher: &mut Matcher,
         t: usize,
+        confirm: bool,
         last_error: &mut Option<std::io::ErrorKind>,
-    ) {
+    ) -> bool {
         let (slot, spec) = &self.targets[t];
+        let unsent = || {
+            if !confirm {
+                self.shared.path(*slot, |p| p.on_send_error());
+            }
+            false
+        };
         let Some(ip) = self.resolver.target_addr(spec) else {
-            self.shared.path(*slot, |p| p.on_send_error());
-            return;
+            return unsent();
         };
         let Some(sock) = self.socket(&ip) else {
-            self.shared.path(*slot, |p| p.on_send_error());
-            return;
+            return unsent();
         };
         let id = matcher.allocate();
         // `size` is the IP packet: IP and ICMP headers, then the payload.
         let size = spec.options.size.map_or(PAYLOAD_SIZE, |s| {
             usize::from(s).saturating_sub(crate::options::header_len(&ip))
         });
-        let payload = encode_payload(matcher.token(), id, size);
+        let mut payload = encode_payload(matcher.token(), id, size);
+        if confirm {
+            mark_confirm(&mut payload);
+        }
         let pkt = sock.echo_request(matcher.ident(), id as u16, &payload);
         match sock.send_to_with(&pkt, ip, &spec.options).await {
+            Ok(sent) if confirm => {
+                let spacing = self.bursts.config().spacing;
+                matcher.sent_confirm(id, *slot, ip, sent, self.timeout, spacing);
+                *last_error = None;
+                true
+            }
             Ok(sent) => {
                 matcher.sent(id, *slot, ip, sent, self.timeout);
                 self.shared.path(*slot, |p| p.on_sent());
                 *last_error = None;
+                true
             }
             Err(e) => {
-                self.shared.path(*slot, |p| p.on_send_error());
+                unsent();
                 self.shared.health(|h| h.send_errors += 1);
                 if *last_error != Some(e.kind()) {
                     tracing::warn!(target_addr = %ip, error = %e, "ICMP send failed (logged once until it changes)");
                     *last_error = Some(e.kind());
                 }
+                false
             }
         }
     }
 
-    fn on_event(&self, matcher: &mut Matcher, ev: Event, clocks: &mut ClockCounts) {
+    fn on_event(&mut self, matcher: &mut Matcher, ev: Event, clocks: &mut ClockCounts) {
         match ev {
             Event::TxStamp { seq, tx_ns, .. } => matcher.tx_stamp(seq, tx_ns),
             // ICMP errors answer the hop prober's TTL-limited probes (its own socket).
@@ -333,9 +408,19 @@ impl IcmpProber {
                 match matcher.reply(&meta) {
                     Outcome::Reply {
                         target,
+                        confirm: true,
+                        ..
+                    } => {
+                        if let Some(o) = self.bursts.decided(target, true) {
+                            self.shared.confirmed(target, o, self.bursts.len());
+                        }
+                    }
+                    Outcome::Reply {
+                        target,
                         rtt,
                         reordered,
                         kernel_timestamps,
+                        confirm: false,
                     } => {
                         if kernel_timestamps {
                             clocks.kernel += 1;
@@ -348,8 +433,13 @@ impl IcmpProber {
                         tracing::trace!(%src, seq, rtt_ns = rtt.as_nanos() as u64, kernel_timestamps, "rtt sample");
                         self.shared.path(target, |p| p.on_reply(us, reordered));
                     }
-                    Outcome::Duplicate { target } => self.shared.path(target, |p| p.on_duplicate()),
-                    Outcome::Late { target } => self.shared.path(target, |p| p.on_late()),
+                    // A confirmation probe's second or late reply changes nothing.
+                    Outcome::Duplicate { confirm: true, .. }
+                    | Outcome::Late { confirm: true, .. } => {}
+                    Outcome::Duplicate { target, .. } => {
+                        self.shared.path(target, |p| p.on_duplicate())
+                    }
+                    Outcome::Late { target, .. } => self.shared.path(target, |p| p.on_late()),
                     Outcome::Stray(r) => self.shared.stray(r),
                 }
             }

@@ -24,6 +24,22 @@ const KERNEL_SLACK: Duration = Duration::from_millis(5);
 /// A kernel software timestamp (`CLOCK_REALTIME`), nanoseconds since the epoch.
 pub type KernelNs = i64;
 
+/// The byte after the header that marks a confirmation probe (when the payload has room
+/// for it): `tcpdump` and the lab's emulator can tell bursts from the regular probes.
+pub const CONFIRM_MARK: u8 = b'C';
+
+/// Mark a payload of [`encode_payload`] as a confirmation probe's.
+pub fn mark_confirm(payload: &mut [u8]) {
+    if let Some(b) = payload.get_mut(PAYLOAD_HEADER) {
+        *b = CONFIRM_MARK;
+    }
+}
+
+/// Whether a payload is a marked confirmation probe's (see [`mark_confirm`]).
+pub fn is_confirm(payload: &[u8]) -> bool {
+    payload.starts_with(&PAYLOAD_MAGIC) && payload.get(PAYLOAD_HEADER) == Some(&CONFIRM_MARK)
+}
+
 pub fn encode_payload(token: u64, probe_id: u64, size: usize) -> Vec<u8> {
     let mut p = Vec::with_capacity(size.max(PAYLOAD_HEADER));
     p.extend_from_slice(&PAYLOAD_MAGIC);
@@ -60,14 +76,18 @@ pub enum Outcome {
         rtt: Duration,
         reordered: bool,
         kernel_timestamps: bool,
+        /// A confirmation probe ([`Matcher::sent_confirm`]), not a regular one.
+        confirm: bool,
     },
     /// A second reply to a probe already answered.
     Duplicate {
         target: usize,
+        confirm: bool,
     },
     /// A reply to a probe already declared lost.
     Late {
         target: usize,
+        confirm: bool,
     },
     Stray(StrayReason),
 }
@@ -80,6 +100,10 @@ struct InFlight {
     tx_kernel: Option<KernelNs>,
     /// The probe's timeout, ms (its deadline is `sent_mono` plus this).
     timeout_ms: u32,
+    /// Time to the target's next probe, µs, for the early decision: the matcher's spacing
+    /// for regular probes, the burst's for confirmation probes.
+    spacing_us: u32,
+    confirm: bool,
 }
 
 /// What the matcher keeps of a target's replies: the newest probe answered, and the
@@ -87,6 +111,9 @@ struct InFlight {
 #[derive(Debug, Clone, Copy, Default)]
 struct Answered {
     last_id: u64,
+    /// The newest regular probe answered (a regular reply older than it is reordered;
+    /// confirmation probes in between do not make it so).
+    last_regular_id: u64,
     srtt_us: u32,
     rttvar_us: u32,
 }
@@ -144,7 +171,14 @@ pub struct Matcher {
     /// Time between two probes of a target, when every target has the same (the ICMP
     /// prober): enables the early loss decision (see [`Matcher::expire`]).
     spacing: Option<Duration>,
+    /// When a regular probe's reply is overdue enough to suspect a loss (see
+    /// [`Matcher::suspected`]), by probe id.
+    suspects: BinaryHeap<Reverse<(Instant, u64)>>,
 }
+
+/// A regular probe is suspected lost this long after its smoothed RTT and four variations
+/// (no reordering slack: a suspicion only starts a confirmation burst).
+pub const SUSPECT_SLACK: Duration = Duration::from_millis(10);
 
 impl Matcher {
     /// `retention`: how long decided probes are remembered to tell late and duplicate
@@ -161,6 +195,7 @@ impl Matcher {
             retention,
             answered: HashMap::new(),
             spacing: None,
+            suspects: BinaryHeap::new(),
         }
     }
 
@@ -194,8 +229,39 @@ impl Matcher {
         sent_mono: Instant,
         timeout: Duration,
     ) {
+        self.sent_as(id, target, addr, sent_mono, timeout, self.spacing, false);
+    }
+
+    /// A confirmation probe left the socket: as [`Matcher::sent`], its outcomes flagged
+    /// `confirm`, and its early decision reckoned from the burst's own `spacing` (the
+    /// target's next probe is that close), once the target has answered.
+    pub fn sent_confirm(
+        &mut self,
+        id: u64,
+        target: usize,
+        addr: IpAddr,
+        sent_mono: Instant,
+        timeout: Duration,
+        spacing: Duration,
+    ) {
+        let spacing = Some(spacing).filter(|s| !s.is_zero());
+        self.sent_as(id, target, addr, sent_mono, timeout, spacing, true);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sent_as(
+        &mut self,
+        id: u64,
+        target: usize,
+        addr: IpAddr,
+        sent_mono: Instant,
+        timeout: Duration,
+        spacing: Option<Duration>,
+        confirm: bool,
+    ) {
         let timeout_ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
         let timeout = Duration::from_millis(u64::from(timeout_ms));
+        let spacing_us = spacing.map_or(0, |s| s.as_micros().min(u128::from(u32::MAX)) as u32);
         self.inflight.insert(
             id,
             InFlight {
@@ -204,11 +270,20 @@ impl Matcher {
                 sent_mono,
                 tx_kernel: None,
                 timeout_ms,
+                spacing_us,
+                confirm,
             },
         );
         self.by_seq.insert(id as u16, id);
-        let early = match (self.spacing, self.answered.get(&target)) {
-            (Some(spacing), Some(a)) => Some(spacing + a.reply_within()),
+        let early = match (spacing, self.answered.get(&target)) {
+            (Some(spacing), Some(a)) => {
+                if !confirm {
+                    let (srtt, var) = (u64::from(a.srtt_us), u64::from(a.rttvar_us));
+                    let overdue = Duration::from_micros(srtt + 4 * var) + SUSPECT_SLACK;
+                    self.suspects.push(Reverse((sent_mono + overdue, id)));
+                }
+                Some(spacing + a.reply_within())
+            }
             _ => None,
         };
         let first = early.map_or(timeout, |e| e.min(timeout));
@@ -230,8 +305,34 @@ impl Matcher {
         self.inflight.len()
     }
 
+    /// The next time [`Matcher::expire`] or [`Matcher::suspected`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.peek().map(|Reverse((t, _))| *t)
+        [self.deadlines.peek(), self.suspects.peek()]
+            .into_iter()
+            .flatten()
+            .map(|Reverse((t, _))| *t)
+            .min()
+    }
+
+    /// Targets of regular probes still unanswered [`SUSPECT_SLACK`] after their smoothed
+    /// RTT and four variations (once the target has answered before, with a spacing set):
+    /// not lost yet, but worth a confirmation burst now rather than when the loss is
+    /// decided (one spacing and the reordering slack later). Each probe once.
+    pub fn suspected(&mut self, now: Instant) -> Vec<usize> {
+        let mut out = Vec::new();
+        while let Some(Reverse((t, id))) = self.suspects.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.suspects.pop();
+            if let Some(p) = self.inflight.get(&id) {
+                out.push(p.target);
+            }
+        }
+        if let Some(to) = shrunk(self.suspects.len(), self.suspects.capacity()) {
+            self.suspects.shrink_to(to);
+        }
+        out
     }
 
     pub fn reply(&mut self, r: &ReplyMeta<'_>) -> Outcome {
@@ -262,32 +363,44 @@ impl Matcher {
             .filter(|k| *k <= mono + KERNEL_SLACK);
             let rtt = kernel.unwrap_or(mono);
             let a = self.answered.entry(p.target).or_default();
-            let reordered = id < a.last_id;
+            let reordered = !p.confirm && id < a.last_regular_id;
+            if !p.confirm {
+                a.last_regular_id = a.last_regular_id.max(id);
+            }
             a.sample(rtt);
             a.last_id = a.last_id.max(id);
-            self.recent.remember(id, p.target, p.addr, true, r.rx_mono);
+            self.recent
+                .remember(id, p.target, p.addr, true, p.confirm, r.rx_mono);
             return Outcome::Reply {
                 target: p.target,
                 rtt,
                 reordered,
                 kernel_timestamps: kernel.is_some(),
+                confirm: p.confirm,
             };
         }
         match self.recent.get(id) {
             Some(d) if !self.recent.from_target(&d, &r.src) => {
                 Outcome::Stray(StrayReason::WrongSource)
             }
-            Some(d) if d.answered() => Outcome::Duplicate { target: d.target() },
+            Some(d) if d.answered() => Outcome::Duplicate {
+                target: d.target(),
+                confirm: d.confirm(),
+            },
             Some(d) => {
                 // Count a late reply once; a second copy of it is a duplicate.
                 self.recent.mark_answered(id);
-                Outcome::Late { target: d.target() }
+                Outcome::Late {
+                    target: d.target(),
+                    confirm: d.confirm(),
+                }
             }
             None => Outcome::Stray(StrayReason::UnknownProbe),
         }
     }
 
-    /// Declare lost every probe whose deadline has passed; returns their targets.
+    /// Declare lost every probe whose deadline has passed; returns their targets, each
+    /// with whether it was a confirmation probe.
     ///
     /// The early decision (with a spacing set, once the target has answered): a probe is
     /// lost before its timeout when a probe sent after it to the same target has been
@@ -296,7 +409,7 @@ impl Matcher {
     /// packet delivered is evidence of loss). Until a later probe is answered it is looked
     /// at again every spacing, up to its timeout. A reply after the decision is late, as
     /// after a timeout.
-    pub fn expire(&mut self, now: Instant) -> Vec<usize> {
+    pub fn expire(&mut self, now: Instant) -> Vec<(usize, bool)> {
         let mut lost = Vec::new();
         while let Some(Reverse((t, id))) = self.deadlines.peek().copied() {
             if t > now {
@@ -307,7 +420,12 @@ impl Matcher {
                 let timeout_at = p.sent_mono + Duration::from_millis(u64::from(p.timeout_ms));
                 let later_answered = self.answered.get(&p.target).is_some_and(|a| a.last_id > id);
                 (t < timeout_at && !later_answered).then(|| {
-                    let again = self.spacing.map_or(timeout_at, |s| now + s);
+                    let spacing = Duration::from_micros(u64::from(p.spacing_us));
+                    let again = if spacing.is_zero() {
+                        timeout_at
+                    } else {
+                        now + spacing
+                    };
                     again.min(timeout_at)
                 })
             });
@@ -319,8 +437,9 @@ impl Matcher {
                 if self.by_seq.get(&(id as u16)) == Some(&id) {
                     self.by_seq.remove(&(id as u16));
                 }
-                lost.push(p.target);
-                self.recent.remember(id, p.target, p.addr, false, now);
+                lost.push((p.target, p.confirm));
+                self.recent
+                    .remember(id, p.target, p.addr, false, p.confirm, now);
             }
         }
         let inflight = &self.inflight;
@@ -398,12 +517,16 @@ mod tests {
                 target: 3,
                 rtt: Duration::from_micros(80),
                 reordered: false,
-                kernel_timestamps: false
+                kernel_timestamps: false,
+                confirm: false
             }
         );
         assert_eq!(
             m.reply(&reply(&p, "127.0.0.2", t0 + Duration::from_micros(90))),
-            Outcome::Duplicate { target: 3 }
+            Outcome::Duplicate {
+                target: 3,
+                confirm: false
+            }
         );
         assert_eq!(m.in_flight(), 0);
     }
@@ -509,7 +632,10 @@ mod tests {
         assert_eq!(first.id as u16, last.id as u16, "same 16-bit sequence");
         assert_eq!(
             m.reply(&reply(&last, "127.0.0.2", t0)),
-            Outcome::Duplicate { target: 0 }
+            Outcome::Duplicate {
+                target: 0,
+                confirm: false
+            }
         );
     }
 
@@ -574,12 +700,15 @@ mod tests {
         assert!(m.expire(t0 + ms(252)).is_empty());
         assert_eq!(
             m.expire(t0 + ms(253)),
-            vec![0],
+            vec![(0, false)],
             "decided 1.85 s before the timeout"
         );
         assert_eq!(
             m.reply(&reply(&b, "127.0.0.2", t0 + ms(260))),
-            Outcome::Late { target: 0 }
+            Outcome::Late {
+                target: 0,
+                confirm: false
+            }
         );
         // d is lost, e (sent after it) not answered yet: d waits, looked at again one
         // spacing later, and is lost once e is answered.
@@ -592,10 +721,13 @@ mod tests {
             false
         ));
         assert!(m.expire(d_early + ms(99)).is_empty());
-        assert_eq!(m.expire(d_early + ms(100)), vec![0]);
+        assert_eq!(m.expire(d_early + ms(100)), vec![(0, false)]);
         assert_eq!(
             m.reply(&reply(&d, "127.0.0.2", d_early + ms(150))),
-            Outcome::Late { target: 0 }
+            Outcome::Late {
+                target: 0,
+                confirm: false
+            }
         );
         // f and g: g's reply first, f's 40 ms after it (reordered, within the slack): a
         // reply, flagged reordered, nothing lost.
@@ -615,7 +747,7 @@ mod tests {
         // its probe is lost at its timeout only.
         let h = send(&mut m, 1, "127.0.0.3", t0 + ms(1000));
         assert!(m.expire(t0 + ms(1000) + TIMEOUT - ms(1)).is_empty());
-        assert_eq!(m.expire(t0 + ms(1000) + TIMEOUT), vec![1]);
+        assert_eq!(m.expire(t0 + ms(1000) + TIMEOUT), vec![(1, false)]);
         drop(h);
         // Without a spacing: the timeout only, even with a later probe answered.
         let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
@@ -626,7 +758,7 @@ mod tests {
             false
         ));
         assert!(m.expire(t0 + TIMEOUT - ms(1)).is_empty());
-        assert_eq!(m.expire(t0 + TIMEOUT), vec![0]);
+        assert_eq!(m.expire(t0 + TIMEOUT), vec![(0, false)]);
         drop(a);
     }
 
@@ -636,14 +768,17 @@ mod tests {
         let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
         let p = send(&mut m, 2, "127.0.0.2", t0);
         assert!(m.expire(t0 + TIMEOUT - Duration::from_millis(1)).is_empty());
-        assert_eq!(m.expire(t0 + TIMEOUT), vec![2]);
+        assert_eq!(m.expire(t0 + TIMEOUT), vec![(2, false)]);
         assert_eq!(
             m.reply(&reply(
                 &p,
                 "127.0.0.2",
                 t0 + TIMEOUT + Duration::from_millis(5)
             )),
-            Outcome::Late { target: 2 }
+            Outcome::Late {
+                target: 2,
+                confirm: false
+            }
         );
         assert_eq!(
             m.reply(&reply(
@@ -651,7 +786,10 @@ mod tests {
                 "127.0.0.2",
                 t0 + TIMEOUT + Duration::from_millis(6)
             )),
-            Outcome::Duplicate { target: 2 }
+            Outcome::Duplicate {
+                target: 2,
+                confirm: false
+            }
         );
         // After the retention the probe is forgotten: a very late copy is stray, not late.
         m.expire(t0 + Duration::from_secs(20));
@@ -677,7 +815,8 @@ mod tests {
                 target: 0,
                 rtt: Duration::from_millis(1),
                 reordered: false,
-                kernel_timestamps: false
+                kernel_timestamps: false,
+                confirm: false
             }
         );
         let mut ra = reply(&a, "127.0.0.2", t0 + Duration::from_millis(12));
@@ -688,7 +827,8 @@ mod tests {
                 target: 0,
                 rtt: Duration::from_micros(11_500),
                 reordered: true,
-                kernel_timestamps: true
+                kernel_timestamps: true,
+                confirm: false
             }
         );
     }
@@ -708,9 +848,141 @@ mod tests {
                     target: 0,
                     rtt: Duration::from_millis(3),
                     reordered: false,
-                    kernel_timestamps: false
+                    kernel_timestamps: false,
+                    confirm: false
                 }
             );
         }
+    }
+
+    /// Confirmation probes carry their flag through every outcome, and are decided early
+    /// from the burst's own spacing (5 ms), not the regular one (100 ms); a regular probe
+    /// around them keeps its own.
+    #[test]
+    fn confirmation_probes_are_flagged_and_decided_on_the_bursts_spacing() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        m.set_spacing(Some(ms(100)));
+        let confirm = |m: &mut Matcher, at: Instant| {
+            let id = m.allocate();
+            m.sent_confirm(id, 0, ip("127.0.0.2"), at, TIMEOUT, ms(5));
+            Probe {
+                id,
+                payload: encode_payload(m.token(), id, 56),
+            }
+        };
+        // A regular answer first: srtt 1 ms, variation 0.5 ms.
+        let a = send(&mut m, 0, "127.0.0.2", t0);
+        assert!(is_reply(
+            m.reply(&reply(&a, "127.0.0.2", t0 + ms(1))),
+            false
+        ));
+        let regular = send(&mut m, 0, "127.0.0.2", t0 + ms(10));
+        let b1 = confirm(&mut m, t0 + ms(10));
+        let b2 = confirm(&mut m, t0 + ms(15));
+        let b3 = confirm(&mut m, t0 + ms(20));
+        assert!(matches!(
+            m.reply(&reply(&b1, "127.0.0.2", t0 + ms(11))),
+            Outcome::Reply {
+                target: 0,
+                confirm: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            m.reply(&reply(&b3, "127.0.0.2", t0 + ms(21))),
+            Outcome::Reply { confirm: true, .. }
+        ));
+        // b2's early deadline: 15 ms + 5 + 1 + 4 × 0.5 + 50 = 73 ms; the regular probe
+        // sent at 10 ms waits for 10 + 100 + 53 = 163 ms.
+        assert!(m.expire(t0 + ms(72)).is_empty());
+        assert_eq!(m.expire(t0 + ms(74)), vec![(0, true)]);
+        assert_eq!(
+            m.reply(&reply(&b2, "127.0.0.2", t0 + ms(80))),
+            Outcome::Late {
+                target: 0,
+                confirm: true
+            }
+        );
+        assert_eq!(
+            m.reply(&reply(&b2, "127.0.0.2", t0 + ms(81))),
+            Outcome::Duplicate {
+                target: 0,
+                confirm: true
+            }
+        );
+        assert!(m.expire(t0 + ms(162)).is_empty());
+        assert_eq!(m.expire(t0 + ms(164)), vec![(0, false)]);
+        assert_eq!(
+            m.reply(&reply(&regular, "127.0.0.2", t0 + ms(170))),
+            Outcome::Late {
+                target: 0,
+                confirm: false
+            }
+        );
+    }
+
+    /// A regular probe unanswered 10 ms past its smoothed RTT and four variations is
+    /// suspected, once; an answered one, a confirmation probe, or a probe to a target that
+    /// never answered is not.
+    #[test]
+    fn an_overdue_reply_is_suspected_before_the_loss_is_decided() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        m.set_spacing(Some(ms(100)));
+        let never = send(&mut m, 1, "127.0.0.3", t0);
+        let a = send(&mut m, 0, "127.0.0.2", t0);
+        assert!(is_reply(
+            m.reply(&reply(&a, "127.0.0.2", t0 + ms(2))),
+            false
+        ));
+        // srtt 2 ms, variation 1 ms: suspected 2 + 4 + 10 = 16 ms after it was sent.
+        let b = send(&mut m, 0, "127.0.0.2", t0 + ms(100));
+        let c = send(&mut m, 0, "127.0.0.2", t0 + ms(200));
+        let id = m.allocate();
+        m.sent_confirm(id, 0, ip("127.0.0.2"), t0 + ms(200), TIMEOUT, ms(5));
+        assert!(m.next_deadline().is_some_and(|d| d <= t0 + ms(116)));
+        assert!(m.suspected(t0 + ms(115)).is_empty());
+        assert_eq!(m.suspected(t0 + ms(116)), vec![0]);
+        assert!(m.suspected(t0 + ms(200)).is_empty(), "once");
+        assert!(is_reply(
+            m.reply(&reply(&c, "127.0.0.2", t0 + ms(203))),
+            false
+        ));
+        assert!(
+            m.suspected(t0 + ms(400)).is_empty(),
+            "answered, or a confirmation probe"
+        );
+        assert!(m.expire(t0 + ms(400)).contains(&(0, false)), "b is lost");
+        let _ = (never, b);
+    }
+
+    /// A regular reply that comes after a newer confirmation probe's reply is not
+    /// reordered (bursts interleave with the regular probes); the confirmation payload is
+    /// marked, the regular one not.
+    #[test]
+    fn bursts_do_not_make_regular_replies_reordered_and_carry_their_mark() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
+        m.set_spacing(Some(ms(100)));
+        let a = send(&mut m, 0, "127.0.0.2", t0);
+        let id = m.allocate();
+        m.sent_confirm(id, 0, ip("127.0.0.2"), t0 + ms(1), TIMEOUT, ms(5));
+        let mut payload = encode_payload(m.token(), id, 56);
+        assert!(!is_confirm(&payload));
+        mark_confirm(&mut payload);
+        assert!(is_confirm(&payload));
+        let b = Probe { id, payload };
+        assert!(matches!(
+            m.reply(&reply(&b, "127.0.0.2", t0 + ms(2))),
+            Outcome::Reply { confirm: true, .. }
+        ));
+        assert!(is_reply(
+            m.reply(&reply(&a, "127.0.0.2", t0 + ms(3))),
+            false
+        ));
     }
 }

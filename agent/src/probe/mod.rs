@@ -1,5 +1,6 @@
 //! Probers. Each owns its sockets and writes outcomes into [`crate::shared::Shared`].
 
+pub mod confirm;
 pub mod dns;
 pub mod hop_udp;
 pub mod hops;

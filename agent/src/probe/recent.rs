@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 /// Upper bound of remembered probes (ids), whatever the retention.
 pub const MAX_RECENT: usize = 1 << 20;
 
-/// The answered flag in [`Decided::tag`]; the bits below hold the target index plus one.
+/// The answered flag in [`Decided::tag`]; the bits below [`CONFIRM`] hold the target index
+/// plus one.
 const ANSWERED: u32 = 1 << 31;
+/// The flag of a confirmation probe in [`Decided::tag`].
+const CONFIRM: u32 = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decided {
@@ -32,7 +35,11 @@ pub struct Decided {
 
 impl Decided {
     pub fn target(&self) -> usize {
-        ((self.tag.get() & !ANSWERED) - 1) as usize
+        ((self.tag.get() & !(ANSWERED | CONFIRM)) - 1) as usize
+    }
+
+    pub fn confirm(&self) -> bool {
+        self.tag.get() & CONFIRM != 0
     }
 
     pub fn answered(&self) -> bool {
@@ -84,8 +91,16 @@ impl Recent {
     }
 
     /// Remember probe `id` as decided at `at`. Ids already forgotten are ignored, and so
-    /// are target indexes of 2^31 - 1 and above (a target list never holds that many).
-    pub fn remember(&mut self, id: u64, target: usize, addr: IpAddr, answered: bool, at: Instant) {
+    /// are target indexes of 2^30 - 1 and above (a target list never holds that many).
+    pub fn remember(
+        &mut self,
+        id: u64,
+        target: usize,
+        addr: IpAddr,
+        answered: bool,
+        confirm: bool,
+        at: Instant,
+    ) {
         let Some(off) = id.checked_sub(self.base) else {
             return;
         };
@@ -95,7 +110,7 @@ impl Recent {
         let Some(tag) = u32::try_from(target)
             .ok()
             .and_then(|t| t.checked_add(1))
-            .filter(|t| t & ANSWERED == 0)
+            .filter(|t| t & (ANSWERED | CONFIRM) == 0)
             .and_then(NonZeroU32::new)
         else {
             return;
@@ -105,12 +120,13 @@ impl Recent {
             let drop = (off + 1 - MAX_RECENT).min(self.ring.len());
             self.ring.drain(..drop);
             self.base += (off + 1 - MAX_RECENT) as u64;
-            return self.remember(id, target, addr, answered, at);
+            return self.remember(id, target, addr, answered, confirm, at);
         }
         if off >= self.ring.len() {
             self.ring.resize(off + 1, None);
         }
         let tag = if answered { tag | ANSWERED } else { tag };
+        let tag = if confirm { tag | CONFIRM } else { tag };
         self.ring[off] = Some(Decided {
             tag,
             addr: self.fingerprint(&addr),
@@ -187,8 +203,8 @@ mod tests {
     fn probes_are_remembered_for_the_retention_and_in_flight_ones_hold_the_ring() {
         let t0 = Instant::now();
         let mut r = Recent::new(t0);
-        r.remember(2, 7, ip(), true, t0);
-        r.remember(3, 8, ip(), false, t0 + Duration::from_secs(1));
+        r.remember(2, 7, ip(), true, false, t0);
+        r.remember(3, 8, ip(), false, false, t0 + Duration::from_secs(1));
         assert!(r.get(1).is_none(), "id 1 still in flight");
         assert_eq!(
             r.get(2).map(|d| (d.target(), d.answered())),
@@ -205,7 +221,7 @@ mod tests {
         r.expire(t0 + Duration::from_secs(11), ret, |_| false);
         assert!(r.is_empty());
         // Forgotten ids stay forgotten.
-        r.remember(2, 7, ip(), true, t0 + Duration::from_secs(11));
+        r.remember(2, 7, ip(), true, false, t0 + Duration::from_secs(11));
         assert!(r.get(2).is_none());
     }
 
@@ -213,8 +229,8 @@ mod tests {
     fn the_ring_is_bounded() {
         let t0 = Instant::now();
         let mut r = Recent::new(t0);
-        r.remember(1, 0, ip(), true, t0);
-        r.remember(MAX_RECENT as u64 + 5, 1, ip(), true, t0);
+        r.remember(1, 0, ip(), true, false, t0);
+        r.remember(MAX_RECENT as u64 + 5, 1, ip(), true, false, t0);
         assert_eq!(r.len(), MAX_RECENT);
         assert!(r.get(1).is_none());
         assert!(r.get(MAX_RECENT as u64 + 5).is_some());
@@ -226,8 +242,8 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Recent::new(t0);
         let v6: IpAddr = "2001:db8::7".parse().expect("v6");
-        r.remember(1, 0, ip(), false, t0);
-        r.remember(2, 1, v6, false, t0);
+        r.remember(1, 0, ip(), false, false, t0);
+        r.remember(2, 1, v6, false, false, t0);
         let (d1, d2) = (r.get(1).expect("1"), r.get(2).expect("2"));
         assert!(r.from_target(&d1, &ip()));
         assert!(!r.from_target(&d1, &IpAddr::from([127, 0, 0, 3])));
@@ -244,13 +260,18 @@ mod tests {
             Some((0, true))
         );
         assert!(!r.mark_answered(9), "never decided");
-        // Target indexes that do not fit beside the flag are not remembered (no mix-up).
-        r.remember(3, (1 << 31) - 1, ip(), false, t0);
+        // Target indexes that do not fit beside the flags are not remembered (no mix-up).
+        r.remember(3, (1 << 30) - 1, ip(), false, false, t0);
         assert!(r.get(3).is_none());
-        r.remember(4, (1 << 31) - 2, ip(), true, t0);
+        r.remember(4, (1 << 30) - 2, ip(), true, true, t0);
         assert_eq!(
-            r.get(4).map(|d| (d.target(), d.answered())),
-            Some(((1 << 31) - 2, true))
+            r.get(4).map(|d| (d.target(), d.answered(), d.confirm())),
+            Some(((1 << 30) - 2, true, true))
+        );
+        r.remember(5, 6, ip(), false, true, t0);
+        assert_eq!(
+            r.get(5).map(|d| (d.target(), d.answered(), d.confirm())),
+            Some((6, false, true))
         );
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pathpulse_metrics::store::PathKey;
-use pathpulse_wire::{ProbeKind, Report};
+use pathpulse_wire::{Confirm, ProbeKind, Report};
 use serde::{Deserialize, Serialize};
 
 use super::history::{Entry, GroupView, PathHistory, PathView};
@@ -119,7 +119,14 @@ struct AgentInfo {
     addrs: BTreeSet<IpAddr>,
     site: Option<Arc<str>>,
     isp: Option<Arc<str>>,
+    /// Until when more of the agent's confirmation bursts are on their way (its last
+    /// burst said others were under way), ms: its own-side roll-up may still form.
+    bursts_due_until_ms: u64,
 }
+
+/// How long a path's raise waits at most for the agent's other confirmation bursts under
+/// way (a burst of 60 probes 5 ms apart and its decision take about 360 ms).
+const BURSTS_WAIT_MS: u64 = 500;
 
 impl AgentInfo {
     fn silent(&self, now_ms: u64) -> Duration {
@@ -159,11 +166,12 @@ impl AgentWatch {
 }
 
 /// Whether a path loses more than a loss rule's raise ratio over the rule's shortest
-/// window (a point ratio, no confidence bound).
+/// window, or in its confirmation bursts (a point ratio, no confidence bound).
 fn lossy(rule: &Rule, view: &dyn PathInput) -> bool {
     let first = rule.windows.first().copied().unwrap_or_default();
-    let (rx, lost) = view.counts(first);
-    rx + lost > 0 && lost as f64 > rule.raise * (rx + lost) as f64
+    let over =
+        |(rx, lost): (u64, u64)| rx + lost > 0 && lost as f64 > rule.raise * (rx + lost) as f64;
+    over(view.counts(first)) || over(view.confirm_counts(super::rules::CONFIRM_WINDOW))
 }
 
 /// A source roll-up's wait (see [`Engine::source_waits`]) is forgotten after this long
@@ -515,6 +523,19 @@ impl Engine {
                 out.extend(self.step(i, akey, v, now_ms));
             }
         }
+        out.extend(self.settle_paths(&rolled, &touched, now_ms));
+        out
+    }
+
+    /// Decide the paths' raises that wait for their groups, and the groups of the paths
+    /// that lose without raising (`touched`), rule by rule.
+    fn settle_paths(
+        &mut self,
+        rolled: &[(usize, AlertKey, Verdict)],
+        touched: &[(usize, PathKey)],
+        now_ms: u64,
+    ) -> Vec<Alert> {
+        let mut out = Vec::new();
         for i in 0..self.rules.len() {
             let cands: Vec<(AlertKey, Verdict)> = rolled
                 .iter()
@@ -530,6 +551,91 @@ impl Engine {
                 out.extend(self.settle_rollups(i, cands, &touched, false, now_ms));
             }
         }
+        out
+    }
+
+    /// Apply confirmation bursts of `agent` that ingest accepted: each is evidence for its
+    /// path's loss rules at once (read over [`super::rules::CONFIRM_WINDOW`]), and for its
+    /// groups'. Bursts of a path no report has named yet are ignored.
+    pub fn on_confirm(&mut self, agent: &str, c: &Confirm, now_ms: u64) -> Vec<Alert> {
+        let Some((src, info)) = self.agents.get_key_value(agent) else {
+            return Vec::new();
+        };
+        let (src, interval_ms) = (src.clone(), info.interval_ms);
+        let under_way = c.paths.iter().any(|p| p.others_under_way > 0);
+        self.agent_mut(agent).bursts_due_until_ms = if under_way {
+            now_ms + BURSTS_WAIT_MS
+        } else {
+            0
+        };
+        let mut verdicts: Vec<(usize, AlertKey, Verdict)> = Vec::new();
+        let mut touched: Vec<(usize, PathKey)> = Vec::new();
+        for p in &c.paths {
+            let key = PathKey {
+                src: src.clone(),
+                dst: Arc::from(p.dst.as_str()),
+                probe: p.probe,
+            };
+            let Some(h) = self.paths.get_mut(&key) else {
+                continue;
+            };
+            h.add_confirm(p.received, p.lost, now_ms);
+            let Some((key, h)) = self.paths.get_key_value(&key) else {
+                continue;
+            };
+            let view = PathView::new(h, now_ms, interval_ms);
+            for (i, rule) in self.rules.iter().enumerate() {
+                if rule.kind != RuleKind::Loss {
+                    continue;
+                }
+                let akey = AlertKey {
+                    alertname: self.names[i].clone(),
+                    subject: Subject::Path(key.clone()),
+                };
+                let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
+                let v = evaluate_path(rule, &view, &tracker, now_ms);
+                if v.level == Level::Raise && !self.awaits_agent(key, now_ms) {
+                    verdicts.push((i, akey, v));
+                } else if rule.has_rollups() && lossy(rule, &view) {
+                    touched.push((i, key.clone()));
+                }
+            }
+        }
+        // Paths of this agent that wait for its other bursts: decided again now.
+        let waiting: Vec<AlertKey> = self
+            .waits
+            .keys()
+            .filter(|k| matches!(&k.subject, Subject::Path(p) if p.src == src))
+            .filter(|k| !verdicts.iter().any(|(_, v, _)| v == *k))
+            .cloned()
+            .collect();
+        for akey in waiting {
+            let Subject::Path(p) = &akey.subject else {
+                continue;
+            };
+            let Some(i) = self.names.iter().position(|n| *n == akey.alertname) else {
+                continue;
+            };
+            let tracker = self.slots.get(&akey).map(|s| s.tracker).unwrap_or_default();
+            let Some(view) = self.view_of(p, now_ms) else {
+                continue;
+            };
+            let v = evaluate_path(&self.rules[i], &view, &tracker, now_ms);
+            if v.level == Level::Raise {
+                drop(view);
+                verdicts.push((i, akey, v));
+            }
+        }
+        let mut out = Vec::new();
+        let mut rolled = Vec::new();
+        for (i, akey, v) in verdicts {
+            if self.rules[i].has_rollups() {
+                rolled.push((i, akey, v));
+            } else {
+                out.extend(self.step(i, akey, v, now_ms));
+            }
+        }
+        out.extend(self.settle_paths(&rolled, &touched, now_ms));
         out
     }
 
@@ -1243,11 +1349,13 @@ impl Engine {
             };
             let start = self.waits.get(&akey).copied().unwrap_or(now_ms);
             let undecided = || {
-                self.groups_of(p)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|g| groups.get(&g))
-                    .any(|m| self.may_roll_up(rule, p, m, start, now_ms))
+                self.bursts_due(rule, p, start, now_ms)
+                    || self
+                        .groups_of(p)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|g| groups.get(&g))
+                        .any(|m| self.may_roll_up(rule, p, m, start, now_ms))
             };
             if self.covered(p, &covering) {
                 v.level = Level::Hold;
@@ -1388,11 +1496,14 @@ impl Engine {
         let mut v = evaluate_group_loss(r, &group, &tracker, now_ms);
         if v.level == Level::Raise {
             let (mut with_data, mut lossy) = (0, Vec::new());
+            let over = |(rx, lost): (u64, u64)| lost as f64 > r.raise * (rx + lost) as f64;
             for (k, view) in keys.iter().zip(&group.members) {
-                let (rx, lost) = view.counts(v.window);
-                if rx + lost > 0 {
+                let counts = view.counts(v.window);
+                if counts.0 + counts.1 > 0 {
                     with_data += 1;
-                    if lost as f64 > r.raise * (rx + lost) as f64 {
+                    // A path's confirmation bursts count as its own probes do.
+                    let bursts = view.confirm_counts(super::rules::CONFIRM_WINDOW);
+                    if over(counts) || (bursts.0 + bursts.1 > 0 && over(bursts)) {
                         lossy.push(*k);
                     }
                 }
@@ -1412,6 +1523,20 @@ impl Engine {
             }
         }
         v
+    }
+
+    /// Whether path `p`'s own agent may still roll up (the rule has a source roll-up and
+    /// the agent other paths): its last confirmation burst said more of its bursts were
+    /// under way, for at most [`BURSTS_WAIT_MS`] after `start_ms`. They say whether its
+    /// other paths lose too, i.e. whether this is its own side.
+    fn bursts_due(&self, rule: usize, p: &PathKey, start_ms: u64, now_ms: u64) -> bool {
+        !self.rules[rule].source_rollup_name.is_empty()
+            && now_ms < start_ms + BURSTS_WAIT_MS
+            && self
+                .agents
+                .get(&p.src)
+                .is_some_and(|a| now_ms < a.bursts_due_until_ms)
+            && self.agent_paths(&p.src) >= 2
     }
 
     /// Whether the group `members` of path `p` may still roll up: another of its paths

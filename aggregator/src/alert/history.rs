@@ -455,7 +455,14 @@ pub(super) struct PathHistory {
     minute_p50s: VecDeque<u16>,
     /// The sum of the window last read (written while the rules read the history).
     tail: RefCell<Tail>,
+    /// Confirmation bursts of the last [`CONFIRM_KEEP_MS`]: (arrival ms, received, lost).
+    confirms: VecDeque<(u64, u32, u32)>,
 }
+
+/// How long confirmation bursts are kept (longer than any window that reads them).
+const CONFIRM_KEEP_MS: u64 = 10_000;
+/// Confirmation bursts kept per path at most (an agent bursts at most a few a second).
+const CONFIRM_KEEP: usize = 64;
 
 impl PathHistory {
     pub fn new(first_seen_ms: u64, last_data_ms: u64) -> PathHistory {
@@ -464,6 +471,18 @@ impl PathHistory {
             last_data_ms,
             ..PathHistory::default()
         }
+    }
+
+    /// A confirmation burst of this path arrived at `now_ms`.
+    pub fn add_confirm(&mut self, received: u32, lost: u32, now_ms: u64) {
+        while self
+            .confirms
+            .front()
+            .is_some_and(|c| c.0 + CONFIRM_KEEP_MS < now_ms || self.confirms.len() >= CONFIRM_KEEP)
+        {
+            self.confirms.pop_front();
+        }
+        self.confirms.push_back((now_ms, received, lost));
     }
 
     /// Add a report's entry; `sent` is its probes sent (for the silence of path-down).
@@ -665,6 +684,15 @@ impl PathInput for PathView<'_> {
             })
     }
 
+    fn confirm_counts(&self, window: Duration) -> (u64, u64) {
+        let from = self.now_ms.saturating_sub(window.as_millis() as u64);
+        self.h
+            .confirms
+            .iter()
+            .filter(|c| c.0 > from && c.0 <= self.now_ms)
+            .fold((0, 0), |(r, l), c| (r + u64::from(c.1), l + u64::from(c.2)))
+    }
+
     fn baseline_p50_us(&self) -> Option<u64> {
         let m = &self.h.minute_p50s;
         if m.len() < BASELINE_MIN_MINUTES {
@@ -720,6 +748,13 @@ impl PathInput for GroupView<'_> {
         self.members
             .iter()
             .map(|m| m.counts(window))
+            .fold((0, 0), |(r, l), (mr, ml)| (r + mr, l + ml))
+    }
+
+    fn confirm_counts(&self, window: Duration) -> (u64, u64) {
+        self.members
+            .iter()
+            .map(|m| m.confirm_counts(window))
             .fold((0, 0), |(r, l), (mr, ml)| (r + mr, l + ml))
     }
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 use pathpulse_metrics::SharedStore;
 use pathpulse_metrics::export::{AlertSource, ReceiverCounts, wall_clock_ms};
 use pathpulse_metrics::localize::{self, Thresholds};
-use pathpulse_wire::Report;
+use pathpulse_wire::{Confirm, Report};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +48,13 @@ pub const REPORT_QUEUE: usize = 4096;
 /// Localization verdicts are computed at most this often (they read every path).
 const VERDICT_MAX_AGE_MS: u64 = 1_000;
 
+/// What ingest hands the engine's thread, in the order it arrived.
+enum Input {
+    Report(Report),
+    /// An agent's confirmation bursts (its name from the connection's certificate).
+    Confirm(String, Confirm),
+}
+
 /// The alert engine as the rest of the aggregator sees it.
 pub struct Alerts {
     engine: Mutex<Engine>,
@@ -57,8 +64,8 @@ pub struct Alerts {
     store: Option<SharedStore>,
     /// Last localization verdicts and when they were computed (ms).
     verdicts: Mutex<(u64, Vec<localize::Verdict>)>,
-    /// Reports for the engine's thread (see [`Alerts::submit`]).
-    reports: std::sync::mpsc::SyncSender<(Report, u64)>,
+    /// Reports and confirmation bursts for the engine's thread (see [`Alerts::submit`]).
+    reports: std::sync::mpsc::SyncSender<(Input, u64)>,
     /// Reports not evaluated because the engine's queue was full.
     pub skipped: std::sync::atomic::AtomicU64,
     /// Fingerprints of the firing alerts notified with their verdict.
@@ -125,7 +132,16 @@ impl Alerts {
     /// Hand a report ingest just applied to the engine's own thread; never blocks (a full
     /// queue skips the report for alerting and counts it).
     pub fn submit(&self, r: Report, now_ms: u64) {
-        if self.reports.try_send((r, now_ms)).is_err() {
+        self.hand_over(Input::Report(r), now_ms);
+    }
+
+    /// Hand confirmation bursts of `agent` to the engine's thread, as [`Alerts::submit`].
+    pub fn on_confirm(&self, agent: &str, c: &Confirm, now_ms: u64) {
+        self.hand_over(Input::Confirm(agent.to_string(), c.clone()), now_ms);
+    }
+
+    fn hand_over(&self, input: Input, now_ms: u64) {
+        if self.reports.try_send((input, now_ms)).is_err() {
             let n = self.skipped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -304,7 +320,7 @@ pub fn start(
     verdict::notified(&restored, &mut explained);
     engine.restore(restored, wall_clock_ms());
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Alert>>();
-    let (report_tx, report_rx) = std::sync::mpsc::sync_channel::<(Report, u64)>(REPORT_QUEUE);
+    let (report_tx, report_rx) = std::sync::mpsc::sync_channel::<(Input, u64)>(REPORT_QUEUE);
     let receivers: Vec<Arc<Receiver>> = cfg
         .receivers
         .iter()
@@ -347,7 +363,11 @@ pub fn start(
             while !stop.is_cancelled() {
                 let wait = next_tick.saturating_duration_since(std::time::Instant::now());
                 match report_rx.recv_timeout(wait.min(TICK)) {
-                    Ok((r, now)) => engine_of.on_report(&r, now),
+                    Ok((Input::Report(r), now)) => engine_of.on_report(&r, now),
+                    Ok((Input::Confirm(agent, c), now)) => {
+                        let out = engine_of.engine().on_confirm(&agent, &c, now);
+                        engine_of.emit(out);
+                    }
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                 }

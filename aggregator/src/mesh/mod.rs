@@ -93,7 +93,13 @@ impl Mesh {
 
     /// An agent joined on `conn`: record how it is reached and start pushing its peer
     /// list. False when the join is not after a hello of this connection.
-    pub fn join(self: &Arc<Self>, agent: &str, conn: &quinn::Connection, j: Join) -> bool {
+    pub fn join(
+        self: &Arc<Self>,
+        agent: &str,
+        conn: &quinn::Connection,
+        j: Join,
+        version: u16,
+    ) -> bool {
         let r = self
             .table()
             .join(agent, conn.stable_id(), j.advertise, j.stamp_port);
@@ -108,7 +114,7 @@ impl Mesh {
         if first {
             let (mesh, agent, conn) = (self.clone(), agent.to_string(), conn.clone());
             tokio::spawn(async move {
-                mesh.clone().push(agent, conn).await;
+                mesh.clone().push(agent, conn, version).await;
                 mesh.pushing
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -123,8 +129,9 @@ impl Mesh {
         self.table().disconnected(agent, conn, wall_clock_ms());
     }
 
-    /// Send `agent` its peer list on a stream of its own, again after every change.
-    async fn push(self: Arc<Self>, agent: String, conn: quinn::Connection) {
+    /// Send `agent` its peer list on a stream of its own, again after every change, in
+    /// the protocol version of its join (3 or later: version 2 has no join).
+    async fn push(self: Arc<Self>, agent: String, conn: quinn::Connection, version: u16) {
         let mut epochs = self.epoch.subscribe();
         let mut send = match conn.open_uni().await {
             Ok(s) => s,
@@ -145,7 +152,7 @@ impl Mesh {
                     epoch,
                     peers: peers.clone(),
                 };
-                if let Err(e) = frame::write(&mut send, &msg).await {
+                if let Err(e) = frame::write_as(&mut send, &msg, version).await {
                     tracing::debug!(%agent, error = %e, "peer stream closed");
                     return;
                 }

@@ -40,8 +40,26 @@ pub struct Record {
     pub reordered: bool,
     /// IP protocol (1 ICMP, 58 ICMPv6, 17 UDP, 6 TCP).
     pub proto: u8,
-    /// ICMP echo type, identifier and sequence when the packet is an echo request/reply.
+    /// ICMP echo type, identifier and sequence when the packet is an echo request/reply
+    /// of a regular probe (not of a confirmation burst).
     pub echo: Option<(u8, u16, u16)>,
+    /// An echo request/reply of an agent's confirmation burst (its payload marked so):
+    /// extra probes the agent keeps out of its counters, so the log's truth leaves them
+    /// out too.
+    pub confirm: bool,
+}
+
+/// Whether the ICMP(v6) echo in `p` carries a pathpulse confirmation probe's payload:
+/// magic `PPv1`, then token and probe id, then the mark `C` (the agent's
+/// `matcher::mark_confirm`).
+pub fn is_confirm(p: &[u8]) -> bool {
+    let l4 = match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= 20 => p.get(usize::from(p[0] & 0x0f) * 4..),
+        Some(6) if p.len() >= 40 => p.get(40..),
+        _ => None,
+    };
+    l4.and_then(|i| i.get(8..))
+        .is_some_and(|pl| pl.starts_with(b"PPv1") && pl.get(20) == Some(&b'C'))
 }
 
 /// Parse protocol and echo fields of an IP packet.
@@ -294,6 +312,8 @@ fn reader(s: Arc<Shared>, dir: Dir, dev: Arc<SyncDevice>) {
             .unwrap_or_else(|e| e.into_inner())
             .decide(since, n);
         let (proto, echo) = classify(&packet);
+        let confirm = echo.is_some() && is_confirm(&packet);
+        let echo = echo.filter(|_| !confirm);
         let record = {
             let mut log = s.log.lock().unwrap_or_else(|e| e.into_inner());
             log.push(Record {
@@ -304,6 +324,7 @@ fn reader(s: Arc<Shared>, dir: Dir, dev: Arc<SyncDevice>) {
                 reordered: decision.reordered,
                 proto,
                 echo,
+                confirm,
             });
             log.len() - 1
         };
@@ -410,5 +431,14 @@ mod tests {
         udp[9] = 17;
         assert_eq!(classify(&udp), (17, None));
         assert_eq!(classify(&[0xff; 3]), (0, None));
+        // A regular probe's payload, and a confirmation probe's (marked after the header).
+        let mut probe = v4.clone();
+        probe.extend_from_slice(b"PPv1");
+        probe.extend_from_slice(&[0; 16]);
+        probe.extend_from_slice(&[0; 36]);
+        assert!(!is_confirm(&probe));
+        probe[28 + 20] = b'C';
+        assert!(is_confirm(&probe));
+        assert!(!is_confirm(&v4), "no payload");
     }
 }

@@ -307,6 +307,7 @@ mod tests {
             targets: vec![(0, t.clone())].into(),
             interval: Duration::from_millis(20),
             timeout: Duration::from_millis(500),
+            confirm: Default::default(),
         };
         let (tx, rx) = watch::channel(plan.clone());
         let stop = CancellationToken::new();
