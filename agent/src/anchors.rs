@@ -78,7 +78,11 @@ pub fn expand(
 ) -> (Vec<TargetSpec>, Vec<(String, String)>) {
     let mut specs: Vec<TargetSpec> = Vec::new();
     let mut errs = Vec::new();
-    let mut add = |s: TargetSpec| {
+    // No confirmation bursts toward anchors: they are other people's hosts, and some
+    // rate-limit ICMP echo below a burst's 333/s (the burst would show loss the path does
+    // not have).
+    let mut add = |mut s: TargetSpec| {
+        s.options.confirm.get_or_insert(false);
         if !specs.iter().any(|o| o.label == s.label) {
             specs.push(s);
         }
@@ -215,6 +219,10 @@ mod tests {
             specs
                 .iter()
                 .all(|s| s.probe == pathpulse_wire::ProbeKind::Icmp)
+        );
+        assert!(
+            specs.iter().all(|s| s.options.confirm == Some(false)),
+            "no confirmation bursts toward anchors"
         );
         let bad: Vec<String> = ["tcp:192.0.2.1:443", "bad host!", "192.0.2.1,dscp=46"]
             .iter()

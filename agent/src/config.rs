@@ -186,7 +186,7 @@ pub struct RunArgs {
     /// turns bursts off; default 60, at most 1000).
     #[arg(long, value_name = "N", env = "PATHPULSE_CONFIRM_PROBES")]
     pub confirm_probes: Option<u32>,
-    /// Time between the probes of a confirmation burst (default 5ms; 1ms .. 100ms).
+    /// Time between the probes of a confirmation burst (default 3ms; 1ms .. 100ms).
     #[arg(long, value_name = "DUR", env = "PATHPULSE_CONFIRM_SPACING")]
     pub confirm_spacing: Option<String>,
 }

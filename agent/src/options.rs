@@ -12,7 +12,7 @@ use crate::probe::icmp_socket::Family;
 use crate::target::{Host, TargetSpec};
 
 /// Option keys, in the order the README lists them.
-pub const KEYS: [&str; 9] = [
+pub const KEYS: [&str; 10] = [
     "family",
     "source",
     "interface",
@@ -22,6 +22,7 @@ pub const KEYS: [&str; 9] = [
     "ecmp",
     "label",
     "hops",
+    "confirm",
 ];
 /// Most source ports one target spreads its probes over.
 pub const MAX_ECMP: u8 = 64;
@@ -60,6 +61,17 @@ pub struct TargetOptions {
     /// ICMP: hop discovery toward this target (default: on unless `--no-hops`; mesh peers
     /// inside the agent's own site get `off`).
     pub hops: Option<bool>,
+    /// ICMP: confirmation bursts toward this target (see `probe::confirm`; default on,
+    /// anchors off).
+    pub confirm: Option<bool>,
+}
+
+fn on_off(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("`{v}` is not on or off")),
+    }
 }
 
 fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
@@ -133,13 +145,8 @@ impl TargetOptions {
             "ttl" => self.ttl = Some(number(v, 1u8, 255)?),
             "size" => self.size = Some(number(v, 1u16, MAX_SIZE)?),
             "ecmp" => self.ecmp = Some(number(v, 1u8, MAX_ECMP)?),
-            "hops" => {
-                self.hops = Some(match v {
-                    "on" | "true" | "yes" => true,
-                    "off" | "false" | "no" => false,
-                    _ => return Err(format!("`{v}` is not on or off")),
-                })
-            }
+            "hops" => self.hops = Some(on_off(v)?),
+            "confirm" => self.confirm = Some(on_off(v)?),
             "label" => {
                 if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) {
                     return Err("must be 1..200 printable characters".into());
@@ -214,6 +221,12 @@ impl TargetOptions {
             errs.push((
                 "hops",
                 format!("hop discovery runs toward ICMP targets, not {kind}"),
+            ));
+        }
+        if self.confirm.is_some() && t.probe != ProbeKind::Icmp {
+            errs.push((
+                "confirm",
+                format!("confirmation bursts go to ICMP targets, not {kind}"),
             ));
         }
         if self.ecmp.is_some() && t.probe != ProbeKind::Stamp {
@@ -333,6 +346,8 @@ mod tests {
         assert_eq!(t.label, "10.0.0.2");
         let t = parse_flag("10.0.0.2").expect("plain");
         assert!(t.options.is_default());
+        let t = parse_flag("10.0.0.2,confirm=off").expect("confirm");
+        assert_eq!(t.options.confirm, Some(false));
         let t = parse_flag("stamp:10.0.0.2,ecmp=8,source=10.0.0.1,interface=eth1,label=core")
             .expect("stamp");
         assert!(t.options.needs_own_socket());
@@ -360,6 +375,8 @@ mod tests {
             ("icmp:10.0.0.2,dscp", "dscp", "not a number"),
             ("icmp:10.0.0.2,hops=maybe", "hops", "not on or off"),
             ("tcp:10.0.0.2:80,hops=off", "hops", "toward ICMP targets"),
+            ("icmp:10.0.0.2,confirm=maybe", "confirm", "not on or off"),
+            ("stamp:10.0.0.2,confirm=off", "confirm", "ICMP targets"),
         ] {
             let e = errs(text);
             assert!(

@@ -96,7 +96,15 @@ pub async fn run_with(
         targets: targets.iter().cloned().enumerate().collect(),
         interval: cfg.interval,
         timeout: cfg.timeout,
-        confirm: cfg.confirm,
+        // Bursts are evidence for the aggregators' alerts: a standalone agent sends none.
+        confirm: if cfg.aggregators.is_empty() {
+            crate::probe::confirm::Confirmation {
+                probes: 0,
+                ..cfg.confirm
+            }
+        } else {
+            cfg.confirm
+        },
     });
     let reloader = Arc::new(Reloader::new(
         AgentConfig {

@@ -3,7 +3,7 @@
 //! decided lost, a short burst of extra probes goes to the same target, and its outcome goes to the aggregators at once
 //! ([`pathpulse_wire::ClientMsg::Confirm`]). At 10 probes/s a path holds 20 probes in two
 //! seconds, too few to tell a 20% loss onset from 1% background loss with confidence; a
-//! burst of 60 probes 5 ms apart is that evidence in a third of a second. Nagios's retry
+//! burst of 60 probes 3 ms apart is that evidence in a fifth of a second. Nagios's retry
 //! interval and BFD's poll sequence do the same: probe faster while a fault is suspected.
 //!
 //! Burst probes are kept out of the path's counters and histograms (its loss, RTT and
@@ -37,7 +37,7 @@ impl Default for Confirmation {
 }
 
 pub const DEFAULT_PROBES: u32 = 60;
-pub const DEFAULT_SPACING: Duration = Duration::from_millis(5);
+pub const DEFAULT_SPACING: Duration = Duration::from_millis(3);
 /// Most probes per burst.
 pub const MAX_PROBES: u32 = 1000;
 /// A burst stops when this many of its probes were answered and none lost.

@@ -191,6 +191,7 @@ impl IcmpProber {
         let mut matcher = Matcher::new(token, ident, retention);
         // Every target is probed every `interval`: a later probe answered tells loss early.
         matcher.set_spacing(Some(self.interval));
+        matcher.set_suspicion(self.bursts.config().probes > 0);
         let mut sched = self.schedule();
         let (mut buf4, mut buf6) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         let (mut events4, mut events6) = (Vec::new(), Vec::new());
@@ -225,6 +226,7 @@ impl IcmpProber {
                 Wake::Plan(Some(p)) => {
                     sched = self.replan(p);
                     matcher.set_spacing(Some(self.interval));
+                    matcher.set_suspicion(self.bursts.config().probes > 0);
                 }
                 Wake::Plan(None) => plan_open = false,
                 Wake::Received(Ok(())) => {
@@ -255,7 +257,14 @@ impl IcmpProber {
                 }
             }
             let now = Instant::now();
-            if matcher.next_deadline().is_some_and(|d| d <= now) {
+            // A suspicion only starts a burst: no socket drain first (a false one costs a
+            // burst that stops clean), so its wake-up costs no system call.
+            if matcher.next_suspect().is_some_and(|d| d <= now) {
+                for slot in matcher.suspected(now) {
+                    self.start_burst(slot, now);
+                }
+            }
+            if matcher.next_expiry().is_some_and(|d| d <= now) {
                 // Replies the kernel already holds are answers, however late this task
                 // runs (a starved process must not count its own delay as loss). Expire
                 // only once the queues are empty; otherwise the next turn reads on.
@@ -271,9 +280,6 @@ impl IcmpProber {
                 });
                 self.on_events(&mut matcher, &mut events4, &mut events6);
                 if drained {
-                    for slot in matcher.suspected(now) {
-                        self.start_burst(slot, now);
-                    }
                     for (slot, confirm) in matcher.expire(now) {
                         if confirm {
                             if let Some(o) = self.bursts.decided(slot, false) {
@@ -290,12 +296,14 @@ impl IcmpProber {
     }
 
     /// A regular probe of path `slot` is suspected or decided lost: a confirmation burst,
-    /// unless the path's own recent probes already show the loss plainly.
+    /// unless the target has them off (`confirm=off`, anchors) or the path's own recent
+    /// probes already show the loss plainly.
     fn start_burst(&mut self, slot: usize, now: Instant) {
         let Some(&t) = self.by_slot.get(&slot) else {
             return;
         };
-        if self.bursts.config().probes > 0 && !self.shared.visibly_lossy(slot) {
+        let wanted = self.targets[t].1.options.confirm != Some(false);
+        if wanted && self.bursts.config().probes > 0 && !self.shared.visibly_lossy(slot) {
             self.bursts.start(slot, t, now);
         }
     }

@@ -174,6 +174,8 @@ pub struct Matcher {
     /// When a regular probe's reply is overdue enough to suspect a loss (see
     /// [`Matcher::suspected`]), by probe id.
     suspects: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Whether regular probes are suspected at all (only when confirmation bursts are on).
+    suspicion: bool,
 }
 
 /// A regular probe is suspected lost this long after its smoothed RTT and four variations
@@ -196,12 +198,21 @@ impl Matcher {
             answered: HashMap::new(),
             spacing: None,
             suspects: BinaryHeap::new(),
+            suspicion: false,
         }
     }
 
     /// The time between two probes of the same target (`None`: no early loss decision).
     pub fn set_spacing(&mut self, spacing: Option<Duration>) {
         self.spacing = spacing.filter(|s| !s.is_zero());
+    }
+
+    /// Suspect overdue regular probes ([`Matcher::suspected`]) from now on, or not.
+    pub fn set_suspicion(&mut self, on: bool) {
+        self.suspicion = on;
+        if !on {
+            self.suspects.clear();
+        }
     }
 
     pub fn token(&self) -> u64 {
@@ -277,7 +288,7 @@ impl Matcher {
         self.by_seq.insert(id as u16, id);
         let early = match (spacing, self.answered.get(&target)) {
             (Some(spacing), Some(a)) => {
-                if !confirm {
+                if !confirm && self.suspicion {
                     let (srtt, var) = (u64::from(a.srtt_us), u64::from(a.rttvar_us));
                     let overdue = Duration::from_micros(srtt + 4 * var) + SUSPECT_SLACK;
                     self.suspects.push(Reverse((sent_mono + overdue, id)));
@@ -307,11 +318,20 @@ impl Matcher {
 
     /// The next time [`Matcher::expire`] or [`Matcher::suspected`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.deadlines.peek(), self.suspects.peek()]
+        [self.next_expiry(), self.next_suspect()]
             .into_iter()
             .flatten()
-            .map(|Reverse((t, _))| *t)
             .min()
+    }
+
+    /// The next time [`Matcher::expire`] has something to do.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// The next time [`Matcher::suspected`] has something to do.
+    pub fn next_suspect(&self) -> Option<Instant> {
+        self.suspects.peek().map(|Reverse((t, _))| *t)
     }
 
     /// Targets of regular probes still unanswered [`SUSPECT_SLACK`] after their smoothed
@@ -932,6 +952,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
         m.set_spacing(Some(ms(100)));
+        m.set_suspicion(true);
         let never = send(&mut m, 1, "127.0.0.3", t0);
         let a = send(&mut m, 0, "127.0.0.2", t0);
         assert!(is_reply(
@@ -956,6 +977,11 @@ mod tests {
             "answered, or a confirmation probe"
         );
         assert!(m.expire(t0 + ms(400)).contains(&(0, false)), "b is lost");
+        // Bursts off: no suspicion at all.
+        m.set_suspicion(false);
+        let _d = send(&mut m, 0, "127.0.0.2", t0 + ms(500));
+        assert_eq!(m.next_suspect(), None);
+        assert!(m.suspected(t0 + ms(900)).is_empty());
         let _ = (never, b);
     }
 

@@ -125,7 +125,7 @@ struct AgentInfo {
 }
 
 /// How long a path's raise waits at most for the agent's other confirmation bursts under
-/// way (a burst of 60 probes 5 ms apart and its decision take about 360 ms).
+/// way (a burst of 60 probes 3 ms apart and its decision take about 250 ms).
 const BURSTS_WAIT_MS: u64 = 500;
 
 impl AgentInfo {

@@ -1208,7 +1208,8 @@ fn a_confirmation_burst_raises_a_paths_loss_at_once() {
 /// One path alone at 10 probes/s in 100 ms steps: a probe is decided 200 ms after it
 /// was sent (the early decision takes about 150), reports every 500 ms, and a lost
 /// probe's burst (bucket and all) arrives 400 ms after it was sent (suspected after
-/// about 10 ms on a LAN, 60 probes 5 ms apart, the last decided about 55 ms later). Over 60 seeded onsets of 20% loss the path
+/// about 10 ms on a LAN, 60 probes 3 ms apart, the last decided about 55 ms later:
+/// about 250 ms in all, so this is an upper bound). Over 60 seeded onsets of 20% loss the path
 /// alert fires within 2 s in at least 57 (p95); 10 minutes of 1% background loss with
 /// its bursts, five seeds, raise nothing.
 #[test]
