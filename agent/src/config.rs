@@ -799,6 +799,11 @@ mod tests {
         assert_eq!(f.hops, Some(true));
         assert_eq!(d(f.hop_interval), DEFAULT_HOP_INTERVAL);
         assert_eq!(f.clock_sync, Some(ClockSync::default()));
+        assert_eq!(
+            f.confirm_probes,
+            Some(crate::probe::confirm::DEFAULT_PROBES)
+        );
+        assert_eq!(d(f.confirm_spacing), crate::probe::confirm::DEFAULT_SPACING);
         // Not the binary's default (none: tests and the demo send nothing beyond the lab),
         // but what an installed agent watches.
         assert_eq!(
@@ -808,6 +813,25 @@ mod tests {
         let c = AgentConfig::resolve_with(&args(&[]), FileConfig::default())
             .expect_err("no targets and no anchors");
         assert_eq!(c.0[0].key, "targets", "no anchors by default: {c}");
+    }
+
+    #[test]
+    fn confirmation_bursts_come_from_the_flags_or_the_file_and_bad_values_name_their_key() {
+        let file = |t: &str| parse_file(t, Path::new("agent.toml"));
+        let c = AgentConfig::resolve(&args(&["127.0.0.2"])).expect("valid");
+        assert_eq!(c.confirm, crate::probe::confirm::Confirmation::default());
+        let f = file("confirm_probes = 0\nconfirm_spacing = \"10ms\"").expect("file");
+        let c = AgentConfig::resolve_with(&args(&["127.0.0.2"]), f).expect("valid");
+        assert_eq!(
+            (c.confirm.probes, c.confirm.spacing),
+            (0, Duration::from_millis(10))
+        );
+        let mut a = args(&["127.0.0.2"]);
+        a.confirm_probes = Some(1001);
+        a.confirm_spacing = Some("1s".into());
+        let e = AgentConfig::resolve_with(&a, FileConfig::default()).expect_err("bad");
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["confirm_probes", "confirm_spacing"], "{e}");
     }
 
     #[test]
