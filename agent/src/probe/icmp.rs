@@ -249,7 +249,9 @@ impl IcmpProber {
                 self.send(&mut matcher, due.target, false, &mut last_send_error)
                     .await;
             }
-            self.bursts.due(Instant::now(), &mut burst_due);
+            if !self.bursts.is_empty() {
+                self.bursts.due(Instant::now(), &mut burst_due);
+            }
             for (slot, t) in burst_due.drain(..) {
                 let ok = self.send(&mut matcher, t, true, &mut last_send_error).await;
                 if let Some(o) = self.bursts.sent(slot, ok) {

@@ -514,6 +514,23 @@ mod tests {
         }
     }
 
+    /// A confirmation probe to target 0 (127.0.0.2) of a burst 5 ms apart.
+    fn send_confirm(m: &mut Matcher, at: Instant) -> Probe {
+        let id = m.allocate();
+        m.sent_confirm(
+            id,
+            0,
+            ip("127.0.0.2"),
+            at,
+            TIMEOUT,
+            Duration::from_millis(5),
+        );
+        Probe {
+            id,
+            payload: encode_payload(m.token(), id, 56),
+        }
+    }
+
     fn reply<'a>(p: &'a Probe, src: &str, at: Instant) -> ReplyMeta<'a> {
         ReplyMeta {
             src: ip(src),
@@ -884,14 +901,6 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
         m.set_spacing(Some(ms(100)));
-        let confirm = |m: &mut Matcher, at: Instant| {
-            let id = m.allocate();
-            m.sent_confirm(id, 0, ip("127.0.0.2"), at, TIMEOUT, ms(5));
-            Probe {
-                id,
-                payload: encode_payload(m.token(), id, 56),
-            }
-        };
         // A regular answer first: srtt 1 ms, variation 0.5 ms.
         let a = send(&mut m, 0, "127.0.0.2", t0);
         assert!(is_reply(
@@ -899,9 +908,9 @@ mod tests {
             false
         ));
         let regular = send(&mut m, 0, "127.0.0.2", t0 + ms(10));
-        let b1 = confirm(&mut m, t0 + ms(10));
-        let b2 = confirm(&mut m, t0 + ms(15));
-        let b3 = confirm(&mut m, t0 + ms(20));
+        let b1 = send_confirm(&mut m, t0 + ms(10));
+        let b2 = send_confirm(&mut m, t0 + ms(15));
+        let b3 = send_confirm(&mut m, t0 + ms(20));
         assert!(matches!(
             m.reply(&reply(&b1, "127.0.0.2", t0 + ms(11))),
             Outcome::Reply {
@@ -962,8 +971,7 @@ mod tests {
         // srtt 2 ms, variation 1 ms: suspected 2 + 4 + 10 = 16 ms after it was sent.
         let b = send(&mut m, 0, "127.0.0.2", t0 + ms(100));
         let c = send(&mut m, 0, "127.0.0.2", t0 + ms(200));
-        let id = m.allocate();
-        m.sent_confirm(id, 0, ip("127.0.0.2"), t0 + ms(200), TIMEOUT, ms(5));
+        send_confirm(&mut m, t0 + ms(200));
         assert!(m.next_deadline().is_some_and(|d| d <= t0 + ms(116)));
         assert!(m.suspected(t0 + ms(115)).is_empty());
         assert_eq!(m.suspected(t0 + ms(116)), vec![0]);
@@ -995,13 +1003,10 @@ mod tests {
         let mut m = Matcher::new(TOKEN, 7, Duration::from_secs(8));
         m.set_spacing(Some(ms(100)));
         let a = send(&mut m, 0, "127.0.0.2", t0);
-        let id = m.allocate();
-        m.sent_confirm(id, 0, ip("127.0.0.2"), t0 + ms(1), TIMEOUT, ms(5));
-        let mut payload = encode_payload(m.token(), id, 56);
-        assert!(!is_confirm(&payload));
-        mark_confirm(&mut payload);
-        assert!(is_confirm(&payload));
-        let b = Probe { id, payload };
+        let mut b = send_confirm(&mut m, t0 + ms(1));
+        assert!(!is_confirm(&b.payload));
+        mark_confirm(&mut b.payload);
+        assert!(is_confirm(&b.payload));
         assert!(matches!(
             m.reply(&reply(&b, "127.0.0.2", t0 + ms(2))),
             Outcome::Reply { confirm: true, .. }
